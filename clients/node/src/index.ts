@@ -1,0 +1,31 @@
+export {
+  CacheClient,
+  WatchStream,
+  type CallSettings,
+  type ClientOptions,
+  type EventType,
+  type GetOptions,
+  type GetResult,
+  type InvalidateOptions,
+  type Source,
+  type WatchEvent,
+  type WatchOptions,
+} from "./client";
+export {
+  CacheError,
+  CancelledError,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InternalError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+  UnauthenticatedError,
+  UnavailableError,
+  UnimplementedError,
+  toCacheError,
+  type ErrorDetail,
+  type FieldViolation,
+} from "./errors";
+export { status } from "@grpc/grpc-js";

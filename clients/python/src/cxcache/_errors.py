@@ -1,0 +1,203 @@
+"""Typed exceptions decoded from gRPC status codes and google.rpc status details."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Type
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+FieldViolation = Tuple[str, str]
+"""(field, description) from a google.rpc.BadRequest."""
+
+
+class CacheError(Exception):
+    """Base class of every error raised by the cxcache clients.
+
+    Attributes:
+        code: the gRPC status code.
+        message: the status message.
+        details: the google.rpc detail messages (unpacked where the type is known,
+            e.g. BadRequest, RetryInfo, ErrorInfo; otherwise the raw ``Any``).
+        field_violations: list of (field, description) from a BadRequest detail.
+        retry_after: seconds to wait before retrying, from a RetryInfo detail.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[grpc.StatusCode] = None,
+        details: Sequence[Any] = (),
+        field_violations: Sequence[FieldViolation] = (),
+        retry_after: Optional[float] = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.details: List[Any] = list(details)
+        self.field_violations: List[FieldViolation] = list(field_violations)
+        self.retry_after: Optional[float] = retry_after
+
+    def __str__(self) -> str:
+        text = f"{self.code.name}: {self.message}"
+        if self.field_violations:
+            text += " [" + "; ".join(f"{f}: {d}" for f, d in self.field_violations) + "]"
+        if self.retry_after is not None:
+            text += f" (retry after {self.retry_after:g}s)"
+        return text
+
+
+class Cancelled(CacheError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class InvalidArgument(CacheError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(CacheError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(CacheError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class PermissionDenied(CacheError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(CacheError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(CacheError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unimplemented(CacheError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(CacheError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(CacheError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(CacheError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        Cancelled,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        Unauthenticated,
+    )
+}
+
+_KNOWN_DETAILS = (
+    error_details_pb2.BadRequest,
+    error_details_pb2.RetryInfo,
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.DebugInfo,
+    error_details_pb2.QuotaFailure,
+    error_details_pb2.PreconditionFailure,
+    error_details_pb2.ResourceInfo,
+    error_details_pb2.Help,
+    error_details_pb2.LocalizedMessage,
+    error_details_pb2.RequestInfo,
+)
+
+
+def error_class(code: grpc.StatusCode) -> Type[CacheError]:
+    return _BY_CODE.get(code, CacheError)
+
+
+def _unpack(detail: any_pb2.Any) -> Any:
+    for cls in _KNOWN_DETAILS:
+        if detail.Is(cls.DESCRIPTOR):
+            msg = cls()
+            detail.Unpack(msg)
+            return msg
+    return detail
+
+
+def _rich_status(err: grpc.RpcError) -> Optional[status_pb2.Status]:
+    """The google.rpc.Status from the trailers, via grpcio-status when consistent."""
+    try:
+        from grpc_status import rpc_status
+
+        return rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        # grpcio-status refuses a Status whose code/message differ from the
+        # call's; the details are still worth having.
+        pass
+    except Exception:  # pragma: no cover - not a Call (e.g. a bare RpcError)
+        pass
+    try:
+        trailers = err.trailing_metadata() or ()  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    for key, value in trailers:
+        if key == DETAILS_KEY:
+            try:
+                return status_pb2.Status.FromString(value)
+            except Exception:
+                return None
+    return None
+
+
+def from_rpc_error(err: grpc.RpcError) -> CacheError:
+    """Convert a grpc.RpcError (sync or aio) into the matching CacheError subclass."""
+    try:
+        code = err.code()  # type: ignore[attr-defined]
+    except Exception:
+        code = grpc.StatusCode.UNKNOWN
+    try:
+        message = err.details() or ""  # type: ignore[attr-defined]
+    except Exception:
+        message = str(err)
+    details: List[Any] = []
+    violations: List[FieldViolation] = []
+    retry_after: Optional[float] = None
+    status = _rich_status(err)
+    if status is not None:
+        if not message:
+            message = status.message
+        for d in status.details:
+            msg = _unpack(d)
+            details.append(msg)
+            if isinstance(msg, error_details_pb2.BadRequest):
+                violations.extend((v.field, v.description) for v in msg.field_violations)
+            elif isinstance(msg, error_details_pb2.RetryInfo):
+                retry_after = msg.retry_delay.seconds + msg.retry_delay.nanos / 1e9
+    cls = error_class(code)
+    exc = cls(
+        message,
+        code=code,
+        details=details,
+        field_violations=violations,
+        retry_after=retry_after,
+    )
+    exc.__cause__ = err
+    return exc

@@ -1,0 +1,140 @@
+"""Live tests against a running cxcache + genesys-emulator (clients/run-tests.sh
+starts both and exports CXCACHE_ADDR / CXCACHE_EMULATOR_URL)."""
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from cxcache import (
+    CacheClient,
+    DeadlineExceeded,
+    EventType,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Source,
+)
+
+CACHED = {Source.L1, Source.STORE}
+
+
+def test_list_queues(client):
+    r = client.get("routing.queues")
+    assert isinstance(r.value["entities"], list) and r.value["entities"]
+    assert all(e.get("id") for e in r.value["entities"])
+    assert r.key and r.source is not Source.UNSPECIFIED
+
+
+def test_first_get_upstream_then_cached(client, emulator, queue_id):
+    before = emulator.queue_gets()
+    first = client.get("routing.queue", id=queue_id)
+    second = client.get("routing.queue", id=queue_id)
+    fetched = emulator.queue_gets() - before
+    assert second.source in CACHED, second.source
+    if fetched == 1:  # the key was new to this server
+        assert first.source is Source.UPSTREAM
+    else:  # a server reused from an earlier run already had it
+        assert fetched == 0 and first.source in CACHED
+    assert first.key == second.key and first.raw == second.raw
+    assert first.value["id"] == queue_id
+    assert second.ttl_remaining > 0 and second.age >= 0
+
+
+def test_force_refresh_goes_upstream(client, emulator, queue_id):
+    client.get("routing.queue", id=queue_id)
+    before = emulator.queue_gets()
+    r = client.get("routing.queue", id=queue_id, force_refresh=True)
+    assert emulator.queue_gets() - before == 1
+    assert r.source in {Source.UPSTREAM, Source.REVALIDATED}
+
+
+def test_variant_summary(client, queue_id):
+    full = client.get("routing.queue", id=queue_id)
+    summary = client.get("routing.queue", id=queue_id, variant="summary")
+    assert isinstance(summary.value, dict) and summary.value
+    assert summary.key != full.key
+    assert set(summary.value) <= set(full.value)
+
+
+def test_unknown_kind_is_invalid_argument(client):
+    with pytest.raises(InvalidArgument) as ei:
+        client.get("no.such.kind")
+    assert "kind" in [f for f, _ in ei.value.field_violations], ei.value.field_violations
+
+
+def test_missing_id_is_invalid_argument(client):
+    with pytest.raises(InvalidArgument) as ei:
+        client.get("routing.queue")
+    assert "id" in [f for f, _ in ei.value.field_violations], ei.value.field_violations
+
+
+def test_unknown_queue_is_not_found(client):
+    with pytest.raises(NotFound):
+        client.get("routing.queue", id=str(uuid.uuid4()))
+
+
+def test_upstream_429_is_resource_exhausted_with_retry_info(client, emulator):
+    emulator.fault(path_prefix="/api/v2/routing/queues", status=429, retry_after_secs=2, count=1)
+    try:
+        with pytest.raises(ResourceExhausted) as ei:
+            client.get("routing.queue", id=str(uuid.uuid4()))
+        assert ei.value.retry_after is not None and 0 < ei.value.retry_after <= 10, ei.value
+    finally:
+        emulator.clear_faults()
+    time.sleep(min(ei.value.retry_after or 0, 3))  # let the server's upstream quota recover
+
+
+def test_upstream_latency_beyond_deadline(client, emulator):
+    emulator.fault(path_prefix="/api/v2/routing/queues", latency_ms=3000, count=1)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            client.get("routing.queue", id=str(uuid.uuid4()), timeout=0.5)
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        emulator.clear_faults()
+
+
+def test_invalidate_key_then_refetched(client, queue_ids):
+    qid = queue_ids[(3 + 0) % len(queue_ids)]
+    key = client.get("routing.queue", id=qid).key
+    assert client.get("routing.queue", id=qid).source in CACHED
+    purged = client.invalidate(keys=[key], reason="python client test")
+    assert purged >= 1
+    assert client.get("routing.queue", id=qid).source is Source.UPSTREAM
+
+
+def test_invalidate_by_tag(client, queue_ids):
+    qid = queue_ids[(6 + 0) % len(queue_ids)]
+    r = client.get("routing.queue", id=qid)
+    assert r.tags, "routing.queue entries should carry tags"
+    assert client.invalidate(tags=[r.tags[0]], reason="python tag test") >= 1
+    assert client.get("routing.queue", id=qid).source is Source.UPSTREAM
+
+
+def test_watch_key_receives_invalidated(client, queue_id):
+    key = client.get("routing.queue", id=queue_id).key
+    with client.watch(keys=[key], timeout=15) as stream:
+        assert stream.wait_ready(10), "Watch did not start"
+        got = []
+
+        def consume():
+            for ev in stream:
+                got.append(ev)
+                if ev.type is EventType.INVALIDATED:
+                    return
+
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        assert client.invalidate(keys=[key], reason="python watch test") >= 1
+        reader.join(10)
+    inval = [e for e in got if e.type is EventType.INVALIDATED]
+    assert inval, f"no INVALIDATED event, got {got}"
+    ev = inval[0]
+    assert ev.key == key
+    assert ev.kind == "routing.queue"
+    assert ev.reason == "python watch test"
+    assert got[0].sequence == 1
+    assert ev.time is not None

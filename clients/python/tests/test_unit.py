@@ -1,0 +1,288 @@
+"""Client behaviour against an in-process fake server: request encoding, result
+decoding and the error model (google.rpc details in grpc-status-details-bin)."""
+
+import asyncio
+import datetime as dt
+import json
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+import cxcache
+from cxcache import (
+    AsyncCacheClient,
+    CacheClient,
+    DeadlineExceeded,
+    EventType,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Source,
+    Unavailable,
+)
+from cxcache.v1 import cache_pb2, cache_pb2_grpc
+
+
+def _abort(context, code, message, *details):
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    context.abort_with_status(rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed)))
+
+
+class FakeCache(cache_pb2_grpc.CacheServicer):
+    def Get(self, request, context):
+        if request.kind == "echo":
+            echo = {
+                "kind": request.kind,
+                "id": request.id,
+                "variant": request.variant,
+                "params": dict(request.params),
+                "body_json": request.body_json,
+                "has_freshness": request.HasField("freshness"),
+                "max_age": request.freshness.max_age.ToTimedelta().total_seconds(),
+                "allow_stale": request.freshness.allow_stale,
+                "force_refresh": request.freshness.force_refresh,
+            }
+            return cache_pb2.GetResponse(
+                value=json.dumps(echo).encode(),
+                source=cache_pb2.SOURCE_UPSTREAM,
+                key="test:echo",
+                age=duration_pb2.Duration(seconds=1, nanos=500_000_000),
+                ttl_remaining=duration_pb2.Duration(seconds=30),
+                tags=["queue:1", "kind:echo"],
+            )
+        if request.kind == "l1":
+            return cache_pb2.GetResponse(value=b"[1,2]", source=cache_pb2.SOURCE_L1, key="k")
+        if request.kind == "bad":
+            _abort(
+                context,
+                code_pb2.INVALID_ARGUMENT,
+                "unknown kind",
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field="kind", description="unknown kind 'bad'"),
+                        error_details_pb2.BadRequest.FieldViolation(field="params.x", description="not declared"),
+                    ]
+                ),
+            )
+        if request.kind == "quota":
+            _abort(
+                context,
+                code_pb2.RESOURCE_EXHAUSTED,
+                "upstream quota spent",
+                error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=7, nanos=250_000_000)),
+                error_details_pb2.ErrorInfo(reason="UPSTREAM_429", domain="cxcache"),
+            )
+        if request.kind == "down":
+            _abort(
+                context,
+                code_pb2.UNAVAILABLE,
+                "upstream failing",
+                error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=500_000_000)),
+            )
+        if request.kind == "missing":
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such queue")
+        if request.kind == "slow":
+            time.sleep(1.5)
+            return cache_pb2.GetResponse()
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "kind not faked")
+
+    def Invalidate(self, request, context):
+        if not (request.keys or request.prefixes or request.tags):
+            _abort(
+                context,
+                code_pb2.INVALID_ARGUMENT,
+                "nothing to invalidate",
+                error_details_pb2.BadRequest(
+                    field_violations=[error_details_pb2.BadRequest.FieldViolation(field="keys", description="empty")]
+                ),
+            )
+        return cache_pb2.InvalidateResponse(purged=len(request.keys) + 10 * len(request.prefixes) + 100 * len(request.tags))
+
+    def Watch(self, request, context):
+        if request.kinds == ["forbidden"]:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+        # Like tonic, answer the headers as soon as the subscription exists.
+        context.send_initial_metadata(())
+        seq = 0
+        for key in request.keys:
+            seq += 1
+            ev = cache_pb2.WatchEvent(
+                type=cache_pb2.WatchEvent.TYPE_INVALIDATED, key=key, kind="routing.queue", reason="test", sequence=seq
+            )
+            ev.time.FromDatetime(dt.datetime(2026, 1, 2, 3, 4, 5))
+            yield ev
+        if "lag" in request.prefixes:
+            yield cache_pb2.WatchEvent(type=cache_pb2.WatchEvent.TYPE_LAGGED, sequence=seq + 1)
+        if "hang" in request.prefixes:
+            deadline = time.monotonic() + 3
+            while context.is_active() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def fake_addr():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    cache_pb2_grpc.add_CacheServicer_to_server(FakeCache(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.fixture()
+def fake(fake_addr):
+    with CacheClient(fake_addr, default_timeout=5) as c:
+        yield c
+
+
+def test_get_encodes_request_and_decodes_result(fake):
+    r = fake.get(
+        "echo",
+        id="q1",
+        variant="summary",
+        params={"pageSize": 25, "expand": True},
+        body={"b": 1, "a": [1, 2]},
+        max_age=dt.timedelta(seconds=2.5),
+        allow_stale=True,
+    )
+    assert r.source is Source.UPSTREAM and r.source == "UPSTREAM" and str(r.source) == "UPSTREAM"
+    assert r.key == "test:echo"
+    assert r.age == pytest.approx(1.5)
+    assert r.ttl_remaining == pytest.approx(30.0)
+    assert r.tags == ["queue:1", "kind:echo"]
+    assert json.loads(r.raw) == r.value
+    assert r.value == {
+        "kind": "echo",
+        "id": "q1",
+        "variant": "summary",
+        "params": {"pageSize": "25", "expand": "true"},
+        "body_json": '{"a":[1,2],"b":1}',
+        "has_freshness": True,
+        "max_age": 2.5,
+        "allow_stale": True,
+        "force_refresh": False,
+    }
+
+
+def test_get_without_freshness_sends_none(fake):
+    r = fake.get("echo", body='{"raw":true}')
+    assert r.value["has_freshness"] is False
+    assert r.value["body_json"] == '{"raw":true}'
+    assert fake.get("echo", force_refresh=True).value["force_refresh"] is True
+
+
+def test_non_object_value_and_l1_source(fake):
+    r = fake.get("l1")
+    assert r.value == [1, 2] and r.source is Source.L1
+
+
+def test_invalid_argument_carries_field_violations(fake):
+    with pytest.raises(InvalidArgument) as ei:
+        fake.get("bad")
+    e = ei.value
+    assert isinstance(e, cxcache.CacheError)
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.message == "unknown kind"
+    assert e.field_violations == [("kind", "unknown kind 'bad'"), ("params.x", "not declared")]
+    assert e.retry_after is None
+    assert "kind: unknown kind 'bad'" in str(e)
+
+
+def test_resource_exhausted_carries_retry_after_and_other_details(fake):
+    with pytest.raises(ResourceExhausted) as ei:
+        fake.get("quota")
+    assert ei.value.retry_after == pytest.approx(7.25)
+    infos = [d for d in ei.value.details if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert infos and infos[0].reason == "UPSTREAM_429"
+
+
+def test_unavailable_carries_retry_after(fake):
+    with pytest.raises(Unavailable) as ei:
+        fake.get("down")
+    assert ei.value.retry_after == pytest.approx(0.5)
+
+
+def test_plain_status_without_details(fake):
+    with pytest.raises(NotFound) as ei:
+        fake.get("missing")
+    assert ei.value.details == [] and ei.value.field_violations == [] and ei.value.retry_after is None
+
+
+def test_deadline(fake):
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        fake.get("slow", timeout=0.2)
+    assert time.monotonic() - t0 < 1.4
+
+
+def test_unreachable_server_is_unavailable():
+    with CacheClient("127.0.0.1:1", default_timeout=2) as c:
+        with pytest.raises(Unavailable):
+            c.get("echo")
+
+
+def test_invalidate(fake):
+    assert fake.invalidate(keys=["a", "b"], prefixes="p:", tags=["t"], reason="r") == 2 + 10 + 100
+    with pytest.raises(InvalidArgument) as ei:
+        fake.invalidate()
+    assert ei.value.field_violations == [("keys", "empty")]
+
+
+def test_watch_iterates_events(fake):
+    with fake.watch(keys=["k1", "k2"], prefixes=["lag"], timeout=5) as stream:
+        events = list(stream)
+    assert [e.type for e in events] == [EventType.INVALIDATED, EventType.INVALIDATED, EventType.LAGGED]
+    assert [e.sequence for e in events] == [1, 2, 3]
+    assert events[0].key == "k1" and events[0].kind == "routing.queue" and events[0].reason == "test"
+    assert events[0].time == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert events[2].time is None and events[2].type == "LAGGED"
+
+
+def test_watch_error_and_cancel(fake):
+    stream = fake.watch(kinds=["forbidden"])
+    with pytest.raises(cxcache.PermissionDenied):
+        stream.wait_ready(5)
+    stream = fake.watch(prefixes=["hang"])
+    assert stream.wait_ready(5)
+    stream.cancel()
+    assert list(stream) == []
+
+
+def test_watch_deadline(fake):
+    with pytest.raises(DeadlineExceeded):
+        list(fake.watch(prefixes=["hang"], timeout=0.3))
+
+
+async def test_async_client(fake_addr):
+    async with AsyncCacheClient(fake_addr, default_timeout=5) as c:
+        r = await c.get("echo", id="x", params={"a": 1})
+        assert r.value["id"] == "x" and r.value["params"] == {"a": "1"} and r.source == "UPSTREAM"
+        with pytest.raises(InvalidArgument) as ei:
+            await c.get("bad")
+        assert ei.value.field_violations[0] == ("kind", "unknown kind 'bad'")
+        with pytest.raises(ResourceExhausted) as ei:
+            await c.get("quota")
+        assert ei.value.retry_after == pytest.approx(7.25)
+        with pytest.raises(DeadlineExceeded):
+            await c.get("slow", timeout=0.2)
+        assert await c.invalidate(keys="k") == 1
+        stream = c.watch(keys=["k1"], timeout=5)
+        assert await stream.wait_ready(5)
+        events = [e async for e in stream]
+        assert len(events) == 1 and events[0].type is EventType.INVALIDATED and events[0].key == "k1"
+        stream = c.watch(kinds=["forbidden"])
+        with pytest.raises(cxcache.PermissionDenied):
+            await stream.wait_ready(5)
+        stream = c.watch(prefixes=["hang"])
+        assert await stream.wait_ready(5)
+        stream.cancel()
+        assert [e async for e in stream] == []

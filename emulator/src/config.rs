@@ -1,0 +1,41 @@
+//! Emulator settings: one plain struct so tests, the binary and the server's
+//! dev mode can all build an emulator the same way.
+
+use std::time::Duration;
+
+/// How the emulated platform behaves. `Default` mirrors the real platform's
+/// defaults for a client-credentials token (300 requests per minute, 24 h tokens).
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Requests allowed per token per window.
+    pub rate_limit: u32,
+    /// Length of the fixed rate-limit window.
+    pub window: Duration,
+    /// OAuth token lifetime (`expires_in`).
+    pub token_ttl: Duration,
+    /// Accepted OAuth clients as `(client_id, secret)`.
+    pub clients: Vec<(String, String)>,
+    /// Number of seeded queues.
+    pub queues: usize,
+    /// Number of seeded users.
+    pub users: usize,
+    /// Number of seeded skills.
+    pub skills: usize,
+    /// Delay added to every `/api` response.
+    pub latency: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit: 300,
+            window: Duration::from_secs(60),
+            token_ttl: Duration::from_secs(86_400),
+            clients: vec![("cxcache-demo".to_string(), "demo-secret".to_string())],
+            queues: 50,
+            users: 50,
+            skills: 20,
+            latency: Duration::ZERO,
+        }
+    }
+}

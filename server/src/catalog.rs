@@ -1,0 +1,186 @@
+//! The resource catalog: which upstream call and which cache policy stand
+//! behind each resource kind a client may name.
+//!
+//! Clients never send URLs: naming kinds keeps the key space closed (no
+//! arbitrary paths, no key injection) and lets operators tune TTLs per kind.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The Genesys Cloud presets, shipped with the binary.
+const GENESYS_PRESETS: &str = include_str!("../catalog/genesys.toml");
+
+/// HTTP method of the upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// How the cache key of a kind is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyShape {
+    /// `{env}:{kind}:{id}:{variant}`.
+    #[default]
+    Id,
+    /// `{env}:{kind}:{sha256 of the canonical body}`: the body is the query.
+    Body,
+}
+
+/// TTL class; the durations live in `[cache.ttl]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TtlClass {
+    /// Configuration objects (queues, users, skills): minutes.
+    #[default]
+    Config,
+    /// Real-time state (routing status, presence): under a minute.
+    Realtime,
+    /// Analytics queries: aligned with the query's granularity/interval.
+    Analytics,
+    /// Data that practically never changes: hours.
+    Static,
+}
+
+/// One resource kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kind {
+    pub method: Method,
+    /// Upstream path; `{id}` marks where the entity id goes.
+    pub path: String,
+    #[serde(default)]
+    pub key: KeyShape,
+    #[serde(default)]
+    pub ttl_class: TtlClass,
+    /// Overrides the class TTL for this kind.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<std::time::Duration>,
+    /// Query parameters callers may pass.
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// Named projections: variant name → fields kept (dotted paths allowed).
+    #[serde(default)]
+    pub variants: BTreeMap<String, Vec<String>>,
+    /// Tag templates; `{id}` is replaced by the entity id.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// List endpoint with Genesys paging: all pages are fetched and stored as one entry.
+    #[serde(default)]
+    pub paged: bool,
+    /// Extra volatile fields dropped before storing.
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
+}
+
+impl Kind {
+    /// Whether requests must name an entity id.
+    pub fn needs_id(&self) -> bool {
+        self.path.contains("{id}")
+    }
+
+    /// Whether requests carry a JSON body (query-style kinds).
+    pub fn takes_body(&self) -> bool {
+        self.method == Method::Post
+    }
+
+    /// The tags an entry of this kind carries.
+    pub fn tags_for(&self, id: &str) -> Vec<String> {
+        self.tags.iter().map(|t| t.replace("{id}", id)).collect()
+    }
+}
+
+/// All kinds by name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    kinds: BTreeMap<String, Arc<Kind>>,
+}
+
+impl Catalog {
+    /// The shipped Genesys presets with `overrides` laid over them by kind name.
+    pub fn with_presets(overrides: &BTreeMap<String, Kind>) -> Result<Self, String> {
+        let mut kinds: BTreeMap<String, Kind> =
+            toml::from_str(GENESYS_PRESETS).map_err(|e| format!("bundled catalog: {e}"))?;
+        kinds.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let catalog = Catalog { kinds: kinds.into_iter().map(|(k, v)| (k, Arc::new(v))).collect() };
+        catalog.validate()?;
+        Ok(catalog)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, kind) in &self.kinds {
+            if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+                return Err(format!("catalog kind {name:?}: names may not be empty or contain ':' or spaces"));
+            }
+            if !kind.path.starts_with('/') {
+                return Err(format!("catalog kind {name}: path must start with '/'"));
+            }
+            if kind.key == KeyShape::Body && !kind.takes_body() {
+                return Err(format!("catalog kind {name}: key = \"body\" needs method = \"POST\""));
+            }
+            if kind.variants.contains_key("full") {
+                return Err(format!("catalog kind {name}: variant name \"full\" is reserved"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Kind>> {
+        self.kinds.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_load_and_cover_the_genesys_kinds() {
+        let catalog = Catalog::with_presets(&BTreeMap::new()).unwrap();
+        for name in [
+            "routing.queue",
+            "routing.queues",
+            "user",
+            "user.routing_status",
+            "routing.skill",
+            "integrations.action.execute",
+            "analytics.conversations.aggregates",
+        ] {
+            assert!(catalog.get(name).is_some(), "missing preset {name}");
+        }
+        let queue = catalog.get("routing.queue").unwrap();
+        assert!(queue.needs_id());
+        assert_eq!(queue.tags_for("q1"), vec!["queue:q1"]);
+        assert_eq!(catalog.get("analytics.conversations.aggregates").unwrap().key, KeyShape::Body);
+        assert_eq!(catalog.get("user.routing_status").unwrap().ttl_class, TtlClass::Realtime);
+    }
+
+    #[test]
+    fn bad_override_is_refused() {
+        let mut over = BTreeMap::new();
+        over.insert(
+            "bad:name".to_string(),
+            Kind {
+                method: Method::Get,
+                path: "/x".into(),
+                key: KeyShape::Id,
+                ttl_class: TtlClass::Config,
+                ttl: None,
+                params: vec![],
+                variants: BTreeMap::new(),
+                tags: vec![],
+                paged: false,
+                drop_fields: vec![],
+            },
+        );
+        assert!(Catalog::with_presets(&over).is_err());
+    }
+}

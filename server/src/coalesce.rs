@@ -1,0 +1,144 @@
+//! In-process singleflight: concurrent requests for one key share one fetch
+//! and one result (or one error).
+//!
+//! The fetch runs in its own task, so a caller that gives up (deadline,
+//! disconnect) does not cancel it for the others, and the task removes its
+//! own entry when done, so a finished flight is never joined by a later
+//! caller.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+
+use crate::error::Error;
+
+type Flight<T> = Shared<BoxFuture<'static, Result<T, Error>>>;
+
+pub struct Singleflight<T: Clone + Send + Sync + 'static> {
+    inflight: Arc<Mutex<HashMap<String, Flight<T>>>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Clone for Singleflight<T> {
+    /// Another handle on the same set of flights.
+    fn clone(&self) -> Self {
+        Singleflight { inflight: self.inflight.clone() }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Default for Singleflight<T> {
+    fn default() -> Self {
+        Singleflight { inflight: Arc::default() }
+    }
+}
+
+/// Whether the caller started the flight or joined one already under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
+    /// Runs `make()` for `key` unless a flight for `key` is under way, in
+    /// which case its result is awaited instead.
+    pub async fn run<F, M>(&self, key: &str, make: M) -> (Result<T, Error>, Role)
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let (flight, role) = {
+            let mut map = self.inflight.lock();
+            match map.get(key) {
+                Some(f) => (f.clone(), Role::Follower),
+                None => {
+                    let inflight = self.inflight.clone();
+                    let owned_key = key.to_string();
+                    let fut = make();
+                    let task = tokio::spawn(async move {
+                        let out = fut.await;
+                        inflight.lock().remove(&owned_key);
+                        out
+                    });
+                    let flight: Flight<T> = async move {
+                        task.await.unwrap_or_else(|e| Err(Error::Internal(format!("fetch task failed: {e}"))))
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(key.to_string(), flight.clone());
+                    (flight, Role::Leader)
+                }
+            }
+        };
+        (flight.await, role)
+    }
+
+    /// Flights under way (for metrics and tests).
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_fetch() {
+        let sf = Arc::new(Singleflight::<u32>::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..100 {
+            let (sf, calls) = (sf.clone(), calls.clone());
+            handles.push(tokio::spawn(async move {
+                sf.run("k", || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(7)
+                })
+                .await
+            }));
+        }
+        let mut leaders = 0;
+        for h in handles {
+            let (v, role) = h.await.unwrap();
+            assert_eq!(v.unwrap(), 7);
+            leaders += usize::from(role == Role::Leader);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1);
+        assert_eq!(sf.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn errors_are_shared_and_not_remembered() {
+        let sf = Singleflight::<u32>::default();
+        let (r, _) = sf.run("k", || async { Err(Error::Internal("boom".into())) }).await;
+        assert!(r.is_err());
+        let (r, role) = sf.run("k", || async { Ok(1) }).await;
+        assert_eq!((r.unwrap(), role), (1, Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_does_not_cancel_the_fetch() {
+        let sf = Arc::new(Singleflight::<u32>::default());
+        let leader = {
+            let sf = sf.clone();
+            tokio::spawn(async move {
+                sf.run("k", || async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(5)
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        leader.abort();
+        let (r, role) = sf.run("k", || async { Ok(9) }).await;
+        assert_eq!((r.unwrap(), role), (5, Role::Follower));
+    }
+}

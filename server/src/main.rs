@@ -1,0 +1,59 @@
+//! The `cxcache` binary: flags → config → [`cxcache::server::start`] →
+//! wait for SIGTERM / Ctrl-C → graceful shutdown.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cxcache::config::{Config, Flags};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cxcache: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    cxcache::telemetry::init_logging(config.log_format);
+    let running = match cxcache::server::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cxcache: failed to start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One line on stdout that scripts and tests wait for.
+    println!("cxcache listening grpc={} http={}", running.grpc_addr, running.http_addr);
+    if let Some(url) = &running.emulator_url {
+        println!("cxcache upstream=bundled-emulator {url}");
+    }
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    match running.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cxcache: shutdown: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,269 @@
+//! Request policy: turns a `GetRequest` into a fully resolved request (kind,
+//! key, upstream call, freshness) or a list of field violations.
+//!
+//! Validation happens before anything else, so bad input changes nothing:
+//! no upstream call, no store write, no purge.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::catalog::{Catalog, KeyShape, Kind};
+use crate::config::CacheSettings;
+use crate::error::{Error, FieldViolation, Result};
+use crate::keys;
+use crate::proto::v1::GetRequest;
+use crate::upstream::Call;
+
+const MAX_ID_LEN: usize = 128;
+const MAX_PARAM_LEN: usize = 512;
+
+/// What a caller accepts from the cache.
+#[derive(Debug, Clone, Default)]
+pub struct Freshness {
+    pub max_age: Option<Duration>,
+    pub allow_stale: bool,
+    pub force_refresh: bool,
+}
+
+/// A validated Get.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub kind_name: String,
+    pub kind: Arc<Kind>,
+    pub id: Option<String>,
+    /// Fields kept by the requested variant, if any.
+    pub projection: Option<Vec<String>>,
+    /// Logical key (what clients see).
+    pub key: String,
+    /// Where the entry lives in the store.
+    pub store_key: String,
+    pub call: Call,
+    /// The parsed query body, for TTL alignment.
+    pub body: Option<Value>,
+    pub tags: Vec<String>,
+    pub freshness: Freshness,
+}
+
+/// Validates `req` against the catalog and resolves it.
+pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheSettings) -> Result<Resolved> {
+    let mut bad = Vec::new();
+    let kind_name = req.kind.trim();
+    let kind = if kind_name.is_empty() {
+        bad.push(FieldViolation::new("kind", "required: a resource kind from the catalog"));
+        None
+    } else {
+        let found = catalog.get(kind_name);
+        if found.is_none() {
+            let known: Vec<&str> = catalog.names().collect();
+            bad.push(FieldViolation::new(
+                "kind",
+                format!("unknown resource kind {kind_name:?}; known kinds: {}", known.join(", ")),
+            ));
+        }
+        found.cloned()
+    };
+    let freshness = check_freshness(req, &mut bad);
+    let Some(kind) = kind else {
+        return Err(Error::InvalidArgument(bad));
+    };
+
+    let id = check_id(req, &kind, &mut bad);
+    let projection = check_variant(req, &kind, &mut bad);
+    let params = check_params(req, &kind, &mut bad);
+    let body = check_body(req, &kind, settings, &mut bad);
+    if !bad.is_empty() {
+        return Err(Error::InvalidArgument(bad));
+    }
+
+    let variant = (!req.variant.is_empty()).then_some(req.variant.as_str());
+    let (key, body_bytes) = match (&kind.key, &body) {
+        (KeyShape::Body, Some(body)) => {
+            let canonical = keys::canonical_body(body.clone(), &settings.body_ignore_fields);
+            let key = keys::for_body(env, kind_name, id.as_deref(), variant, &canonical);
+            (key, Some(Bytes::from(canonical)))
+        }
+        _ => {
+            let key = keys::named(env, kind_name, id.as_deref(), variant, &params);
+            (key, body.as_ref().map(|b| Bytes::from(crate::canonical::to_bytes(b))))
+        }
+    };
+    let path = match &id {
+        Some(id) => kind.path.replace("{id}", id),
+        None => kind.path.clone(),
+    };
+    let tags = kind.tags_for(id.as_deref().unwrap_or(keys::NO_ID));
+    Ok(Resolved {
+        kind_name: kind_name.to_string(),
+        store_key: keys::store_key(&key),
+        key,
+        call: Call { method: kind.method, path, query: params.into_iter().collect(), body: body_bytes },
+        projection,
+        id,
+        body,
+        tags,
+        freshness,
+        kind,
+    })
+}
+
+fn check_freshness(req: &GetRequest, bad: &mut Vec<FieldViolation>) -> Freshness {
+    let Some(f) = &req.freshness else { return Freshness::default() };
+    let max_age = match &f.max_age {
+        None => None,
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            bad.push(FieldViolation::new("freshness.max_age", "must not be negative"));
+            None
+        }
+        Some(d) if d.seconds == 0 && d.nanos == 0 => None,
+        Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),
+    };
+    Freshness { max_age, allow_stale: f.allow_stale, force_refresh: f.force_refresh }
+}
+
+fn check_id(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Option<String> {
+    let id = req.id.trim();
+    if !kind.needs_id() {
+        if !id.is_empty() {
+            bad.push(FieldViolation::new("id", format!("kind {} takes no id", req.kind)));
+        }
+        return None;
+    }
+    if id.is_empty() {
+        bad.push(FieldViolation::new("id", format!("required for kind {}", req.kind)));
+        return None;
+    }
+    // Ids go into URL paths and keys: allow only unreserved URL characters.
+    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'));
+    if id.len() > MAX_ID_LEN || !ok_chars || id == "." || id == ".." {
+        bad.push(FieldViolation::new(
+            "id",
+            format!("must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . ~"),
+        ));
+        return None;
+    }
+    Some(id.to_string())
+}
+
+fn check_variant(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Option<Vec<String>> {
+    if req.variant.is_empty() || req.variant == keys::FULL_VARIANT {
+        return None;
+    }
+    match kind.variants.get(&req.variant) {
+        Some(fields) => Some(fields.clone()),
+        None => {
+            let known: Vec<&str> = kind.variants.keys().map(String::as_str).collect();
+            bad.push(FieldViolation::new(
+                "variant",
+                format!("unknown variant {:?} for kind {}; known: {}", req.variant, req.kind, known.join(", ")),
+            ));
+            None
+        }
+    }
+}
+
+fn check_params(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in &req.params {
+        if !kind.params.iter().any(|p| p == name) {
+            bad.push(FieldViolation::new(
+                format!("params[{name}]"),
+                format!("not accepted by kind {}; accepted: {}", req.kind, kind.params.join(", ")),
+            ));
+        } else if value.len() > MAX_PARAM_LEN || value.chars().any(char::is_control) {
+            bad.push(FieldViolation::new(
+                format!("params[{name}]"),
+                format!("must be at most {MAX_PARAM_LEN} characters without control characters"),
+            ));
+        } else {
+            out.insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn check_body(req: &GetRequest, kind: &Kind, settings: &CacheSettings, bad: &mut Vec<FieldViolation>) -> Option<Value> {
+    let raw = req.body_json.trim();
+    if !kind.takes_body() {
+        if !raw.is_empty() {
+            bad.push(FieldViolation::new("body_json", format!("kind {} takes no body", req.kind)));
+        }
+        return None;
+    }
+    if raw.is_empty() {
+        bad.push(FieldViolation::new("body_json", format!("required for kind {}: a JSON object", req.kind)));
+        return None;
+    }
+    if req.body_json.len() > settings.max_body_bytes {
+        bad.push(FieldViolation::new(
+            "body_json",
+            format!("{} bytes is over the limit of {} bytes", req.body_json.len(), settings.max_body_bytes),
+        ));
+        return None;
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ Value::Object(_)) => Some(v),
+        Ok(_) => {
+            bad.push(FieldViolation::new("body_json", "must be a JSON object"));
+            None
+        }
+        Err(e) => {
+            bad.push(FieldViolation::new("body_json", format!("malformed JSON: {e}")));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::with_presets(&BTreeMap::new()).unwrap()
+    }
+
+    fn fields(err: Error) -> Vec<String> {
+        match err {
+            Error::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    fn get(kind: &str, id: &str) -> GetRequest {
+        GetRequest { kind: kind.into(), id: id.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn resolves_a_queue() {
+        let r = resolve(&get("routing.queue", "q-1"), "prod", &catalog(), &CacheSettings::default()).unwrap();
+        assert_eq!(r.key, "prod:routing.queue:q-1:full");
+        assert_eq!(r.call.path, "/api/v2/routing/queues/q-1");
+        assert_eq!(r.tags, vec!["queue:q-1"]);
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let (c, s) = (catalog(), CacheSettings::default());
+        assert_eq!(fields(resolve(&get("", ""), "p", &c, &s).unwrap_err()), ["kind"]);
+        assert_eq!(fields(resolve(&get("nope", ""), "p", &c, &s).unwrap_err()), ["kind"]);
+        assert_eq!(fields(resolve(&get("routing.queue", ""), "p", &c, &s).unwrap_err()), ["id"]);
+        assert_eq!(fields(resolve(&get("routing.queue", "../x"), "p", &c, &s).unwrap_err()), ["id"]);
+        assert_eq!(fields(resolve(&get("routing.queue", "a:b"), "p", &c, &s).unwrap_err()), ["id"]);
+        let mut r = get("routing.queue", "q");
+        r.variant = "nope".into();
+        assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["variant"]);
+        let mut r = get("analytics.conversations.aggregates", "");
+        r.body_json = "{not json".into();
+        assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["body_json"]);
+        r.body_json = format!("{{\"a\":\"{}\"}}", "x".repeat(70_000));
+        assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["body_json"]);
+        r.body_json = "[1]".into();
+        assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["body_json"]);
+        let mut r = get("routing.queues", "");
+        r.params.insert("evil".into(), "1".into());
+        assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["params[evil]"]);
+    }
+}

@@ -1,0 +1,134 @@
+//! Assembly and lifecycle: builds the store, upstream and cache from the
+//! config, binds the gRPC and HTTP listeners, and shuts down in order on
+//! request (health NOT_SERVING → stop accepting → drain → exit).
+//!
+//! Tests and the binary both go through [`start`], on port 0 when they like.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cache::Cache;
+use crate::catalog::Catalog;
+use crate::config::{Config, Credential, Secret};
+use crate::grpc::CacheService;
+use crate::proto::v1::cache_server::CacheServer;
+use crate::tiers::Tiers;
+use crate::upstream::Upstream;
+use crate::{http, proto, store};
+
+/// Demo credential of the bundled emulator.
+const EMULATOR_CLIENT: (&str, &str) = ("cxcache-demo", "demo-secret");
+
+/// A running server.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Base URL of the bundled emulator, when no upstream was configured.
+    pub emulator_url: Option<String>,
+    emulator: Option<genesys_emulator::EmulatorHandle>,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Builds everything the config describes and starts serving.
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let catalog = Arc::new(Catalog::with_presets(&config.catalog).map_err(anyhow::Error::msg)?);
+
+    // No upstream configured: run the bundled emulator so the service works
+    // out of the box (demos, grpcurl, client tests).
+    let mut emulator = None;
+    if config.upstream.base_url.is_none() {
+        let emu_config = genesys_emulator::EmulatorConfig {
+            rate_limit: config.emulator.rate_limit,
+            window: config.emulator.window,
+            queues: config.emulator.queues,
+            ..Default::default()
+        };
+        let handle = genesys_emulator::start(emu_config, ([127, 0, 0, 1], 0).into())
+            .await
+            .context("starting the bundled emulator")?;
+        config.upstream.base_url = Some(handle.base_url());
+        config.upstream.credentials =
+            vec![Credential { client_id: EMULATOR_CLIENT.0.into(), client_secret: Secret::new(EMULATOR_CLIENT.1) }];
+        tracing::info!(url = %handle.base_url(), "no upstream configured: using the bundled Genesys emulator");
+        emulator = Some(handle);
+    }
+    let base_url = config.upstream.base_url.clone().unwrap_or_default();
+
+    let store = store::connect(&config.redis).await.context("connecting the store")?;
+    tracing::info!(backend = store.backend(), "store ready");
+    let tiers = Arc::new(Tiers::new(store, config.cache.stale_grace));
+    let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone())?);
+    let cache = Arc::new(Cache::new(config.env.clone(), catalog, config.cache.clone(), tiers, upstream));
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CacheServer<CacheService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let grpc = {
+        let mut rx = shutdown_rx.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(CacheServer::new(CacheService::new(cache.clone())));
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let http = {
+        let mut rx = shutdown_rx.clone();
+        let app = http::router(cache.clone());
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    tracing::info!(%grpc_addr, %http_addr, env = %config.env, "cxcache serving");
+    let emulator_url = emulator.as_ref().map(|e| e.base_url());
+    Ok(Running { grpc_addr, http_addr, emulator_url, emulator, shutdown, grpc, http, health })
+}
+
+impl Running {
+    /// Graceful stop: report NOT_SERVING, stop accepting, let in-flight
+    /// calls finish, then stop the bundled emulator.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.health.set_not_serving::<CacheServer<CacheService>>().await;
+        let _ = self.shutdown.send(true);
+        self.grpc.await??;
+        self.http.await??;
+        if let Some(emulator) = self.emulator {
+            emulator.shutdown().await;
+        }
+        Ok(())
+    }
+}
