@@ -55,8 +55,8 @@ async fn list_faults(State(s): State<SharedState>) -> Json<Vec<Fault>> {
 
 async fn inject_fault(State(s): State<SharedState>, body: Bytes) -> Result<Json<Fault>, ApiError> {
     let value = json_object(&body)?;
-    let fault: Fault = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(format!("Invalid fault: {e}")))?;
+    let fault: Fault =
+        serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("Invalid fault: {e}")))?;
     if let Some(status) = fault.status {
         if !(100..=599).contains(&status) {
             return Err(ApiError::bad_request(format!("Invalid status {status}")));
@@ -86,7 +86,11 @@ fn patch_entity(s: &SharedState, kind: Kind, id: IdParam, body: &[u8]) -> Result
         .ok_or_else(|| ApiError::not_found(format!("Unable to find a {} with id '{id}'", kind.label())))
 }
 
-async fn patch_queue(State(s): State<SharedState>, id: IdParam, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn patch_queue(
+    State(s): State<SharedState>,
+    id: IdParam,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     patch_entity(&s, Kind::Queue, id, &body)
 }
 
@@ -94,7 +98,11 @@ async fn patch_user(State(s): State<SharedState>, id: IdParam, body: Bytes) -> R
     patch_entity(&s, Kind::User, id, &body)
 }
 
-async fn patch_skill(State(s): State<SharedState>, id: IdParam, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn patch_skill(
+    State(s): State<SharedState>,
+    id: IdParam,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     patch_entity(&s, Kind::Skill, id, &body)
 }
 
@@ -130,9 +138,7 @@ async fn requests(
     let mut limit = DEFAULT_REQUEST_LIMIT;
     for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
         if k == "limit" {
-            limit = v
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("Invalid limit '{v}'")))?;
+            limit = v.parse().map_err(|_| ApiError::bad_request(format!("Invalid limit '{v}'")))?;
         }
     }
     Ok(Json(s.counters.recent(limit)))

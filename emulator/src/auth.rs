@@ -62,11 +62,7 @@ pub(crate) struct TokenStore {
 
 impl TokenStore {
     pub fn new(clients: &[(String, String)], ttl: Duration) -> Self {
-        Self {
-            clients: clients.iter().cloned().collect(),
-            ttl,
-            inner: Mutex::new(Inner::default()),
-        }
+        Self { clients: clients.iter().cloned().collect(), ttl, inner: Mutex::new(Inner::default()) }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -95,10 +91,7 @@ impl TokenStore {
         let token = hex::encode(bytes);
         inner.tokens.insert(
             token.clone(),
-            TokenInfo {
-                client_id: client_id.to_string(),
-                expires_at: now + self.ttl,
-            },
+            TokenInfo { client_id: client_id.to_string(), expires_at: now + self.ttl },
         );
         Ok(token)
     }
@@ -106,26 +99,17 @@ impl TokenStore {
     /// Checks the `Authorization: Bearer` header.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Rejection> {
         let Some(token) = bearer_token(headers) else {
-            return Err(Rejection {
-                reason: RejectReason::Missing,
-                client_id: None,
-            });
+            return Err(Rejection { reason: RejectReason::Missing, client_id: None });
         };
         let inner = self.inner.lock();
-        let invalid = |client_id: Option<String>| Rejection {
-            reason: RejectReason::Invalid,
-            client_id,
-        };
+        let invalid = |client_id: Option<String>| Rejection { reason: RejectReason::Invalid, client_id };
         let Some(info) = inner.tokens.get(token) else {
             return Err(invalid(None));
         };
         if info.expires_at <= Instant::now() || inner.revoked.contains(&info.client_id) {
             return Err(invalid(Some(info.client_id.clone())));
         }
-        Ok(Principal {
-            client_id: info.client_id.clone(),
-            token: token.to_string(),
-        })
+        Ok(Principal { client_id: info.client_id.clone(), token: token.to_string() })
     }
 
     /// From now on the client's tokens are refused and it gets no new ones.

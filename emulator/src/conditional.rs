@@ -85,10 +85,7 @@ mod tests {
         assert!(!is_not_modified(&headers(&[("if-none-match", "\"x\"")]), &v));
         // If-None-Match takes precedence over a matching If-Modified-Since.
         assert!(!is_not_modified(
-            &headers(&[
-                ("if-none-match", "\"x\""),
-                ("if-modified-since", "Fri, 01 Mar 2024 12:00:00 GMT")
-            ]),
+            &headers(&[("if-none-match", "\"x\""), ("if-modified-since", "Fri, 01 Mar 2024 12:00:00 GMT")]),
             &v
         ));
     }

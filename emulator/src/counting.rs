@@ -37,10 +37,7 @@ fn unix_ms() -> u64 {
 
 /// Route layer: records the matched route template on the response.
 pub(crate) async fn tag_route(req: Request, next: Next) -> Response {
-    let key = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| format!("{} {}", req.method(), m.as_str()));
+    let key = req.extensions().get::<MatchedPath>().map(|m| format!("{} {}", req.method(), m.as_str()));
     let mut resp = next.run(req).await;
     if let Some(key) = key {
         resp.extensions_mut().insert(RouteKey(key));
@@ -62,11 +59,8 @@ pub(crate) async fn count(State(state): State<SharedState>, req: Request, next: 
         .get::<RouteKey>()
         .map(|k| k.0.clone())
         .unwrap_or_else(|| format!("{method} (unmatched)"));
-    let client_id = resp
-        .extensions()
-        .get::<ClientTag>()
-        .map(|c| c.0.clone())
-        .unwrap_or_else(|| ANONYMOUS.to_string());
+    let client_id =
+        resp.extensions().get::<ClientTag>().map(|c| c.0.clone()).unwrap_or_else(|| ANONYMOUS.to_string());
     state.counters.record(RequestRecord {
         at_ms,
         method,

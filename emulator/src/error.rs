@@ -17,12 +17,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
+        Self { status, code, message: message.into(), headers: Vec::new() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -40,8 +35,7 @@ impl ApiError {
             "too.many.requests.retry.after",
             format!("Rate limit exceeded the maximum. Retry the request in [{retry_after}] seconds"),
         );
-        e.headers
-            .push((axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
+        e.headers.push((axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
         e
     }
 

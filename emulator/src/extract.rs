@@ -19,7 +19,5 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Value, ApiError> {
 
 /// Unwraps a path extraction, mapping a rejection to a 400.
 pub(crate) fn path_param<T>(param: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    param
-        .map(|Path(p)| p)
-        .map_err(|e| ApiError::bad_request(format!("Invalid path parameter: {e}")))
+    param.map(|Path(p)| p).map_err(|e| ApiError::bad_request(format!("Invalid path parameter: {e}")))
 }

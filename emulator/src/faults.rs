@@ -60,9 +60,7 @@ impl From<Fault> for FaultJson {
             path_prefix: f.path_prefix,
             status: f.status,
             retry_after_secs: f.retry_after_secs,
-            latency_ms: f
-                .latency
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            latency_ms: f.latency.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             hold: f.hold,
             count: f.count,
         }
@@ -98,19 +96,14 @@ impl FaultSet {
         self.armed
             .lock()
             .iter()
-            .map(|a| Fault {
-                count: a.remaining.unwrap_or(0),
-                ..a.fault.clone()
-            })
+            .map(|a| Fault { count: a.remaining.unwrap_or(0), ..a.fault.clone() })
             .collect()
     }
 
     /// Consumes one use of the first fault matching `path`.
     pub fn take(&self, path: &str) -> Option<Fault> {
         let mut armed = self.armed.lock();
-        let i = armed
-            .iter()
-            .position(|a| path.starts_with(&a.fault.path_prefix))?;
+        let i = armed.iter().position(|a| path.starts_with(&a.fault.path_prefix))?;
         let fault = armed[i].fault.clone();
         if let Some(left) = armed[i].remaining.as_mut() {
             *left -= 1;
@@ -133,11 +126,7 @@ pub(crate) struct Holds {
 
 impl Default for Holds {
     fn default() -> Self {
-        Self {
-            generation: watch::channel(0).0,
-            held: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-        }
+        Self { generation: watch::channel(0).0, held: AtomicUsize::new(0), closed: AtomicBool::new(false) }
     }
 }
 

@@ -29,11 +29,9 @@ fn unauthorized(reason: RejectReason) -> ApiError {
             "authentication.required",
             "No authentication bearer token specified in authorization header.",
         ),
-        RejectReason::Invalid => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad.credentials",
-            "Invalid login credentials.",
-        ),
+        RejectReason::Invalid => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad.credentials", "Invalid login credentials.")
+        }
     }
 }
 

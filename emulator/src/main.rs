@@ -45,7 +45,9 @@ struct Args {
 
 fn parse_client(s: &str) -> Result<(String, String), String> {
     match s.split_once(':') {
-        Some((id, secret)) if !id.is_empty() && !secret.is_empty() => Ok((id.to_string(), secret.to_string())),
+        Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+            Ok((id.to_string(), secret.to_string()))
+        }
         _ => Err(format!("expected ID:SECRET, got '{s}'")),
     }
 }
@@ -57,11 +59,7 @@ impl Args {
             rate_limit: self.rate_limit,
             window: Duration::from_secs(self.window_secs),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
-            clients: if self.clients.is_empty() {
-                defaults.clients
-            } else {
-                self.clients
-            },
+            clients: if self.clients.is_empty() { defaults.clients } else { self.clients },
             queues: self.queues,
             users: self.users,
             skills: self.skills,

@@ -32,11 +32,7 @@ fn parse_positive(key: &str, value: &str, max: usize) -> Result<usize, ApiError>
 impl PageQuery {
     /// Parses `pageSize`, `pageNumber` and `name`; other parameters are ignored.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        let mut q = PageQuery {
-            page_size: DEFAULT_PAGE_SIZE,
-            page_number: 1,
-            name: None,
-        };
+        let mut q = PageQuery { page_size: DEFAULT_PAGE_SIZE, page_number: 1, name: None };
         for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             match key.as_ref() {
                 "pageSize" => q.page_size = parse_positive("pageSize", &value, MAX_PAGE_SIZE)?,
@@ -60,28 +56,19 @@ pub(crate) struct Page<'a> {
 
 impl<'a> Page<'a> {
     pub fn new(base_path: &'a str, query: &'a PageQuery, total: usize) -> Self {
-        Self {
-            base_path,
-            query,
-            total,
-            page_count: total.div_ceil(query.page_size),
-        }
+        Self { base_path, query, total, page_count: total.div_ceil(query.page_size) }
     }
 
     /// Indices of the items on this page (empty past the last page).
     pub fn range(&self) -> Range<usize> {
-        let start = (self.query.page_number - 1)
-            .saturating_mul(self.query.page_size)
-            .min(self.total);
+        let start = (self.query.page_number - 1).saturating_mul(self.query.page_size).min(self.total);
         let end = start.saturating_add(self.query.page_size).min(self.total);
         start..end
     }
 
     fn uri(&self, page_number: usize) -> String {
-        let mut uri = format!(
-            "{}?pageSize={}&pageNumber={}",
-            self.base_path, self.query.page_size, page_number
-        );
+        let mut uri =
+            format!("{}?pageSize={}&pageNumber={}", self.base_path, self.query.page_size, page_number);
         if let Some(name) = &self.query.name {
             uri.push_str("&name=");
             uri.extend(form_urlencoded::byte_serialize(name.as_bytes()));

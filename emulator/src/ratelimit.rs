@@ -39,11 +39,7 @@ pub(crate) struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(allowed: u32, window: Duration) -> Self {
-        Self {
-            allowed,
-            window: window.max(Duration::from_millis(1)),
-            windows: Mutex::new(HashMap::new()),
-        }
+        Self { allowed, window: window.max(Duration::from_millis(1)), windows: Mutex::new(HashMap::new()) }
     }
 
     /// Counts one call of `token` at `now`.
@@ -53,15 +49,9 @@ impl RateLimiter {
             let span = self.window;
             windows.retain(|_, w| now.duration_since(w.start) < span);
         }
-        let w = windows.entry(token.to_string()).or_insert(Window {
-            start: now,
-            count: 0,
-        });
+        let w = windows.entry(token.to_string()).or_insert(Window { start: now, count: 0 });
         if now.duration_since(w.start) >= self.window {
-            *w = Window {
-                start: now,
-                count: 0,
-            };
+            *w = Window { start: now, count: 0 };
         }
         w.count = w.count.saturating_add(1);
         let left = (w.start + self.window).saturating_duration_since(now);

@@ -33,9 +33,7 @@ pub(crate) fn http_date(t: &DateTime<FixedOffset>) -> String {
 
 /// Parses an IMF-fixdate; `None` for anything else (such headers are ignored).
 pub(crate) fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(s.trim(), HTTP_DATE)
-        .ok()
-        .map(|n| Utc.from_utc_datetime(&n))
+    NaiveDateTime::parse_from_str(s.trim(), HTTP_DATE).ok().map(|n| Utc.from_utc_datetime(&n))
 }
 
 #[cfg(test)]

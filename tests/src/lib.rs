@@ -1,0 +1,231 @@
+//! Shared test harness for the end-to-end suites: a real Redis Cluster,
+//! the Genesys emulator and cxcache instances on free ports, each started
+//! and awaited by readiness (never by sleeping), and stopped on drop.
+//!
+//! - [`RedisCluster`]: 3 masters + 3 replicas of real `redis-server`
+//!   processes (through `scripts/redis-cluster.sh`). [`redis_url`] reuses the
+//!   cluster `.ci/run` started (`CXCACHE_TEST_REDIS_URL`) or starts a private
+//!   one for the test.
+//! - [`emulator`]: the Genesys emulator in-process on port 0.
+//! - [`Instance`]: a cxcache server in-process on port 0, with a gRPC client.
+//! - [`Backend`]: run one scenario against the embedded store and the cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cxcache::config::{Config, Credential, Secret};
+use cxcache::proto::v1::cache_client::CacheClient;
+use cxcache::proto::v1::{GetRequest, GetResponse};
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, KeysInterface};
+use genesys_emulator::{EmulatorConfig, EmulatorHandle};
+use tonic::transport::Channel;
+
+/// Root of the repository (scripts live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A 3-master / 3-replica Redis Cluster on loopback, stopped on drop.
+pub struct RedisCluster {
+    dir: tempfile::TempDir,
+    pub url: String,
+    pub first_port: u16,
+}
+
+impl RedisCluster {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("cxcache-redis-").tempdir()?;
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/redis-cluster.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("starting the Redis cluster failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let url = String::from_utf8(out.stdout)?.trim().to_string();
+        let first_port = std::fs::read_to_string(dir.path().join("first_port"))?.trim().parse()?;
+        Ok(RedisCluster { dir, url, first_port })
+    }
+
+    /// Ports of the six nodes.
+    pub fn ports(&self) -> Vec<u16> {
+        (0..6).map(|i| self.first_port + i).collect()
+    }
+
+    fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/redis-cluster.sh"))
+            .args(args.iter().take(1))
+            .arg(self.dir.path())
+            .args(args.iter().skip(1))
+            .status()?;
+        anyhow::ensure!(status.success(), "redis-cluster.sh {args:?} failed");
+        Ok(())
+    }
+
+    /// SIGKILLs one node.
+    pub fn kill_node(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["kill", &port.to_string()])
+    }
+
+    /// Starts a killed node again (it rejoins as a replica).
+    pub fn restart_node(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["restart", &port.to_string()])
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+    }
+}
+
+/// A Redis URL for a test: the shared cluster of the test run when there is
+/// one, else a private cluster (returned as a guard to keep alive).
+pub fn redis_url() -> (String, Option<RedisCluster>) {
+    match std::env::var("CXCACHE_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let cluster = RedisCluster::start().expect("start a Redis cluster (is redis-server installed?)");
+            (cluster.url.clone(), Some(cluster))
+        }
+    }
+}
+
+/// A key namespace unique to this test, so tests can share one cluster.
+pub fn unique_env(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("t{}{}{}", std::process::id(), n, name.chars().filter(char::is_ascii_alphanumeric).collect::<String>())
+}
+
+/// The Genesys emulator, in-process on a free port.
+pub async fn emulator(config: EmulatorConfig) -> EmulatorHandle {
+    genesys_emulator::start(config, ([127, 0, 0, 1], 0).into()).await.expect("start emulator")
+}
+
+/// Where a test's cxcache instances keep their entries.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded in-memory store.
+    Memory,
+    /// A Redis (cluster) URL.
+    Redis(String),
+}
+
+/// A config for an instance on free ports, against `emulator`.
+pub fn config(env: &str, backend: &Backend, emulator: &EmulatorHandle) -> Config {
+    let mut c = Config::default();
+    c.env = env.to_string();
+    c.grpc_addr = ([127, 0, 0, 1], 0).into();
+    c.http_addr = ([127, 0, 0, 1], 0).into();
+    c.redis.url = match backend {
+        Backend::Memory => None,
+        Backend::Redis(url) => Some(url.clone()),
+    };
+    c.upstream.base_url = Some(emulator.base_url());
+    c.upstream.credentials =
+        vec![Credential { client_id: "cxcache-demo".into(), client_secret: Secret::new("demo-secret") }];
+    c
+}
+
+/// A running cxcache server with a connected client.
+pub struct Instance {
+    pub running: Option<cxcache::server::Running>,
+    pub client: CacheClient<Channel>,
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+}
+
+impl Instance {
+    pub async fn start(config: Config) -> Instance {
+        let running = cxcache::server::start(config).await.expect("start cxcache");
+        let grpc_addr = running.grpc_addr;
+        let http_addr = running.http_addr;
+        let client = connect(grpc_addr).await;
+        Instance { running: Some(running), client, grpc_addr, http_addr }
+    }
+
+    /// A fresh client (own connection) to this instance.
+    pub async fn new_client(&self) -> CacheClient<Channel> {
+        connect(self.grpc_addr).await
+    }
+
+    pub async fn get(&self, req: GetRequest) -> Result<GetResponse, tonic::Status> {
+        self.client.clone().get(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// Connects, retrying briefly: the listener is bound before `start` returns,
+/// so this succeeds at once unless something is badly wrong.
+pub async fn connect(addr: std::net::SocketAddr) -> CacheClient<Channel> {
+    let url = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match CacheClient::connect(url.clone()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A queue Get request.
+pub fn get_queue(id: &str) -> GetRequest {
+    GetRequest { kind: "routing.queue".into(), id: id.into(), ..Default::default() }
+}
+
+/// A plain fred client for asserting on what is in Redis.
+pub async fn redis_client(url: &str) -> fred::prelude::Client {
+    let client = Builder::from_config(RedisConfig::from_url(url).expect("redis url")).build().expect("client");
+    client.init().await.expect("connect redis");
+    client
+}
+
+/// Every store key (`cx:{env:…`) of `env` in the cluster, scanning each master.
+pub async fn keys_of_env(client: &fred::prelude::Client, env: &str) -> Vec<String> {
+    use fred::types::scan::Scanner;
+    use futures::StreamExt;
+    let pattern = format!("cx:{{{env}:*");
+    let mut keys = Vec::new();
+    let mut scan = client.scan_cluster(pattern, Some(500), None);
+    while let Some(page) = scan.next().await {
+        let mut page = page.expect("scan");
+        if let Some(results) = page.take_results() {
+            keys.extend(results.into_iter().filter_map(|k| k.into_string()));
+        }
+    }
+    keys
+}
+
+/// Milliseconds to live of `key` (-1: no expiry, -2: absent).
+pub async fn pttl(client: &fred::prelude::Client, key: &str) -> i64 {
+    client.pttl(key).await.expect("pttl")
+}
+
+/// Waits until `cond` holds, polling every 10 ms, at most `limit`.
+pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, mut cond: F) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// The google.rpc details of a status.
+pub fn details(status: &tonic::Status) -> tonic_types::ErrorDetails {
+    use tonic_types::StatusExt;
+    status.get_error_details()
+}

@@ -13,10 +13,7 @@ const EVALUATION: [&str; 3] = ["ALL", "BEST", "NONE"];
 
 /// 2024-03-01T14:00:00+02:00, the newest seeded creation time.
 fn base_time() -> DateTime<FixedOffset> {
-    entity_offset()
-        .with_ymd_and_hms(2024, 3, 1, 14, 0, 0)
-        .single()
-        .expect("fixed seed time is unambiguous")
+    entity_offset().with_ymd_and_hms(2024, 3, 1, 14, 0, 0).single().expect("fixed seed time is unambiguous")
 }
 
 fn created(n: usize) -> DateTime<FixedOffset> {
@@ -42,17 +39,9 @@ fn entity(kind: Kind, id: String, mut doc: Value, n: usize) -> Entity {
     if let Value::Object(map) = &mut doc {
         map.insert("version".into(), json!(1));
         map.insert("dateModified".into(), json!(rfc3339_offset(&modified)));
-        map.insert(
-            "selfUri".into(),
-            json!(format!("{}/{}", kind.collection_path(), id)),
-        );
+        map.insert("selfUri".into(), json!(format!("{}/{}", kind.collection_path(), id)));
     }
-    Entity {
-        id,
-        doc,
-        version: 1,
-        modified,
-    }
+    Entity { id, doc, version: 1, modified }
 }
 
 /// The n-th seeded queue.

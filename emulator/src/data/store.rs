@@ -23,11 +23,7 @@ pub(crate) struct Collection {
 impl Collection {
     fn seeded(count: usize, make: fn(usize) -> Entity) -> Self {
         let items: Vec<Entity> = (0..count).map(make).collect();
-        let index = items
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.id.clone(), i))
-            .collect();
+        let index = items.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
         Self { items, index }
     }
 
@@ -40,11 +36,7 @@ impl Collection {
         let prefix = prefix.map(str::to_lowercase);
         self.items
             .iter()
-            .filter(|e| {
-                prefix
-                    .as_deref()
-                    .is_none_or(|p| e.name().to_lowercase().starts_with(p))
-            })
+            .filter(|e| prefix.as_deref().is_none_or(|p| e.name().to_lowercase().starts_with(p)))
             .collect()
     }
 
@@ -156,9 +148,7 @@ impl Store {
     /// case-insensitively); `startTime` becomes now. `None` for an unknown user
     /// or status.
     pub fn set_routing_status(&mut self, user_id: &str, status: &str) -> Option<RoutingStatus> {
-        let status = ROUTING_STATUSES
-            .iter()
-            .find(|s| s.eq_ignore_ascii_case(status))?;
+        let status = ROUTING_STATUSES.iter().find(|s| s.eq_ignore_ascii_case(status))?;
         let entry = self.statuses.get_mut(user_id)?;
         entry.status = status;
         entry.start = later_than(entry.start);

@@ -33,7 +33,10 @@ fn run(action_id: &str, input: &Value) -> Value {
     })
 }
 
-async fn execute(action_id: Result<Path<String>, PathRejection>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn execute(
+    action_id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let action_id = path_param(action_id)?;
     let input = json_object(&body)?;
     let self_uri = format!("/api/v2/integrations/actions/{action_id}/execute");

@@ -28,6 +28,9 @@ async fn aggregates(body: Bytes) -> Result<Json<Value>, ApiError> {
     Ok(Json(AggregateQuery::parse(&query)?.answer()))
 }
 
+/// A `[start, end)` time range.
+type Span = (DateTime<Utc>, DateTime<Utc>);
+
 /// A validated aggregate query.
 #[derive(Debug, Clone)]
 struct AggregateQuery {
@@ -88,7 +91,7 @@ impl AggregateQuery {
     }
 
     /// The data intervals: one per granularity step, or the whole interval.
-    fn buckets(&self) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, ApiError> {
+    fn buckets(&self) -> Result<Vec<Span>, ApiError> {
         let Some(step) = self.granularity else {
             return Ok(vec![(self.start, self.end)]);
         };
@@ -213,17 +216,13 @@ fn collect_filter_values(v: &Value, dim: &str, out: &mut Vec<Value>) {
 }
 
 /// `start/end` or `start/duration`, RFC 3339 instants; end must be after start.
-fn parse_interval(s: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+fn parse_interval(s: &str) -> Result<Span, ApiError> {
     let bad = || ApiError::bad_request(format!("Invalid interval '{s}' (expected ISO-8601 start/end)"));
     let (a, b) = s.split_once('/').ok_or_else(bad)?;
-    let start = DateTime::parse_from_rfc3339(a.trim())
-        .map_err(|_| bad())?
-        .with_timezone(&Utc);
+    let start = DateTime::parse_from_rfc3339(a.trim()).map_err(|_| bad())?.with_timezone(&Utc);
     let b = b.trim();
     let end = if b.starts_with('P') {
-        start
-            .checked_add_signed(parse_iso_duration(b).ok_or_else(bad)?)
-            .ok_or_else(bad)?
+        start.checked_add_signed(parse_iso_duration(b).ok_or_else(bad)?).ok_or_else(bad)?
     } else {
         DateTime::parse_from_rfc3339(b).map_err(|_| bad())?.with_timezone(&Utc)
     };
@@ -307,10 +306,7 @@ mod tests {
         let results = a["results"].as_array().unwrap();
         assert_eq!(results.len(), 3);
         assert_eq!(results[0]["data"].as_array().unwrap().len(), 3);
-        assert_eq!(
-            results[0]["data"][0]["interval"],
-            "2024-01-01T00:00:00.000Z/2024-01-01T01:00:00.000Z"
-        );
+        assert_eq!(results[0]["data"][0]["interval"], "2024-01-01T00:00:00.000Z/2024-01-01T01:00:00.000Z");
         let c = answer(r#"{"interval":"2024-01-02T00:00:00Z/2024-01-02T03:00:00Z","granularity":"PT1H","metrics":["nOffered","tHandle"],"groupBy":["queueId"]}"#).unwrap();
         assert_ne!(a, c);
     }
@@ -322,7 +318,8 @@ mod tests {
                 "filter":{"type":"or","predicates":[{"dimension":"queueId","value":"q1"},{"dimension":"queueId","value":"q2"}]}}"#,
         )
         .unwrap();
-        let groups: Vec<&Value> = a["results"].as_array().unwrap().iter().map(|r| &r["group"]["queueId"]).collect();
+        let groups: Vec<&Value> =
+            a["results"].as_array().unwrap().iter().map(|r| &r["group"]["queueId"]).collect();
         assert_eq!(groups, ["q1", "q2"]);
     }
 

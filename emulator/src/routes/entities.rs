@@ -32,13 +32,8 @@ fn get_one(state: &SharedState, kind: Kind, id: &str, headers: &HeaderMap) -> Re
         return ApiError::not_found(format!("Unable to find a {} with id '{id}'", kind.label()))
             .into_response();
     };
-    let validators = Validators {
-        etag: entity.etag(),
-        modified: entity.modified,
-    };
-    conditional::respond(headers, &validators, || {
-        decorate(&entity.doc, entity.self_uri())
-    })
+    let validators = Validators { etag: entity.etag(), modified: entity.modified };
+    conditional::respond(headers, &validators, || decorate(&entity.doc, entity.self_uri()))
 }
 
 fn list(state: &SharedState, kind: Kind, raw_query: Option<&str>) -> Result<Response, ApiError> {
@@ -46,10 +41,7 @@ fn list(state: &SharedState, kind: Kind, raw_query: Option<&str>) -> Result<Resp
     let store = state.store.read();
     let matching = store.collection(kind).filter_by_name(query.name.as_deref());
     let page = Page::new(kind.collection_path(), &query, matching.len());
-    let entities = matching[page.range()]
-        .iter()
-        .map(|e| decorate(&e.doc, e.self_uri()))
-        .collect();
+    let entities = matching[page.range()].iter().map(|e| decorate(&e.doc, e.self_uri())).collect();
     Ok(Json(page.envelope(entities)).into_response())
 }
 

@@ -29,6 +29,12 @@ async fn fallback(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!("No resource found at {}", uri.path())).into_response()
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    ApiError::new(status, "method.not.allowed", format!("{method} is not supported on {}", uri.path()))
+        .into_response()
+}
+
 /// The whole application: platform API, OAuth, admin API.
 pub(crate) fn app(state: SharedState) -> Router {
     let api = api_routes().route_layer(from_fn_with_state(state.clone(), gate::gate));
@@ -38,6 +44,7 @@ pub(crate) fn app(state: SharedState) -> Router {
         .route_layer(from_fn(counting::tag_route))
         .merge(admin::router())
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), counting::count))
         .with_state(state)
 }

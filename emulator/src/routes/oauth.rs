@@ -30,9 +30,7 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 }
 
 fn grant_type(body: &[u8]) -> Option<String> {
-    form_urlencoded::parse(body)
-        .find(|(k, _)| k == "grant_type")
-        .map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(body).find(|(k, _)| k == "grant_type").map(|(_, v)| v.into_owned())
 }
 
 /// The answer and the client it is attributed to (known only once the
@@ -81,8 +79,7 @@ fn answer(state: &SharedState, headers: &HeaderMap, body: &[u8]) -> (Response, O
 
 async fn token(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
     let (mut resp, client) = answer(&state, &headers, &body);
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
     if let Some(id) = client {
         resp.extensions_mut().insert(ClientTag(id));
     }

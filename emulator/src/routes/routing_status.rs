@@ -29,9 +29,6 @@ async fn routing_status(
         .routing_status(&id)
         .ok_or_else(|| ApiError::not_found(format!("Unable to find a user with id '{id}'")))?;
     let body = status.to_json();
-    let validators = Validators {
-        etag: format!("\"{}\"", &hash_hex(&body)[..32]),
-        modified: status.start,
-    };
+    let validators = Validators { etag: format!("\"{}\"", &hash_hex(&body)[..32]), modified: status.start };
     Ok(conditional::respond(&headers, &validators, || body).into_response())
 }

@@ -1,0 +1,235 @@
+package io.cxcache.client;
+
+import com.google.protobuf.Any;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.BadRequest;
+import com.google.rpc.RetryInfo;
+import io.grpc.Status;
+import io.grpc.protobuf.StatusProto;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Optional;
+
+/**
+ * A failed cxcache call: the gRPC status plus the google.rpc details decoded from
+ * {@code grpc-status-details-bin}. Catch a nested subclass for one status code, e.g.
+ * {@link InvalidArgument} (with {@link #fieldViolations()}) or {@link ResourceExhausted} (with
+ * {@link #retryDelay()}).
+ */
+public class CacheException extends RuntimeException {
+  private static final long serialVersionUID = 1L;
+
+  /** One google.rpc.BadRequest field violation. */
+  public record FieldViolation(String field, String description) {}
+
+  private final Status.Code code;
+  private final String statusMessage;
+  private final transient List<Any> details;
+  private final List<FieldViolation> fieldViolations;
+  private final Duration retryDelay;
+
+  protected CacheException(
+      Status.Code code, String statusMessage, List<Any> details, List<FieldViolation> fieldViolations,
+      Duration retryDelay, Throwable cause) {
+    super(describe(code, statusMessage, fieldViolations, retryDelay), cause);
+    this.code = code;
+    this.statusMessage = statusMessage;
+    this.details = List.copyOf(details);
+    this.fieldViolations = List.copyOf(fieldViolations);
+    this.retryDelay = retryDelay;
+  }
+
+  private static String describe(
+      Status.Code code, String message, List<FieldViolation> violations, Duration retryDelay) {
+    StringBuilder sb = new StringBuilder(code.name()).append(": ").append(message == null ? "" : message);
+    if (!violations.isEmpty()) {
+      sb.append(" [");
+      for (int i = 0; i < violations.size(); i++) {
+        if (i > 0) {
+          sb.append("; ");
+        }
+        sb.append(violations.get(i).field()).append(": ").append(violations.get(i).description());
+      }
+      sb.append(']');
+    }
+    if (retryDelay != null) {
+      sb.append(" (retry after ").append(retryDelay).append(')');
+    }
+    return sb.toString();
+  }
+
+  /** The gRPC status code. */
+  public Status.Code code() {
+    return code;
+  }
+
+  /** The status message sent by the server. */
+  public String statusMessage() {
+    return statusMessage;
+  }
+
+  /** All google.rpc detail messages, packed (use {@code Any.is/unpack}). */
+  public List<Any> details() {
+    return details;
+  }
+
+  /** Field violations from a google.rpc.BadRequest detail (empty when none). */
+  public List<FieldViolation> fieldViolations() {
+    return fieldViolations;
+  }
+
+  /** How long to wait before retrying, from a google.rpc.RetryInfo detail. */
+  public Optional<Duration> retryDelay() {
+    return Optional.ofNullable(retryDelay);
+  }
+
+  /** Convert any throwable from a gRPC call into the matching CacheException subclass. */
+  public static CacheException from(Throwable t) {
+    if (t instanceof CacheException ce) {
+      return ce;
+    }
+    Status status = Status.fromThrowable(t);
+    com.google.rpc.Status rich = StatusProto.fromThrowable(t);
+    String message = status.getDescription();
+    List<Any> details = new ArrayList<>();
+    List<FieldViolation> violations = new ArrayList<>();
+    Duration retry = null;
+    if (rich != null) {
+      if (message == null || message.isEmpty()) {
+        message = rich.getMessage();
+      }
+      details.addAll(rich.getDetailsList());
+      for (Any any : rich.getDetailsList()) {
+        try {
+          if (any.is(BadRequest.class)) {
+            for (BadRequest.FieldViolation v : any.unpack(BadRequest.class).getFieldViolationsList()) {
+              violations.add(new FieldViolation(v.getField(), v.getDescription()));
+            }
+          } else if (any.is(RetryInfo.class)) {
+            retry = Durations.toJava(any.unpack(RetryInfo.class).getRetryDelay());
+          }
+        } catch (InvalidProtocolBufferException e) {
+          // keep the packed detail; skip the malformed one
+        }
+      }
+    }
+    if (message == null) {
+      message = "";
+    }
+    Status.Code c = status.getCode();
+    switch (c) {
+      case CANCELLED: return new Cancelled(c, message, details, violations, retry, t);
+      case INVALID_ARGUMENT: return new InvalidArgument(c, message, details, violations, retry, t);
+      case DEADLINE_EXCEEDED: return new DeadlineExceeded(c, message, details, violations, retry, t);
+      case NOT_FOUND: return new NotFound(c, message, details, violations, retry, t);
+      case PERMISSION_DENIED: return new PermissionDenied(c, message, details, violations, retry, t);
+      case RESOURCE_EXHAUSTED: return new ResourceExhausted(c, message, details, violations, retry, t);
+      case FAILED_PRECONDITION: return new FailedPrecondition(c, message, details, violations, retry, t);
+      case UNIMPLEMENTED: return new Unimplemented(c, message, details, violations, retry, t);
+      case INTERNAL: return new Internal(c, message, details, violations, retry, t);
+      case UNAVAILABLE: return new Unavailable(c, message, details, violations, retry, t);
+      case UNAUTHENTICATED: return new Unauthenticated(c, message, details, violations, retry, t);
+      default: return new CacheException(c, message, details, violations, retry, t);
+    }
+  }
+
+  /** CANCELLED. */
+  public static final class Cancelled extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    Cancelled(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** INVALID_ARGUMENT: see {@link #fieldViolations()}. */
+  public static final class InvalidArgument extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    InvalidArgument(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** DEADLINE_EXCEEDED. */
+  public static final class DeadlineExceeded extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    DeadlineExceeded(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** NOT_FOUND (mirrors the upstream answer). */
+  public static final class NotFound extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    NotFound(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** PERMISSION_DENIED (mirrors the upstream answer). */
+  public static final class PermissionDenied extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    PermissionDenied(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** RESOURCE_EXHAUSTED: the upstream quota is spent; see {@link #retryDelay()}. */
+  public static final class ResourceExhausted extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    ResourceExhausted(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** FAILED_PRECONDITION. */
+  public static final class FailedPrecondition extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    FailedPrecondition(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** UNIMPLEMENTED. */
+  public static final class Unimplemented extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    Unimplemented(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** INTERNAL. */
+  public static final class Internal extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    Internal(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** UNAVAILABLE: the server or the upstream is failing; see {@link #retryDelay()}. */
+  public static final class Unavailable extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    Unavailable(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+
+  /** UNAUTHENTICATED (mirrors the upstream answer). */
+  public static final class Unauthenticated extends CacheException {
+    private static final long serialVersionUID = 1L;
+
+    Unauthenticated(Status.Code c, String m, List<Any> d, List<FieldViolation> v, Duration r, Throwable t) {
+      super(c, m, d, v, r, t);
+    }
+  }
+}

@@ -1,0 +1,50 @@
+package io.cxcache.client;
+
+import io.cxcache.v1.WatchRequest;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/** What to watch: {@code WatchQuery.create().keys(k).kinds("routing.queue")}. */
+public final class WatchQuery {
+  private final List<String> keys = new ArrayList<>();
+  private final List<String> prefixes = new ArrayList<>();
+  private final List<String> kinds = new ArrayList<>();
+  private Duration timeout;
+
+  private WatchQuery() {}
+
+  public static WatchQuery create() {
+    return new WatchQuery();
+  }
+
+  public WatchQuery keys(String... keys) {
+    this.keys.addAll(Arrays.asList(keys));
+    return this;
+  }
+
+  public WatchQuery prefixes(String... prefixes) {
+    this.prefixes.addAll(Arrays.asList(prefixes));
+    return this;
+  }
+
+  public WatchQuery kinds(String... kinds) {
+    this.kinds.addAll(Arrays.asList(kinds));
+    return this;
+  }
+
+  /** Bound on the whole subscription (no default timeout applies to watches). */
+  public WatchQuery timeout(Duration timeout) {
+    this.timeout = timeout;
+    return this;
+  }
+
+  Duration timeout() {
+    return timeout;
+  }
+
+  WatchRequest toProto() {
+    return WatchRequest.newBuilder().addAllKeys(keys).addAllPrefixes(prefixes).addAllKinds(kinds).build();
+  }
+}

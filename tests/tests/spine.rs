@@ -1,0 +1,270 @@
+//! The spine end to end: Get through a cxcache instance to the emulator and
+//! back, on the embedded store and on a real Redis Cluster.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cxcache::proto::v1::{Freshness, GetRequest, Source};
+use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use harness::*;
+use serde_json::json;
+use tonic::Code;
+
+const QUEUE_ROUTE: &str = "GET /api/v2/routing/queues/{id}";
+const ANALYTICS_ROUTE: &str = "POST /api/v2/analytics/conversations/aggregates/query";
+
+/// Runs one scenario against both backends, each test with its own namespace.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(harness::Backend::Memory, &harness::unique_env(stringify!($name))).await; })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (url, _guard) = harness::redis_url();
+                super::$name(harness::Backend::Redis(url), &harness::unique_env(stringify!($name))).await;
+            })*
+        }
+    };
+}
+
+both_backends!(
+    first_get_goes_upstream_then_hits_with_identical_bytes,
+    equivalent_analytics_bodies_share_one_key_and_one_call,
+    upstream_failures_are_mapped_and_never_stored,
+    ttl_expiry_leads_to_a_refetch,
+    bad_input_is_rejected_without_upstream_call_or_write,
+    variants_and_lists_are_separate_entries,
+);
+
+async fn first_get_goes_upstream_then_hits_with_identical_bytes(backend: Backend, env: &str) {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(env, &backend, &emu)).await;
+    let id = queue_id(3);
+
+    let first = cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(first.source(), Source::Upstream);
+    assert_eq!(first.key, format!("{env}:routing.queue:{id}:full"));
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1);
+    let value: serde_json::Value = serde_json::from_slice(&first.value).unwrap();
+    assert_eq!(value["id"], id.as_str());
+    assert!(value.get("_links").is_none() && value.get("retrievedAt").is_none(), "volatile fields dropped");
+    assert!(value["dateModified"].as_str().unwrap().ends_with('Z'), "times in UTC: {}", value["dateModified"]);
+
+    for _ in 0..100 {
+        let hit = cx.get(get_queue(&id)).await.unwrap();
+        assert_eq!(hit.source(), Source::Store);
+        assert_eq!(hit.value, first.value);
+    }
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "100 hits cost no upstream call");
+
+    // A forced refetch gets a response whose _links/retrievedAt differ, yet
+    // the stored bytes are identical.
+    let refreshed = cx
+        .get(GetRequest {
+            freshness: Some(Freshness { force_refresh: true, ..Default::default() }),
+            ..get_queue(&id)
+        })
+        .await
+        .unwrap();
+    assert_eq!(refreshed.source(), Source::Upstream);
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 2);
+    assert_eq!(refreshed.value, first.value, "normalized bytes are stable across responses");
+    cx.stop().await;
+}
+
+fn analytics(body: serde_json::Value) -> GetRequest {
+    GetRequest {
+        kind: "analytics.conversations.aggregates".into(),
+        body_json: body.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn equivalent_analytics_bodies_share_one_key_and_one_call(backend: Backend, env: &str) {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(env, &backend, &emu)).await;
+    let a = json!({
+        "interval": "2023-10-01T00:00:00Z/2023-10-01T06:00:00Z",
+        "granularity": "PT1H",
+        "groupBy": ["queueId"],
+        "filter": {"type": "and", "predicates": [
+            {"dimension": "queueId", "value": "q1"}, {"dimension": "mediaType", "value": "voice"}]},
+        "metrics": ["nOffered", "tHandle"],
+        "requestId": "a-1"
+    });
+    let b = json!({
+        "metrics": ["nOffered", "tHandle"],
+        "requestId": "b-2",
+        "filter": {"predicates": [
+            {"value": "voice", "dimension": "mediaType"}, {"dimension": "queueId", "value": "q1"}], "type": "and"},
+        "groupBy": ["queueId"],
+        "granularity": "PT1H",
+        "interval": "2023-10-01T07:00:00+07:00/2023-10-01T13:00:00+07:00"
+    });
+    let ra = cx.get(analytics(a)).await.unwrap();
+    let rb = cx.get(analytics(b)).await.unwrap();
+    assert_eq!(ra.key, rb.key);
+    assert_eq!(ra.source(), Source::Upstream);
+    assert_eq!(rb.source(), Source::Store);
+    assert_eq!(ra.value, rb.value);
+    assert_eq!(emu.counters().route(ANALYTICS_ROUTE), 1);
+    // The TTL follows the hourly granularity (about 3400 s), not the config class.
+    let ttl = ra.ttl_remaining.unwrap().seconds;
+    assert!((3000..=3420).contains(&ttl), "analytics ttl {ttl}");
+
+    // A different window is a different key and a second call.
+    let c = json!({"interval": "2023-10-02T00:00:00Z/2023-10-02T06:00:00Z", "granularity": "PT1H", "metrics": ["nOffered"]});
+    let rc = cx.get(analytics(c)).await.unwrap();
+    assert_ne!(rc.key, ra.key);
+    assert_eq!(emu.counters().route(ANALYTICS_ROUTE), 2);
+    cx.stop().await;
+}
+
+async fn upstream_failures_are_mapped_and_never_stored(backend: Backend, env: &str) {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(env, &backend, &emu)).await;
+    let prefix = "/api/v2/routing/queues/".to_string();
+
+    // 429 → RESOURCE_EXHAUSTED with RetryInfo from Retry-After.
+    let id = queue_id(1);
+    emu.inject_fault(Fault {
+        path_prefix: prefix.clone(),
+        status: Some(429),
+        retry_after_secs: Some(7),
+        latency: None,
+        hold: false,
+        count: 1,
+    });
+    let err = cx.get(get_queue(&id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let retry = details(&err).retry_info().expect("RetryInfo").retry_delay.expect("delay");
+    assert_eq!(retry, Duration::from_secs(7));
+    let ok = cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(ok.source(), Source::Upstream, "the 429 was not stored");
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 2);
+
+    // 500 → UNAVAILABLE, not stored.
+    let id = queue_id(2);
+    emu.inject_fault(Fault { path_prefix: prefix.clone(), status: Some(500), retry_after_secs: None, latency: None, hold: false, count: 1 });
+    let err = cx.get(get_queue(&id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
+
+    // 403 → PERMISSION_DENIED; 404 → NOT_FOUND; neither stored.
+    let id = queue_id(4);
+    emu.inject_fault(Fault { path_prefix: prefix.clone(), status: Some(403), retry_after_secs: None, latency: None, hold: false, count: 1 });
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
+    let before = emu.counters().route(QUEUE_ROUTE);
+    assert_eq!(cx.get(get_queue("no-such-queue")).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(cx.get(get_queue("no-such-queue")).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), before + 2, "a 404 is not cached");
+
+    // Revoked credentials → UNAUTHENTICATED (the token is refused, then the
+    // token endpoint refuses the client).
+    emu.revoke_client("cxcache-demo");
+    let err = cx.get(get_queue(&queue_id(5))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(!err.message().contains("demo-secret"), "secrets never appear in errors");
+    cx.stop().await;
+}
+
+async fn ttl_expiry_leads_to_a_refetch(backend: Backend, env: &str) {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let mut c = config(env, &backend, &emu);
+    c.cache.ttl.config = Duration::from_millis(400);
+    c.cache.ttl.jitter = 0.0;
+    let cx = Instance::start(c).await;
+    let id = queue_id(7);
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Store);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let again = cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(again.source(), Source::Upstream, "expired entry is refetched");
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 2);
+    cx.stop().await;
+}
+
+async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, env: &str) {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(env, &backend, &emu)).await;
+    let cases: Vec<(GetRequest, &str)> = vec![
+        (GetRequest { kind: "routing.nothing".into(), id: "x".into(), ..Default::default() }, "kind"),
+        (GetRequest { kind: "".into(), ..Default::default() }, "kind"),
+        (GetRequest { kind: "routing.queue".into(), ..Default::default() }, "id"),
+        (GetRequest { variant: "nope".into(), ..get_queue(&queue_id(1)) }, "variant"),
+        (GetRequest { kind: "analytics.conversations.aggregates".into(), body_json: "{\"interval\":".into(), ..Default::default() }, "body_json"),
+        (
+            GetRequest {
+                kind: "analytics.conversations.aggregates".into(),
+                body_json: format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000)),
+                ..Default::default()
+            },
+            "body_json",
+        ),
+        (GetRequest { kind: "routing.queue".into(), id: "a/../../b".into(), ..Default::default() }, "id"),
+    ];
+    for (req, field) in cases {
+        let err = cx.get(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{req:?}");
+        let violations = details(&err).bad_request().expect("BadRequest details").field_violations.clone();
+        assert!(violations.iter().any(|v| v.field == field), "{req:?}: {violations:?}");
+    }
+    assert_eq!(emu.counters().total, 0, "bad input causes no upstream call (not even a token)");
+    if let Backend::Redis(url) = &backend {
+        let redis = redis_client(url).await;
+        assert!(keys_of_env(&redis, env).await.is_empty(), "bad input writes nothing");
+    }
+    cx.stop().await;
+}
+
+async fn variants_and_lists_are_separate_entries(backend: Backend, env: &str) {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(env, &backend, &emu)).await;
+    let id = queue_id(9);
+    let full = cx.get(get_queue(&id)).await.unwrap();
+    let summary = cx.get(GetRequest { variant: "summary".into(), ..get_queue(&id) }).await.unwrap();
+    assert_eq!(summary.key, format!("{env}:routing.queue:{id}:summary"));
+    let s: serde_json::Value = serde_json::from_slice(&summary.value).unwrap();
+    let keys: HashSet<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, HashSet::from(["id", "name", "memberCount", "joinedMemberCount", "division"]));
+    assert_ne!(full.value, summary.value);
+    assert_eq!(summary.tags, vec![format!("queue:{id}")]);
+
+    let list = cx.get(GetRequest { kind: "routing.queues".into(), ..Default::default() }).await.unwrap();
+    let l: serde_json::Value = serde_json::from_slice(&list.value).unwrap();
+    assert_eq!(l["entities"].as_array().unwrap().len(), 50, "all seeded queues assembled");
+    assert_eq!(l["total"], 50);
+    cx.stop().await;
+}
+
+/// Redis-only: every key written has a TTL, and keys spread over the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_all_expire_and_spread_over_slots() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("spread");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(&env, &Backend::Redis(url.clone()), &emu)).await;
+    for n in 0..30 {
+        cx.get(get_queue(&queue_id(n))).await.unwrap();
+    }
+    cx.get(analytics(json!({"interval": "2023-10-01T00:00:00Z/2023-10-01T01:00:00Z", "metrics": ["nOffered"]})))
+        .await
+        .unwrap();
+    let redis = redis_client(&url).await;
+    let keys = keys_of_env(&redis, &env).await;
+    assert_eq!(keys.len(), 31, "{keys:?}");
+    for key in &keys {
+        let ms = pttl(&redis, key).await;
+        assert!(ms > 0, "{key} has no expiry (PTTL {ms})");
+    }
+    let slots: HashSet<u16> = keys.iter().map(|k| fred::util::redis_keyslot(k.as_bytes())).collect();
+    assert!(slots.len() >= 20, "keys should spread over many slots, got {}", slots.len());
+    // The 3 masters split the 16384 slots in thirds: keys land on all of them.
+    let thirds: HashSet<u16> = slots.iter().map(|s| s / 5462).collect();
+    assert_eq!(thirds.len(), 3, "keys on every master: {slots:?}");
+    cx.stop().await;
+}
