@@ -12,8 +12,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out.join("cxcache_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
 
-    tonic_prost_build::configure()
-        .bytes(".cxcache.v1.GetResponse.value")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().bytes(".cxcache.v1.GetResponse.value").compile_fds(fds)?;
     Ok(())
 }

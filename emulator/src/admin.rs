@@ -62,6 +62,7 @@ async fn inject_fault(State(s): State<SharedState>, body: Bytes) -> Result<Json<
             return Err(ApiError::bad_request(format!("Invalid status {status}")));
         }
     }
+    tracing::info!(?fault, "fault injected");
     s.faults.inject(fault.clone());
     Ok(Json(fault))
 }

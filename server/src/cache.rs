@@ -132,7 +132,10 @@ impl Cache {
     }
 
     /// Joins or starts the flight that fetches `r` upstream and stores it.
-    fn flight(&self, r: &Resolved) -> impl std::future::Future<Output = (Result<Flight>, Role)> + Send + 'static {
+    fn flight(
+        &self,
+        r: &Resolved,
+    ) -> impl std::future::Future<Output = (Result<Flight>, Role)> + Send + 'static {
         let fetch = Fetch {
             r: r.clone(),
             tiers: self.tiers.clone(),

@@ -64,7 +64,7 @@ pub fn sort_arrays_under(value: &mut Value, keys: &[&str]) {
                 sort_arrays_under(v, keys);
                 if keys.contains(&k.as_str()) {
                     if let Value::Array(items) = v {
-                        items.sort_by_cached_key(|item| to_bytes(item));
+                        items.sort_by_cached_key(to_bytes);
                     }
                 }
             }
@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn keys_sorted_and_fields_dropped_at_any_depth() {
-        let v = json!({"b": 1, "a": {"_links": {"x": 1}, "z": 2, "y": [ {"_links": 3, "k": 1} ]}, "_links": {}});
+        let v =
+            json!({"b": 1, "a": {"_links": {"x": 1}, "z": 2, "y": [ {"_links": 3, "k": 1} ]}, "_links": {}});
         let c = canonicalize(v, &["_links".to_string()]);
         assert_eq!(String::from_utf8(to_bytes(&c)).unwrap(), r#"{"a":{"y":[{"k":1}],"z":2},"b":1}"#);
     }

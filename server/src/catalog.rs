@@ -114,7 +114,9 @@ impl Catalog {
     fn validate(&self) -> Result<(), String> {
         for (name, kind) in &self.kinds {
             if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
-                return Err(format!("catalog kind {name:?}: names may not be empty or contain ':' or spaces"));
+                return Err(format!(
+                    "catalog kind {name:?}: names may not be empty or contain ':' or spaces"
+                ));
             }
             if !kind.path.starts_with('/') {
                 return Err(format!("catalog kind {name}: path must start with '/'"));

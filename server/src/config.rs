@@ -317,7 +317,8 @@ impl Config {
     /// Checks everything that would otherwise fail later at run time.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        if self.env.is_empty() || !self.env.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if self.env.is_empty() || !self.env.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             problems.push(format!("env {:?}: use letters, digits, '-' or '_'", self.env));
         }
         if let Some(url) = &self.redis.url {
@@ -330,7 +331,10 @@ impl Config {
             }
         }
         if self.upstream.base_url.is_some() && self.upstream.credentials.is_empty() {
-            problems.push("upstream.base_url is set but no upstream.credentials (or --client-id/--client-secret)".into());
+            problems.push(
+                "upstream.base_url is set but no upstream.credentials (or --client-id/--client-secret)"
+                    .into(),
+            );
         }
         if let Some(url) = &self.upstream.base_url {
             if url::Url::parse(url).is_err() {
@@ -395,8 +399,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_together() {
-        let mut c = Config::default();
-        c.env = "a:b".into();
+        let mut c = Config { env: "a:b".into(), ..Config::default() };
         c.cache.ttl.jitter = 2.0;
         let err = c.validate().unwrap_err();
         assert!(err.contains("env") && err.contains("jitter"), "{err}");

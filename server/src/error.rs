@@ -74,11 +74,7 @@ pub enum Error {
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
 impl Error {
@@ -128,9 +124,11 @@ impl From<Error> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            Error::Unavailable { retry_after: Some(after), .. } => {
-                Status::with_error_details(Code::Unavailable, message, ErrorDetails::with_retry_info(Some(after)))
-            }
+            Error::Unavailable { retry_after: Some(after), .. } => Status::with_error_details(
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_retry_info(Some(after)),
+            ),
             Error::Unavailable { retry_after: None, .. } | Error::Store(_) => Status::unavailable(message),
             Error::BadUpstream(_) => Status::failed_precondition(message),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),

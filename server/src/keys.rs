@@ -25,7 +25,13 @@ pub const NO_ID: &str = "_";
 pub const FULL_VARIANT: &str = "full";
 
 /// Key of a named (id-keyed) resource.
-pub fn named(env: &str, kind: &str, id: Option<&str>, variant: Option<&str>, params: &BTreeMap<String, String>) -> String {
+pub fn named(
+    env: &str,
+    kind: &str,
+    id: Option<&str>,
+    variant: Option<&str>,
+    params: &BTreeMap<String, String>,
+) -> String {
     let mut key = format!(
         "{env}:{kind}:{}:{}",
         id.filter(|s| !s.is_empty()).unwrap_or(NO_ID),
@@ -48,7 +54,13 @@ pub fn named(env: &str, kind: &str, id: Option<&str>, variant: Option<&str>, par
 
 /// Key of a body-carrying query. `id` (e.g. a data action id) is hashed with
 /// the body so executions spread over the cluster.
-pub fn for_body(env: &str, kind: &str, id: Option<&str>, variant: Option<&str>, canonical_body: &[u8]) -> String {
+pub fn for_body(
+    env: &str,
+    kind: &str,
+    id: Option<&str>,
+    variant: Option<&str>,
+    canonical_body: &[u8],
+) -> String {
     let mut h = Sha256::new();
     if let Some(id) = id.filter(|s| !s.is_empty()) {
         h.update(id.as_bytes());
@@ -100,7 +112,10 @@ mod tests {
     fn named_key_shapes() {
         let none = BTreeMap::new();
         assert_eq!(named("prod", "routing.queue", Some("q1"), None, &none), "prod:routing.queue:q1:full");
-        assert_eq!(named("prod", "routing.queue", Some("q1"), Some("summary"), &none), "prod:routing.queue:q1:summary");
+        assert_eq!(
+            named("prod", "routing.queue", Some("q1"), Some("summary"), &none),
+            "prod:routing.queue:q1:summary"
+        );
         let mut p = BTreeMap::new();
         p.insert("pageSize".to_string(), "25".to_string());
         let k = named("prod", "routing.queues", None, None, &p);

@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn variants_keep_only_their_fields() {
-        let body = br#"{"id":"1","name":"Q","mediaSettings":{"call":{"a":1},"chat":{"b":2}},"memberCount":3}"#;
+        let body =
+            br#"{"id":"1","name":"Q","mediaSettings":{"call":{"a":1},"chat":{"b":2}},"memberCount":3}"#;
         let fields = vec!["name".to_string(), "mediaSettings.call".to_string(), "missing".to_string()];
         let out = normalize(body, &drop(), Some(&fields)).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"mediaSettings":{"call":{"a":1}},"name":"Q"}"#);

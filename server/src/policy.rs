@@ -158,7 +158,12 @@ fn check_variant(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -
             let known: Vec<&str> = kind.variants.keys().map(String::as_str).collect();
             bad.push(FieldViolation::new(
                 "variant",
-                format!("unknown variant {:?} for kind {}; known: {}", req.variant, req.kind, known.join(", ")),
+                format!(
+                    "unknown variant {:?} for kind {}; known: {}",
+                    req.variant,
+                    req.kind,
+                    known.join(", ")
+                ),
             ));
             None
         }
@@ -185,7 +190,12 @@ fn check_params(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) ->
     out
 }
 
-fn check_body(req: &GetRequest, kind: &Kind, settings: &CacheSettings, bad: &mut Vec<FieldViolation>) -> Option<Value> {
+fn check_body(
+    req: &GetRequest,
+    kind: &Kind,
+    settings: &CacheSettings,
+    bad: &mut Vec<FieldViolation>,
+) -> Option<Value> {
     let raw = req.body_json.trim();
     if !kind.takes_body() {
         if !raw.is_empty() {

@@ -57,8 +57,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             .await
             .context("starting the bundled emulator")?;
         config.upstream.base_url = Some(handle.base_url());
-        config.upstream.credentials =
-            vec![Credential { client_id: EMULATOR_CLIENT.0.into(), client_secret: Secret::new(EMULATOR_CLIENT.1) }];
+        config.upstream.credentials = vec![Credential {
+            client_id: EMULATOR_CLIENT.0.into(),
+            client_secret: Secret::new(EMULATOR_CLIENT.1),
+        }];
         tracing::info!(url = %handle.base_url(), "no upstream configured: using the bundled Genesys emulator");
         emulator = Some(handle);
     }
@@ -70,8 +72,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone())?);
     let cache = Arc::new(Cache::new(config.env.clone(), catalog, config.cache.clone(), tiers, upstream));
 
-    let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
-    let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+    let grpc_listener =
+        TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
+    let http_listener =
+        TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 

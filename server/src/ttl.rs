@@ -76,7 +76,10 @@ pub fn iso8601_duration(s: &str) -> Option<Duration> {
     };
     let mut secs = 0u64;
     let mut any = false;
-    for (part, units) in [(date, &[('W', 604_800u64), ('D', 86_400)][..]), (time.unwrap_or(""), &[('H', 3600), ('M', 60), ('S', 1)][..])] {
+    for (part, units) in [
+        (date, &[('W', 604_800u64), ('D', 86_400)][..]),
+        (time.unwrap_or(""), &[('H', 3600), ('M', 60), ('S', 1)][..]),
+    ] {
         let mut num = String::new();
         for c in part.chars() {
             if c.is_ascii_digit() {

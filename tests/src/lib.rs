@@ -99,7 +99,12 @@ pub fn redis_url() -> (String, Option<RedisCluster>) {
 pub fn unique_env(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("t{}{}{}", std::process::id(), n, name.chars().filter(char::is_ascii_alphanumeric).collect::<String>())
+    format!(
+        "t{}{}{}",
+        std::process::id(),
+        n,
+        name.chars().filter(char::is_ascii_alphanumeric).collect::<String>()
+    )
 }
 
 /// The Genesys emulator, in-process on a free port.
@@ -118,10 +123,12 @@ pub enum Backend {
 
 /// A config for an instance on free ports, against `emulator`.
 pub fn config(env: &str, backend: &Backend, emulator: &EmulatorHandle) -> Config {
-    let mut c = Config::default();
-    c.env = env.to_string();
-    c.grpc_addr = ([127, 0, 0, 1], 0).into();
-    c.http_addr = ([127, 0, 0, 1], 0).into();
+    let mut c = Config {
+        env: env.to_string(),
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        ..Config::default()
+    };
     c.redis.url = match backend {
         Backend::Memory => None,
         Backend::Redis(url) => Some(url.clone()),
@@ -186,7 +193,8 @@ pub fn get_queue(id: &str) -> GetRequest {
 
 /// A plain fred client for asserting on what is in Redis.
 pub async fn redis_client(url: &str) -> fred::prelude::Client {
-    let client = Builder::from_config(RedisConfig::from_url(url).expect("redis url")).build().expect("client");
+    let client =
+        Builder::from_config(RedisConfig::from_url(url).expect("redis url")).build().expect("client");
     client.init().await.expect("connect redis");
     client
 }

@@ -51,7 +51,11 @@ async fn first_get_goes_upstream_then_hits_with_identical_bytes(backend: Backend
     let value: serde_json::Value = serde_json::from_slice(&first.value).unwrap();
     assert_eq!(value["id"], id.as_str());
     assert!(value.get("_links").is_none() && value.get("retrievedAt").is_none(), "volatile fields dropped");
-    assert!(value["dateModified"].as_str().unwrap().ends_with('Z'), "times in UTC: {}", value["dateModified"]);
+    assert!(
+        value["dateModified"].as_str().unwrap().ends_with('Z'),
+        "times in UTC: {}",
+        value["dateModified"]
+    );
 
     for _ in 0..100 {
         let hit = cx.get(get_queue(&id)).await.unwrap();
@@ -148,14 +152,28 @@ async fn upstream_failures_are_mapped_and_never_stored(backend: Backend, env: &s
 
     // 500 → UNAVAILABLE, not stored.
     let id = queue_id(2);
-    emu.inject_fault(Fault { path_prefix: prefix.clone(), status: Some(500), retry_after_secs: None, latency: None, hold: false, count: 1 });
+    emu.inject_fault(Fault {
+        path_prefix: prefix.clone(),
+        status: Some(500),
+        retry_after_secs: None,
+        latency: None,
+        hold: false,
+        count: 1,
+    });
     let err = cx.get(get_queue(&id)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
 
     // 403 → PERMISSION_DENIED; 404 → NOT_FOUND; neither stored.
     let id = queue_id(4);
-    emu.inject_fault(Fault { path_prefix: prefix.clone(), status: Some(403), retry_after_secs: None, latency: None, hold: false, count: 1 });
+    emu.inject_fault(Fault {
+        path_prefix: prefix.clone(),
+        status: Some(403),
+        retry_after_secs: None,
+        latency: None,
+        hold: false,
+        count: 1,
+    });
     assert_eq!(cx.get(get_queue(&id)).await.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
     let before = emu.counters().route(QUEUE_ROUTE);
@@ -196,7 +214,14 @@ async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, 
         (GetRequest { kind: "".into(), ..Default::default() }, "kind"),
         (GetRequest { kind: "routing.queue".into(), ..Default::default() }, "id"),
         (GetRequest { variant: "nope".into(), ..get_queue(&queue_id(1)) }, "variant"),
-        (GetRequest { kind: "analytics.conversations.aggregates".into(), body_json: "{\"interval\":".into(), ..Default::default() }, "body_json"),
+        (
+            GetRequest {
+                kind: "analytics.conversations.aggregates".into(),
+                body_json: "{\"interval\":".into(),
+                ..Default::default()
+            },
+            "body_json",
+        ),
         (
             GetRequest {
                 kind: "analytics.conversations.aggregates".into(),
@@ -251,9 +276,11 @@ async fn redis_keys_all_expire_and_spread_over_slots() {
     for n in 0..30 {
         cx.get(get_queue(&queue_id(n))).await.unwrap();
     }
-    cx.get(analytics(json!({"interval": "2023-10-01T00:00:00Z/2023-10-01T01:00:00Z", "metrics": ["nOffered"]})))
-        .await
-        .unwrap();
+    cx.get(analytics(
+        json!({"interval": "2023-10-01T00:00:00Z/2023-10-01T01:00:00Z", "metrics": ["nOffered"]}),
+    ))
+    .await
+    .unwrap();
     let redis = redis_client(&url).await;
     let keys = keys_of_env(&redis, &env).await;
     assert_eq!(keys.len(), 31, "{keys:?}");

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::deadline;
-use crate::cache::{Cache, Source, Served};
+use crate::cache::{Cache, Served, Source};
 use crate::entry::now_ms;
 use crate::error::Error;
 use crate::proto::v1::{self, GetRequest, GetResponse};

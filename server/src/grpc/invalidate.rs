@@ -8,7 +8,10 @@ use crate::error::{Error, FieldViolation};
 use crate::keys;
 use crate::proto::v1::{InvalidateRequest, InvalidateResponse};
 
-pub async fn handle(cache: &Cache, request: Request<InvalidateRequest>) -> Result<Response<InvalidateResponse>, Status> {
+pub async fn handle(
+    cache: &Cache,
+    request: Request<InvalidateRequest>,
+) -> Result<Response<InvalidateResponse>, Status> {
     let req = request.into_inner();
     let mut bad = Vec::new();
     if req.keys.is_empty() && req.prefixes.is_empty() && req.tags.is_empty() {

@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 use crate::cache::Cache;
 use crate::error::Error;
 use crate::proto::v1::cache_server::Cache as CacheRpc;
-use crate::proto::v1::{GetRequest, GetResponse, InvalidateRequest, InvalidateResponse, WatchEvent, WatchRequest};
+use crate::proto::v1::{
+    GetRequest, GetResponse, InvalidateRequest, InvalidateResponse, WatchEvent, WatchRequest,
+};
 
 /// Implements `cxcache.v1.Cache`.
 pub struct CacheService {

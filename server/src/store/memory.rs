@@ -24,7 +24,13 @@ impl Expiry<String, Item> for PerItemExpiry {
     fn expire_after_create(&self, _key: &String, item: &Item, now: Instant) -> Option<Duration> {
         Some(item.expires_at.saturating_duration_since(now))
     }
-    fn expire_after_update(&self, _key: &String, item: &Item, now: Instant, _left: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        item: &Item,
+        now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
         Some(item.expires_at.saturating_duration_since(now))
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Pool, ReconnectPolicy,
+    Builder, Client, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Pool,
+    ReconnectPolicy,
 };
 use futures::future::try_join_all;
 
@@ -38,7 +39,9 @@ impl RedisStore {
             .map_err(store_err)?;
         tokio::time::timeout(settings.connect_timeout, pool.init())
             .await
-            .map_err(|_| Error::Store(format!("redis: no connection to {url} within {:?}", settings.connect_timeout)))?
+            .map_err(|_| {
+                Error::Store(format!("redis: no connection to {url} within {:?}", settings.connect_timeout))
+            })?
             .map_err(store_err)?;
         Ok(RedisStore { pool })
     }
@@ -63,7 +66,9 @@ impl Store for RedisStore {
     async fn delete(&self, keys: &[String]) -> Result<u64> {
         // One DEL per key: keys of different entities live on different
         // cluster slots, and a multi-key DEL across slots is refused.
-        let counts = try_join_all(keys.iter().map(|k| self.pool.del::<u64, _>(k.as_str()))).await.map_err(store_err)?;
+        let counts = try_join_all(keys.iter().map(|k| self.pool.del::<u64, _>(k.as_str())))
+            .await
+            .map_err(store_err)?;
         Ok(counts.into_iter().sum())
     }
 

@@ -156,14 +156,18 @@ impl Upstream {
     async fn read_body(&self, resp: reqwest::Response) -> Result<Bytes> {
         let max = self.settings.max_response_bytes;
         if resp.content_length().is_some_and(|n| n as usize > max) {
-            return Err(Error::BadUpstream(format!("response over {max} bytes (upstream.max_response_bytes)")));
+            return Err(Error::BadUpstream(format!(
+                "response over {max} bytes (upstream.max_response_bytes)"
+            )));
         }
         let body = resp.bytes().await.map_err(|e| Error::Unavailable {
             message: format!("upstream body: {}", without_url(&e)),
             retry_after: None,
         })?;
         if body.len() > max {
-            return Err(Error::BadUpstream(format!("response over {max} bytes (upstream.max_response_bytes)")));
+            return Err(Error::BadUpstream(format!(
+                "response over {max} bytes (upstream.max_response_bytes)"
+            )));
         }
         Ok(body)
     }

@@ -123,8 +123,10 @@ impl TokenPool {
                 })
             }
         }
-        let reply: TokenReply =
-            reply.json().await.map_err(|e| Error::BadUpstream(format!("token reply: {}", without_url(&e))))?;
+        let reply: TokenReply = reply
+            .json()
+            .await
+            .map_err(|e| Error::BadUpstream(format!("token reply: {}", without_url(&e))))?;
         let lifetime = Duration::from_secs(reply.expires_in);
         tracing::debug!(client_id = %credential.client_id, ?lifetime, "fetched upstream token");
         Ok(Token { value: reply.access_token, refresh_at: started + lifetime.mul_f64(REFRESH_AT) })

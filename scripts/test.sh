@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one command that installs what the tests need and runs every test:
+#   bash scripts/test.sh
+# Stages: install deps → fmt + clippy → build → start a shared 3+3 Redis
+# Cluster → cargo tests (unit + end-to-end) → grpcurl script → client suites
+# → load-test smoke run → stop the cluster. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export PATH="$(go env GOPATH 2>/dev/null)/bin:$PATH"
+
+stage() { printf '\n=== %s ===\n' "$*"; }
+
+stage "install dependencies"
+bash scripts/install-deps.sh
+
+stage "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+stage "build"
+cargo build --workspace --all-targets --quiet
+
+stage "start Redis Cluster (3 masters, 3 replicas)"
+cluster_dir=$(mktemp -d -t cxcache-ci-redis-XXXX)
+cleanup() { bash scripts/redis-cluster.sh stop "$cluster_dir" || true; rm -rf "$cluster_dir"; }
+trap cleanup EXIT
+CXCACHE_TEST_REDIS_URL=$(bash scripts/redis-cluster.sh start "$cluster_dir")
+export CXCACHE_TEST_REDIS_URL
+echo "cluster at $CXCACHE_TEST_REDIS_URL"
+
+stage "cargo test"
+cargo test --workspace --quiet 2>&1 | tee "$cluster_dir/cargo-test.log"
+
+stage "grpcurl against the binary (reflection)"
+bash tests/grpcurl.sh target/debug/cxcache
+
+if [ -x clients/run-tests.sh ]; then
+  stage "client suites (Python, Node, Java)"
+  bash clients/run-tests.sh
+fi
+
+if [ -x loadtest/run.sh ]; then
+  stage "load test (short mode)"
+  bash loadtest/run.sh --short
+fi
+
+stage "done"
+echo "all stages passed"
