@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::catalog::Catalog;
 use crate::coalesce::{Role, Singleflight};
 use crate::config::CacheSettings;
@@ -81,7 +83,8 @@ impl Cache {
 
     /// Answers a Get: from cache when fresh enough, else one upstream fetch
     /// shared by all concurrent callers; stale on upstream failure.
-    pub async fn get(&self, req: &GetRequest) -> Result<Served> {
+    /// `deadline`: when the caller stops waiting (from `grpc-timeout`).
+    pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
         let r = policy::resolve(req, &self.env, &self.catalog, &self.settings)?;
         let mut stale = None;
         if !r.freshness.force_refresh {
@@ -104,14 +107,14 @@ impl Cache {
         if let (true, Some(entry)) = (r.freshness.allow_stale, &stale) {
             // Stale-while-revalidate on request: answer now, refresh once in
             // the background (joined by any concurrent flight).
-            let refresh = self.flight(&r);
+            let refresh = self.flight(&r, None);
             tokio::spawn(async move {
                 let _ = refresh.await;
             });
             return Ok(Served { entry: entry.clone(), source: Source::Stale, key: r.key });
         }
 
-        match self.flight(&r).await {
+        match self.flight(&r, deadline).await {
             (Ok(f), role) => {
                 let source = match (role, f.from_upstream) {
                     (Role::Leader, true) => Source::Upstream,
@@ -135,9 +138,11 @@ impl Cache {
     fn flight(
         &self,
         r: &Resolved,
+        deadline: Option<Instant>,
     ) -> impl std::future::Future<Output = (Result<Flight>, Role)> + Send + 'static {
         let fetch = Fetch {
             r: r.clone(),
+            deadline,
             tiers: self.tiers.clone(),
             upstream: self.upstream.clone(),
             ttl: self.ttl.clone(),
@@ -157,6 +162,8 @@ fn acceptable(entry: &Entry, freshness: &Freshness, now: i64) -> bool {
 /// Everything one upstream fetch needs, owned, so it can run in its own task.
 struct Fetch {
     r: Resolved,
+    /// The deadline of the caller that started the flight.
+    deadline: Option<Instant>,
     tiers: Arc<Tiers>,
     upstream: Arc<Upstream>,
     ttl: Arc<TtlPolicy>,
@@ -175,7 +182,7 @@ impl Fetch {
                 }
             }
         }
-        let fetched = self.upstream.fetch(&r.call, r.kind.paged).await?;
+        let fetched = self.upstream.fetch(&r.call, r.kind.paged, self.deadline).await?;
         let drop: Vec<String> =
             self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
         let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;

@@ -66,10 +66,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     }
     let base_url = config.upstream.base_url.clone().unwrap_or_default();
 
-    let store = store::connect(&config.redis).await.context("connecting the store")?;
-    tracing::info!(backend = store.backend(), "store ready");
-    let tiers = Arc::new(Tiers::new(store, config.cache.stale_grace));
-    let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone())?);
+    let connected = store::connect(&config.redis).await.context("connecting the store")?;
+    tracing::info!(backend = connected.store.backend(), "store ready");
+    let tiers = Arc::new(Tiers::new(connected.store, config.cache.stale_grace));
+    let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.redis.clone())?);
     let cache = Arc::new(Cache::new(config.env.clone(), catalog, config.cache.clone(), tiers, upstream));
 
     let grpc_listener =

@@ -1,5 +1,6 @@
 //! `Get`: serve one resource through the cache.
 
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::deadline;
@@ -12,10 +13,10 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
     let deadline = deadline::from_metadata(request.metadata());
     let req = request.into_inner();
     let served = match deadline {
-        Some(limit) => tokio::time::timeout(limit, cache.get(&req))
+        Some(limit) => tokio::time::timeout(limit, cache.get(&req, Some(Instant::now() + limit)))
             .await
             .map_err(|_| Error::DeadlineExceeded(format!("no answer within the caller's {limit:?}")))?,
-        None => cache.get(&req).await,
+        None => cache.get(&req, None).await,
     }?;
     Ok(Response::new(to_response(served)))
 }

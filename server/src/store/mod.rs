@@ -35,10 +35,21 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
+/// The connected backend: the store, and the Redis pool when there is one
+/// (for the modules that need Redis beyond key-value: limiter, leases, bus).
+pub struct Connected {
+    pub store: Arc<dyn Store>,
+    pub redis: Option<fred::prelude::Pool>,
+}
+
 /// Connects the store the settings name: Redis when a URL is set, else memory.
-pub async fn connect(settings: &RedisSettings) -> Result<Arc<dyn Store>> {
+pub async fn connect(settings: &RedisSettings) -> Result<Connected> {
     match &settings.url {
-        Some(url) => Ok(Arc::new(RedisStore::connect(url, settings).await?)),
-        None => Ok(Arc::new(MemoryStore::new())),
+        Some(url) => {
+            let store = RedisStore::connect(url, settings).await?;
+            let redis = Some(store.pool());
+            Ok(Connected { store: Arc::new(store), redis })
+        }
+        None => Ok(Connected { store: Arc::new(MemoryStore::new()), redis: None }),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Pool,
+    Builder, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Pool,
     ReconnectPolicy,
 };
 use futures::future::try_join_all;
@@ -46,9 +46,10 @@ impl RedisStore {
         Ok(RedisStore { pool })
     }
 
-    /// One client of the pool, for commands that need a `Client`.
-    pub fn client(&self) -> &Client {
-        self.pool.next()
+    /// The connection pool, shared with the modules that run their own
+    /// Redis commands (rate limiter, leases, invalidation bus).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 }
 

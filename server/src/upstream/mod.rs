@@ -8,6 +8,8 @@ mod token_pool;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -44,7 +46,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(base_url: &str, settings: UpstreamSettings) -> Result<Self> {
+    /// `redis`: the shared Redis pool, when the store is Redis (for the
+    /// fleet-wide rate limiter).
+    pub fn new(base_url: &str, settings: UpstreamSettings, redis: Option<fred::prelude::Pool>) -> Result<Self> {
+        let _ = redis;
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .pool_max_idle_per_host(64)
@@ -57,8 +62,10 @@ impl Upstream {
     }
 
     /// Performs `call`; for paged kinds, fetches every page and assembles one
-    /// `{"entities": [...], "total": n}` document.
-    pub async fn fetch(&self, call: &Call, paged: bool) -> Result<Fetched> {
+    /// `{"entities": [...], "total": n}` document. `deadline`: the caller's
+    /// deadline, past which waiting (for quota, for retries) is pointless.
+    pub async fn fetch(&self, call: &Call, paged: bool, deadline: Option<Instant>) -> Result<Fetched> {
+        let _ = deadline;
         let caller_picked_page = call.query.iter().any(|(k, _)| k == "pageNumber");
         if paged && !caller_picked_page {
             self.fetch_all_pages(call).await
