@@ -23,6 +23,11 @@ pub struct EmulatorConfig {
     pub skills: usize,
     /// Delay added to every `/api` response.
     pub latency: Duration,
+    /// How long an analytics detail job runs before it is FULFILLED (at
+    /// `time_scale` 1).
+    pub job_duration: Duration,
+    /// Multiplies the emulated run time of jobs; tests set it well below 1.
+    pub time_scale: f64,
 }
 
 impl Default for EmulatorConfig {
@@ -36,6 +41,8 @@ impl Default for EmulatorConfig {
             users: 50,
             skills: 20,
             latency: Duration::ZERO,
+            job_duration: Duration::from_secs(20),
+            time_scale: 1.0,
         }
     }
 }

@@ -174,6 +174,17 @@ impl EmulatorHandle {
         self.inner.state.set_routing_status(user_id, status).is_some()
     }
 
+    /// Analytics detail jobs submitted from now on return at most `limit`
+    /// rows (a silently truncated result); `None` restores complete results.
+    pub fn set_job_row_limit(&self, limit: Option<usize>) {
+        self.inner.state.jobs.set_row_limit(limit);
+    }
+
+    /// How many analytics detail jobs were submitted so far.
+    pub fn jobs_submitted(&self) -> u64 {
+        self.inner.state.jobs.submitted()
+    }
+
     /// From now on the client's tokens get 401 and the token endpoint refuses it.
     pub fn revoke_client(&self, client_id: &str) {
         self.inner.state.tokens.revoke_client(client_id);

@@ -64,6 +64,8 @@ impl Args {
             users: self.users,
             skills: self.skills,
             latency: Duration::from_millis(self.latency_ms),
+            job_duration: defaults.job_duration,
+            time_scale: defaults.time_scale,
         }
     }
 }

@@ -23,6 +23,7 @@ pub(crate) struct AppState {
     pub faults: FaultSet,
     pub holds: Holds,
     pub counters: CounterSet,
+    pub jobs: crate::routes::jobs::Jobs,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -36,6 +37,7 @@ impl AppState {
             faults: FaultSet::default(),
             holds: Holds::default(),
             counters: CounterSet::default(),
+            jobs: Default::default(),
             config,
         })
     }

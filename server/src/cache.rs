@@ -1,31 +1,52 @@
 //! The read path: request policy → tiers → coalesced upstream fetch →
 //! normalization → store. The gRPC `Get` and the HTTP data-action door both
 //! call [`Cache::get`].
+//!
+//! Freshness rules, in order:
+//! - a fresh value (within its TTL and the caller's `max_age`) is served
+//!   from L1 or the store; hot keys near expiry may start one background
+//!   refresh early (probabilistic early refresh, XFetch);
+//! - a value past its TTL but within `stale_while_revalidate` (or any stored
+//!   value when the caller sets `allow_stale`) is served at once, marked
+//!   stale, while one background refresh runs;
+//! - otherwise the caller joins the one fetch of that key (this instance:
+//!   [`crate::coalesce`]; the fleet: a lease in the store), which revalidates
+//!   with ETag/Last-Modified when it has them;
+//! - if the upstream fails, a value at most `max_staleness` past its TTL is
+//!   served stale; otherwise the upstream's error is returned.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
+use rand::Rng;
 use tokio::time::Instant;
 
+use crate::bus::{Bus, BusMessage};
 use crate::catalog::Catalog;
 use crate::coalesce::{Role, Singleflight};
 use crate::config::CacheSettings;
 use crate::entry::{now_ms, Entry};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::keys;
 use crate::normalize::normalize;
 use crate::policy::{self, Freshness, Resolved};
 use crate::proto::v1::GetRequest;
+use crate::store::WriteGuard;
 use crate::tiers::{Tier, Tiers};
 use crate::ttl::TtlPolicy;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, Validators};
+use crate::watch;
 
 /// Where a served value came from (mirrors `cxcache.v1.Source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    L1,
     Store,
     Upstream,
     Stale,
     Coalesced,
+    Revalidated,
 }
 
 /// A value served to a caller.
@@ -34,14 +55,28 @@ pub struct Served {
     pub entry: Arc<Entry>,
     pub source: Source,
     pub key: String,
+    /// Resource kind, for metrics.
+    pub kind: String,
 }
 
-/// The outcome of one flight: the entry, and whether it came from upstream
-/// (rather than from a store write that landed just before the flight).
+/// How a flight got its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Fetched upstream (full body).
+    Fetched,
+    /// Upstream answered 304: the stored value was confirmed.
+    Revalidated,
+    /// Found stored by a fetch that finished just before this flight.
+    Stored,
+    /// Fetched by another instance that held the key's lease.
+    Remote,
+}
+
+/// The outcome of one flight.
 #[derive(Clone)]
 struct Flight {
     entry: Arc<Entry>,
-    from_upstream: bool,
+    origin: Origin,
 }
 
 pub struct Cache {
@@ -51,6 +86,7 @@ pub struct Cache {
     ttl: Arc<TtlPolicy>,
     tiers: Arc<Tiers>,
     upstream: Arc<Upstream>,
+    bus: Arc<Bus>,
     flights: Singleflight<Flight>,
 }
 
@@ -61,6 +97,7 @@ impl Cache {
         settings: CacheSettings,
         tiers: Arc<Tiers>,
         upstream: Arc<Upstream>,
+        bus: Arc<Bus>,
     ) -> Self {
         Cache {
             env,
@@ -69,6 +106,7 @@ impl Cache {
             settings: Arc::new(settings),
             tiers,
             upstream,
+            bus,
             flights: Singleflight::default(),
         }
     }
@@ -81,22 +119,59 @@ impl Cache {
         &self.tiers
     }
 
-    /// Answers a Get: from cache when fresh enough, else one upstream fetch
-    /// shared by all concurrent callers; stale on upstream failure.
-    /// `deadline`: when the caller stops waiting (from `grpc-timeout`).
+    /// The upstream client (its counters and credential states).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Forgets everything this instance holds for `store_key`: its L1 copy
+    /// and its running fetch (later callers start a new one). Called for
+    /// every purged or updated key, from the bus and by local purges.
+    pub fn forget_local(&self, store_key: &str) {
+        self.tiers.evict_l1(store_key);
+        self.flights.forget(store_key);
+    }
+
+    /// Fetches in flight on this instance (coalesced waiters share one).
+    pub fn flights_in_progress(&self) -> usize {
+        self.flights.in_flight()
+    }
+
+    /// Answers a Get. `deadline`: when the caller stops waiting.
     pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
         let r = policy::resolve(req, &self.env, &self.catalog, &self.settings)?;
-        let mut stale = None;
+        let served = |entry: Arc<Entry>, source: Source| Served {
+            entry,
+            source,
+            key: r.key.clone(),
+            kind: r.kind_name.clone(),
+        };
+        let mut stored = None;
         if !r.freshness.force_refresh {
             match self.tiers.get(&r.store_key).await {
                 Ok(Some((entry, tier))) => {
-                    if acceptable(&entry, &r.freshness, now_ms()) {
+                    let now = now_ms();
+                    if acceptable(&entry, &r.freshness, now) {
+                        if self.should_refresh_early(&entry, now) {
+                            self.refresh_in_background(&r, true);
+                        }
                         let source = match tier {
+                            Tier::L1 => Source::L1,
                             Tier::Store => Source::Store,
                         };
-                        return Ok(Served { entry, source, key: r.key });
+                        return Ok(served(entry, source));
                     }
-                    stale = Some(entry);
+                    let swr = self.settings.stale_while_revalidate;
+                    let within_swr = !swr.is_zero() && entry.staleness(now) <= swr;
+                    if r.freshness.allow_stale || (within_swr && r.freshness.max_age.is_none()) {
+                        self.refresh_in_background(&r, false);
+                        return Ok(served(entry, Source::Stale));
+                    }
+                    stored = Some(entry);
                 }
                 Ok(None) => {}
                 // A store outage must not take reads down: go upstream.
@@ -104,34 +179,58 @@ impl Cache {
             }
         }
 
-        if let (true, Some(entry)) = (r.freshness.allow_stale, &stale) {
-            // Stale-while-revalidate on request: answer now, refresh once in
-            // the background (joined by any concurrent flight).
-            let refresh = self.flight(&r, None);
-            tokio::spawn(async move {
-                let _ = refresh.await;
-            });
-            return Ok(Served { entry: entry.clone(), source: Source::Stale, key: r.key });
-        }
-
-        match self.flight(&r, deadline).await {
-            (Ok(f), role) => {
-                let source = match (role, f.from_upstream) {
-                    (Role::Leader, true) => Source::Upstream,
-                    (Role::Follower, true) => Source::Coalesced,
-                    (_, false) => Source::Store,
-                };
-                Ok(Served { entry: f.entry, source, key: r.key })
+        let mut outcome = self.flight(&r, deadline, stored.clone(), false).await;
+        // A joined flight runs on its starter's deadline: if that one gave up
+        // while this caller still has time, start over on our own deadline.
+        for _ in 0..3 {
+            let gave_up_early = matches!(outcome, (Err(Error::DeadlineExceeded(_)), Role::Follower))
+                && deadline.is_none_or(|d| Instant::now() < d);
+            if !gave_up_early {
+                break;
             }
-            (Err(e), _) if e.is_upstream_failure() => match stale {
-                Some(entry) => {
+            outcome = self.flight(&r, deadline, stored.clone(), false).await;
+        }
+        match outcome {
+            (Ok(f), role) => {
+                let source = match (f.origin, role) {
+                    (Origin::Fetched, Role::Leader) => Source::Upstream,
+                    (Origin::Fetched, Role::Follower) | (Origin::Remote, _) => Source::Coalesced,
+                    (Origin::Revalidated, _) => Source::Revalidated,
+                    (Origin::Stored, _) => Source::Store,
+                };
+                Ok(served(f.entry, source))
+            }
+            (Err(e), _) if e.is_upstream_failure() => match stored {
+                Some(entry) if entry.staleness(now_ms()) <= self.settings.max_staleness => {
                     tracing::info!(key = %r.key, error = %e, "upstream failed; serving stale");
-                    Ok(Served { entry, source: Source::Stale, key: r.key })
+                    Ok(served(entry, Source::Stale))
                 }
-                None => Err(e),
+                _ => Err(e),
             },
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// XFetch: refresh before expiry with a probability that rises as expiry
+    /// nears (and earlier for values slow to fetch), so hot keys do not all
+    /// expire at once and callers never wait.
+    fn should_refresh_early(&self, entry: &Entry, now: i64) -> bool {
+        let beta = self.settings.early_refresh_beta;
+        if beta <= 0.0 || entry.fetch_ms <= 0 {
+            return false;
+        }
+        let r: f64 = rand::thread_rng().gen_range(f64::EPSILON..=1.0);
+        let gap = -(entry.fetch_ms as f64) * beta * r.ln();
+        now as f64 + gap >= entry.fresh_until_ms as f64
+    }
+
+    fn refresh_in_background(&self, r: &Resolved, force: bool) {
+        let refresh = self.flight(r, None, None, force);
+        tokio::spawn(async move {
+            if let (Err(e), _) = refresh.await {
+                tracing::debug!(error = %e, "background refresh failed");
+            }
+        });
     }
 
     /// Joins or starts the flight that fetches `r` upstream and stores it.
@@ -139,14 +238,20 @@ impl Cache {
         &self,
         r: &Resolved,
         deadline: Option<Instant>,
+        stored: Option<Arc<Entry>>,
+        force: bool,
     ) -> impl std::future::Future<Output = (Result<Flight>, Role)> + Send + 'static {
         let fetch = Fetch {
             r: r.clone(),
             deadline,
+            stored,
+            force: force || r.freshness.force_refresh,
+            env: self.env.clone(),
             tiers: self.tiers.clone(),
             upstream: self.upstream.clone(),
             ttl: self.ttl.clone(),
             settings: self.settings.clone(),
+            bus: self.bus.clone(),
         };
         let flights = self.flights.clone();
         let key = r.store_key.clone();
@@ -164,36 +269,148 @@ struct Fetch {
     r: Resolved,
     /// The deadline of the caller that started the flight.
     deadline: Option<Instant>,
+    /// The stored (stale) entry, for conditional revalidation.
+    stored: Option<Arc<Entry>>,
+    /// Go upstream even if a fresh value is stored.
+    force: bool,
+    env: String,
     tiers: Arc<Tiers>,
     upstream: Arc<Upstream>,
     ttl: Arc<TtlPolicy>,
     settings: Arc<CacheSettings>,
+    bus: Arc<Bus>,
+}
+
+/// Whether this instance fetches, or another instance already did.
+enum Lease {
+    Held(u64),
+    Done(Arc<Entry>),
 }
 
 impl Fetch {
+    #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(key = %self.r.key))]
     async fn run(self) -> Result<Flight> {
         let r = &self.r;
-        // A flight that finished just before this one started may have
-        // stored the value already: look once more before spending quota.
-        if !r.freshness.force_refresh {
-            if let Ok(Some((entry, _))) = self.tiers.get(&r.store_key).await {
+        let store = self.tiers.store().clone();
+        let started_ms = now_ms();
+        let ttl = self.ttl.ttl(&r.kind, r.body.as_ref());
+        // Index the key before fetching: a prefix or tag purge from now on
+        // finds it, bumps its generation, and so refuses our write.
+        let expires = started_ms + self.tiers.retention(ttl).as_millis() as i64;
+        let mut indexes = vec![keys::kind_index(&self.env, &r.kind_name)];
+        indexes.extend(r.tags.iter().map(|t| keys::tag_index(&self.env, t)));
+        for res in join_all(indexes.iter().map(|i| store.index_add(i, &r.key, expires))).await {
+            res?;
+        }
+        let generation = store.generation(&r.store_key).await?;
+
+        let token = match self.lease(started_ms).await? {
+            Lease::Held(token) => token,
+            Lease::Done(entry) => return Ok(Flight { entry, origin: Origin::Remote }),
+        };
+        let result = self.lead(ttl, WriteGuard { generation, fence: token }).await;
+        if let Err(e) = store.release_lease(&r.store_key, token).await {
+            tracing::debug!(error = %e, "lease release failed; it expires by itself");
+        }
+        result
+    }
+
+    /// Takes the key's fleet-wide fetch lease, or waits for the holder's
+    /// result (woken by its bus event, with a slow poll as a backstop), and
+    /// takes over if the holder disappears. Bounded by the deadline.
+    async fn lease(&self, started_ms: i64) -> Result<Lease> {
+        let r = &self.r;
+        let store = self.tiers.store();
+        let mut events = self.bus.subscribe();
+        loop {
+            if let Some(token) = store.try_lease(&r.store_key, self.settings.lease_ttl).await? {
+                return Ok(Lease::Held(token));
+            }
+            let mut pause = Duration::from_millis(20);
+            loop {
+                if let Some(entry) = self.tiers.get_stored(&r.store_key).await? {
+                    let newer = entry.stored_at_ms >= started_ms;
+                    if newer || (!self.force && acceptable(&entry, &r.freshness, now_ms())) {
+                        return Ok(Lease::Done(entry));
+                    }
+                }
+                if !store.lease_held(&r.store_key).await? {
+                    break; // holder finished without storing, or died: try to take over
+                }
+                let wait = match self.deadline {
+                    Some(d) if Instant::now() >= d => {
+                        return Err(Error::DeadlineExceeded(format!(
+                            "another instance is still fetching {}",
+                            r.key
+                        )))
+                    }
+                    Some(d) => pause.min(d - Instant::now()),
+                    None => pause,
+                };
+                let key = r.key.as_str();
+                let _ = tokio::time::timeout(wait, async {
+                    loop {
+                        match events.recv().await {
+                            Ok(BusMessage::Event(e)) if e.keys.iter().any(|k| k == key) => return,
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
+
+    /// The lease holder's work: fetch (conditionally when possible),
+    /// normalize, store under the write guard, announce.
+    async fn lead(&self, ttl: Duration, guard: WriteGuard) -> Result<Flight> {
+        let r = &self.r;
+        // A fetch that finished just before this one may have stored the
+        // value already: look once more before spending quota.
+        if !self.force {
+            if let Some(entry) = self.tiers.get_stored(&r.store_key).await? {
                 if acceptable(&entry, &r.freshness, now_ms()) {
-                    return Ok(Flight { entry, from_upstream: false });
+                    return Ok(Flight { entry, origin: Origin::Stored });
                 }
             }
         }
-        let fetched = self.upstream.fetch(&r.call, r.kind.paged, self.deadline).await?;
-        let drop: Vec<String> =
-            self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
-        let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;
-        let ttl: Duration = self.ttl.ttl(&r.kind, r.body.as_ref());
-        let mut entry = Entry::new(value.into(), ttl, r.tags.clone());
-        entry.etag = fetched.etag.unwrap_or_default();
-        entry.last_modified = fetched.last_modified.unwrap_or_default();
-        if let Err(e) = self.tiers.put(&r.store_key, &entry, ttl).await {
-            // Serve what we fetched even if it could not be stored.
-            tracing::warn!(key = %r.key, error = %e, "store write failed");
+        let mut call = r.call.clone();
+        let previous = self.stored.as_ref().filter(|e| !e.etag.is_empty() || !e.last_modified.is_empty());
+        if let Some(prev) = previous {
+            call.validators = Some(Validators {
+                etag: Some(prev.etag.clone()).filter(|s| !s.is_empty()),
+                last_modified: Some(prev.last_modified.clone()).filter(|s| !s.is_empty()),
+            });
         }
-        Ok(Flight { entry: Arc::new(entry), from_upstream: true })
+        let began = Instant::now();
+        let fetched = self.upstream.fetch(&call, r.kind.paged, self.deadline).await?;
+        let fetch_ms = began.elapsed().as_millis() as i64;
+
+        let (mut entry, origin) = match (fetched.not_modified, previous) {
+            (true, Some(prev)) => (Entry::new(prev.value.clone(), ttl, r.tags.clone()), Origin::Revalidated),
+            _ => {
+                let drop: Vec<String> =
+                    self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
+                let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;
+                (Entry::new(value.into(), ttl, r.tags.clone()), Origin::Fetched)
+            }
+        };
+        entry.etag = fetched.etag.or_else(|| previous.map(|p| p.etag.clone())).unwrap_or_default();
+        entry.last_modified =
+            fetched.last_modified.or_else(|| previous.map(|p| p.last_modified.clone())).unwrap_or_default();
+        entry.fetch_ms = fetch_ms.max(1);
+
+        match self.tiers.put(&r.store_key, &entry, ttl, guard).await {
+            Ok(true) if origin == Origin::Fetched => watch::publish_update(&self.bus, &r.key).await,
+            Ok(true) => {}
+            // A purge or a newer write happened meanwhile: serve what we
+            // fetched to our callers, but never overwrite the newer state.
+            Ok(false) => tracing::debug!(key = %r.key, "write refused: purged or superseded during fetch"),
+            // Serve what we fetched even if it could not be stored.
+            Err(e) => tracing::warn!(key = %r.key, error = %e, "store write failed"),
+        }
+        Ok(Flight { entry: Arc::new(entry), origin })
     }
 }

@@ -75,6 +75,10 @@ pub struct Kind {
     /// Extra volatile fields dropped before storing.
     #[serde(default)]
     pub drop_fields: Vec<String>,
+    /// Async job (POST submits, then poll and fetch results by cursor):
+    /// the result is validated, split and merged before it is stored.
+    #[serde(default)]
+    pub job: bool,
 }
 
 impl Kind {
@@ -123,6 +127,9 @@ impl Catalog {
             }
             if kind.key == KeyShape::Body && !kind.takes_body() {
                 return Err(format!("catalog kind {name}: key = \"body\" needs method = \"POST\""));
+            }
+            if kind.job && (kind.method != Method::Post || kind.paged) {
+                return Err(format!("catalog kind {name}: job = true needs method = \"POST\" and no paging"));
             }
             if kind.variants.contains_key("full") {
                 return Err(format!("catalog kind {name}: variant name \"full\" is reserved"));
@@ -181,6 +188,7 @@ mod tests {
                 tags: vec![],
                 paged: false,
                 drop_fields: vec![],
+                job: false,
             },
         );
         assert!(Catalog::with_presets(&over).is_err());

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -17,8 +18,12 @@ use crate::error::Error;
 
 type Flight<T> = Shared<BoxFuture<'static, Result<T, Error>>>;
 
+/// Flight ids, so a finished flight removes only itself from the map (a
+/// purge may have detached it and a newer flight taken its place).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 pub struct Singleflight<T: Clone + Send + Sync + 'static> {
-    inflight: Arc<Mutex<HashMap<String, Flight<T>>>>,
+    inflight: Arc<Mutex<HashMap<String, (u64, Flight<T>)>>>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Clone for Singleflight<T> {
@@ -52,27 +57,40 @@ impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
         let (flight, role) = {
             let mut map = self.inflight.lock();
             match map.get(key) {
-                Some(f) => (f.clone(), Role::Follower),
+                Some((_, f)) => (f.clone(), Role::Follower),
                 None => {
                     let inflight = self.inflight.clone();
                     let owned_key = key.to_string();
+                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                     let fut = make();
-                    let task = tokio::spawn(async move {
+                    // In the leader's span, so the fetch traces under its request.
+                    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
                         let out = fut.await;
-                        inflight.lock().remove(&owned_key);
+                        let mut map = inflight.lock();
+                        if map.get(&owned_key).is_some_and(|(i, _)| *i == id) {
+                            map.remove(&owned_key);
+                        }
                         out
-                    });
+                    }));
                     let flight: Flight<T> = async move {
                         task.await.unwrap_or_else(|e| Err(Error::Internal(format!("fetch task failed: {e}"))))
                     }
                     .boxed()
                     .shared();
-                    map.insert(key.to_string(), flight.clone());
+                    map.insert(key.to_string(), (id, flight.clone()));
                     (flight, Role::Leader)
                 }
             }
         };
+        let _waiting = (role == Role::Follower).then(crate::metrics::coalesced_waiter);
         (flight.await, role)
+    }
+
+    /// Detaches the flight of `key`, if any: callers arriving from now on
+    /// start a new one. Used when a purge makes the running fetch's result
+    /// unfit for anyone who asks after the purge.
+    pub fn forget(&self, key: &str) {
+        self.inflight.lock().remove(key);
     }
 
     /// Flights under way (for metrics and tests).
@@ -121,6 +139,38 @@ mod tests {
         assert!(r.is_err());
         let (r, role) = sf.run("k", || async { Ok(1) }).await;
         assert_eq!((r.unwrap(), role), (1, Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_flight_is_not_joined_and_does_not_remove_its_successor() {
+        let sf = Arc::new(Singleflight::<u32>::default());
+        let old = {
+            let sf = sf.clone();
+            tokio::spawn(async move {
+                sf.run("k", || async {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    Ok(1)
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        sf.forget("k");
+        let new = {
+            let sf = sf.clone();
+            tokio::spawn(async move {
+                sf.run("k", || async {
+                    tokio::time::sleep(Duration::from_millis(120)).await;
+                    Ok(2)
+                })
+                .await
+            })
+        };
+        assert_eq!(old.await.unwrap().0.unwrap(), 1);
+        // The old flight finished; the new one must still be joinable.
+        let (v, role) = sf.run("k", || async { Ok(3) }).await;
+        assert_eq!((v.unwrap(), role), (2, Role::Follower));
+        assert_eq!(new.await.unwrap().0.unwrap(), 2);
     }
 
     #[tokio::test]

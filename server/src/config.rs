@@ -119,6 +119,85 @@ pub struct Config {
     pub catalog: BTreeMap<String, Kind>,
     /// Settings of the bundled emulator, used only when no upstream URL is set.
     pub emulator: EmulatorSettings,
+    /// Trace export (logs and metrics need no settings).
+    pub telemetry: TelemetrySettings,
+    /// The webhook / EventBridge purge doors on the HTTP side.
+    pub webhook: WebhookSettings,
+    /// The data-action door on the HTTP side.
+    pub data_action: DataActionSettings,
+}
+
+/// Signed change events that purge (see `http::webhook`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Shared secret: bodies are signed with HMAC-SHA256
+    /// (`X-Cxcache-Signature: sha256=<hex>`) or carry an HS256 JWT
+    /// (`Authorization: Bearer …`). Unset: the doors refuse every event.
+    pub secret: Option<Secret>,
+    /// An event id seen within this window is acknowledged and ignored.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// Topic patterns → what to purge. Patterns are dot-separated; `{id}`
+    /// captures a segment, `*` matches one segment, `**` the rest. Without
+    /// `{id}` in the pattern, the event's `entityId` is the id.
+    pub topics: Vec<TopicMapping>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMapping {
+    pub topic: String,
+    /// Tag templates (`queue:{id}`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Key templates relative to the namespace (`routing.queue:{id}:full`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let map = |topic: &str, tag: &str| TopicMapping { topic: topic.into(), tags: vec![tag.into()], keys: vec![] };
+        WebhookSettings {
+            secret: None,
+            dedupe_window: Duration::from_secs(3600),
+            topics: vec![
+                map("routing.queue.*", "queue:{id}"),
+                map("v2.routing.queues.{id}.**", "queue:{id}"),
+                map("v2.audits.entitytype.QUEUE.entityid.{id}", "queue:{id}"),
+                map("user.*", "user:{id}"),
+                map("v2.users.{id}.routingStatus", "user-routing-status:{id}"),
+                map("v2.audits.entitytype.USER.entityid.{id}", "user:{id}"),
+                map("routing.skill.*", "skill:{id}"),
+                map("v2.audits.entitytype.SKILL.entityid.{id}", "skill:{id}"),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataActionSettings {
+    /// Bearer token callers must send (`Authorization: Bearer …`). Unset:
+    /// the door is open (bind the HTTP side to a private address).
+    pub token: Option<Secret>,
+}
+
+/// OpenTelemetry trace export; off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`. Unset: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings { otlp_endpoint: None, service_name: "cxcache".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +240,77 @@ pub struct UpstreamSettings {
     pub max_list_entries: usize,
     /// Page size asked for when assembling paged lists.
     pub page_size: u32,
+    /// Per-credential rate limiting shared by every instance.
+    pub rate_limit: RateLimitSettings,
+    /// Retries of 429, 5xx and timeouts.
+    pub retry: RetrySettings,
+    /// Async analytics jobs (submit, poll, validate).
+    pub jobs: JobSettings,
+    /// How long a credential whose token endpoint or tokens keep failing
+    /// is left out before it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub credential_park: Duration,
+    /// Without a caller deadline: the longest single wait for quota or
+    /// before a retry; a longer one fails the call at once, saying when to retry.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+/// The budget of each credential's token, enforced fleet-wide in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Calls one token may make per window (the platform's default is 300
+    /// per minute); lowered at run time when `inin-ratelimit-allowed` says so.
+    pub allowed: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Share of the budget spent at steady state; the rest is headroom.
+    pub utilization: f64,
+    /// Calls a token may make back to back; 0 = about 3 % of the budget.
+    pub burst: u32,
+    /// Share of the budget an instance allows itself when Redis is
+    /// unreachable (the other instances do the same).
+    pub fallback_share: f64,
+    /// A token whose headers say fewer calls than this remain is rested
+    /// until its window resets (0: never).
+    pub nearly_spent: u32,
+    /// Timeout of one limiter call to Redis before falling back.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+/// Truncated exponential backoff with jitter; `Retry-After` is honoured exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cap: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Attempts per call (the first included), all inside the caller's deadline.
+    pub max_attempts: u32,
+}
+
+/// Async analytics detail jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// First poll delay; doubles up to `poll_max` (1, 2, 4, 8, 15, 15 s).
+    #[serde(with = "humantime_serde")]
+    pub poll_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_max: Duration,
+    /// A job not finished after this long is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A result with fewer rows than this share of what its interval and
+    /// grouping imply is discarded and the interval split.
+    pub min_rows_fraction: f64,
+    /// How many times an interval may be halved.
+    pub max_splits: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +327,46 @@ pub struct CacheSettings {
     /// Request-metadata fields removed from query bodies before hashing.
     pub body_ignore_fields: Vec<String>,
     pub ttl: TtlSettings,
+    /// Past its TTL, a value is still served (marked stale) for this long
+    /// while one background refresh runs: callers never wait for upstream.
+    /// 0 turns it off (a caller can still ask for it with `allow_stale`).
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// When the upstream fails, values at most this far past their TTL are
+    /// served stale; older ones give the upstream's error.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    /// Probabilistic early refresh (XFetch) of hot keys: larger refreshes
+    /// earlier; 0 turns it off.
+    pub early_refresh_beta: f64,
+    /// How long one instance may hold the fetch lease of a key; another
+    /// instance takes over after it (a dead holder delays others this long).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    pub l1: L1Settings,
+    /// How long `Invalidate` waits for every instance to confirm it dropped
+    /// its L1 copies.
+    #[serde(with = "humantime_serde")]
+    pub invalidation_ack_timeout: Duration,
+    /// Events buffered per Watch stream before it is told it lagged.
+    pub watch_buffer: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L1Settings {
+    pub enabled: bool,
+    /// Bytes of values held in process at most.
+    pub max_bytes: u64,
+    /// L1's own TTL (values are also never served past their freshness).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for L1Settings {
+    fn default() -> Self {
+        L1Settings { enabled: true, max_bytes: 64 << 20, ttl: Duration::from_secs(2) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +411,9 @@ impl Default for Config {
             cache: CacheSettings::default(),
             catalog: BTreeMap::new(),
             emulator: EmulatorSettings::default(),
+            webhook: WebhookSettings::default(),
+            data_action: DataActionSettings::default(),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -246,6 +439,48 @@ impl Default for UpstreamSettings {
             max_response_bytes: 16 << 20,
             max_list_entries: 500,
             page_size: 100,
+            rate_limit: RateLimitSettings::default(),
+            retry: RetrySettings::default(),
+            jobs: JobSettings::default(),
+            credential_park: Duration::from_secs(60),
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            allowed: 300,
+            window: Duration::from_secs(60),
+            utilization: 0.95,
+            burst: 0,
+            fallback_share: 0.25,
+            nearly_spent: 2,
+            redis_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(8),
+            jitter: Duration::from_millis(500),
+            max_attempts: 4,
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            poll_initial: Duration::from_secs(1),
+            poll_max: Duration::from_secs(15),
+            timeout: Duration::from_secs(600),
+            min_rows_fraction: 0.8,
+            max_splits: 4,
         }
     }
 }
@@ -258,6 +493,13 @@ impl Default for CacheSettings {
             drop_fields: vec!["_links".into(), "retrievedAt".into()],
             body_ignore_fields: vec!["requestId".into()],
             ttl: TtlSettings::default(),
+            stale_while_revalidate: Duration::ZERO,
+            max_staleness: Duration::from_secs(3600),
+            early_refresh_beta: 1.0,
+            lease_ttl: Duration::from_secs(15),
+            l1: L1Settings::default(),
+            invalidation_ack_timeout: Duration::from_secs(1),
+            watch_buffer: 256,
         }
     }
 }
@@ -293,7 +535,14 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment
-            .merge(Env::prefixed("CXCACHE_").filter(|k| !FLAG_ENV.contains(&k.as_str())).split("__"))
+            .merge(
+                // Nested settings only (`CXCACHE_CACHE__TTL__CONFIG`): top-level
+                // ones are flags, and other `CXCACHE_*` variables (test
+                // harness settings) must not trip `deny_unknown_fields`.
+                Env::prefixed("CXCACHE_")
+                    .filter(|k| !FLAG_ENV.contains(&k.as_str()) && (k.as_str().contains("__") || k == "shutdown_grace"))
+                    .split("__"),
+            )
             .merge(Serialized::defaults(flags));
         let mut config: Config = figment.extract().map_err(|e| format!("configuration: {e}"))?;
         config.apply_flags(flags);
@@ -347,6 +596,24 @@ impl Config {
         }
         if !(ttl.analytics_fraction > 0.0 && ttl.analytics_fraction <= 1.0) {
             problems.push("cache.ttl.analytics_fraction must be in (0, 1]".into());
+        }
+        let rl = &self.upstream.rate_limit;
+        if rl.allowed == 0 || rl.window.is_zero() {
+            problems.push("upstream.rate_limit.allowed and .window must be positive".into());
+        }
+        if !(rl.utilization > 0.0 && rl.utilization <= 1.0) || !(rl.fallback_share > 0.0 && rl.fallback_share <= 1.0)
+        {
+            problems.push("upstream.rate_limit.utilization and .fallback_share must be in (0, 1]".into());
+        }
+        if self.upstream.retry.max_attempts == 0 {
+            problems.push("upstream.retry.max_attempts must be at least 1".into());
+        }
+        let jobs = &self.upstream.jobs;
+        if jobs.poll_initial.is_zero() || jobs.poll_max < jobs.poll_initial {
+            problems.push("upstream.jobs.poll_initial must be positive and at most poll_max".into());
+        }
+        if !(0.0..=1.0).contains(&jobs.min_rows_fraction) {
+            problems.push("upstream.jobs.min_rows_fraction must be in [0, 1]".into());
         }
         if self.upstream.max_list_entries == 0 || self.upstream.page_size == 0 {
             problems.push("upstream.max_list_entries and upstream.page_size must be positive".into());

@@ -29,6 +29,10 @@ pub struct Entry {
     pub etag: String,
     #[prost(string, tag = "6")]
     pub last_modified: String,
+    /// How long the upstream fetch took (ms): probabilistic early refresh
+    /// starts refreshing earlier for values that are slow to fetch.
+    #[prost(int64, tag = "7")]
+    pub fetch_ms: i64,
 }
 
 /// Milliseconds since the unix epoch, now.
@@ -46,6 +50,7 @@ impl Entry {
             tags,
             etag: String::new(),
             last_modified: String::new(),
+            fetch_ms: 0,
         }
     }
 
@@ -63,6 +68,11 @@ impl Entry {
 
     pub fn age(&self, now_ms: i64) -> Duration {
         Duration::from_millis((now_ms - self.stored_at_ms).max(0) as u64)
+    }
+
+    /// How far past its freshness the value is (zero while fresh).
+    pub fn staleness(&self, now_ms: i64) -> Duration {
+        Duration::from_millis((now_ms - self.fresh_until_ms).max(0) as u64)
     }
 
     pub fn ttl_remaining(&self, now_ms: i64) -> Duration {

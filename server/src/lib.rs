@@ -6,6 +6,7 @@
 //! entries) → [`coalesce`] (one fetch per key) → [`upstream`] (OAuth, HTTP,
 //! paging) → [`normalize`] → back into [`tiers`]. [`server`] assembles them.
 
+pub mod bus;
 pub mod cache;
 pub mod canonical;
 pub mod catalog;
@@ -15,7 +16,10 @@ pub mod entry;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod invalidation;
 pub mod keys;
+pub mod l1;
+pub mod metrics;
 pub mod normalize;
 pub mod policy;
 pub mod proto;
@@ -25,3 +29,4 @@ pub mod telemetry;
 pub mod tiers;
 pub mod ttl;
 pub mod upstream;
+pub mod watch;

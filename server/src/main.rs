@@ -1,5 +1,5 @@
 //! The `cxcache` binary: flags → config → [`cxcache::server::start`] →
-//! wait for SIGTERM / Ctrl-C → graceful shutdown.
+//! wait for SIGTERM / Ctrl-C → graceful shutdown → flush traces.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,7 +17,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    cxcache::telemetry::init_logging(config.log_format);
+    let telemetry = match cxcache::telemetry::init(config.log_format, &config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cxcache: telemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let running = match cxcache::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -34,13 +40,16 @@ async fn main() -> ExitCode {
 
     wait_for_signal().await;
     tracing::info!("shutting down");
-    match running.shutdown().await {
+    let code = match running.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cxcache: shutdown: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Last: flush buffered spans (blocking, so off the async workers).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }
 
 async fn wait_for_signal() {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cache::Cache;
 use crate::catalog::Catalog;
@@ -19,6 +19,9 @@ use crate::config::{Config, Credential, Secret};
 use crate::grpc::CacheService;
 use crate::proto::v1::cache_server::CacheServer;
 use crate::tiers::Tiers;
+use crate::bus::Bus;
+use crate::invalidation::{self, Invalidator};
+use crate::l1::L1;
 use crate::upstream::Upstream;
 use crate::{http, proto, store};
 
@@ -31,16 +34,22 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Base URL of the bundled emulator, when no upstream was configured.
     pub emulator_url: Option<String>,
+    /// The read path, for in-process tests and tools.
+    pub cache: Arc<Cache>,
     emulator: Option<genesys_emulator::EmulatorHandle>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     health: tonic_health::server::HealthReporter,
+    follower: JoinHandle<()>,
+    /// How long [`Running::shutdown`] waits for open calls and streams.
+    grace: std::time::Duration,
 }
 
 /// Builds everything the config describes and starts serving.
 pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     config.validate().map_err(anyhow::Error::msg)?;
+    crate::metrics::install();
     let catalog = Arc::new(Catalog::with_presets(&config.catalog).map_err(anyhow::Error::msg)?);
 
     // No upstream configured: run the bundled emulator so the service works
@@ -68,9 +77,29 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 
     let connected = store::connect(&config.redis).await.context("connecting the store")?;
     tracing::info!(backend = connected.store.backend(), "store ready");
-    let tiers = Arc::new(Tiers::new(connected.store, config.cache.stale_grace));
+    let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));
+    let tiers = Arc::new(Tiers::new(connected.store, l1, config.cache.stale_grace));
     let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.redis.clone())?);
-    let cache = Arc::new(Cache::new(config.env.clone(), catalog, config.cache.clone(), tiers, upstream));
+    let instance_id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let bus = match (&connected.redis, &config.redis.url) {
+        (Some(pool), Some(url)) => {
+            Bus::redis(instance_id, &config.env, pool.clone(), url, config.redis.command_timeout)
+                .await
+                .context("subscribing to the invalidation bus")?
+        }
+        _ => Bus::local(instance_id),
+    };
+    let cache = Arc::new(Cache::new(
+        config.env.clone(),
+        catalog,
+        config.cache.clone(),
+        tiers,
+        upstream,
+        bus.clone(),
+    ));
+    let invalidator = Arc::new(Invalidator::new(cache.clone(), bus.clone(), config.cache.invalidation_ack_timeout));
+    let follower = invalidation::spawn_follower(cache.clone(), &bus);
+    let (shutdown, shutdown_rx) = watch::channel(false);
 
     let grpc_listener =
         TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
@@ -91,17 +120,23 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let grpc = {
         let mut rx = shutdown_rx.clone();
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CacheServer::new(CacheService::new(cache.clone())));
+            .add_service(CacheServer::new(CacheService::new(
+                cache.clone(),
+                invalidator.clone(),
+                bus.clone(),
+                config.cache.watch_buffer,
+                shutdown_rx.clone(),
+            )));
         tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms).
+                .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
                 .await
@@ -109,7 +144,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     };
     let http = {
         let mut rx = shutdown_rx.clone();
-        let app = http::router(cache.clone());
+        let app = http::router(http::AppState {
+            cache: cache.clone(),
+            invalidator: invalidator.clone(),
+            webhook: Arc::new(config.webhook.clone()),
+            data_action: Arc::new(config.data_action.clone()),
+        });
         tokio::spawn(async move {
             axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {
@@ -120,17 +160,33 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     };
     tracing::info!(%grpc_addr, %http_addr, env = %config.env, "cxcache serving");
     let emulator_url = emulator.as_ref().map(|e| e.base_url());
-    Ok(Running { grpc_addr, http_addr, emulator_url, emulator, shutdown, grpc, http, health })
+    let grace = config.shutdown_grace;
+    Ok(Running { grpc_addr, http_addr, emulator_url, cache, emulator, shutdown, grpc, http, health, follower, grace })
 }
 
 impl Running {
     /// Graceful stop: report NOT_SERVING, stop accepting, let in-flight
-    /// calls finish, then stop the bundled emulator.
+    /// calls finish and Watch streams end (they watch the same signal), then
+    /// stop the bundled emulator. Calls still open after `shutdown_grace`
+    /// are cut and reported as an error.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.health.set_not_serving::<CacheServer<CacheService>>().await;
         let _ = self.shutdown.send(true);
-        self.grpc.await??;
-        self.http.await??;
+        let (grpc_abort, http_abort) = (self.grpc.abort_handle(), self.http.abort_handle());
+        let (grpc, http) = (self.grpc, self.http);
+        let drained = tokio::time::timeout(self.grace, async move {
+            grpc.await??;
+            http.await??;
+            anyhow::Ok(())
+        })
+        .await;
+        self.follower.abort();
+        if drained.is_err() {
+            grpc_abort.abort();
+            http_abort.abort();
+            anyhow::bail!("calls still open after shutdown_grace ({:?}) were cut", self.grace);
+        }
+        drained??;
         if let Some(emulator) = self.emulator {
             emulator.shutdown().await;
         }

@@ -66,6 +66,27 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// The port of the master serving `slot`, from `CLUSTER NODES`.
+    pub fn master_for_slot(&self, slot: u16) -> Option<u16> {
+        let out = Command::new("redis-cli").args(["-p", &self.first_port.to_string(), "cluster", "nodes"]).output().ok()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            for range in &fields[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        let port = fields[1].split('@').next()?.rsplit(':').next()?;
+                        return port.parse().ok();
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// SIGKILLs one node.
     pub fn kill_node(&self, port: u16) -> anyhow::Result<()> {
         self.script(&["kill", &port.to_string()])
@@ -136,6 +157,10 @@ pub fn config(env: &str, backend: &Backend, emulator: &EmulatorHandle) -> Config
     c.upstream.base_url = Some(emulator.base_url());
     c.upstream.credentials =
         vec![Credential { client_id: "cxcache-demo".into(), client_secret: Secret::new("demo-secret") }];
+    // Retries keep their shape (doubling, capped, jittered) at test speed.
+    c.upstream.retry.base = Duration::from_millis(20);
+    c.upstream.retry.cap = Duration::from_millis(160);
+    c.upstream.retry.jitter = Duration::from_millis(10);
     c
 }
 
@@ -236,4 +261,76 @@ pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, mut cond: F) -> boo
 pub fn details(status: &tonic::Status) -> tonic_types::ErrorDetails {
     use tonic_types::StatusExt;
     status.get_error_details()
+}
+
+/// A cxcache binary running as its own process (for tests that kill one).
+/// Build it first (`cargo build -p cxcache-server`; the test command does).
+pub struct ProcessInstance {
+    child: std::process::Child,
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+}
+
+/// Path of the built `cxcache` binary.
+pub fn cxcache_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join("cxcache")
+}
+
+impl ProcessInstance {
+    /// Starts the binary on free ports with `args` and `CXCACHE_*` `envs`,
+    /// and waits (bounded) for its listening line.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> ProcessInstance {
+        use std::io::{BufRead, BufReader};
+        let bin = cxcache_binary();
+        assert!(bin.exists(), "{} not built: run `cargo build -p cxcache-server`", bin.display());
+        let mut child = Command::new(bin)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cxcache");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("cxcache listening line");
+        let field = |name: &str| -> std::net::SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        ProcessInstance { grpc_addr: field("grpc="), http_addr: field("http="), child }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ProcessInstance {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

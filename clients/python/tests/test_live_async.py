@@ -34,12 +34,13 @@ async def test_async_errors(aclient, emulator):
     assert "kind" in [f for f, _ in ei.value.field_violations]
     with pytest.raises(NotFound):
         await aclient.get("routing.queue", id=str(uuid.uuid4()))
-    emulator.fault(path_prefix="/api/v2/routing/queues", latency_ms=3000, count=1)
+    emulator.fault(path_prefix="/api/v2/routing/queues", latency_ms=1500, count=1)
     try:
         with pytest.raises(DeadlineExceeded):
-            await aclient.get("routing.queue", id=str(uuid.uuid4()), timeout=0.5)
+            await aclient.get("routing.queue", id=str(uuid.uuid4()), timeout=0.3)
     finally:
         emulator.clear_faults()
+        await asyncio.sleep(1.5)  # let the slow upstream call finish
 
 
 async def test_async_watch_by_kind(aclient, queue_id):

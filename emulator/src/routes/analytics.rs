@@ -143,7 +143,7 @@ impl AggregateQuery {
 
 /// Stats shaped like the platform's: `t*` timings carry count/sum/min/max,
 /// `o*` observations and `n*` counts carry a count.
-fn stats(metric: &str, seed: u64) -> Value {
+pub(super) fn stats(metric: &str, seed: u64) -> Value {
     if metric.starts_with('t') {
         let count = 1 + seed % 50;
         let avg = 30_000 + (seed >> 16) % 270_000;
@@ -162,7 +162,7 @@ fn stats(metric: &str, seed: u64) -> Value {
 
 /// Every combination of group values (capped at [`MAX_GROUPS`]); one empty
 /// group without `groupBy`.
-fn groups(group_by: &[String], filter: &Value) -> Vec<Map<String, Value>> {
+pub(super) fn groups(group_by: &[String], filter: &Value) -> Vec<Map<String, Value>> {
     let mut out = vec![Map::new()];
     for dim in group_by {
         let values = dimension_values(dim, filter);
@@ -216,7 +216,7 @@ fn collect_filter_values(v: &Value, dim: &str, out: &mut Vec<Value>) {
 }
 
 /// `start/end` or `start/duration`, RFC 3339 instants; end must be after start.
-fn parse_interval(s: &str) -> Result<Span, ApiError> {
+pub(super) fn parse_interval(s: &str) -> Result<Span, ApiError> {
     let bad = || ApiError::bad_request(format!("Invalid interval '{s}' (expected ISO-8601 start/end)"));
     let (a, b) = s.split_once('/').ok_or_else(bad)?;
     let start = DateTime::parse_from_rfc3339(a.trim()).map_err(|_| bad())?.with_timezone(&Utc);
@@ -235,7 +235,7 @@ fn parse_interval(s: &str) -> Result<Span, ApiError> {
 /// Positive ISO-8601 durations made of weeks, days, hours, minutes and whole
 /// seconds (`P1W`, `P1D`, `PT1H`, `P1DT12H`, `PT30M`); years and months are not
 /// supported.
-fn parse_iso_duration(s: &str) -> Option<ChronoDuration> {
+pub(super) fn parse_iso_duration(s: &str) -> Option<ChronoDuration> {
     let rest = s.strip_prefix('P')?;
     let (date, time) = match rest.split_once('T') {
         Some((d, t)) if !t.is_empty() => (d, Some(t)),

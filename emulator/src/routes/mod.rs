@@ -5,6 +5,7 @@
 mod actions;
 mod analytics;
 mod entities;
+pub(crate) mod jobs;
 mod oauth;
 mod routing_status;
 
@@ -23,6 +24,7 @@ fn api_routes() -> Router<SharedState> {
         .merge(routing_status::router())
         .merge(actions::router())
         .merge(analytics::router())
+        .merge(jobs::router())
 }
 
 async fn fallback(uri: axum::http::Uri) -> Response {

@@ -1,6 +1,7 @@
 //! `Get`: serve one resource through the cache.
 
 use tokio::time::Instant;
+use tracing::Instrument;
 use tonic::{Request, Response, Status};
 
 use super::deadline;
@@ -9,7 +10,29 @@ use crate::entry::now_ms;
 use crate::error::Error;
 use crate::proto::v1::{self, GetRequest, GetResponse};
 
+/// Runs the Get in a `get` span carrying its request id (echoed back as
+/// `x-request-id`), and counts the outcome.
 pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+    let request_id = crate::telemetry::request_id(request.metadata());
+    let (kind, id) = (&request.get_ref().kind, &request.get_ref().id);
+    let span = tracing::info_span!("get", %request_id, %kind, %id, source = tracing::field::Empty);
+    let result = serve(cache, request).instrument(span).await;
+    let echo = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
+    match result {
+        Ok(mut response) => {
+            echo.map(|v| response.metadata_mut().insert("x-request-id", v));
+            Ok(response)
+        }
+        Err(mut status) => {
+            crate::metrics::get_failed(status.code());
+            echo.map(|v| status.metadata_mut().insert("x-request-id", v));
+            Err(status)
+        }
+    }
+}
+
+async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+    let started = std::time::Instant::now();
     let deadline = deadline::from_metadata(request.metadata());
     let req = request.into_inner();
     let served = match deadline {
@@ -18,6 +41,8 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
             .map_err(|_| Error::DeadlineExceeded(format!("no answer within the caller's {limit:?}")))?,
         None => cache.get(&req, None).await,
     }?;
+    crate::metrics::get_served(&req.kind, served.source, started.elapsed());
+    tracing::Span::current().record("source", crate::metrics::source_label(served.source));
     Ok(Response::new(to_response(served)))
 }
 
@@ -36,7 +61,9 @@ pub fn to_response(served: Served) -> GetResponse {
 
 fn proto_source(s: Source) -> v1::Source {
     match s {
+        Source::L1 => v1::Source::L1,
         Source::Store => v1::Source::Store,
+        Source::Revalidated => v1::Source::Revalidated,
         Source::Upstream => v1::Source::Upstream,
         Source::Stale => v1::Source::Stale,
         Source::Coalesced => v1::Source::Coalesced,

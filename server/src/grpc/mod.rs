@@ -9,24 +9,37 @@ mod invalidate;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::sync::watch as shutdown_watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::bus::Bus;
 use crate::cache::Cache;
-use crate::error::Error;
+use crate::invalidation::Invalidator;
 use crate::proto::v1::cache_server::Cache as CacheRpc;
-use crate::proto::v1::{
-    GetRequest, GetResponse, InvalidateRequest, InvalidateResponse, WatchEvent, WatchRequest,
-};
+use crate::proto::v1::{GetRequest, GetResponse, InvalidateRequest, InvalidateResponse, WatchEvent, WatchRequest};
+use crate::watch;
+
+pub use get::to_response;
 
 /// Implements `cxcache.v1.Cache`.
 pub struct CacheService {
     cache: Arc<Cache>,
+    invalidator: Arc<Invalidator>,
+    bus: Arc<Bus>,
+    watch_buffer: usize,
+    shutdown: shutdown_watch::Receiver<bool>,
 }
 
 impl CacheService {
-    pub fn new(cache: Arc<Cache>) -> Self {
-        CacheService { cache }
+    pub fn new(
+        cache: Arc<Cache>,
+        invalidator: Arc<Invalidator>,
+        bus: Arc<Bus>,
+        watch_buffer: usize,
+        shutdown: shutdown_watch::Receiver<bool>,
+    ) -> Self {
+        CacheService { cache, invalidator, bus, watch_buffer, shutdown }
     }
 }
 
@@ -42,12 +55,14 @@ impl CacheRpc for CacheService {
         &self,
         request: Request<InvalidateRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
-        invalidate::handle(&self.cache, request).await
+        invalidate::handle(&self.invalidator, request).await
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, _request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Error::Unimplemented("Watch").into())
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let filter = watch::Filter::from_request(request.get_ref())?;
+        let stream = watch::open(&self.bus, filter, self.watch_buffer, self.shutdown.clone());
+        Ok(Response::new(Box::pin(stream)))
     }
 }

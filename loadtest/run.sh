@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# Load test: every scenario in loadtest/scenarios/ is run with the same ghz
+# settings against cxcache and against a bare tonic server that returns the
+# same payload bytes (the ceiling, loadtest/ceiling), and reported as a ratio.
+#
+#   loadtest/run.sh --short   # CI smoke run: debug build, 1 s per run, < 1 min
+#   loadtest/run.sh --full    # release build, 10 s per run, a few minutes
+#   loadtest/run.sh --full --strict   # also exit 3 when a perf target is missed
+#
+# Starts (all on 127.0.0.1, stopped on exit): the Genesys emulator (rate
+# limit lifted), a 3+3 Redis Cluster (or the one in CXCACHE_TEST_REDIS_URL),
+# a cxcache on the embedded store (L1 on) and one on Redis (L1 off), and the
+# ceiling. Prints a table and writes it to loadtest/results/DATE-MODE.md.
+#
+# Exit status: 0 = ran, every call answered OK (perf targets are reported,
+# not enforced, unless --strict: the machine is shared and noisy); 1 = broken
+# (a process did not start, ghz failed, or calls failed).
+#
+# Environment: LOADTEST_DURATION (e.g. 5s) and LOADTEST_PROFILE (debug or
+# release) override the mode's defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export PATH="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin:$PATH"
+
+mode=short strict=0
+for arg in "$@"; do
+  case "$arg" in
+    --short) mode=short ;;
+    --full) mode=full ;;
+    --strict) strict=1 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "usage: loadtest/run.sh [--short|--full] [--strict]" >&2; exit 2 ;;
+  esac
+done
+if [ "$mode" = full ]; then
+  duration=${LOADTEST_DURATION:-10s} profile=${LOADTEST_PROFILE:-release} watchers=20
+else
+  duration=${LOADTEST_DURATION:-1s} profile=${LOADTEST_PROFILE:-debug} watchers=5
+fi
+# Hard bound on any one ghz run, whatever its settings.
+ghz_limit=$(( ${duration%s} + 30 ))
+
+log() { printf 'loadtest: %s\n' "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# --- tools ------------------------------------------------------------------
+command -v jq >/dev/null || die "jq is required (apt-get install jq)"
+command -v curl >/dev/null || die "curl is required"
+if ! command -v ghz >/dev/null; then
+  log "installing ghz"
+  go install github.com/bojand/ghz/cmd/ghz@latest
+fi
+if ! command -v grpcurl >/dev/null; then
+  log "installing grpcurl"
+  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest
+fi
+
+# --- binaries ---------------------------------------------------------------
+log "building ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release --quiet -p cxcache-server -p genesys-emulator -p cxcache-ceiling
+else
+  cargo build --quiet -p cxcache-server -p genesys-emulator -p cxcache-ceiling
+fi
+bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+
+# --- processes --------------------------------------------------------------
+work=$(mktemp -d -t cxcache-loadtest-XXXX)
+pids=()
+redis_dir=""
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -n "$redis_dir" ] && bash scripts/redis-cluster.sh stop "$redis_dir" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# wait_line FILE REGEX: the first line of FILE matching REGEX (10 s at most).
+wait_line() {
+  for _ in $(seq 1 200); do
+    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  log "no line matching '$2' in $1:"; tail -n 20 "$1" >&2 || true
+  return 1
+}
+
+# Upstream: the emulator, with its rate limit out of the way.
+"$bin/genesys-emulator" --addr 127.0.0.1:0 --rate-limit 1000000000 >"$work/emulator.out" 2>&1 &
+pids+=($!)
+emu=$(wait_line "$work/emulator.out" 'listening on' | sed -E 's/.*listening on (http:[^ ]+).*/\1/') \
+  || die "the emulator did not start"
+upstream_calls() { curl -fsS "$emu/admin/counters" | jq '.total'; }
+
+if [ -n "${CXCACHE_TEST_REDIS_URL:-}" ]; then
+  redis_url=$CXCACHE_TEST_REDIS_URL
+else
+  redis_dir="$work/redis"
+  redis_url=$(bash scripts/redis-cluster.sh start "$redis_dir") || die "the Redis cluster did not start"
+fi
+
+# start_cxcache NAME [ENV=VALUE...] -- [FLAGS...]: sets $grpc_addr and $http_addr.
+# (Helpers set globals rather than print: a $(...) subshell would lose the pids.)
+start_cxcache() {
+  local name=$1; shift
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  # The emulator's limit is lifted, so lift cxcache's own per-token budget too.
+  env RUST_LOG=warn CXCACHE_UPSTREAM__RATE_LIMIT__ALLOWED=1000000000 "${envs[@]}" "$bin/cxcache" --env "lt$$$name" \
+    --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    --upstream-url "$emu" --client-id cxcache-demo --client-secret demo-secret \
+    "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pids+=($!)
+  inst_pid=$!
+  local line
+  line=$(wait_line "$work/$name.out" '^cxcache listening') || { cat "$work/$name.err" >&2; die "cxcache $name did not start"; }
+  grpc_addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$line")
+  http_addr=$(sed -E 's/.*http=([^ ]+).*/\1/' <<<"$line")
+}
+
+# The in-process tier, if this build has one, is on by default; the Redis
+# instance turns it off so its hits come from Redis.
+l1_off=()
+grep -qE 'pub l1:' server/src/config.rs && l1_off=(CXCACHE_CACHE__L1__ENABLED=false)
+start_cxcache mem --
+mem_grpc=$grpc_addr
+declare -A pid_of
+pid_of[$mem_grpc]=$inst_pid
+start_cxcache redis "${l1_off[@]}" -- --redis-url "$redis_url"
+redis_grpc=$grpc_addr
+pid_of[$redis_grpc]=$inst_pid
+log "emulator $emu; cxcache (memory) $mem_grpc; cxcache (redis) $redis_grpc"
+
+# --- helpers ----------------------------------------------------------------
+# first_request SCENARIO: the scenario's (first) request message.
+first_request() { jq -c '.data | if type == "array" then .[0] else . end' "loadtest/scenarios/$1.json"; }
+
+# get ADDR JSON: one Get through grpcurl (warm-up, payload capture).
+get() { grpcurl -plaintext -max-time 10 -d "$2" "$1" cxcache.v1.Cache/Get; }
+
+# ghz_run SCENARIO ADDR OUT [FLAGS...]
+ghz_run() {
+  local scenario=$1 addr=$2 out=$3; shift 3
+  timeout "$ghz_limit" ghz --config "loadtest/scenarios/$scenario.json" -z "$duration" --duration-stop wait \
+    -O json "$@" "$addr" \
+    >"$out" 2>"$out.err" || { cat "$out.err" >&2; die "ghz $scenario against $addr"; }
+}
+
+# Fields of a ghz JSON report.
+rps() { jq '.rps | floor' "$1"; }
+pct() { jq --argjson p "$2" '[.latencyDistribution[]? | select(.percentage == $p) | .latency][0] // 0 | . / 1e6 | . * 1000 | round / 1000' "$1"; }
+errors() { jq '.count - (.statusCodeDistribution.OK // 0)' "$1"; }
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# cpu_us_per_req TICKS REPORT: server CPU microseconds per request.
+cpu_us_per_req() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$(jq '.count' "$2")" \
+  'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# start_ceiling PAYLOAD_FILE KEY: sets $ceiling.
+ceiling_pid=""
+start_ceiling() {
+  "$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$1" --key "$2" >"$work/ceiling.out" 2>&1 &
+  ceiling_pid=$!
+  pids+=($ceiling_pid)
+  local line
+  line=$(wait_line "$work/ceiling.out" '^ceiling listening') || die "the ceiling did not start"
+  ceiling=${line##*grpc=}
+}
+stop_ceiling() { kill "$ceiling_pid" 2>/dev/null || true; wait "$ceiling_pid" 2>/dev/null || true; }
+
+rows=()
+failures=0
+l1_source=""
+declare -A peak capacity
+
+# scenario NAME ADDR: warm-up + payload capture, ceiling run, cxcache run.
+scenario() {
+  local name=$1 addr=$2
+  local req reply
+  req=$(first_request "$name")
+  reply=$(get "$addr" "$req") || die "warm-up Get of $name: $reply"
+  if [ "$name" = l1-hit ]; then
+    # Later calls show which tier answers hot keys in this build (the
+    # second read fills the in-process tier, if there is one).
+    get "$addr" "$req" >/dev/null
+    l1_source=$(get "$addr" "$req" | jq -r '.source')
+  fi
+  jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/payload.json"
+  local key; key=$(jq -r '.key' <<<"$reply")
+  start_ceiling "$work/payload.json" "$key"
+  local t0 t1 before after
+  t0=$(cpu_ticks "$ceiling_pid")
+  ghz_run "$name" "$ceiling" "$work/$name.ceiling.json"
+  t1=$(cpu_ticks "$ceiling_pid")
+  stop_ceiling
+  local c="$work/$name.cxcache.json" x="$work/$name.ceiling.json"
+  local xcpu; xcpu=$(cpu_us_per_req $((t1 - t0)) "$x")
+  before=$(upstream_calls)
+  t0=$(cpu_ticks "${pid_of[$addr]}")
+  ghz_run "$name" "$addr" "$c"
+  t1=$(cpu_ticks "${pid_of[$addr]}")
+  after=$(upstream_calls)
+  local ccpu; ccpu=$(cpu_us_per_req $((t1 - t0)) "$c")
+  capacity[$name]=$(ratio "$xcpu" "$ccpu")
+  local errs; errs=$(errors "$c")
+  [ "$errs" -eq 0 ] || { failures=$((failures + errs)); jq -c '.errorDistribution' "$c" >&2; }
+  peak[$name]=$(rps "$c")
+  rows+=("| $name | $(rps "$c") | $(rps "$x") | $(ratio "$(rps "$c")" "$(rps "$x")") | $ccpu | $xcpu | ${capacity[$name]} | $(pct "$c" 50) | $(pct "$c" 99) | $(pct "$x" 99) | $errs | $((after - before)) |")
+  log "$name: $(rps "$c") req/s (ceiling $(rps "$x")), p99 $(pct "$c" 99) ms, $errs errors, $((after - before)) upstream calls"
+}
+
+# --- scenarios --------------------------------------------------------------
+scenario l1-hit "$mem_grpc"
+scenario store-hit "$redis_grpc"
+scenario miss-spread "$mem_grpc"
+
+# Stampede: the upstream answers that one key in 20 ms, so callers pile up
+# on each refresh; coalescing should leave ~duration/20ms upstream calls.
+stampede_id=$(first_request stampede | jq -r '.id')
+curl -fsS -X POST "$emu/admin/faults" -H 'content-type: application/json' \
+  -d "{\"path_prefix\":\"/api/v2/routing/queues/$stampede_id\",\"latency_ms\":20}" >/dev/null
+scenario stampede "$mem_grpc"
+curl -fsS -X DELETE "$emu/admin/faults" >/dev/null
+
+# Mixed: Watch subscribers attached and a tag invalidated every 200 ms while
+# Gets go round-robin over 31 keys.
+watch_note=""
+watch_pids=()
+for i in $(seq 1 "$watchers"); do
+  grpcurl -plaintext -d '{"kinds":["routing.queue"],"prefixes":["lt"]}' "$mem_grpc" cxcache.v1.Cache/Watch \
+    >"$work/watch.$i.out" 2>&1 &
+  watch_pids+=($!); pids+=($!)
+done
+sleep 0.3
+if grep -qi 'unimplemented' "$work"/watch.*.out 2>/dev/null; then
+  watch_note="Watch answered UNIMPLEMENTED: the mixed scenario ran without subscribers."
+  log "$watch_note"
+fi
+invalidate_tag="queue:$(jq -r '.data[4].id' loadtest/scenarios/mixed-watch.json)"
+( while true; do
+    grpcurl -plaintext -max-time 5 -d "{\"tags\":[\"$invalidate_tag\"],\"reason\":\"loadtest\"}" "$mem_grpc" \
+      cxcache.v1.Cache/Invalidate >/dev/null 2>&1 || true
+    sleep 0.2
+  done ) &
+invalidator=$!
+pids+=($invalidator)
+scenario mixed-watch "$mem_grpc"
+kill "$invalidator" 2>/dev/null || true
+alive=0
+for pid in "${watch_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); kill "$pid" 2>/dev/null || true; done
+events=$(cat "$work"/watch.*.out 2>/dev/null | grep -c '"type"' || true)
+[ -z "$watch_note" ] && watch_note="$alive of $watchers Watch subscribers stayed connected and received $events events."
+
+# --- targets ----------------------------------------------------------------
+# p99 of hits at half the peak rate each reached above: sets $rate, $p99.
+half_run() {
+  local name=$1 addr=$2
+  rate=$(( ${peak[$1]} / 2 ))
+  [ "$rate" -gt 0 ] || rate=1
+  ghz_run "$name" "$addr" "$work/$name.half.json" --rps "$rate"
+  local errs; errs=$(errors "$work/$name.half.json")
+  [ "$errs" -eq 0 ] || failures=$((failures + errs))
+  p99=$(pct "$work/$name.half.json" 99)
+}
+half_run l1-hit "$mem_grpc"
+l1_rate=$rate l1_p99=$p99
+half_run store-hit "$redis_grpc"
+store_rate=$rate store_p99=$p99
+
+# Throughput targets are judged on server CPU per request (capacity): on a
+# small shared machine ghz saturates first, so the req/s ratio stays near 1
+# whatever the server costs. Both are reported.
+l1_ratio=${capacity[l1-hit]} store_ratio=${capacity[store-hit]}
+l1_rps_ratio=$(ratio "${peak[l1-hit]}" "$(rps "$work/l1-hit.ceiling.json")")
+store_rps_ratio=$(ratio "${peak[store-hit]}" "$(rps "$work/store-hit.ceiling.json")")
+check() { awk -v v="$1" -v op="$2" -v goal="$3" 'BEGIN { ok = (op == ">=") ? (v >= goal) : (v < goal); print ok ? "pass" : "MISS" }'; }
+t1=$(check "$l1_ratio" ">=" 0.9) t2=$(check "$store_ratio" ">=" 0.6)
+t3=$(check "$l1_p99" "<" 1) t4=$(check "$store_p99" "<" 1)
+
+case "$l1_source" in
+  SOURCE_L1) l1_note="hot keys are answered by the in-process tier (SOURCE_L1)." ;;
+  *) l1_note="this build answered the hot key with ${l1_source:-?}: there is no in-process tier yet, so l1-hit measures the embedded memory store's hit path." ;;
+esac
+
+# --- report -----------------------------------------------------------------
+stamp=$(date -u +%Y-%m-%d)
+out="loadtest/results/$stamp-$mode.md"
+mkdir -p loadtest/results
+{
+  echo "# cxcache load test — $mode, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "- commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet 2>/dev/null || echo ' (+ local changes)'), $profile build;" \
+    "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs || echo unknown)), shared by ghz, the servers and Redis"
+  echo "- ghz $(ghz --version 2>&1 || echo '?'): each run ${duration}, the scenario file's concurrency, 4 connections; the same settings against cxcache and the ceiling"
+  echo "- ceiling: a bare tonic server (\`loadtest/ceiling\`) answering every Get with the same payload bytes cxcache returned for the scenario's first request"
+  echo "- CPU µs/req: the server process's user+system CPU over the run divided by requests answered; capacity = ceiling CPU/req ÷ cxcache CPU/req, the throughput ratio were the server (not ghz) the bottleneck. Redis's own CPU is not included"
+  echo "- upstream calls: requests the emulator counted during the cxcache run; latencies in ms"
+  echo "- L1: $l1_note"
+  echo "- Watch: $watch_note"
+  echo
+  echo "| scenario | cxcache req/s | ceiling req/s | req/s ratio | cxcache CPU µs/req | ceiling CPU µs/req | capacity ratio | p50 | p99 | ceiling p99 | errors | upstream calls |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "| target | goal | measured | result |"
+  echo "| --- | --- | --- | --- |"
+  echo "| L1 hit throughput (capacity) | ≥ 0.9 × ceiling | $l1_ratio × (req/s: $l1_rps_ratio ×) | $t1 |"
+  echo "| store (Redis) hit throughput (capacity) | ≥ 0.6 × ceiling | $store_ratio × (req/s: $store_rps_ratio ×) | $t2 |"
+  echo "| L1 hit p99 at half peak ($l1_rate req/s) | < 1 ms | $l1_p99 ms | $t3 |"
+  echo "| store hit p99 at half peak ($store_rate req/s) | < 1 ms | $store_p99 ms | $t4 |"
+} >"$out"
+cat "$out"
+echo
+log "wrote $out"
+
+[ "$failures" -eq 0 ] || die "$failures calls failed"
+if [ "$strict" = 1 ] && grep -q MISS <<<"$t1$t2$t3$t4"; then
+  log "performance targets missed (--strict)"
+  exit 3
+fi

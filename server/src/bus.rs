@@ -1,0 +1,163 @@
+//! The invalidation bus: every purge and every fresh store is published so
+//! that every instance drops its L1 copies and tells its Watch subscribers.
+//!
+//! With Redis, events travel on one sharded pub/sub channel
+//! (`SPUBLISH`/`SSUBSCRIBE`, routed by the channel's hash slot) through a
+//! dedicated subscriber connection that fred resubscribes after reconnects
+//! and failovers. Without Redis, the bus is in-process.
+//!
+//! Each instance fans events out locally through a bounded broadcast
+//! channel. Anything that might have lost events (a resubscription, a failed
+//! publish) is reported as [`BusMessage::Gap`], on which L1 is dropped and
+//! watchers are told to resync: never silent staleness.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, EventInterface, Pool, PubsubInterface};
+use fred::types::config::Config as RedisConfig;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+
+/// What happened to cached data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Entries were purged.
+    Invalidated,
+    /// A new value was stored.
+    Updated,
+}
+
+/// One event on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    /// Logical keys concerned.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Prefix or tag purged, when the event is for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub reason: String,
+    pub at_ms: i64,
+    /// Instance that published it.
+    pub origin: String,
+    /// Set on purges that wait for every instance to drop its L1 copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<String>,
+}
+
+/// What subscribers of the local fan-out receive.
+#[derive(Debug, Clone)]
+pub enum BusMessage {
+    Event(Arc<Event>),
+    /// Events may have been missed: drop L1, tell watchers to resync.
+    Gap,
+}
+
+/// Capacity of the local fan-out: a receiver further behind than this
+/// lags (and is told so) rather than holding memory.
+const FANOUT_CAPACITY: usize = 4096;
+
+pub struct Bus {
+    fanout: broadcast::Sender<BusMessage>,
+    redis: Option<RedisBus>,
+    pub instance_id: String,
+    published: AtomicU64,
+}
+
+struct RedisBus {
+    pool: Pool,
+    channel: String,
+    _subscriber: fred::clients::SubscriberClient,
+}
+
+impl Bus {
+    /// An in-process bus (embedded mode: one instance).
+    pub fn local(instance_id: String) -> Arc<Bus> {
+        let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
+        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0) })
+    }
+
+    /// A bus over Redis sharded pub/sub on the channel of `env`.
+    pub async fn redis(instance_id: String, env: &str, pool: Pool, url: &str, command_timeout: Duration) -> Result<Arc<Bus>> {
+        let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
+        let channel = format!("cx:bus:{{{env}}}");
+        let config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
+        let subscriber = fred::prelude::Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = command_timeout)
+            .set_policy(fred::prelude::ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build_subscriber_client()
+            .map_err(|e| Error::Store(e.to_string()))?;
+        subscriber.init().await.map_err(|e| Error::Store(e.to_string()))?;
+        // fred re-issues our subscriptions after reconnects and failovers.
+        let _ = subscriber.manage_subscriptions();
+
+        let mut messages = subscriber.message_rx();
+        let tx = fanout.clone();
+        tokio::spawn(async move {
+            while let Ok(msg) = messages.recv().await {
+                match msg.value.as_bytes().map(serde_json::from_slice::<Event>) {
+                    Some(Ok(event)) => {
+                        let _ = tx.send(BusMessage::Event(Arc::new(event)));
+                    }
+                    _ => tracing::warn!("undecodable bus message ignored"),
+                }
+            }
+        });
+        let mut reconnects = subscriber.reconnect_rx();
+        let tx = fanout.clone();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                tracing::warn!("invalidation bus reconnected: treating the gap as lost events");
+                let _ = tx.send(BusMessage::Gap);
+            }
+        });
+        subscriber.ssubscribe(channel.clone()).await.map_err(|e| Error::Store(e.to_string()))?;
+        Ok(Arc::new(Bus {
+            fanout,
+            redis: Some(RedisBus { pool, channel, _subscriber: subscriber }),
+            instance_id,
+            published: AtomicU64::new(0),
+        }))
+    }
+
+    /// Publishes `event` to every instance (this one included). Returns how
+    /// many instances' subscribers received it (in-process: 1). A failed
+    /// publish is reported locally as a gap.
+    pub async fn publish(&self, event: Event) -> Result<u64> {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        match &self.redis {
+            None => {
+                let _ = self.fanout.send(BusMessage::Event(Arc::new(event)));
+                Ok(1)
+            }
+            Some(r) => {
+                let payload = serde_json::to_vec(&event).map_err(|e| Error::Internal(e.to_string()))?;
+                match r.pool.next().spublish::<u64, _, _>(r.channel.as_str(), payload).await {
+                    Ok(n) => Ok(n),
+                    Err(e) => {
+                        let _ = self.fanout.send(BusMessage::Gap);
+                        Err(Error::Store(format!("bus publish: {e}")))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A receiver of everything published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+        self.fanout.subscribe()
+    }
+
+    /// The Redis pool, for acknowledgement counters.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.redis.as_ref().map(|r| &r.pool)
+    }
+}

@@ -1,0 +1,58 @@
+//! The small HTTP side (axum): plain-HTTP liveness, the Prometheus scrape
+//! endpoint, the signed purge doors (webhook, EventBridge) and the
+//! data-action door that Genesys Architect/Studio data actions call.
+
+mod data_action;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::cache::Cache;
+use crate::config::{DataActionSettings, WebhookSettings};
+use crate::invalidation::Invalidator;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub cache: Arc<Cache>,
+    pub invalidator: Arc<Invalidator>,
+    pub webhook: Arc<WebhookSettings>,
+    pub data_action: Arc<DataActionSettings>,
+}
+
+/// Largest webhook or data-action body accepted.
+const MAX_BODY: usize = 256 << 10;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(prometheus))
+        .route("/webhooks/genesys", post(webhook::genesys))
+        .route("/webhooks/eventbridge", post(webhook::eventbridge))
+        .route("/data-action", post(data_action::handle))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Prometheus scrape endpoint (text exposition format 0.0.4). Sizes kept
+/// elsewhere (L1 bytes, Watch subscribers) are read at scrape time.
+async fn prometheus(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
+    crate::metrics::l1_size(state.cache.tiers().l1_bytes());
+    crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+}
+
+/// A JSON error body: `{"error": {"code", "message", "fieldViolations"?}}`.
+fn error_body(code: &str, message: &str, violations: &[crate::error::FieldViolation]) -> serde_json::Value {
+    let mut err = serde_json::json!({ "code": code, "message": message });
+    if !violations.is_empty() {
+        err["fieldViolations"] = violations
+            .iter()
+            .map(|v| serde_json::json!({ "field": v.field, "description": v.description }))
+            .collect();
+    }
+    serde_json::json!({ "error": err })
+}

@@ -1,0 +1,276 @@
+//! Every metric cxcache exports, in one place: names, labels, help text and
+//! one small recording function per event, so call sites stay one line
+//! (`metrics::get_served(kind, source, elapsed)`) and the names cannot drift.
+//!
+//! Recording goes through the `metrics` facade: a counter bump is a hash
+//! lookup plus an atomic add, and without an installed recorder (unit tests)
+//! nothing at all. [`install`] sets up the Prometheus recorder once per
+//! process; the HTTP side serves [`render`] at `/metrics`.
+//!
+//! Labels are bounded: `kind` only for kinds the catalog accepted, `source`
+//! and `code` from fixed enums, `client_id` from the configured credentials
+//! (never the secret), `status` an HTTP status code.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
+
+use crate::cache::Source;
+
+/// Gets answered, by resource kind and by where the value came from.
+pub const GET_TOTAL: &str = "cxcache_get_total";
+/// Latency of answered Gets, by kind and source.
+pub const GET_DURATION: &str = "cxcache_get_duration_seconds";
+/// Gets that ended in an error, by gRPC code.
+pub const GET_ERRORS: &str = "cxcache_get_errors_total";
+/// Upstream HTTP answers, by credential and status.
+pub const UPSTREAM_REQUESTS: &str = "cxcache_upstream_requests_total";
+/// Upstream 429 answers, by credential.
+pub const UPSTREAM_RATE_LIMITED: &str = "cxcache_upstream_rate_limited_total";
+/// Upstream call latency, by credential.
+pub const UPSTREAM_DURATION: &str = "cxcache_upstream_duration_seconds";
+/// Calls left in the current rate-limit window, by credential (from the
+/// platform's `inin-ratelimit-*` headers).
+pub const UPSTREAM_QUOTA_REMAINING: &str = "cxcache_upstream_quota_remaining";
+/// Callers that joined a fetch already under way instead of starting one.
+pub const COALESCED_TOTAL: &str = "cxcache_coalesced_total";
+/// Callers waiting right now on a fetch someone else started.
+pub const COALESCED_WAITERS: &str = "cxcache_coalesced_waiters";
+/// Open Watch streams.
+pub const WATCH_SUBSCRIBERS: &str = "cxcache_watch_subscribers";
+/// Bytes held by the in-process tier.
+pub const L1_BYTES: &str = "cxcache_l1_bytes";
+
+/// Latency buckets (seconds): from 50 µs (an L1 hit) to 10 s (a slow
+/// upstream), so hit and miss latencies both land in useful buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process; later calls return
+/// the same handle, so several in-process servers in a test share it).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("static, non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            gauge!("cxcache_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let handle = install();
+    // Drains histogram buffers; no background task needed.
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    describe_counter!(
+        GET_TOTAL,
+        "Gets answered, by resource kind and source (l1, store, revalidated, upstream, coalesced, stale)"
+    );
+    describe_histogram!(GET_DURATION, Unit::Seconds, "Latency of answered Gets, by kind and source");
+    describe_counter!(GET_ERRORS, "Gets that ended in an error, by gRPC code");
+    describe_counter!(UPSTREAM_REQUESTS, "Upstream HTTP answers, by OAuth client id and status");
+    describe_counter!(UPSTREAM_RATE_LIMITED, "Upstream 429 answers, by OAuth client id");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Upstream HTTP call latency, by OAuth client id");
+    describe_gauge!(
+        UPSTREAM_QUOTA_REMAINING,
+        "Calls left in the current rate-limit window, by OAuth client id"
+    );
+    describe_counter!(COALESCED_TOTAL, "Callers that joined a fetch already under way");
+    describe_gauge!(COALESCED_WAITERS, "Callers waiting on a fetch another caller started");
+    describe_gauge!(WATCH_SUBSCRIBERS, "Open Watch streams");
+    describe_gauge!(L1_BYTES, Unit::Bytes, "Bytes held by the in-process tier");
+}
+
+/// The `source` label of a served value.
+pub fn source_label(source: Source) -> &'static str {
+    match source {
+        Source::L1 => "l1",
+        Source::Store => "store",
+        Source::Revalidated => "revalidated",
+        Source::Upstream => "upstream",
+        Source::Stale => "stale",
+        Source::Coalesced => "coalesced",
+    }
+}
+
+/// A Get answered with a value (the hit ratio is `source != upstream` over
+/// the total, per kind).
+pub fn get_served(kind: &str, source: Source, elapsed: Duration) {
+    let (count, latency) = get_handles(kind, source);
+    count.increment(1);
+    latency.record(elapsed.as_secs_f64());
+}
+
+/// Every [`Source`], in the order of [`source_index`].
+const SOURCES: [Source; 6] =
+    [Source::L1, Source::Store, Source::Revalidated, Source::Upstream, Source::Stale, Source::Coalesced];
+
+fn source_index(source: Source) -> usize {
+    SOURCES.iter().position(|s| *s == source).unwrap_or(0)
+}
+
+/// The Get counter and histogram of one kind, per source.
+type KindHandles = [(Counter, Histogram); SOURCES.len()];
+
+/// Handles of `cxcache_get_*` by kind, registered on first use: the hit
+/// path then costs a read lock and one hash lookup, no allocation.
+static GET_HANDLES: LazyLock<RwLock<HashMap<String, Arc<KindHandles>>>> = LazyLock::new(Default::default);
+
+fn get_handles(kind: &str, source: Source) -> (Counter, Histogram) {
+    let i = source_index(source);
+    if let Some(h) = GET_HANDLES.read().get(kind) {
+        return h[i].clone();
+    }
+    let handles: Arc<KindHandles> = Arc::new(SOURCES.map(|s| {
+        let labels = [("kind", kind.to_owned()), ("source", source_label(s).to_owned())];
+        (counter!(GET_TOTAL, &labels), histogram!(GET_DURATION, &labels))
+    }));
+    let h = GET_HANDLES.write().entry(kind.to_owned()).or_insert(handles).clone();
+    h[i].clone()
+}
+
+/// A Get that ended in an error status.
+pub fn get_failed(code: tonic::Code) {
+    counter!(GET_ERRORS, "code" => code_label(code)).increment(1);
+}
+
+/// An upstream HTTP answer; reads the remaining quota from the platform's
+/// `inin-ratelimit-allowed` / `inin-ratelimit-count` headers when present.
+pub fn upstream_answered(
+    client_id: &str,
+    status: u16,
+    elapsed: Duration,
+    headers: &reqwest::header::HeaderMap,
+) {
+    let status_label =
+        reqwest::StatusCode::from_u16(status).map(|s| s.as_str().to_owned()).unwrap_or_default();
+    counter!(UPSTREAM_REQUESTS, "client_id" => client_id.to_owned(), "status" => status_label).increment(1);
+    histogram!(UPSTREAM_DURATION, "client_id" => client_id.to_owned()).record(elapsed.as_secs_f64());
+    if status == 429 {
+        counter!(UPSTREAM_RATE_LIMITED, "client_id" => client_id.to_owned()).increment(1);
+    }
+    let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+    if let (Some(allowed), Some(count)) = (number("inin-ratelimit-allowed"), number("inin-ratelimit-count")) {
+        upstream_quota(client_id, allowed.saturating_sub(count));
+    }
+}
+
+/// An upstream call that got no HTTP answer (timeout, connection refused).
+pub fn upstream_unreachable(client_id: &str, elapsed: Duration) {
+    counter!(UPSTREAM_REQUESTS, "client_id" => client_id.to_owned(), "status" => "error").increment(1);
+    histogram!(UPSTREAM_DURATION, "client_id" => client_id.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// Calls left for `client_id` in the current window (from the rate limiter
+/// or the upstream's headers).
+pub fn upstream_quota(client_id: &str, remaining: u64) {
+    gauge!(UPSTREAM_QUOTA_REMAINING, "client_id" => client_id.to_owned()).set(remaining as f64);
+}
+
+/// A caller joined a fetch under way; the waiter gauge drops when the
+/// returned guard does.
+#[must_use = "the waiter count drops when the guard is dropped"]
+pub fn coalesced_waiter() -> GaugeGuard {
+    counter!(COALESCED_TOTAL).increment(1);
+    GaugeGuard::new(COALESCED_WAITERS)
+}
+
+/// Open Watch streams (read from the watch module at scrape time).
+pub fn watch_subscribers(open: i64) {
+    gauge!(WATCH_SUBSCRIBERS).set(open as f64);
+}
+
+/// Current size of the in-process tier (0 when it is off).
+pub fn l1_size(bytes: u64) {
+    gauge!(L1_BYTES).set(bytes as f64);
+}
+
+/// Increments a gauge now and decrements it on drop.
+#[must_use = "the gauge drops back when the guard is dropped"]
+pub struct GaugeGuard(&'static str);
+
+impl GaugeGuard {
+    fn new(name: &'static str) -> Self {
+        gauge!(name).increment(1.0);
+        GaugeGuard(name)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        gauge!(self.0).decrement(1.0);
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_shows_up_in_the_exposition() {
+        install();
+        get_served("routing.queue", Source::Store, Duration::from_micros(80));
+        get_failed(tonic::Code::ResourceExhausted);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("inin-ratelimit-allowed", "300".parse().unwrap());
+        headers.insert("inin-ratelimit-count", "12".parse().unwrap());
+        upstream_answered("demo-client", 200, Duration::from_millis(3), &headers);
+        upstream_answered("demo-client", 429, Duration::from_millis(1), &reqwest::header::HeaderMap::new());
+        let guard = coalesced_waiter();
+        let text = render();
+        assert!(text.contains(r#"cxcache_get_total{kind="routing.queue",source="store"} 1"#), "{text}");
+        assert!(text.contains(r#"cxcache_get_errors_total{code="RESOURCE_EXHAUSTED"} 1"#), "{text}");
+        assert!(text.contains(r#"cxcache_upstream_rate_limited_total{client_id="demo-client"} 1"#), "{text}");
+        assert!(text.contains(r#"cxcache_upstream_quota_remaining{client_id="demo-client"} 288"#), "{text}");
+        assert!(text.contains("cxcache_coalesced_waiters 1"), "{text}");
+        assert!(text.contains("cxcache_get_duration_seconds_bucket"), "{text}");
+        drop(guard);
+        assert!(render().contains("cxcache_coalesced_waiters 0"));
+    }
+}

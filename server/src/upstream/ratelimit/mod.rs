@@ -1,0 +1,206 @@
+//! The per-credential rate limiter, shared by every instance.
+//!
+//! GCRA (a token bucket written as one timestamp) on one Redis key per
+//! credential, updated by one atomic Lua script — cluster-safe because the
+//! script touches only that key, and clock-safe because it reads Redis's
+//! own clock. When Redis is unreachable each instance falls back to a local
+//! limiter allowing itself a conservative share of the budget; with no
+//! Redis at all (embedded mode) the single instance gets the full budget.
+//!
+//! The steady rate is set below the budget (`utilization`) and the burst kept
+//! small, so the calls of any window — however the platform aligns it —
+//! stay under the budget with one call to spare: GCRA admits at most
+//! burst − 1 + window / interval calls in any window. A burst of at least 2
+//! banks one call, so a caller waking a little late does not lose its slot.
+
+mod local;
+mod redis;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::RateLimitSettings;
+
+pub use local::LocalLimiter;
+pub use redis::RedisLimiter;
+
+use super::stats::UpstreamStats;
+
+/// How long Redis is left alone after a limiter call failed.
+const REDIS_PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// GCRA parameters of one credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Emission interval: one call per this, at steady state (microseconds).
+    pub interval_us: u64,
+    /// Calls that may go back to back.
+    pub burst: u32,
+}
+
+impl Limits {
+    /// Limits for a budget of `allowed` calls per `window`.
+    pub fn for_budget(allowed: u32, s: &RateLimitSettings) -> Limits {
+        Self::scaled(allowed, s, 1.0)
+    }
+
+    /// Limits for `share` of the budget (the fallback when Redis is down).
+    pub fn scaled(allowed: u32, s: &RateLimitSettings, share: f64) -> Limits {
+        let allowed = allowed.max(1) as f64 * share.clamp(0.0, 1.0);
+        let burst = if s.burst > 0 { s.burst as f64 * share } else { (allowed * 0.03).round().max(2.0) };
+        let burst = burst.clamp(1.0, (allowed - 1.0).max(1.0)).floor();
+        // At most burst - 1 + per_window calls in any window: keep it at or
+        // under allowed - 1.
+        let per_window = (allowed * s.utilization).min(allowed - burst).max(1.0);
+        let window_us = s.window.as_micros().max(1) as f64;
+        Limits { interval_us: (window_us / per_window).ceil().max(1.0) as u64, burst: burst as u32 }
+    }
+
+    /// Burst tolerance: how far ahead of now the theoretical arrival time may be.
+    pub fn tolerance_us(&self) -> u64 {
+        self.interval_us.saturating_mul(self.burst as u64)
+    }
+}
+
+/// The limiter's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go; `remaining` more calls could go right now.
+    Allowed { remaining: u32 },
+    /// Over budget: the next call fits after this long.
+    Wait(Duration),
+}
+
+/// Redis-backed when there is Redis, with local fallbacks.
+pub struct Limiter {
+    redis: Option<RedisLimiter>,
+    /// The full budget (embedded mode, no Redis configured).
+    local: LocalLimiter,
+    /// A share of the budget, while Redis is unreachable.
+    fallback: LocalLimiter,
+    settings: RateLimitSettings,
+    redis_down_until: Mutex<Option<Instant>>,
+    degraded: AtomicBool,
+}
+
+impl Limiter {
+    pub fn new(redis: Option<fred::prelude::Pool>, settings: RateLimitSettings) -> Self {
+        Limiter {
+            redis: redis.map(|pool| RedisLimiter::new(pool, settings.redis_timeout)),
+            local: LocalLimiter::default(),
+            fallback: LocalLimiter::default(),
+            settings,
+            redis_down_until: Mutex::new(None),
+            degraded: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes one call from `key`'s budget of `allowed` per window, if it fits.
+    pub async fn acquire(&self, key: &str, allowed: u32, stats: &UpstreamStats) -> Verdict {
+        let Some(redis) = &self.redis else {
+            return self.local.acquire(key, Limits::for_budget(allowed, &self.settings), Instant::now());
+        };
+        let down = self.redis_down_until.lock().is_some_and(|until| Instant::now() < until);
+        if !down {
+            match redis.acquire(key, Limits::for_budget(allowed, &self.settings)).await {
+                Ok(verdict) => {
+                    if self.degraded.swap(false, Ordering::Relaxed) {
+                        tracing::info!("rate limiter: Redis reachable again; shared limiting resumed");
+                    }
+                    return verdict;
+                }
+                Err(e) => {
+                    *self.redis_down_until.lock() = Some(Instant::now() + REDIS_PROBE_AFTER);
+                    if !self.degraded.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %e,
+                            share = self.settings.fallback_share,
+                            "rate limiter: Redis unreachable; falling back to a local share of each budget"
+                        );
+                    }
+                }
+            }
+        }
+        UpstreamStats::bump(&stats.limiter_fallbacks);
+        let limits = Limits::scaled(allowed, &self.settings, self.settings.fallback_share);
+        self.fallback.acquire(key, limits, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(allowed: u32, window_ms: u64) -> RateLimitSettings {
+        RateLimitSettings { allowed, window: Duration::from_millis(window_ms), ..RateLimitSettings::default() }
+    }
+
+    #[test]
+    fn limits_stay_under_the_budget_in_any_window() {
+        for (allowed, window_ms) in [(300u32, 60_000u64), (40, 2000), (20, 2000), (5, 1000), (1, 1000)] {
+            let s = settings(allowed, window_ms);
+            let l = Limits::for_budget(allowed, &s);
+            let per_window = (window_ms * 1000) as f64 / l.interval_us as f64;
+            let max_in_window = l.burst as f64 - 1.0 + per_window;
+            assert!(max_in_window <= (allowed as f64 - 1.0).max(1.0), "{allowed}: {l:?} gives {max_in_window}");
+            if allowed >= 40 {
+                assert!(per_window >= allowed as f64 * 0.9, "{allowed}: {l:?} uses {per_window}");
+            }
+        }
+        let s = settings(300, 60_000);
+        let l = Limits::for_budget(300, &s);
+        assert_eq!(l.burst, 9);
+        let share = Limits::scaled(300, &s, 0.25);
+        assert!(share.interval_us >= l.interval_us * 4 - 10 && share.burst <= 3, "{share:?}");
+    }
+
+    #[tokio::test]
+    async fn embedded_mode_uses_the_full_budget_locally() {
+        let limiter = Limiter::new(None, settings(40, 2000));
+        let stats = UpstreamStats::default();
+        assert!(matches!(limiter.acquire("a", 40, &stats).await, Verdict::Allowed { remaining: 1 }));
+        assert!(matches!(limiter.acquire("a", 40, &stats).await, Verdict::Allowed { remaining: 0 }));
+        // The burst (2) is spent: the next call waits about one interval.
+        match limiter.acquire("a", 40, &stats).await {
+            Verdict::Wait(d) => assert!(d <= Duration::from_millis(60), "{d:?}"),
+            v => panic!("{v:?}"),
+        }
+        assert!(matches!(limiter.acquire("b", 40, &stats).await, Verdict::Allowed { .. }), "keys are separate");
+    }
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+    use fred::prelude::{Builder, Config as RedisConfig};
+
+    #[tokio::test]
+    async fn unreachable_redis_falls_back_to_a_local_share() {
+        let config = RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
+        let pool = Builder::from_config(config).build_pool(1).unwrap();
+        let s = RateLimitSettings {
+            allowed: 40,
+            window: Duration::from_secs(2),
+            redis_timeout: Duration::from_millis(50),
+            ..RateLimitSettings::default()
+        };
+        let limiter = Limiter::new(Some(pool), s.clone());
+        let stats = UpstreamStats::default();
+        let started = std::time::Instant::now();
+        assert!(matches!(limiter.acquire("k", 40, &stats).await, Verdict::Allowed { .. }));
+        assert!(matches!(limiter.acquire("k", 40, &stats).await, Verdict::Allowed { .. }));
+        // The share (25 % of 40 → 8 per window) is spent after its burst of two.
+        match limiter.acquire("k", 40, &stats).await {
+            Verdict::Wait(d) => {
+                let full = Duration::from_micros(Limits::for_budget(40, &s).interval_us);
+                assert!(d > full * 3, "fallback share is conservative: {d:?} vs {full:?}");
+            }
+            v => panic!("{v:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "Redis is not retried on every call");
+        assert_eq!(stats.snapshot().limiter_fallbacks, 3);
+    }
+}

@@ -1,0 +1,231 @@
+//! One fetch per miss across instances, L1, and freshness without
+//! stampedes: stale-while-revalidate, stale-if-error, 304 revalidation,
+//! lease takeover when the fetching instance dies.
+
+use std::time::{Duration, Instant};
+
+use cxcache::proto::v1::{GetRequest, Source};
+use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use harness::*;
+use tonic::Code;
+
+const QUEUE_ROUTE: &str = "GET /api/v2/routing/queues/{id}";
+
+fn slow(prefix: String, ms: u64) -> Fault {
+    Fault { path_prefix: prefix, status: None, retry_after_secs: None, latency: Some(Duration::from_millis(ms)), hold: false, count: 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_gets_for_one_cold_key_over_three_instances_make_one_call() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("stampede");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let id = queue_id(11);
+    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 400));
+    let backend = Backend::Redis(url);
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Instance::start(config(&env, &backend, &emu)).await);
+    }
+    // Several connections per instance, 1000 calls in all, started together.
+    let mut clients = Vec::new();
+    for inst in &instances {
+        for _ in 0..4 {
+            clients.push(inst.new_client().await);
+        }
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
+    let mut calls = Vec::new();
+    for i in 0..1000 {
+        let mut client = clients[i % clients.len()].clone();
+        let (barrier, id) = (barrier.clone(), id.clone());
+        calls.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.get(get_queue(&id)).await.map(|r| r.into_inner())
+        }));
+    }
+    let mut values = std::collections::HashSet::new();
+    let mut sources = std::collections::HashMap::new();
+    for c in calls {
+        let r = c.await.unwrap().expect("get");
+        values.insert(r.value.clone());
+        *sources.entry(r.source()).or_insert(0) += 1;
+    }
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "one upstream call; sources {sources:?}");
+    assert_eq!(values.len(), 1, "all 1000 got the same bytes");
+    assert_eq!(sources.get(&Source::Upstream), Some(&1), "{sources:?}");
+    println!("stampede sources: {sources:?}");
+    for inst in instances {
+        inst.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("hot");
+    let id = queue_id(12);
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.cache.ttl.config = Duration::from_millis(500);
+    c.cache.ttl.jitter = 0.0;
+    c.cache.stale_while_revalidate = Duration::from_secs(5);
+    c.cache.early_refresh_beta = 0.0;
+    let cx = Instance::start(c).await;
+    cx.get(get_queue(&id)).await.unwrap();
+    // From now on every upstream fetch takes 300 ms: a caller that waited
+    // for one would show it.
+    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 300));
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut stale = 0;
+    while started.elapsed() < Duration::from_millis(2300) {
+        let t = Instant::now();
+        let r = cx.get(get_queue(&id)).await.unwrap();
+        worst = worst.max(t.elapsed());
+        assert!(matches!(r.source(), Source::L1 | Source::Store | Source::Stale), "{:?}", r.source());
+        stale += usize::from(r.source() == Source::Stale);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let calls = emu.counters().route(QUEUE_ROUTE);
+    // 2.3 s of 500 ms windows (plus the 300 ms refresh each): 1 + at most 5.
+    assert!((2..=6).contains(&calls), "upstream calls {calls}");
+    assert!(stale > 0, "expiry was crossed");
+    assert!(worst < Duration::from_millis(200), "a caller waited {worst:?}");
+    println!("hot key: {calls} upstream calls in 2.3 s, worst latency {worst:?}, {stale} stale answers");
+    cx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_within_max_staleness_then_the_error() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("sie");
+    let id = queue_id(13);
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.cache.ttl.config = Duration::from_millis(300);
+    c.cache.ttl.jitter = 0.0;
+    c.cache.max_staleness = Duration::from_millis(1200);
+    c.upstream.retry.max_attempts = 1;
+    let cx = Instance::start(c).await;
+    let first = cx.get(get_queue(&id)).await.unwrap();
+    emu.inject_fault(Fault {
+        path_prefix: "/api/".into(),
+        status: Some(503),
+        retry_after_secs: None,
+        latency: None,
+        hold: false,
+        count: 0,
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(stale.source(), Source::Stale);
+    assert_eq!(stale.value, first.value);
+    assert!(stale.age.unwrap().seconds * 1000 + i64::from(stale.age.unwrap().nanos / 1_000_000) >= 400);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let err = cx.get(get_queue(&id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "beyond max staleness: {err:?}");
+    cx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_revalidation_extends_the_ttl_without_a_body() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("etag");
+    let id = queue_id(14);
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.cache.ttl.config = Duration::from_millis(300);
+    c.cache.ttl.jitter = 0.0;
+    let cx = Instance::start(c).await;
+    let first = cx.get(get_queue(&id)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let again = cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(again.source(), Source::Revalidated);
+    assert_eq!(again.value, first.value);
+    assert_eq!(emu.counters().not_modified, 1, "the emulator answered 304");
+    assert!(again.ttl_remaining.unwrap().nanos > 0 || again.ttl_remaining.unwrap().seconds > 0, "TTL extended");
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source() == Source::Upstream, false);
+    // After a real change the body is fetched again.
+    emu.mutate_queue(&id, serde_json::json!({"description": "changed"}));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let changed = cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(changed.source(), Source::Upstream);
+    assert_ne!(changed.value, first.value);
+    cx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("l1");
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.cache.l1.max_bytes = 1 << 20;
+    let cx = Instance::start(c).await;
+    let id = queue_id(15);
+    cx.get(get_queue(&id)).await.unwrap();
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Store);
+    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::L1);
+    // 40 values of ~60 KB each: 2.4 MB through a 1 MiB L1.
+    let pad = "x".repeat(60_000);
+    for n in 0..40 {
+        let req = GetRequest {
+            kind: "integrations.action.execute".into(),
+            id: format!("action-{n}"),
+            body_json: serde_json::json!({ "pad": pad, "n": n }).to_string(),
+            ..Default::default()
+        };
+        cx.get(req.clone()).await.unwrap();
+        cx.get(req).await.unwrap(); // second read fills L1
+    }
+    let bytes = cx.running.as_ref().unwrap().cache.tiers().l1_bytes();
+    assert!(bytes > 0 && bytes <= 1 << 20, "L1 holds {bytes} bytes");
+    cx.stop().await;
+}
+
+/// The instance holding the lease dies mid-fetch (the emulator holds its
+/// response open): another instance takes over after the lease timeout, and
+/// no waiter hangs past its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lease_holder_is_taken_over() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("takeover");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let id = queue_id(16);
+    emu.inject_fault(Fault {
+        path_prefix: format!("/api/v2/routing/queues/{id}"),
+        status: None,
+        retry_after_secs: None,
+        latency: None,
+        hold: true,
+        count: 1,
+    });
+    let envs = [("CXCACHE_ENV", env.as_str()), ("CXCACHE_CACHE__LEASE_TTL", "1s"), ("CXCACHE_CACHE__L1__ENABLED", "false")];
+    let base = emu.base_url();
+    let args = ["--redis-url", url.as_str(), "--upstream-url", base.as_str(), "--client-id", "cxcache-demo", "--client-secret", "demo-secret"];
+    let mut holder = ProcessInstance::spawn(&args, &envs);
+    let mut holder_client = connect(holder.grpc_addr).await;
+    let req = get_queue(&id);
+    let pending = tokio::spawn(async move { holder_client.get(req).await });
+    assert!(wait_until(Duration::from_secs(10), || emu.held_count() == 1).await, "the holder's fetch is held");
+    holder.kill();
+    let _ = pending.await;
+
+    let mut c = config(&env, &Backend::Redis(url), &emu);
+    c.cache.lease_ttl = Duration::from_secs(1);
+    let other = Instance::start(c).await;
+    // A waiter with a short deadline gives up in time rather than hanging.
+    let mut quick = tonic::Request::new(get_queue(&id));
+    quick.set_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    let err = other.client.clone().get(quick).await.unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "gave up in {:?}", t.elapsed());
+    // A patient one gets the value once the dead holder's lease lapses.
+    let mut patient = tonic::Request::new(get_queue(&id));
+    patient.set_timeout(Duration::from_secs(10));
+    let got = other.client.clone().get(patient).await.expect("taken over").into_inner();
+    assert!(matches!(got.source(), Source::Upstream | Source::Coalesced), "{:?}", got.source());
+    // The emulator counts a call when it answers: the dead holder's call
+    // never was (its client is gone); the takeover is the one answered call.
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "the takeover");
+    emu.release_held();
+    other.stop().await;
+}

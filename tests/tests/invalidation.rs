@@ -1,0 +1,380 @@
+//! Invalidation across instances: Invalidate by key / prefix / tag on a real
+//! Redis Cluster, the bus reaching Watch streams on other instances,
+//! read-your-invalidation under racing fetches, the signed webhook and
+//! EventBridge doors, the data-action door, slow watchers, node failures.
+
+use std::time::{Duration, Instant};
+
+use cxcache::proto::v1::{watch_event::Type, GetRequest, InvalidateRequest, Source, WatchEvent, WatchRequest};
+use genesys_emulator::{queue_id, user_id, EmulatorConfig, Fault};
+use harness::*;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+
+fn invalidate(keys: &[&str], prefixes: &[&str], tags: &[&str]) -> InvalidateRequest {
+    InvalidateRequest {
+        keys: keys.iter().map(|s| s.to_string()).collect(),
+        prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        reason: "test".into(),
+    }
+}
+
+async fn watch(inst: &Instance, req: WatchRequest) -> Streaming<WatchEvent> {
+    let mut client = inst.new_client().await;
+    client.watch(req).await.expect("watch").into_inner()
+}
+
+/// Next event within `limit`.
+async fn next_event(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Option<WatchEvent> {
+    tokio::time::timeout(limit, stream.next()).await.ok().flatten().map(|r| r.expect("watch item"))
+}
+
+/// Next event of `ty` for `key` within `limit`, skipping others.
+async fn wait_event(stream: &mut Streaming<WatchEvent>, ty: Type, key: &str, limit: Duration) -> Option<WatchEvent> {
+    let deadline = Instant::now() + limit;
+    while let Some(ev) = next_event(stream, deadline.saturating_duration_since(Instant::now())).await {
+        if ev.r#type() == ty && ev.key == key {
+            return Some(ev);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_on_one_instance_reaches_watchers_on_another() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("reach");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let backend = Backend::Redis(url);
+    let a = Instance::start(config(&env, &backend, &emu)).await;
+    let b = Instance::start(config(&env, &backend, &emu)).await;
+    let id = queue_id(2);
+    let key = a.get(get_queue(&id)).await.unwrap().key;
+    let mut stream = watch(&b, WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
+
+    let mut delays = Vec::new();
+    let mut last_seq = 0;
+    for _ in 0..40 {
+        let sent = Instant::now();
+        a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
+        let ev = wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5)).await.expect("event on B");
+        delays.push(sent.elapsed());
+        assert!(ev.sequence > last_seq, "sequence grows");
+        last_seq = ev.sequence;
+        assert_eq!(ev.kind, "routing.queue");
+        assert_eq!(ev.reason, "test");
+    }
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let p99 = delays[delays.len() * 99 / 100];
+    println!("invalidate(A) -> watch(B) delay: p50 {p50:?} p99 {p99:?} over {} rounds", delays.len());
+    assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
+
+    // A fresh store is announced as UPDATED.
+    a.get(get_queue(&id)).await.unwrap();
+    assert!(wait_event(&mut stream, Type::Updated, &key, Duration::from_secs(5)).await.is_some());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_get_serves_a_value_from_before_an_invalidate_that_returned() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("ryi");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let backend = Backend::Redis(url);
+    let a = Instance::start(config(&env, &backend, &emu)).await;
+    let b = Instance::start(config(&env, &backend, &emu)).await;
+    let id = queue_id(4);
+    // Every upstream fetch is held open a little, so fetches race purges.
+    emu.inject_fault(Fault {
+        path_prefix: format!("/api/v2/routing/queues/{id}"),
+        status: None,
+        retry_after_secs: None,
+        latency: Some(Duration::from_millis(15)),
+        hold: false,
+        count: 0,
+    });
+    let key = a.get(get_queue(&id)).await.unwrap().key;
+
+    // Background readers on both instances keep fetches in flight.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for inst in [&a, &b] {
+        for _ in 0..3 {
+            let mut client = inst.new_client().await;
+            let (stop, id) = (stop.clone(), id.clone());
+            readers.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client.get(get_queue(&id)).await;
+                }
+            }));
+        }
+    }
+
+    let rounds = 150;
+    for round in 1..=rounds {
+        let marker = format!("round-{round}");
+        assert!(emu.mutate_queue(&id, serde_json::json!({ "description": marker })));
+        a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
+        for inst in [&a, &b] {
+            let got = inst.get(get_queue(&id)).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&got.value).unwrap();
+            let desc = v["description"].as_str().unwrap_or_default().to_string();
+            let n: u32 = desc.strip_prefix("round-").and_then(|n| n.parse().ok()).unwrap_or(0);
+            assert!(n >= round, "round {round}: got {desc:?} from {:?} after Invalidate returned", got.source());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_and_tag_purges_remove_exactly_their_keys() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("exact");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let backend = Backend::Redis(url.clone());
+    let cx = Instance::start(config(&env, &backend, &emu)).await;
+    let summary = |id: &str| GetRequest { variant: "summary".into(), ..get_queue(id) };
+    let user = |n: usize| GetRequest { kind: "user".into(), id: user_id(n), ..Default::default() };
+    for n in 0..12 {
+        cx.get(get_queue(&queue_id(n))).await.unwrap();
+        cx.get(summary(&queue_id(n))).await.unwrap();
+    }
+    for n in 0..5 {
+        cx.get(user(n)).await.unwrap();
+    }
+    let redis = redis_client(&url).await;
+    let entries = |keys: Vec<String>| keys.into_iter().filter(|k| !cxcache::keys::is_bookkeeping(k)).count();
+    assert_eq!(entries(keys_of_env(&redis, &env).await), 29);
+    let stored = |req: GetRequest| {
+        let cx = &cx;
+        async move { cx.get(req).await.unwrap().source() != Source::Upstream }
+    };
+
+    // Tag: both variants of queue 3, nothing else.
+    let r = cx.client.clone().invalidate(invalidate(&[], &[], &[&format!("queue:{}", queue_id(3))])).await.unwrap();
+    assert_eq!(r.into_inner().purged, 2);
+    assert_eq!(entries(keys_of_env(&redis, &env).await), 27);
+
+    // Prefix of one entity: its variants only.
+    let p = format!("{env}:routing.queue:{}:", queue_id(5));
+    assert_eq!(cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged, 2);
+
+    // One exact key: the summary of queue 7 stays.
+    let k = format!("{env}:routing.queue:{}:full", queue_id(7));
+    assert_eq!(cx.client.clone().invalidate(invalidate(&[&k], &[], &[])).await.unwrap().into_inner().purged, 1);
+    assert_eq!(entries(keys_of_env(&redis, &env).await), 24);
+
+    // A kind prefix: all users, no queue.
+    let p = format!("{env}:user:");
+    assert_eq!(cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged, 5);
+    assert_eq!(entries(keys_of_env(&redis, &env).await), 19);
+
+    assert!(stored(summary(&queue_id(7))).await, "sibling variant kept");
+    assert!(stored(get_queue(&queue_id(0))).await, "other queues kept");
+    assert!(!stored(get_queue(&queue_id(3))).await, "tag-purged key refetched");
+    assert!(!stored(user(1)).await, "prefix-purged key refetched");
+
+    // Bad purges are refused and purge nothing.
+    for bad in [
+        invalidate(&[], &[], &[]),
+        invalidate(&["other-env:routing.queue:x:full"], &[], &[]),
+        invalidate(&[], &[&format!("{env}:")], &[]),
+        invalidate(&[], &[], &["has space"]),
+    ] {
+        let err = cx.client.clone().invalidate(bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(details(&err).bad_request().is_some());
+    }
+    cx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_told_it_lagged_and_stays_bounded() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("lag");
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.cache.watch_buffer = 8;
+    let cx = Instance::start(c).await;
+    let mut stream = watch(&cx, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    // 300 events while the watcher reads nothing.
+    let keys: Vec<String> = (0..300).map(|n| format!("{env}:routing.queue:q{n}:full")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    cx.client.clone().invalidate(invalidate(&refs, &[], &[])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut received = Vec::new();
+    while let Some(ev) = next_event(&mut stream, Duration::from_millis(500)).await {
+        received.push(ev);
+    }
+    let lagged = received.iter().position(|e| e.r#type() == Type::Lagged).expect("a LAGGED event");
+    assert!(lagged <= 8, "at most the buffer before LAGGED, got {lagged}");
+    assert!(received.len() < 50, "dropped, not buffered: {}", received.len());
+    let seqs: Vec<u64> = received.iter().map(|e| e.sequence).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no silent gaps: {seqs:?}");
+
+    // After resync the watcher hears new events again.
+    cx.client.clone().invalidate(invalidate(&[&keys[0]], &[], &[])).await.unwrap();
+    assert!(wait_event(&mut stream, Type::Invalidated, &keys[0], Duration::from_secs(2)).await.is_some());
+    cx.stop().await;
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("hook");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let mut c = config(&env, &Backend::Redis(url), &emu);
+    c.webhook.secret = Some(cxcache::config::Secret::new("hook-secret"));
+    let cx = Instance::start(c).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", cx.http_addr);
+    let id = queue_id(6);
+    let post = |path: &str, body: Vec<u8>, sig: Option<String>| {
+        let mut req = http.post(format!("{base}{path}")).header("content-type", "application/json").body(body);
+        if let Some(sig) = sig {
+            req = req.header("x-cxcache-signature", sig);
+        }
+        req.send()
+    };
+    let cached = || async { cx.get(get_queue(&id)).await.unwrap().source() != Source::Upstream };
+    cx.get(get_queue(&id)).await.unwrap();
+
+    let event = serde_json::to_vec(&serde_json::json!({
+        "eventId": format!("{env}-e1"), "topicName": "routing.queue.updated", "entityId": id
+    }))
+    .unwrap();
+    // Bad signature: 401, nothing purged.
+    let r = post("/webhooks/genesys", event.clone(), Some(sign("wrong", &event))).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(post("/webhooks/genesys", event.clone(), None).await.unwrap().status(), 401);
+    assert!(cached().await);
+    // Malformed JSON (validly signed): 400, nothing purged.
+    let junk = b"{\"eventId\": ".to_vec();
+    assert_eq!(post("/webhooks/genesys", junk.clone(), Some(sign("hook-secret", &junk))).await.unwrap().status(), 400);
+    assert!(cached().await);
+    // Good: purged.
+    let r = post("/webhooks/genesys", event.clone(), Some(sign("hook-secret", &event))).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "purged", "{body}");
+    assert!(!cached().await, "purged, so refetched");
+    // Replay: acknowledged, ignored.
+    let r = post("/webhooks/genesys", event.clone(), Some(sign("hook-secret", &event))).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "duplicate");
+    assert!(cached().await, "replay purged nothing");
+
+    // EventBridge envelope with an audit topic.
+    let eb = serde_json::to_vec(&serde_json::json!({
+        "id": format!("{env}-eb1"), "detail-type": "v2.audits.entitytype.QUEUE.entityid",
+        "detail": { "topicName": format!("v2.audits.entitytype.QUEUE.entityid.{id}"), "eventBody": {"id": id} }
+    }))
+    .unwrap();
+    assert_eq!(post("/webhooks/eventbridge", eb.clone(), Some(sign("forged", &eb))).await.unwrap().status(), 401);
+    assert!(cached().await);
+    let no_detail = serde_json::to_vec(&serde_json::json!({"id": "x"})).unwrap();
+    let r = post("/webhooks/eventbridge", no_detail.clone(), Some(sign("hook-secret", &no_detail))).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(cached().await);
+    assert_eq!(post("/webhooks/eventbridge", eb.clone(), Some(sign("hook-secret", &eb))).await.unwrap().status(), 200);
+    assert!(!cached().await);
+    let r = post("/webhooks/eventbridge", eb.clone(), Some(sign("hook-secret", &eb))).await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "duplicate");
+    cx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_action_door_serves_cached_json_with_get_semantics() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("door");
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.data_action.token = Some(cxcache::config::Secret::new("door-token"));
+    let cx = Instance::start(c).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/data-action", cx.http_addr);
+    let id = queue_id(1);
+    let call = |body: serde_json::Value, token: Option<&str>| {
+        let mut req = http.post(&url).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let body = serde_json::json!({"kind": "routing.queue", "id": id, "variant": "summary"});
+    assert_eq!(call(body.clone(), None).await.unwrap().status(), 401);
+    assert_eq!(call(body.clone(), Some("nope")).await.unwrap().status(), 401);
+    let first = call(body.clone(), Some("door-token")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cxcache-source"], "UPSTREAM");
+    let v: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(v["id"], id.as_str());
+    let second = call(body.clone(), Some("door-token")).await.unwrap();
+    assert_ne!(second.headers()["x-cxcache-source"], "UPSTREAM");
+    // The same key as Get uses.
+    assert_ne!(cx.get(GetRequest { variant: "summary".into(), ..get_queue(&id) }).await.unwrap().source(), Source::Upstream);
+
+    let bad = call(serde_json::json!({"kind": "routing.queue"}), Some("door-token")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let err: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(err["error"]["fieldViolations"][0]["field"], "id");
+    let missing = call(serde_json::json!({"kind": "routing.queue", "id": "nope"}), Some("door-token")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(emu.counters().route("GET /api/v2/routing/queues/{id}"), 2, "1 fetch + the 404");
+    cx.stop().await;
+}
+
+/// Kill the master that serves the bus channel: after failover the bus
+/// resubscribes and Watch streams keep delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_survives_a_redis_master_failover() {
+    let cluster = RedisCluster::start().expect("private cluster");
+    let env = unique_env("failover");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let backend = Backend::Redis(cluster.url.clone());
+    let a = Instance::start(config(&env, &backend, &emu)).await;
+    let b = Instance::start(config(&env, &backend, &emu)).await;
+    let mut stream = watch(&b, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    let key = format!("{env}:routing.queue:x:full");
+    a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
+    assert!(wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5)).await.is_some());
+
+    // The master owning the bus channel's slot.
+    let channel = format!("cx:bus:{{{env}}}");
+    let slot = fred::util::redis_keyslot(channel.as_bytes());
+    let owner = cluster.master_for_slot(slot).expect("slot owner");
+    cluster.kill_node(owner).unwrap();
+
+    // Keep purging until an event gets through again (bounded).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut delivered = false;
+    let mut n = 0;
+    while Instant::now() < deadline && !delivered {
+        n += 1;
+        let k = format!("{env}:routing.queue:after{n}:full");
+        if a.client.clone().invalidate(invalidate(&[&k], &[], &[])).await.is_ok() {
+            delivered = wait_event(&mut stream, Type::Invalidated, &k, Duration::from_secs(2)).await.is_some();
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(delivered, "watch stream delivers again after failover");
+    cluster.restart_node(owner).unwrap();
+    a.stop().await;
+    b.stop().await;
+}

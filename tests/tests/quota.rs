@@ -1,0 +1,409 @@
+//! Issue 3 end to end: spend the upstream quota, never trip it.
+//!
+//! The emulator enforces per-token budgets scaled to seconds; cxcache
+//! instances share one budget per credential through Redis. Timings are
+//! asserted as bounds with slack (the suite shares two cores with others).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cxcache::config::{Config, Credential, Secret};
+use cxcache::proto::v1::{GetRequest, GetResponse, Source};
+use genesys_emulator::{EmulatorConfig, EmulatorHandle, RequestRecord};
+use harness::*;
+use serde_json::json;
+use tonic::Code;
+
+const ANALYTICS_ROUTE: &str = "POST /api/v2/analytics/conversations/aggregates/query";
+const QUEUES_ROUTE: &str = "GET /api/v2/routing/queues";
+const TOKEN_ROUTE: &str = "POST /oauth/token";
+
+/// The throughput test measures timing on two shared cores: the other tests
+/// of this binary wait while it runs (they share this lock; it takes it alone).
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn clients(n: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("client-{i}"), format!("secret-{i}"))).collect()
+}
+
+/// An emulator with `tokens` clients, each token allowed `rate` calls per `window`.
+async fn quota_emulator(tokens: usize, rate: u32, window: Duration) -> EmulatorHandle {
+    emulator(EmulatorConfig { rate_limit: rate, window, clients: clients(tokens), ..EmulatorConfig::default() })
+        .await
+}
+
+/// An instance config using every client of the emulator, told the budget.
+fn quota_config(env: &str, backend: &Backend, emu: &EmulatorHandle, tokens: usize, rate: u32, window: Duration) -> Config {
+    let mut c = config(env, backend, emu);
+    c.upstream.credentials = clients(tokens)
+        .into_iter()
+        .map(|(id, secret)| Credential { client_id: id, client_secret: Secret::new(secret) })
+        .collect();
+    c.upstream.rate_limit.allowed = rate;
+    c.upstream.rate_limit.window = window;
+    c
+}
+
+/// A distinct analytics key per `n` (each a miss, each one upstream call).
+fn analytics(n: usize) -> GetRequest {
+    GetRequest {
+        kind: "analytics.conversations.aggregates".into(),
+        body_json: json!({
+            "interval": "2020-01-01T00:00:00Z/2020-01-01T01:00:00Z",
+            "metrics": ["nOffered"],
+            "filter": {"type": "and", "predicates": [{"dimension": "queueId", "value": format!("q{n}")}]},
+        })
+        .to_string(),
+        ..Default::default()
+    }
+}
+
+async fn get_within(cx: &Instance, req: GetRequest, timeout: Duration) -> Result<GetResponse, tonic::Status> {
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(timeout);
+    cx.client.clone().get(request).await.map(|r| r.into_inner())
+}
+
+fn upstream_of(cx: &Instance) -> &std::sync::Arc<cxcache::upstream::Upstream> {
+    cx.running.as_ref().expect("running").cache.upstream()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// What a miss-heavy run measured.
+#[derive(Debug)]
+struct Outcome {
+    /// Successful upstream calls that arrived during the run.
+    calls: u64,
+    /// 429 answers the emulator gave.
+    rate_limited: u64,
+    /// K × R × run / window.
+    budget: f64,
+    failed_gets: u64,
+}
+
+impl Outcome {
+    fn utilisation(&self) -> f64 {
+        self.calls as f64 / self.budget
+    }
+}
+
+/// Distinct keys (all misses) through every instance from `workers` tasks
+/// each, for `run`; counts what reached the emulator.
+async fn miss_heavy(
+    instances: &[&Instance],
+    emu: &EmulatorHandle,
+    workers: usize,
+    run: Duration,
+    budget_per_sec: f64,
+) -> Outcome {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for cx in instances {
+        for _ in 0..workers {
+            clients.push(cx.new_client().await);
+        }
+    }
+    let started_ms = unix_ms();
+    let end = tokio::time::Instant::now() + run;
+    let mut tasks = Vec::new();
+    {
+        for client in clients {
+            let (next, failed) = (next.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                while tokio::time::Instant::now() < end {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut req = tonic::Request::new(analytics(n));
+                    req.set_timeout(Duration::from_secs(10));
+                    if let Err(status) = client.clone().get(req).await {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        eprintln!("failed Get: {status:?}");
+                    }
+                }
+            }));
+        }
+    }
+    let ended_ms = started_ms + run.as_millis() as u64;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let calls = emu
+        .requests(10_000)
+        .iter()
+        .filter(|r| r.route == ANALYTICS_ROUTE && r.status == 200 && (started_ms..ended_ms).contains(&r.at_ms))
+        .count() as u64;
+    Outcome {
+        calls,
+        rate_limited: emu.counters().rate_limited,
+        budget: budget_per_sec * run.as_secs_f64(),
+        failed_gets: failed.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+/// Runs the two-instance scenario: `tokens` credentials at `rate` per
+/// `window`, both instances on the shared Redis cluster.
+async fn two_instance_scenario(tokens: usize, rate: u32, window: Duration, run: Duration, workers: usize) -> Outcome {
+    let (url, _guard) = redis_url();
+    let env = unique_env("quota");
+    let emu = quota_emulator(tokens, rate, window).await;
+    let backend = Backend::Redis(url);
+    let a = Instance::start(quota_config(&env, &backend, &emu, tokens, rate, window)).await;
+    let b = Instance::start(quota_config(&env, &backend, &emu, tokens, rate, window)).await;
+    let budget_per_sec = tokens as f64 * rate as f64 / window.as_secs_f64();
+    let outcome = miss_heavy(&[&a, &b], &emu, workers, run, budget_per_sec).await;
+    for cx in [&a, &b] {
+        eprintln!("upstream stats: {:?}", upstream_of(cx).stats());
+    }
+    a.stop().await;
+    b.stop().await;
+    emu.shutdown().await;
+    outcome
+}
+
+/// K = 3 tokens at R = 40 per 2 s, two instances, a saturating miss-heavy
+/// load: no 429 at all, and at least 90 % of K × R spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_spend_the_budget_without_a_429() {
+    let _alone = EXCLUSIVE.write().await;
+    let o = two_instance_scenario(3, 40, Duration::from_secs(2), Duration::from_secs(6), 12).await;
+    eprintln!("utilisation {:.1} % ({} of {:.0}), 429s {}", o.utilisation() * 100.0, o.calls, o.budget, o.rate_limited);
+    assert_eq!(o.rate_limited, 0, "the emulator answered 429s: {o:?}");
+    assert_eq!(o.failed_gets, 0, "{o:?}");
+    assert!(o.utilisation() >= 0.90, "upstream throughput under 90 % of K x R: {o:?}");
+    assert!(o.utilisation() <= 1.0, "over budget: {o:?}");
+}
+
+/// The load test's entry (`loadtest/quota.sh`): the same scenario, sized by
+/// environment variables, printing utilisation and the 429 count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "load test: run through loadtest/quota.sh"]
+async fn loadtest_quota() {
+    let _alone = EXCLUSIVE.write().await;
+    let var = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let tokens = var("QUOTA_TOKENS", 4) as usize;
+    let rate = var("QUOTA_RATE", 60) as u32;
+    let window = Duration::from_secs(var("QUOTA_WINDOW_SECS", 2));
+    let run = Duration::from_secs(var("QUOTA_SECS", 20).min(600));
+    let workers = var("QUOTA_WORKERS", 16) as usize;
+    let o = two_instance_scenario(tokens, rate, window, run, workers).await;
+    println!(
+        "tokens={tokens} rate={rate}/{}s run={}s calls={} budget={:.0} utilisation={:.1}% 429s={} failed_gets={}",
+        window.as_secs(),
+        run.as_secs(),
+        o.calls,
+        o.budget,
+        o.utilisation() * 100.0,
+        o.rate_limited,
+        o.failed_gets
+    );
+}
+
+/// Tokens living 2 s are replaced at 80 % of their life while the load
+/// goes on: no Get fails, no call is refused with 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_tokens_are_refreshed_without_a_failed_get() {
+    let _shared = EXCLUSIVE.read().await;
+    let emu = emulator(EmulatorConfig {
+        rate_limit: 1000,
+        window: Duration::from_secs(1),
+        token_ttl: Duration::from_secs(2),
+        clients: clients(2),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let env = unique_env("refresh");
+    let cx = Instance::start(quota_config(&env, &Backend::Memory, &emu, 2, 1000, Duration::from_secs(1))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(5200);
+    let mut n = 0;
+    while tokio::time::Instant::now() < deadline {
+        let got = get_within(&cx, analytics(n), Duration::from_secs(5)).await;
+        assert!(got.is_ok(), "Get {n} failed: {got:?}");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let c = emu.counters();
+    assert_eq!(c.by_status.get(&401), None, "no call used an expired token: {c:?}");
+    // 2 credentials over 5.2 s with tokens refreshed every ~1.6 s: at least 3 each.
+    assert!(c.route(TOKEN_ROUTE) >= 6, "tokens were refreshed: {c:?}");
+    assert!(c.route(ANALYTICS_ROUTE) as usize == n, "every Get went upstream once");
+    cx.stop().await;
+    emu.shutdown().await;
+}
+
+/// One of three credentials is revoked mid-run: it is parked after its
+/// refused call (and refused token request), the others carry the load,
+/// and no Get fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credential_is_parked_and_the_rest_carry_on() {
+    let _shared = EXCLUSIVE.read().await;
+    let emu = emulator(EmulatorConfig {
+        rate_limit: 1000,
+        window: Duration::from_secs(1),
+        clients: clients(3),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let env = unique_env("revoke");
+    let cx = Instance::start(quota_config(&env, &Backend::Memory, &emu, 3, 1000, Duration::from_secs(1))).await;
+    let mut revoked_at = None;
+    let started = tokio::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        if revoked_at.is_none() && started.elapsed() > Duration::from_secs(1) {
+            emu.revoke_client("client-1");
+            revoked_at = Some(unix_ms());
+        }
+        let got = get_within(&cx, analytics(n), Duration::from_secs(5)).await;
+        assert!(got.is_ok(), "Get {n} failed: {got:?}");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let revoked_at = revoked_at.unwrap();
+    let log = emu.requests(10_000);
+    let after: Vec<&RequestRecord> = log.iter().filter(|r| r.at_ms > revoked_at).collect();
+    let by = |id: &str| after.iter().filter(|r| r.client_id == id && r.route == ANALYTICS_ROUTE).count();
+    let refused = after.iter().filter(|r| r.client_id == "client-1" && r.status == 401).count();
+    assert!(refused <= 2, "the revoked credential is parked after its refusal: {refused} refused calls");
+    assert!(by("client-1") <= 2, "no more calls with the parked credential");
+    assert!(by("client-0") > 10 && by("client-2") > 10, "the others carry on");
+    cx.stop().await;
+    emu.shutdown().await;
+}
+
+/// A 429 with `Retry-After: 2` (a real one: the instance was told a larger
+/// budget than the emulator grants, and four calls land on a token of three)
+/// rests exactly that token for 2 s; the Gets still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_rests_that_token_for_exactly_its_delay() {
+    let _shared = EXCLUSIVE.read().await;
+    let emu = emulator(EmulatorConfig {
+        rate_limit: 3,
+        window: Duration::from_secs(2),
+        clients: clients(2),
+        // Lets concurrent calls all be in flight before any answer.
+        latency: Duration::from_millis(100),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let env = unique_env("retryafter");
+    let mut c = quota_config(&env, &Backend::Memory, &emu, 2, 100, Duration::from_secs(2));
+    c.upstream.rate_limit.burst = 10;
+    c.upstream.rate_limit.nearly_spent = 0;
+    let cx = Instance::start(c).await;
+    let gets: Vec<_> = (0..8).map(|n| get_within(&cx, analytics(n), Duration::from_secs(12))).collect();
+    let results = futures::future::join_all(gets).await;
+    for (n, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "Get {n}: {r:?}");
+    }
+    let log = emu.requests(10_000);
+    let api: Vec<&RequestRecord> = log.iter().filter(|r| r.route == ANALYTICS_ROUTE).collect();
+    let limited: Vec<&&RequestRecord> = api.iter().filter(|r| r.status == 429).collect();
+    assert!(!limited.is_empty(), "the scenario produces a real 429: {api:?}");
+    let mut checked = 0;
+    for client in ["client-0", "client-1"] {
+        let mine: Vec<&&RequestRecord> = api.iter().filter(|r| r.client_id == client).collect();
+        // After each run of 429s, the token's next call comes 2 s later or more.
+        for pair in mine.windows(2) {
+            if pair[0].status == 429 && pair[1].status != 429 {
+                let gap = pair[1].at_ms - pair[0].at_ms;
+                assert!(gap >= 2000, "{client} used again {gap} ms after a 429 with Retry-After: 2");
+                assert!(gap < 4000, "{client} rested far longer than Retry-After: {gap} ms");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1, "a rested token came back: {api:?}");
+    cx.stop().await;
+    emu.shutdown().await;
+}
+
+/// Every token spent (budget 4 per 20 s): a stored-but-expired key is
+/// served stale with its age; a never-seen key fails with
+/// RESOURCE_EXHAUSTED and RetryInfo before its deadline, not at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
+    let _shared = EXCLUSIVE.read().await;
+    let (url, _guard) = redis_url();
+    let window = Duration::from_secs(20);
+    let emu = quota_emulator(1, 4, window).await;
+    let env = unique_env("cacheonly");
+    let mut c = quota_config(&env, &Backend::Redis(url), &emu, 1, 4, window);
+    c.cache.ttl.config = Duration::from_millis(300);
+    c.cache.ttl.jitter = 0.0;
+    let cx = Instance::start(c).await;
+
+    let queue = get_queue(&genesys_emulator::queue_id(1));
+    let first = get_within(&cx, queue.clone(), Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.source(), Source::Upstream);
+    // A second key spends the rest of the burst (2): the next call fits in ~10 s only.
+    let other = get_within(&cx, get_queue(&genesys_emulator::queue_id(3)), Duration::from_secs(2)).await.unwrap();
+    assert_eq!(other.source(), Source::Upstream);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let started = std::time::Instant::now();
+    let stale = get_within(&cx, queue, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(stale.source(), Source::Stale, "expired entry served stale when the quota is spent");
+    assert_eq!(stale.value, first.value);
+    let age = stale.age.unwrap();
+    assert!(age.seconds as f64 + age.nanos as f64 / 1e9 >= 0.4, "age reported: {age:?}");
+
+    let started_unknown = std::time::Instant::now();
+    let err = get_within(&cx, get_queue(&genesys_emulator::queue_id(2)), Duration::from_secs(1)).await.unwrap_err();
+    let took = started_unknown.elapsed();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let retry = details(&err).retry_info().expect("RetryInfo").retry_delay.expect("delay");
+    assert!(retry > Duration::from_secs(1) && retry <= window, "retry in {retry:?}");
+    assert!(took < Duration::from_millis(900), "failed fast, within the deadline: {took:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(emu.counters().rate_limited, 0, "cache-only mode never tripped the limit");
+    assert_eq!(emu.counters().route("GET /api/v2/routing/queues/{id}"), 2);
+    cx.stop().await;
+    emu.shutdown().await;
+}
+
+/// A 1 200-entry list is assembled from its pages (each a call); over the
+/// entry limit the Get fails with a clear error and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_lists_are_assembled_and_over_limit_lists_refused() {
+    let _shared = EXCLUSIVE.read().await;
+    let emu = emulator(EmulatorConfig {
+        rate_limit: 1000,
+        window: Duration::from_secs(1),
+        queues: 1200,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let env = unique_env("paging");
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.upstream.max_list_entries = 1500;
+    c.upstream.rate_limit.allowed = 1000;
+    c.upstream.rate_limit.window = Duration::from_secs(1);
+    let cx = Instance::start(c).await;
+    let list = GetRequest { kind: "routing.queues".into(), ..Default::default() };
+    let got = cx.get(list.clone()).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got.value).unwrap();
+    let entities = v["entities"].as_array().unwrap();
+    assert_eq!(entities.len(), 1200);
+    assert_eq!(v["total"], 1200);
+    let ids: std::collections::HashSet<&str> = entities.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1200, "no page fetched twice, none skipped");
+    assert_eq!(emu.counters().route(QUEUES_ROUTE), 12, "12 pages of 100, each one call");
+    assert_eq!(cx.get(list.clone()).await.unwrap().source(), Source::Store);
+    cx.stop().await;
+
+    let mut c = config(&unique_env("paging"), &Backend::Memory, &emu);
+    c.upstream.max_list_entries = 1000;
+    let small = Instance::start(c).await;
+    let err = small.get(list.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("1200 entries") && err.message().contains("max_list_entries"), "{}", err.message());
+    let again = small.get(list).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "nothing stored");
+    small.stop().await;
+    let by_route: BTreeMap<String, u64> = emu.counters().by_route;
+    assert_eq!(by_route.get(QUEUES_ROUTE), Some(&14), "refused after the first page each time");
+    emu.shutdown().await;
+}

@@ -1,0 +1,136 @@
+//! SIGTERM to the real `cxcache` binary while Gets are in flight: the
+//! listener closes, every call already accepted is answered OK, the process
+//! exits 0, and the trace exporter flushes to the collector on the way out.
+//!
+//! The binary is the one the test command built (`scripts/test.sh` builds
+//! the workspace first): `$CARGO_TARGET_DIR/debug/cxcache` or
+//! `<repo>/target/debug/cxcache`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cxcache::proto::v1::Source;
+use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use harness::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+fn binary() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join("cxcache");
+    assert!(path.exists(), "{} missing: build the workspace first (cargo build)", path.display());
+    path
+}
+
+/// Starts the binary against `upstream`; returns it with its gRPC address.
+async fn spawn_cxcache(upstream: &str, extra_env: &[(&str, String)]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(binary())
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--env", &unique_env("sigterm")])
+        .args(["--upstream-url", upstream, "--client-id", "cxcache-demo", "--client-secret", "demo-secret"])
+        .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn cxcache");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("cxcache printed its addresses in time")
+        .unwrap()
+        .expect("a line on stdout");
+    // `cxcache listening grpc=ADDR http=ADDR`
+    let grpc = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, grpc.parse().unwrap())
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("still running").to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_in_flight_gets_and_exits_zero() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    // A fake OTLP collector: the exporter must at least connect to it to flush.
+    let collector = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = collector.local_addr().unwrap();
+    let (child, grpc) = spawn_cxcache(
+        &emu.base_url(),
+        &[("CXCACHE_TELEMETRY__OTLP_ENDPOINT", format!("http://{collector_addr}"))],
+    )
+    .await;
+    let client = connect(grpc).await;
+
+    // Bounded load: 24 Gets on distinct keys, each held upstream until released.
+    const IN_FLIGHT: usize = 24;
+    emu.inject_fault(Fault { hold: true, count: 0, ..Default::default() });
+    let calls: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let mut client = client.clone();
+            let req = get_queue(&queue_id(i));
+            tokio::spawn(async move { client.get(req).await.map(|r| r.into_inner()) })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || emu.held_count() == IN_FLIGHT).await,
+        "all {IN_FLIGHT} Gets reached the upstream (held: {})",
+        emu.held_count()
+    );
+
+    sigterm(&child);
+    // Draining: new connections are refused once the listener is closed...
+    let closed = async {
+        while TcpStream::connect(grpc).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed).await.expect("listener closed after SIGTERM");
+    // ...while the accepted calls are still waiting on the upstream.
+    assert_eq!(emu.held_count(), IN_FLIGHT, "in-flight calls still pending while draining");
+    emu.release_held();
+    emu.clear_faults();
+
+    for call in calls {
+        let reply = call.await.unwrap().expect("an in-flight Get failed during shutdown");
+        assert_eq!(reply.source(), Source::Upstream);
+    }
+    let mut child = child;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("cxcache exited after draining")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+
+    // The span exporter connected to the collector (to flush on exit).
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), collector.accept())
+        .await
+        .expect("the OTLP exporter connected to the collector")
+        .unwrap();
+    let mut preface = [0u8; 3];
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_exact(&mut preface)).await;
+    assert_eq!(&preface, b"PRI", "an HTTP/2 (gRPC) client preface");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_when_idle_exits_zero_quickly() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let (mut child, grpc) = spawn_cxcache(&emu.base_url(), &[]).await;
+    let mut client = connect(grpc).await;
+    client.get(get_queue(&queue_id(0))).await.expect("a Get before shutdown");
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exited").unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    emu.shutdown().await;
+}

@@ -1,0 +1,167 @@
+//! `/metrics` on the HTTP side moves with the traffic: hits, misses,
+//! coalesced waiters, upstream calls per token and a 429 (emulator fault
+//! injection); and it never shows a credential's secret.
+//!
+//! The Prometheus recorder is process-wide, so the assertions compare
+//! scrapes taken before and after, and only one test in this file drives
+//! traffic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cxcache::proto::v1::Source;
+use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use harness::*;
+use tonic::Code;
+
+/// One scrape: `name{labels}` → value (labels as exposed, sorted by the exporter).
+type Scrape = BTreeMap<String, f64>;
+
+async fn scrape(http_addr: std::net::SocketAddr) -> (Scrape, String) {
+    let resp = reqwest::get(format!("http://{http_addr}/metrics")).await.expect("GET /metrics");
+    assert!(resp.status().is_success(), "/metrics answered {}", resp.status());
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = resp.text().await.unwrap();
+    let mut samples = Scrape::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        samples.insert(series.to_string(), value.parse().unwrap_or(f64::NAN));
+    }
+    (samples, text)
+}
+
+fn value(s: &Scrape, series: &str) -> f64 {
+    s.get(series).copied().unwrap_or(0.0)
+}
+
+/// How much `series` grew between two scrapes.
+fn delta(before: &Scrape, after: &Scrape, series: &str) -> f64 {
+    value(after, series) - value(before, series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_with_hits_misses_coalescing_and_429() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(&unique_env("metrics"), &Backend::Memory, &emu)).await;
+    let (before, _) = scrape(cx.http_addr).await;
+
+    // A miss, then hits.
+    let hot = queue_id(0);
+    assert_eq!(cx.get(get_queue(&hot)).await.unwrap().source(), Source::Upstream);
+    let mut hit_sources = Vec::new();
+    for _ in 0..5 {
+        hit_sources.push(cx.get(get_queue(&hot)).await.unwrap().source());
+    }
+
+    // Coalescing: 20 callers on one cold key the upstream answers slowly.
+    let cold = queue_id(1);
+    emu.inject_fault(Fault {
+        path_prefix: format!("/api/v2/routing/queues/{cold}"),
+        latency: Some(Duration::from_millis(300)),
+        count: 1,
+        ..Default::default()
+    });
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = cx.client.clone();
+            let req = get_queue(&cold);
+            tokio::spawn(async move { client.get(req).await.map(|r| r.into_inner().source()) })
+        })
+        .collect();
+    let mut coalesced = 0;
+    for c in callers {
+        match c.await.unwrap().expect("coalesced Get") {
+            Source::Coalesced => coalesced += 1,
+            // Late callers find the stored value (or started the flight).
+            Source::Store | Source::L1 => hit_sources.push(Source::Store),
+            _ => {}
+        }
+    }
+    assert!(coalesced > 0, "some callers joined the flight");
+
+    // A 429 from the platform.
+    let limited = queue_id(2);
+    emu.inject_fault(Fault {
+        path_prefix: format!("/api/v2/routing/queues/{limited}"),
+        status: Some(429),
+        retry_after_secs: Some(1),
+        count: 1,
+        ..Default::default()
+    });
+    let limited_result = cx.get(get_queue(&limited)).await;
+
+    let (after, text) = scrape(cx.http_addr).await;
+    let kind = r#"kind="routing.queue""#;
+    // The hot key, the cold key's flight leader (and the limited key, if a
+    // retry got it after the 429).
+    let fetched = 2.0 + f64::from(u8::from(limited_result.is_ok()));
+    assert_eq!(
+        delta(&before, &after, &format!(r#"cxcache_get_total{{{kind},source="upstream"}}"#)),
+        fetched,
+        "{text}"
+    );
+    let hits = delta(&before, &after, &format!(r#"cxcache_get_total{{{kind},source="store"}}"#))
+        + delta(&before, &after, &format!(r#"cxcache_get_total{{{kind},source="l1"}}"#));
+    assert_eq!(hits as usize, hit_sources.len(), "hits counted by tier: {hit_sources:?}\n{text}");
+    assert_eq!(
+        delta(&before, &after, &format!(r#"cxcache_get_total{{{kind},source="coalesced"}}"#)) as usize,
+        coalesced,
+        "{text}"
+    );
+    assert!(delta(&before, &after, "cxcache_coalesced_total") >= coalesced as f64, "{text}");
+    assert_eq!(value(&after, "cxcache_coalesced_waiters"), 0.0, "no waiter left behind\n{text}");
+    assert!(
+        delta(&before, &after, &format!(r#"cxcache_get_duration_seconds_count{{{kind},source="upstream"}}"#))
+            >= 1.0,
+        "latency histogram recorded\n{text}"
+    );
+    assert!(text.contains("cxcache_get_duration_seconds_bucket{"), "a histogram, not a summary\n{text}");
+
+    // Upstream, per token: the client id is a label, the secret appears nowhere.
+    let client = r#"client_id="cxcache-demo""#;
+    assert!(
+        delta(&before, &after, &format!(r#"cxcache_upstream_requests_total{{{client},status="200"}}"#))
+            >= 2.0,
+        "{text}"
+    );
+    assert!(
+        delta(&before, &after, &format!(r#"cxcache_upstream_requests_total{{{client},status="429"}}"#))
+            >= 1.0,
+        "{text}"
+    );
+    assert!(
+        delta(&before, &after, &format!("cxcache_upstream_rate_limited_total{{{client}}}")) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        after.contains_key(&format!("cxcache_upstream_quota_remaining{{{client}}}")),
+        "remaining quota per token\n{text}"
+    );
+    assert!(!text.contains("demo-secret"), "secrets never exported");
+
+    // The 429 reached the caller as RESOURCE_EXHAUSTED (unless the upstream
+    // client retried it successfully): either way it is counted.
+    match limited_result {
+        Err(status) => {
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert!(
+                delta(&before, &after, r#"cxcache_get_errors_total{code="RESOURCE_EXHAUSTED"}"#) >= 1.0,
+                "{text}"
+            );
+        }
+        Ok(reply) => assert_eq!(reply.source(), Source::Upstream),
+    }
+    cx.stop().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_describes_every_family() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let cx = Instance::start(config(&unique_env("describe"), &Backend::Memory, &emu)).await;
+    let (_, text) = scrape(cx.http_addr).await;
+    assert!(text.contains("cxcache_build_info{version="), "{text}");
+    cx.stop().await;
+    emu.shutdown().await;
+}
