@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops a local Redis Cluster of 3 masters + 3 replicas on loopback.
 #
-#   scripts/redis-cluster.sh start DIR [FIRST_PORT]   # prints redis-cluster://127.0.0.1:FIRST_PORT
+#   scripts/redis-cluster.sh start DIR [FIRST_PORT]   # prints redis-cluster://127.0.0.1:FIRST_PORT?node=…
 #   scripts/redis-cluster.sh stop DIR
 #   scripts/redis-cluster.sh kill DIR PORT            # SIGKILL one node (failover tests)
 #   scripts/redis-cluster.sh restart DIR PORT         # start a killed node again
@@ -82,7 +82,9 @@ case "$cmd" in
       [ "$(redis-cli -p "$first" cluster nodes 2>/dev/null | grep -c slave)" -ge 3 ] && break
       sleep 0.05
     done
-    echo "redis-cluster://127.0.0.1:$first"
+    # Every node as a seed: fred re-reads the topology only from the seeds it
+    # was given, so a single seed that dies would leave it blind.
+    echo "redis-cluster://127.0.0.1:$first?node=127.0.0.1:$((first+1))&node=127.0.0.1:$((first+2))&node=127.0.0.1:$((first+3))&node=127.0.0.1:$((first+4))&node=127.0.0.1:$((first+5))"
     ;;
   stop)
     for pidfile in "$dir"/*/redis.pid; do

@@ -86,7 +86,13 @@ impl Bus {
     }
 
     /// A bus over Redis sharded pub/sub on the channel of `env`.
-    pub async fn redis(instance_id: String, env: &str, pool: Pool, url: &str, command_timeout: Duration) -> Result<Arc<Bus>> {
+    pub async fn redis(
+        instance_id: String,
+        env: &str,
+        pool: Pool,
+        url: &str,
+        command_timeout: Duration,
+    ) -> Result<Arc<Bus>> {
         let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
         let channel = format!("cx:bus:{{{env}}}");
         let config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;

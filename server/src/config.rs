@@ -158,7 +158,11 @@ pub struct TopicMapping {
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        let map = |topic: &str, tag: &str| TopicMapping { topic: topic.into(), tags: vec![tag.into()], keys: vec![] };
+        let map = |topic: &str, tag: &str| TopicMapping {
+            topic: topic.into(),
+            tags: vec![tag.into()],
+            keys: vec![],
+        };
         WebhookSettings {
             secret: None,
             dedupe_window: Duration::from_secs(3600),
@@ -540,7 +544,10 @@ impl Config {
                 // ones are flags, and other `CXCACHE_*` variables (test
                 // harness settings) must not trip `deny_unknown_fields`.
                 Env::prefixed("CXCACHE_")
-                    .filter(|k| !FLAG_ENV.contains(&k.as_str()) && (k.as_str().contains("__") || k == "shutdown_grace"))
+                    .filter(|k| {
+                        !FLAG_ENV.contains(&k.as_str())
+                            && (k.as_str().contains("__") || k == "shutdown_grace")
+                    })
                     .split("__"),
             )
             .merge(Serialized::defaults(flags));
@@ -601,8 +608,8 @@ impl Config {
         if rl.allowed == 0 || rl.window.is_zero() {
             problems.push("upstream.rate_limit.allowed and .window must be positive".into());
         }
-        if !(rl.utilization > 0.0 && rl.utilization <= 1.0) || !(rl.fallback_share > 0.0 && rl.fallback_share <= 1.0)
-        {
+        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !in_unit(rl.utilization) || !in_unit(rl.fallback_share) {
             problems.push("upstream.rate_limit.utilization and .fallback_share must be in (0, 1]".into());
         }
         if self.upstream.retry.max_attempts == 0 {

@@ -66,7 +66,10 @@ impl Invalidator {
             if key.split(':').count() < 3 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 bad.push(FieldViolation::new(format!("keys[{i}]"), "not a cxcache key ({env}:{kind}:{id}…)"));
             } else if !key.starts_with(&ns) {
-                bad.push(FieldViolation::new(format!("keys[{i}]"), format!("not in this server's namespace {ns:?}")));
+                bad.push(FieldViolation::new(
+                    format!("keys[{i}]"),
+                    format!("not in this server's namespace {ns:?}"),
+                ));
             }
         }
         for (i, prefix) in p.prefixes.iter().enumerate() {

@@ -13,15 +13,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::{Config, Credential, Secret};
 use crate::grpc::CacheService;
-use crate::proto::v1::cache_server::CacheServer;
-use crate::tiers::Tiers;
-use crate::bus::Bus;
 use crate::invalidation::{self, Invalidator};
 use crate::l1::L1;
+use crate::proto::v1::cache_server::CacheServer;
+use crate::tiers::Tiers;
 use crate::upstream::Upstream;
 use crate::{http, proto, store};
 
@@ -89,15 +89,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }
         _ => Bus::local(instance_id),
     };
-    let cache = Arc::new(Cache::new(
-        config.env.clone(),
-        catalog,
-        config.cache.clone(),
-        tiers,
-        upstream,
-        bus.clone(),
-    ));
-    let invalidator = Arc::new(Invalidator::new(cache.clone(), bus.clone(), config.cache.invalidation_ack_timeout));
+    let cache =
+        Arc::new(Cache::new(config.env.clone(), catalog, config.cache.clone(), tiers, upstream, bus.clone()));
+    let invalidator =
+        Arc::new(Invalidator::new(cache.clone(), bus.clone(), config.cache.invalidation_ack_timeout));
     let follower = invalidation::spawn_follower(cache.clone(), &bus);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -136,9 +131,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tokio::spawn(async move {
             router
                 // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms).
-                .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    },
+                )
                 .await
         })
     };
@@ -161,7 +159,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     tracing::info!(%grpc_addr, %http_addr, env = %config.env, "cxcache serving");
     let emulator_url = emulator.as_ref().map(|e| e.base_url());
     let grace = config.shutdown_grace;
-    Ok(Running { grpc_addr, http_addr, emulator_url, cache, emulator, shutdown, grpc, http, health, follower, grace })
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        emulator_url,
+        cache,
+        emulator,
+        shutdown,
+        grpc,
+        http,
+        health,
+        follower,
+        grace,
+    })
 }
 
 impl Running {

@@ -65,7 +65,13 @@ impl Tiers {
 
     /// Stores `entry` if `guard` holds (no purge, no newer write since the
     /// fetch began); the store keeps it for its TTL plus the stale grace.
-    pub async fn put(&self, store_key: &str, entry: &Entry, ttl: Duration, guard: WriteGuard) -> Result<bool> {
+    pub async fn put(
+        &self,
+        store_key: &str,
+        entry: &Entry,
+        ttl: Duration,
+        guard: WriteGuard,
+    ) -> Result<bool> {
         self.store.set_guarded(store_key, entry.encode(), ttl + self.stale_grace, guard).await
     }
 

@@ -68,7 +68,10 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`, from `CLUSTER NODES`.
     pub fn master_for_slot(&self, slot: u16) -> Option<u16> {
-        let out = Command::new("redis-cli").args(["-p", &self.first_port.to_string(), "cluster", "nodes"]).output().ok()?;
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.first_port.to_string(), "cluster", "nodes"])
+            .output()
+            .ok()?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
@@ -157,6 +160,9 @@ pub fn config(env: &str, backend: &Backend, emulator: &EmulatorHandle) -> Config
     c.upstream.base_url = Some(emulator.base_url());
     c.upstream.credentials =
         vec![Credential { client_id: "cxcache-demo".into(), client_secret: Secret::new("demo-secret") }];
+    // Short test bursts against the emulator's 300 calls/min: a burst of 100
+    // leaves 200/min steady, still under the budget in any window.
+    c.upstream.rate_limit.burst = 100;
     // Retries keep their shape (doubling, capped, jittered) at test speed.
     c.upstream.retry.base = Duration::from_millis(20);
     c.upstream.retry.cap = Duration::from_millis(160);
@@ -273,7 +279,8 @@ pub struct ProcessInstance {
 
 /// Path of the built `cxcache` binary.
 pub fn cxcache_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     target.join("debug").join("cxcache")
 }
 

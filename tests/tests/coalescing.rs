@@ -12,7 +12,14 @@ use tonic::Code;
 const QUEUE_ROUTE: &str = "GET /api/v2/routing/queues/{id}";
 
 fn slow(prefix: String, ms: u64) -> Fault {
-    Fault { path_prefix: prefix, status: None, retry_after_secs: None, latency: Some(Duration::from_millis(ms)), hold: false, count: 0 }
+    Fault {
+        path_prefix: prefix,
+        status: None,
+        retry_after_secs: None,
+        latency: Some(Duration::from_millis(ms)),
+        hold: false,
+        count: 0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +148,10 @@ async fn a_304_revalidation_extends_the_ttl_without_a_body() {
     assert_eq!(again.source(), Source::Revalidated);
     assert_eq!(again.value, first.value);
     assert_eq!(emu.counters().not_modified, 1, "the emulator answered 304");
-    assert!(again.ttl_remaining.unwrap().nanos > 0 || again.ttl_remaining.unwrap().seconds > 0, "TTL extended");
+    assert!(
+        again.ttl_remaining.unwrap().nanos > 0 || again.ttl_remaining.unwrap().seconds > 0,
+        "TTL extended"
+    );
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source() == Source::Upstream, false);
     // After a real change the body is fetched again.
     emu.mutate_queue(&id, serde_json::json!({"description": "changed"}));
@@ -197,14 +207,30 @@ async fn a_dead_lease_holder_is_taken_over() {
         hold: true,
         count: 1,
     });
-    let envs = [("CXCACHE_ENV", env.as_str()), ("CXCACHE_CACHE__LEASE_TTL", "1s"), ("CXCACHE_CACHE__L1__ENABLED", "false")];
+    let envs = [
+        ("CXCACHE_ENV", env.as_str()),
+        ("CXCACHE_CACHE__LEASE_TTL", "1s"),
+        ("CXCACHE_CACHE__L1__ENABLED", "false"),
+    ];
     let base = emu.base_url();
-    let args = ["--redis-url", url.as_str(), "--upstream-url", base.as_str(), "--client-id", "cxcache-demo", "--client-secret", "demo-secret"];
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--upstream-url",
+        base.as_str(),
+        "--client-id",
+        "cxcache-demo",
+        "--client-secret",
+        "demo-secret",
+    ];
     let mut holder = ProcessInstance::spawn(&args, &envs);
     let mut holder_client = connect(holder.grpc_addr).await;
     let req = get_queue(&id);
     let pending = tokio::spawn(async move { holder_client.get(req).await });
-    assert!(wait_until(Duration::from_secs(10), || emu.held_count() == 1).await, "the holder's fetch is held");
+    assert!(
+        wait_until(Duration::from_secs(10), || emu.held_count() == 1).await,
+        "the holder's fetch is held"
+    );
     holder.kill();
     let _ = pending.await;
 

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use cxcache::proto::v1::{watch_event::Type, GetRequest, InvalidateRequest, Source, WatchEvent, WatchRequest};
+use cxcache::proto::v1::{
+    watch_event::Type, GetRequest, InvalidateRequest, Source, WatchEvent, WatchRequest,
+};
 use genesys_emulator::{queue_id, user_id, EmulatorConfig, Fault};
 use harness::*;
 use hmac::{Hmac, Mac};
@@ -33,7 +35,12 @@ async fn next_event(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Opti
 }
 
 /// Next event of `ty` for `key` within `limit`, skipping others.
-async fn wait_event(stream: &mut Streaming<WatchEvent>, ty: Type, key: &str, limit: Duration) -> Option<WatchEvent> {
+async fn wait_event(
+    stream: &mut Streaming<WatchEvent>,
+    ty: Type,
+    key: &str,
+    limit: Duration,
+) -> Option<WatchEvent> {
     let deadline = Instant::now() + limit;
     while let Some(ev) = next_event(stream, deadline.saturating_duration_since(Instant::now())).await {
         if ev.r#type() == ty && ev.key == key {
@@ -60,7 +67,9 @@ async fn invalidate_on_one_instance_reaches_watchers_on_another() {
     for _ in 0..40 {
         let sent = Instant::now();
         a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
-        let ev = wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5)).await.expect("event on B");
+        let ev = wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5))
+            .await
+            .expect("event on B");
         delays.push(sent.elapsed());
         assert!(ev.sequence > last_seq, "sequence grows");
         last_seq = ev.sequence;
@@ -125,7 +134,11 @@ async fn no_get_serves_a_value_from_before_an_invalidate_that_returned() {
             let v: serde_json::Value = serde_json::from_slice(&got.value).unwrap();
             let desc = v["description"].as_str().unwrap_or_default().to_string();
             let n: u32 = desc.strip_prefix("round-").and_then(|n| n.parse().ok()).unwrap_or(0);
-            assert!(n >= round, "round {round}: got {desc:?} from {:?} after Invalidate returned", got.source());
+            assert!(
+                n >= round,
+                "round {round}: got {desc:?} from {:?} after Invalidate returned",
+                got.source()
+            );
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -161,22 +174,36 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
     };
 
     // Tag: both variants of queue 3, nothing else.
-    let r = cx.client.clone().invalidate(invalidate(&[], &[], &[&format!("queue:{}", queue_id(3))])).await.unwrap();
+    let r = cx
+        .client
+        .clone()
+        .invalidate(invalidate(&[], &[], &[&format!("queue:{}", queue_id(3))]))
+        .await
+        .unwrap();
     assert_eq!(r.into_inner().purged, 2);
     assert_eq!(entries(keys_of_env(&redis, &env).await), 27);
 
     // Prefix of one entity: its variants only.
     let p = format!("{env}:routing.queue:{}:", queue_id(5));
-    assert_eq!(cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged, 2);
+    assert_eq!(
+        cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged,
+        2
+    );
 
     // One exact key: the summary of queue 7 stays.
     let k = format!("{env}:routing.queue:{}:full", queue_id(7));
-    assert_eq!(cx.client.clone().invalidate(invalidate(&[&k], &[], &[])).await.unwrap().into_inner().purged, 1);
+    assert_eq!(
+        cx.client.clone().invalidate(invalidate(&[&k], &[], &[])).await.unwrap().into_inner().purged,
+        1
+    );
     assert_eq!(entries(keys_of_env(&redis, &env).await), 24);
 
     // A kind prefix: all users, no queue.
     let p = format!("{env}:user:");
-    assert_eq!(cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged, 5);
+    assert_eq!(
+        cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged,
+        5
+    );
     assert_eq!(entries(keys_of_env(&redis, &env).await), 19);
 
     assert!(stored(summary(&queue_id(7))).await, "sibling variant kept");
@@ -205,7 +232,8 @@ async fn a_slow_watcher_is_told_it_lagged_and_stays_bounded() {
     let mut c = config(&env, &Backend::Memory, &emu);
     c.cache.watch_buffer = 8;
     let cx = Instance::start(c).await;
-    let mut stream = watch(&cx, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    let mut stream =
+        watch(&cx, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
     // 300 events while the watcher reads nothing.
     let keys: Vec<String> = (0..300).map(|n| format!("{env}:routing.queue:q{n}:full")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -246,7 +274,8 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
     let base = format!("http://{}", cx.http_addr);
     let id = queue_id(6);
     let post = |path: &str, body: Vec<u8>, sig: Option<String>| {
-        let mut req = http.post(format!("{base}{path}")).header("content-type", "application/json").body(body);
+        let mut req =
+            http.post(format!("{base}{path}")).header("content-type", "application/json").body(body);
         if let Some(sig) = sig {
             req = req.header("x-cxcache-signature", sig);
         }
@@ -266,7 +295,10 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
     assert!(cached().await);
     // Malformed JSON (validly signed): 400, nothing purged.
     let junk = b"{\"eventId\": ".to_vec();
-    assert_eq!(post("/webhooks/genesys", junk.clone(), Some(sign("hook-secret", &junk))).await.unwrap().status(), 400);
+    assert_eq!(
+        post("/webhooks/genesys", junk.clone(), Some(sign("hook-secret", &junk))).await.unwrap().status(),
+        400
+    );
     assert!(cached().await);
     // Good: purged.
     let r = post("/webhooks/genesys", event.clone(), Some(sign("hook-secret", &event))).await.unwrap();
@@ -286,13 +318,21 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
         "detail": { "topicName": format!("v2.audits.entitytype.QUEUE.entityid.{id}"), "eventBody": {"id": id} }
     }))
     .unwrap();
-    assert_eq!(post("/webhooks/eventbridge", eb.clone(), Some(sign("forged", &eb))).await.unwrap().status(), 401);
+    assert_eq!(
+        post("/webhooks/eventbridge", eb.clone(), Some(sign("forged", &eb))).await.unwrap().status(),
+        401
+    );
     assert!(cached().await);
     let no_detail = serde_json::to_vec(&serde_json::json!({"id": "x"})).unwrap();
-    let r = post("/webhooks/eventbridge", no_detail.clone(), Some(sign("hook-secret", &no_detail))).await.unwrap();
+    let r = post("/webhooks/eventbridge", no_detail.clone(), Some(sign("hook-secret", &no_detail)))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(cached().await);
-    assert_eq!(post("/webhooks/eventbridge", eb.clone(), Some(sign("hook-secret", &eb))).await.unwrap().status(), 200);
+    assert_eq!(
+        post("/webhooks/eventbridge", eb.clone(), Some(sign("hook-secret", &eb))).await.unwrap().status(),
+        200
+    );
     assert!(!cached().await);
     let r = post("/webhooks/eventbridge", eb.clone(), Some(sign("hook-secret", &eb))).await.unwrap();
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "duplicate");
@@ -327,13 +367,17 @@ async fn data_action_door_serves_cached_json_with_get_semantics() {
     let second = call(body.clone(), Some("door-token")).await.unwrap();
     assert_ne!(second.headers()["x-cxcache-source"], "UPSTREAM");
     // The same key as Get uses.
-    assert_ne!(cx.get(GetRequest { variant: "summary".into(), ..get_queue(&id) }).await.unwrap().source(), Source::Upstream);
+    assert_ne!(
+        cx.get(GetRequest { variant: "summary".into(), ..get_queue(&id) }).await.unwrap().source(),
+        Source::Upstream
+    );
 
     let bad = call(serde_json::json!({"kind": "routing.queue"}), Some("door-token")).await.unwrap();
     assert_eq!(bad.status(), 400);
     let err: serde_json::Value = bad.json().await.unwrap();
     assert_eq!(err["error"]["fieldViolations"][0]["field"], "id");
-    let missing = call(serde_json::json!({"kind": "routing.queue", "id": "nope"}), Some("door-token")).await.unwrap();
+    let missing =
+        call(serde_json::json!({"kind": "routing.queue", "id": "nope"}), Some("door-token")).await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(emu.counters().route("GET /api/v2/routing/queues/{id}"), 2, "1 fetch + the 404");
     cx.stop().await;
@@ -349,7 +393,8 @@ async fn watch_survives_a_redis_master_failover() {
     let backend = Backend::Redis(cluster.url.clone());
     let a = Instance::start(config(&env, &backend, &emu)).await;
     let b = Instance::start(config(&env, &backend, &emu)).await;
-    let mut stream = watch(&b, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    let mut stream =
+        watch(&b, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
     let key = format!("{env}:routing.queue:x:full");
     a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
     assert!(wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5)).await.is_some());
@@ -367,8 +412,15 @@ async fn watch_survives_a_redis_master_failover() {
     while Instant::now() < deadline && !delivered {
         n += 1;
         let k = format!("{env}:routing.queue:after{n}:full");
-        if a.client.clone().invalidate(invalidate(&[&k], &[], &[])).await.is_ok() {
-            delivered = wait_event(&mut stream, Type::Invalidated, &k, Duration::from_secs(2)).await.is_some();
+        let res = a.client.clone().invalidate(invalidate(&[&k], &[], &[])).await;
+        eprintln!(
+            "failover round {n} at {:?}: {:?}",
+            deadline.saturating_duration_since(Instant::now()),
+            res.as_ref().map(|_| ()).map_err(|e| e.message().to_string())
+        );
+        if res.is_ok() {
+            delivered =
+                wait_event(&mut stream, Type::Invalidated, &k, Duration::from_secs(2)).await.is_some();
         } else {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -22,25 +22,41 @@ const TOKEN_ROUTE: &str = "POST /oauth/token";
 /// of this binary wait while it runs (they share this lock; it takes it alone).
 static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-fn clients(n: usize) -> Vec<(String, String)> {
-    (0..n).map(|i| (format!("client-{i}"), format!("secret-{i}"))).collect()
+/// `n` OAuth clients. Each test names its own: the shared limiter keys a
+/// budget by client id in Redis, as a fleet sharing a credential must.
+fn clients(test: &str, n: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("{test}-{}-{i}", std::process::id()), format!("secret-{i}"))).collect()
 }
 
 /// An emulator with `tokens` clients, each token allowed `rate` calls per `window`.
-async fn quota_emulator(tokens: usize, rate: u32, window: Duration) -> EmulatorHandle {
-    emulator(EmulatorConfig { rate_limit: rate, window, clients: clients(tokens), ..EmulatorConfig::default() })
-        .await
+async fn quota_emulator(test: &str, tokens: usize, rate: u32, window: Duration) -> EmulatorHandle {
+    emulator(EmulatorConfig {
+        rate_limit: rate,
+        window,
+        clients: clients(test, tokens),
+        ..EmulatorConfig::default()
+    })
+    .await
 }
 
 /// An instance config using every client of the emulator, told the budget.
-fn quota_config(env: &str, backend: &Backend, emu: &EmulatorHandle, tokens: usize, rate: u32, window: Duration) -> Config {
+fn quota_config(
+    test: &str,
+    env: &str,
+    backend: &Backend,
+    emu: &EmulatorHandle,
+    tokens: usize,
+    rate: u32,
+    window: Duration,
+) -> Config {
     let mut c = config(env, backend, emu);
-    c.upstream.credentials = clients(tokens)
+    c.upstream.credentials = clients(test, tokens)
         .into_iter()
         .map(|(id, secret)| Credential { client_id: id, client_secret: Secret::new(secret) })
         .collect();
     c.upstream.rate_limit.allowed = rate;
     c.upstream.rate_limit.window = window;
+    c.upstream.rate_limit.burst = 0;
     c
 }
 
@@ -133,7 +149,9 @@ async fn miss_heavy(
     let calls = emu
         .requests(10_000)
         .iter()
-        .filter(|r| r.route == ANALYTICS_ROUTE && r.status == 200 && (started_ms..ended_ms).contains(&r.at_ms))
+        .filter(|r| {
+            r.route == ANALYTICS_ROUTE && r.status == 200 && (started_ms..ended_ms).contains(&r.at_ms)
+        })
         .count() as u64;
     Outcome {
         calls,
@@ -145,13 +163,19 @@ async fn miss_heavy(
 
 /// Runs the two-instance scenario: `tokens` credentials at `rate` per
 /// `window`, both instances on the shared Redis cluster.
-async fn two_instance_scenario(tokens: usize, rate: u32, window: Duration, run: Duration, workers: usize) -> Outcome {
+async fn two_instance_scenario(
+    tokens: usize,
+    rate: u32,
+    window: Duration,
+    run: Duration,
+    workers: usize,
+) -> Outcome {
     let (url, _guard) = redis_url();
     let env = unique_env("quota");
-    let emu = quota_emulator(tokens, rate, window).await;
+    let emu = quota_emulator("load", tokens, rate, window).await;
     let backend = Backend::Redis(url);
-    let a = Instance::start(quota_config(&env, &backend, &emu, tokens, rate, window)).await;
-    let b = Instance::start(quota_config(&env, &backend, &emu, tokens, rate, window)).await;
+    let a = Instance::start(quota_config("load", &env, &backend, &emu, tokens, rate, window)).await;
+    let b = Instance::start(quota_config("load", &env, &backend, &emu, tokens, rate, window)).await;
     let budget_per_sec = tokens as f64 * rate as f64 / window.as_secs_f64();
     let outcome = miss_heavy(&[&a, &b], &emu, workers, run, budget_per_sec).await;
     for cx in [&a, &b] {
@@ -169,7 +193,13 @@ async fn two_instance_scenario(tokens: usize, rate: u32, window: Duration, run: 
 async fn two_instances_spend_the_budget_without_a_429() {
     let _alone = EXCLUSIVE.write().await;
     let o = two_instance_scenario(3, 40, Duration::from_secs(2), Duration::from_secs(6), 12).await;
-    eprintln!("utilisation {:.1} % ({} of {:.0}), 429s {}", o.utilisation() * 100.0, o.calls, o.budget, o.rate_limited);
+    eprintln!(
+        "utilisation {:.1} % ({} of {:.0}), 429s {}",
+        o.utilisation() * 100.0,
+        o.calls,
+        o.budget,
+        o.rate_limited
+    );
     assert_eq!(o.rate_limited, 0, "the emulator answered 429s: {o:?}");
     assert_eq!(o.failed_gets, 0, "{o:?}");
     assert!(o.utilisation() >= 0.90, "upstream throughput under 90 % of K x R: {o:?}");
@@ -182,7 +212,8 @@ async fn two_instances_spend_the_budget_without_a_429() {
 #[ignore = "load test: run through loadtest/quota.sh"]
 async fn loadtest_quota() {
     let _alone = EXCLUSIVE.write().await;
-    let var = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let var =
+        |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let tokens = var("QUOTA_TOKENS", 4) as usize;
     let rate = var("QUOTA_RATE", 60) as u32;
     let window = Duration::from_secs(var("QUOTA_WINDOW_SECS", 2));
@@ -210,12 +241,21 @@ async fn expiring_tokens_are_refreshed_without_a_failed_get() {
         rate_limit: 1000,
         window: Duration::from_secs(1),
         token_ttl: Duration::from_secs(2),
-        clients: clients(2),
+        clients: clients("refresh", 2),
         ..EmulatorConfig::default()
     })
     .await;
     let env = unique_env("refresh");
-    let cx = Instance::start(quota_config(&env, &Backend::Memory, &emu, 2, 1000, Duration::from_secs(1))).await;
+    let cx = Instance::start(quota_config(
+        "refresh",
+        &env,
+        &Backend::Memory,
+        &emu,
+        2,
+        1000,
+        Duration::from_secs(1),
+    ))
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(5200);
     let mut n = 0;
     while tokio::time::Instant::now() < deadline {
@@ -242,18 +282,28 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
     let emu = emulator(EmulatorConfig {
         rate_limit: 1000,
         window: Duration::from_secs(1),
-        clients: clients(3),
+        clients: clients("revoke", 3),
         ..EmulatorConfig::default()
     })
     .await;
     let env = unique_env("revoke");
-    let cx = Instance::start(quota_config(&env, &Backend::Memory, &emu, 3, 1000, Duration::from_secs(1))).await;
+    let cx = Instance::start(quota_config(
+        "revoke",
+        &env,
+        &Backend::Memory,
+        &emu,
+        3,
+        1000,
+        Duration::from_secs(1),
+    ))
+    .await;
+    let [c0, c1, c2] = [0, 1, 2].map(|i| clients("revoke", 3)[i].0.clone());
     let mut revoked_at = None;
     let started = tokio::time::Instant::now();
     let mut n = 0;
     while started.elapsed() < Duration::from_secs(3) {
         if revoked_at.is_none() && started.elapsed() > Duration::from_secs(1) {
-            emu.revoke_client("client-1");
+            emu.revoke_client(&c1);
             revoked_at = Some(unix_ms());
         }
         let got = get_within(&cx, analytics(n), Duration::from_secs(5)).await;
@@ -265,10 +315,10 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
     let log = emu.requests(10_000);
     let after: Vec<&RequestRecord> = log.iter().filter(|r| r.at_ms > revoked_at).collect();
     let by = |id: &str| after.iter().filter(|r| r.client_id == id && r.route == ANALYTICS_ROUTE).count();
-    let refused = after.iter().filter(|r| r.client_id == "client-1" && r.status == 401).count();
+    let refused = after.iter().filter(|r| r.client_id == c1 && r.status == 401).count();
     assert!(refused <= 2, "the revoked credential is parked after its refusal: {refused} refused calls");
-    assert!(by("client-1") <= 2, "no more calls with the parked credential");
-    assert!(by("client-0") > 10 && by("client-2") > 10, "the others carry on");
+    assert!(by(&c1) <= 2, "no more calls with the parked credential");
+    assert!(by(&c0) > 10 && by(&c2) > 10, "the others carry on");
     cx.stop().await;
     emu.shutdown().await;
 }
@@ -282,14 +332,14 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
     let emu = emulator(EmulatorConfig {
         rate_limit: 3,
         window: Duration::from_secs(2),
-        clients: clients(2),
+        clients: clients("retryafter", 2),
         // Lets concurrent calls all be in flight before any answer.
         latency: Duration::from_millis(100),
         ..EmulatorConfig::default()
     })
     .await;
     let env = unique_env("retryafter");
-    let mut c = quota_config(&env, &Backend::Memory, &emu, 2, 100, Duration::from_secs(2));
+    let mut c = quota_config("retryafter", &env, &Backend::Memory, &emu, 2, 100, Duration::from_secs(2));
     c.upstream.rate_limit.burst = 10;
     c.upstream.rate_limit.nearly_spent = 0;
     let cx = Instance::start(c).await;
@@ -299,11 +349,12 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
         assert!(r.is_ok(), "Get {n}: {r:?}");
     }
     let log = emu.requests(10_000);
-    let api: Vec<&RequestRecord> = log.iter().filter(|r| r.route == ANALYTICS_ROUTE).collect();
+    let mut api: Vec<&RequestRecord> = log.iter().filter(|r| r.route == ANALYTICS_ROUTE).collect();
+    api.sort_by_key(|r| r.at_ms);
     let limited: Vec<&&RequestRecord> = api.iter().filter(|r| r.status == 429).collect();
     assert!(!limited.is_empty(), "the scenario produces a real 429: {api:?}");
     let mut checked = 0;
-    for client in ["client-0", "client-1"] {
+    for (client, _) in clients("retryafter", 2) {
         let mine: Vec<&&RequestRecord> = api.iter().filter(|r| r.client_id == client).collect();
         // After each run of 429s, the token's next call comes 2 s later or more.
         for pair in mine.windows(2) {
@@ -328,9 +379,9 @@ async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
     let _shared = EXCLUSIVE.read().await;
     let (url, _guard) = redis_url();
     let window = Duration::from_secs(20);
-    let emu = quota_emulator(1, 4, window).await;
+    let emu = quota_emulator("cacheonly", 1, 4, window).await;
     let env = unique_env("cacheonly");
-    let mut c = quota_config(&env, &Backend::Redis(url), &emu, 1, 4, window);
+    let mut c = quota_config("cacheonly", &env, &Backend::Redis(url), &emu, 1, 4, window);
     c.cache.ttl.config = Duration::from_millis(300);
     c.cache.ttl.jitter = 0.0;
     let cx = Instance::start(c).await;
@@ -339,7 +390,8 @@ async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
     let first = get_within(&cx, queue.clone(), Duration::from_secs(2)).await.unwrap();
     assert_eq!(first.source(), Source::Upstream);
     // A second key spends the rest of the burst (2): the next call fits in ~10 s only.
-    let other = get_within(&cx, get_queue(&genesys_emulator::queue_id(3)), Duration::from_secs(2)).await.unwrap();
+    let other =
+        get_within(&cx, get_queue(&genesys_emulator::queue_id(3)), Duration::from_secs(2)).await.unwrap();
     assert_eq!(other.source(), Source::Upstream);
     tokio::time::sleep(Duration::from_millis(400)).await;
 
@@ -351,7 +403,8 @@ async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
     assert!(age.seconds as f64 + age.nanos as f64 / 1e9 >= 0.4, "age reported: {age:?}");
 
     let started_unknown = std::time::Instant::now();
-    let err = get_within(&cx, get_queue(&genesys_emulator::queue_id(2)), Duration::from_secs(1)).await.unwrap_err();
+    let err =
+        get_within(&cx, get_queue(&genesys_emulator::queue_id(2)), Duration::from_secs(1)).await.unwrap_err();
     let took = started_unknown.elapsed();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let retry = details(&err).retry_info().expect("RetryInfo").retry_delay.expect("delay");
@@ -399,7 +452,11 @@ async fn large_lists_are_assembled_and_over_limit_lists_refused() {
     let small = Instance::start(c).await;
     let err = small.get(list.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("1200 entries") && err.message().contains("max_list_entries"), "{}", err.message());
+    assert!(
+        err.message().contains("1200 entries") && err.message().contains("max_list_entries"),
+        "{}",
+        err.message()
+    );
     let again = small.get(list).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition, "nothing stored");
     small.stop().await;

@@ -175,13 +175,16 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
   private ended = false;
   private waiters: Array<() => void> = [];
 
-  constructor(private readonly call: ClientReadableStream<PbWatchEvent>) {
+  constructor(
+    private readonly call: ClientReadableStream<PbWatchEvent>,
+    private readonly hadDeadline = false,
+  ) {
     call.on("metadata", () => {
       this.headers = true;
       this.wake();
     });
     call.on("error", (err: ServiceError) => {
-      if (!(this.cancelled && err.code === Status.CANCELLED)) this.failure = toCacheError(err);
+      if (!(this.cancelled && err.code === Status.CANCELLED)) this.failure = toCacheError(err, this.hadDeadline);
       this.ended = true;
       this.wake();
     });
@@ -251,7 +254,7 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
       }
     } catch (err) {
       if (this.cancelled && (err as ServiceError).code === Status.CANCELLED) return;
-      throw toCacheError(err);
+      throw toCacheError(err, this.hadDeadline);
     } finally {
       if (!this.ended) this.cancel();
     }
@@ -303,14 +306,15 @@ export class CacheClient {
         reject(new CacheError(Status.CANCELLED, "aborted before start") as CacheError);
         return;
       }
+      const timeoutMs = settings.timeoutMs ?? this.defaultTimeoutMs;
       const call = method.call(
         this.stub,
         req,
         this.metadata(),
-        this.callOptions(settings.timeoutMs ?? this.defaultTimeoutMs),
+        this.callOptions(timeoutMs),
         (err, res) => {
           settings.signal?.removeEventListener("abort", onAbort);
-          if (err) reject(toCacheError(err));
+          if (err) reject(toCacheError(err, timeoutMs !== undefined));
           else resolve(res);
         },
       );
@@ -347,7 +351,7 @@ export class CacheClient {
       this.metadata(),
       this.callOptions(options.timeoutMs),
     );
-    const stream = new WatchStream(call);
+    const stream = new WatchStream(call, options.timeoutMs !== undefined);
     options.signal?.addEventListener("abort", () => stream.cancel(), { once: true });
     return stream;
   }

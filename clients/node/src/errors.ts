@@ -143,13 +143,27 @@ interface GrpcErrorLike {
   metadata?: Metadata;
 }
 
-/** Convert a grpc-js ServiceError (or status object) into the matching CacheError. */
-export function toCacheError(err: unknown): CacheError {
+/**
+ * tonic (the Rust gRPC server) enforces the caller's grpc-timeout itself and answers
+ * CANCELLED "Timeout expired" when it fires, which can reach the client just before the
+ * client's own timer would report DEADLINE_EXCEEDED.
+ */
+export const SERVER_TIMEOUT_MESSAGE = "Timeout expired";
+
+/**
+ * Convert a grpc-js ServiceError (or status object) into the matching CacheError.
+ * With `hadDeadline` (the call carried a deadline), a server's CANCELLED "Timeout
+ * expired" is reported as DeadlineExceededError.
+ */
+export function toCacheError(err: unknown, hadDeadline = false): CacheError {
   if (err instanceof CacheError) return err;
   const e = (err ?? {}) as GrpcErrorLike;
-  const code: Status = typeof e.code === "number" ? e.code : Status.UNKNOWN;
+  let code: Status = typeof e.code === "number" ? e.code : Status.UNKNOWN;
   const rich = richStatus(e.metadata);
   let details = e.details ?? e.message ?? "";
+  if (hadDeadline && code === Status.CANCELLED && details === SERVER_TIMEOUT_MESSAGE) {
+    code = Status.DEADLINE_EXCEEDED;
+  }
   if (!details && rich) details = rich.message;
   const errorDetails = (rich?.details ?? []).map(decodeDetail);
   const fieldViolations: FieldViolation[] = [];

@@ -6,6 +6,7 @@ import { Metadata, Server, ServerCredentials, status } from "@grpc/grpc-js";
 import {
   CacheError,
   CacheClient,
+  CancelledError,
   DeadlineExceededError,
   InvalidArgumentError,
   NotFoundError,
@@ -87,6 +88,9 @@ const fake: CacheServer = {
         return;
       case "missing":
         cb({ code: status.NOT_FOUND, details: "no such queue" });
+        return;
+      case "server-timeout":
+        cb({ code: status.CANCELLED, details: "Timeout expired" });
         return;
       case "slow":
         setTimeout(() => cb(null, GetResponse.fromPartial({})), 1500);
@@ -230,6 +234,16 @@ describe("CacheClient against a fake server", () => {
     const t0 = Date.now();
     await assert.rejects(client.get("slow", { timeoutMs: 200 }), DeadlineExceededError);
     assert.ok(Date.now() - t0 < 1400);
+  });
+
+  test("a server-enforced deadline (tonic CANCELLED 'Timeout expired') is DEADLINE_EXCEEDED", async () => {
+    await assert.rejects(client.get("server-timeout", { timeoutMs: 5000 }), DeadlineExceededError);
+    const noDeadline = new CacheClient(addr);
+    try {
+      await assert.rejects(noDeadline.get("server-timeout"), (e: unknown) => e instanceof CancelledError);
+    } finally {
+      noDeadline.close();
+    }
   });
 
   test("abort signal cancels a call", async () => {

@@ -90,6 +90,8 @@ class FakeCache(cache_pb2_grpc.CacheServicer):
             )
         if request.kind == "missing":
             context.abort(grpc.StatusCode.NOT_FOUND, "no such queue")
+        if request.kind == "server-timeout":
+            context.abort(grpc.StatusCode.CANCELLED, "Timeout expired")
         if request.kind == "slow":
             time.sleep(1.5)
             return cache_pb2.GetResponse()
@@ -222,6 +224,17 @@ def test_deadline(fake):
     with pytest.raises(DeadlineExceeded):
         fake.get("slow", timeout=0.2)
     assert time.monotonic() - t0 < 1.4
+
+
+def test_server_enforced_deadline_is_deadline_exceeded(fake, fake_addr):
+    # tonic answers CANCELLED "Timeout expired" when it enforces the caller's deadline,
+    # which can arrive just before the client's own DEADLINE_EXCEEDED.
+    with pytest.raises(DeadlineExceeded):
+        fake.get("server-timeout", timeout=5)
+    # without a deadline the status is passed through unchanged
+    with CacheClient(fake_addr) as no_deadline:
+        with pytest.raises(cxcache.Cancelled):
+            no_deadline.get("server-timeout")
 
 
 def test_unreachable_server_is_unavailable():

@@ -112,11 +112,8 @@ async fn submit(State(s): State<SharedState>, body: Bytes) -> Result<Response, A
     if let Some(limit) = *s.jobs.row_limit.lock() {
         rows.truncate(limit);
     }
-    let scale = if s.config.time_scale.is_finite() && s.config.time_scale >= 0.0 {
-        s.config.time_scale
-    } else {
-        1.0
-    };
+    let scale =
+        if s.config.time_scale.is_finite() && s.config.time_scale >= 0.0 { s.config.time_scale } else { 1.0 };
     let run_time = s.config.job_duration.mul_f64(scale);
     let id = uuid::Uuid::new_v4().to_string();
     s.jobs.insert(

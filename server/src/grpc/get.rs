@@ -1,8 +1,8 @@
 //! `Get`: serve one resource through the cache.
 
 use tokio::time::Instant;
-use tracing::Instrument;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::deadline;
 use crate::cache::{Cache, Served, Source};

@@ -17,7 +17,9 @@ use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::invalidation::Invalidator;
 use crate::proto::v1::cache_server::Cache as CacheRpc;
-use crate::proto::v1::{GetRequest, GetResponse, InvalidateRequest, InvalidateResponse, WatchEvent, WatchRequest};
+use crate::proto::v1::{
+    GetRequest, GetResponse, InvalidateRequest, InvalidateResponse, WatchEvent, WatchRequest,
+};
 use crate::watch;
 
 pub use get::to_response;

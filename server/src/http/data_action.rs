@@ -43,16 +43,25 @@ struct DataActionRequest {
 
 pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(token) = &state.data_action.token {
-        let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if sent.map(|s| constant_time_eq(s.as_bytes(), token.expose().as_bytes())) != Some(true) {
-            return (StatusCode::UNAUTHORIZED, Json(error_body("UNAUTHENTICATED", "missing or wrong bearer token", &[])))
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(error_body("UNAUTHENTICATED", "missing or wrong bearer token", &[])),
+            )
                 .into_response();
         }
     }
     let req: DataActionRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, Json(error_body("INVALID_ARGUMENT", &format!("malformed JSON: {e}"), &[])))
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(error_body("INVALID_ARGUMENT", &format!("malformed JSON: {e}"), &[])),
+            )
                 .into_response()
         }
     };

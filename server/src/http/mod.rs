@@ -39,7 +39,9 @@ pub fn router(state: AppState) -> Router {
 
 /// Prometheus scrape endpoint (text exposition format 0.0.4). Sizes kept
 /// elsewhere (L1 bytes, Watch subscribers) are read at scrape time.
-async fn prometheus(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
+async fn prometheus(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
     crate::metrics::l1_size(state.cache.tiers().l1_bytes());
     crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())

@@ -58,14 +58,22 @@ async fn handle(
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, error_body("INVALID_ARGUMENT", &format!("malformed JSON: {e}"), &[])),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                error_body("INVALID_ARGUMENT", &format!("malformed JSON: {e}"), &[]),
+            )
+        }
     };
     let event = match parse(&value) {
         Ok(e) => e,
         Err(why) => return reply(StatusCode::BAD_REQUEST, error_body("INVALID_ARGUMENT", &why, &[])),
     };
     let Some(purge) = map_event(&settings.topics, &event, door, state.cache.env()) else {
-        return reply(StatusCode::OK, json!({ "status": "ignored", "reason": "no mapping for topic", "topic": event.topic }));
+        return reply(
+            StatusCode::OK,
+            json!({ "status": "ignored", "reason": "no mapping for topic", "topic": event.topic }),
+        );
     };
 
     let store = state.cache.tiers().store().clone();
@@ -76,7 +84,9 @@ async fn handle(
         Err(e) => return error_response(e),
     }
     match state.invalidator.purge(purge).await {
-        Ok(purged) => reply(StatusCode::OK, json!({ "status": "purged", "eventId": event.id, "purged": purged })),
+        Ok(purged) => {
+            reply(StatusCode::OK, json!({ "status": "purged", "eventId": event.id, "purged": purged }))
+        }
         Err(e) => {
             // Let the sender's retry through: the purge did not happen.
             let _ = store.delete(&[mark]).await;
@@ -117,7 +127,9 @@ fn verify(settings: &WebhookSettings, headers: &HeaderMap, body: &[u8]) -> Resul
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.required_spec_claims = HashSet::new();
         let key = jsonwebtoken::DecodingKey::from_secret(secret.expose().as_bytes());
-        return jsonwebtoken::decode::<Value>(token, &key, &validation).map(|_| ()).map_err(|_| "invalid JWT");
+        return jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map(|_| ())
+            .map_err(|_| "invalid JWT");
     }
     Err("missing X-Cxcache-Signature or Authorization header")
 }
@@ -139,7 +151,8 @@ fn parse_eventbridge(v: &Value) -> Result<ChangeEvent, String> {
     let id = str_field(v, &["id"]).ok_or("id (the EventBridge event id) is required")?;
     let detail = v.get("detail").filter(|d| d.is_object()).ok_or("detail object is required")?;
     let topic = str_field(detail, &["topicName"]).ok_or("detail.topicName is required")?;
-    let entity_id = detail.get("eventBody").and_then(|b| str_field(b, &["id", "entityId"])).map(str::to_string);
+    let entity_id =
+        detail.get("eventBody").and_then(|b| str_field(b, &["id", "entityId"])).map(str::to_string);
     Ok(ChangeEvent { id: id.to_string(), topic: topic.to_string(), entity_id })
 }
 
@@ -148,7 +161,9 @@ fn map_event(topics: &[TopicMapping], event: &ChangeEvent, door: &str, env: &str
     for m in topics {
         let Some(captured) = match_topic(&m.topic, &event.topic) else { continue };
         let id = captured.or_else(|| event.entity_id.clone())?;
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')) {
+        if id.is_empty()
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+        {
             return None;
         }
         return Some(Purge {
@@ -192,17 +207,31 @@ mod tests {
     fn topic_patterns() {
         assert_eq!(match_topic("routing.queue.*", "routing.queue.updated"), Some(None));
         assert_eq!(match_topic("routing.queue.*", "routing.queues.updated"), None);
-        assert_eq!(match_topic("v2.users.{id}.routingStatus", "v2.users.u1.routingStatus"), Some(Some("u1".into())));
-        assert_eq!(match_topic("v2.routing.queues.{id}.**", "v2.routing.queues.q1.conversations"), Some(Some("q1".into())));
+        assert_eq!(
+            match_topic("v2.users.{id}.routingStatus", "v2.users.u1.routingStatus"),
+            Some(Some("u1".into()))
+        );
+        assert_eq!(
+            match_topic("v2.routing.queues.{id}.**", "v2.routing.queues.q1.conversations"),
+            Some(Some("q1".into()))
+        );
         assert_eq!(match_topic("v2.routing.queues.{id}.**", "v2.routing.queues.q1"), None);
     }
 
     #[test]
     fn events_map_to_tag_purges() {
         let topics = WebhookSettings::default().topics;
-        let e = ChangeEvent { id: "e1".into(), topic: "routing.queue.updated".into(), entity_id: Some("q1".into()) };
+        let e = ChangeEvent {
+            id: "e1".into(),
+            topic: "routing.queue.updated".into(),
+            entity_id: Some("q1".into()),
+        };
         assert_eq!(map_event(&topics, &e, "webhook", "p").unwrap().tags, vec!["queue:q1"]);
-        let e = ChangeEvent { id: "e2".into(), topic: "v2.audits.entitytype.QUEUE.entityid.q9".into(), entity_id: None };
+        let e = ChangeEvent {
+            id: "e2".into(),
+            topic: "v2.audits.entitytype.QUEUE.entityid.q9".into(),
+            entity_id: None,
+        };
         assert_eq!(map_event(&topics, &e, "eventbridge", "p").unwrap().tags, vec!["queue:q9"]);
         let e = ChangeEvent { id: "e3".into(), topic: "routing.queue.updated".into(), entity_id: None };
         assert!(map_event(&topics, &e, "webhook", "p").is_none(), "no id, no purge");
@@ -212,7 +241,8 @@ mod tests {
 
     #[test]
     fn signatures() {
-        let settings = WebhookSettings { secret: Some(crate::config::Secret::new("s3cret")), ..Default::default() };
+        let settings =
+            WebhookSettings { secret: Some(crate::config::Secret::new("s3cret")), ..Default::default() };
         let body = br#"{"eventId":"1"}"#;
         let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
         mac.update(body);

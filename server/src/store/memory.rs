@@ -31,7 +31,13 @@ impl Expiry<String, Item> for PerItemExpiry {
     fn expire_after_create(&self, _key: &String, item: &Item, now: Instant) -> Option<Duration> {
         Some(item.expires_at.saturating_duration_since(now))
     }
-    fn expire_after_update(&self, _key: &String, item: &Item, now: Instant, _left: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        item: &Item,
+        now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
         Some(item.expires_at.saturating_duration_since(now))
     }
 }
@@ -214,10 +220,16 @@ mod tests {
         let key = keys::store_key("e:k:1:full");
         let guard = WriteGuard { generation: s.generation(&key).await.unwrap(), fence: 0 };
         s.purge(&key).await.unwrap();
-        assert!(!s.set_guarded(&key, Bytes::from_static(b"old"), Duration::from_secs(5), guard).await.unwrap());
+        assert!(!s
+            .set_guarded(&key, Bytes::from_static(b"old"), Duration::from_secs(5), guard)
+            .await
+            .unwrap());
         assert_eq!(s.get(&key).await.unwrap(), None);
         let guard = WriteGuard { generation: s.generation(&key).await.unwrap(), fence: 0 };
-        assert!(s.set_guarded(&key, Bytes::from_static(b"new"), Duration::from_secs(5), guard).await.unwrap());
+        assert!(s
+            .set_guarded(&key, Bytes::from_static(b"new"), Duration::from_secs(5), guard)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
@@ -231,7 +243,10 @@ mod tests {
         assert!(t2 > t1);
         let g = |fence| WriteGuard { generation: 0, fence };
         assert!(s.set_guarded(key, Bytes::from_static(b"new"), Duration::from_secs(5), g(t2)).await.unwrap());
-        assert!(!s.set_guarded(key, Bytes::from_static(b"old"), Duration::from_secs(5), g(t1)).await.unwrap());
+        assert!(!s
+            .set_guarded(key, Bytes::from_static(b"old"), Duration::from_secs(5), g(t1))
+            .await
+            .unwrap());
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"new"));
     }
 

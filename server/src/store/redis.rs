@@ -107,7 +107,9 @@ impl RedisStore {
             .map_err(store_err)?;
         tokio::time::timeout(settings.connect_timeout, pool.init())
             .await
-            .map_err(|_| Error::Store(format!("redis: no connection to {url} within {:?}", settings.connect_timeout)))?
+            .map_err(|_| {
+                Error::Store(format!("redis: no connection to {url} within {:?}", settings.connect_timeout))
+            })?
             .map_err(store_err)?;
         let scripts = Scripts {
             set_guarded: Script::from_lua(SET_GUARDED),
@@ -133,7 +135,10 @@ impl Store for RedisStore {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        self.pool.set::<(), _, _>(key, value, Some(Expiration::PX(ms(ttl))), None, false).await.map_err(store_err)
+        self.pool
+            .set::<(), _, _>(key, value, Some(Expiration::PX(ms(ttl))), None, false)
+            .await
+            .map_err(store_err)
     }
 
     async fn set_guarded(&self, key: &str, value: Bytes, ttl: Duration, guard: WriteGuard) -> Result<bool> {
@@ -145,8 +150,12 @@ impl Store for RedisStore {
             (guard.fence as i64).into(),
             ms(BOOKKEEPING_TTL).into(),
         ];
-        let wrote: i64 =
-            self.scripts.set_guarded.evalsha_with_reload(self.pool.next(), keys, args).await.map_err(store_err)?;
+        let wrote: i64 = self
+            .scripts
+            .set_guarded
+            .evalsha_with_reload(self.pool.next(), keys, args)
+            .await
+            .map_err(store_err)?;
         Ok(wrote == 1)
     }
 
@@ -206,11 +215,8 @@ impl Store for RedisStore {
     async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<String>> {
         let min = ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) };
         let max = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::InfiniteScore };
-        let members: Vec<String> = self
-            .pool
-            .zrangebyscore(index, min, max, false, None::<Limit>)
-            .await
-            .map_err(store_err)?;
+        let members: Vec<String> =
+            self.pool.zrangebyscore(index, min, max, false, None::<Limit>).await.map_err(store_err)?;
         Ok(members.into_iter().filter(|m| m.starts_with(prefix)).collect())
     }
 
@@ -239,7 +245,9 @@ impl Store for RedisStore {
     async fn delete(&self, keys: &[String]) -> Result<u64> {
         // One DEL per key: keys of different entities live on different
         // cluster slots, and a multi-key DEL across slots is refused.
-        let counts = try_join_all(keys.iter().map(|k| self.pool.del::<u64, _>(k.as_str()))).await.map_err(store_err)?;
+        let counts = try_join_all(keys.iter().map(|k| self.pool.del::<u64, _>(k.as_str())))
+            .await
+            .map_err(store_err)?;
         Ok(counts.into_iter().sum())
     }
 

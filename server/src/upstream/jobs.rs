@@ -47,7 +47,9 @@ impl JobQuery {
             .ok_or_else(|| bad("an analytics job needs an \"interval\" (start/end)"))?;
         let (start, end) = interval
             .split_once('/')
-            .and_then(|(a, b)| Some((DateTime::parse_from_rfc3339(a).ok()?, DateTime::parse_from_rfc3339(b).ok()?)))
+            .and_then(|(a, b)| {
+                Some((DateTime::parse_from_rfc3339(a).ok()?, DateTime::parse_from_rfc3339(b).ok()?))
+            })
             .map(|(a, b)| (a.with_timezone(&Utc), b.with_timezone(&Utc)))
             .filter(|(a, b)| a < b)
             .ok_or_else(|| bad("\"interval\" must be start/end in RFC 3339, end after start"))?;
@@ -168,7 +170,9 @@ impl Upstream {
         let id = reply
             .get("jobId")
             .and_then(Value::as_str)
-            .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|id| {
+                !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
             .ok_or_else(|| Error::BadUpstream("job submission answered no usable jobId".into()))?
             .to_string();
         UpstreamStats::bump(&self.stats.jobs_submitted);
@@ -178,7 +182,9 @@ impl Upstream {
         let mut delay = settings.poll_initial;
         loop {
             if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                return Err(Error::DeadlineExceeded(format!("analytics job {id} still running at the deadline")));
+                return Err(Error::DeadlineExceeded(format!(
+                    "analytics job {id} still running at the deadline"
+                )));
             }
             tokio::time::sleep(delay).await;
             let status: Value = json_of(&self.call(&Call::get(job_path.clone()), deadline).await?)?;
@@ -203,7 +209,11 @@ impl Upstream {
             match doc.get_mut("conversations").map(Value::take) {
                 Some(Value::Array(items)) => rows.extend(items),
                 None | Some(Value::Null) => {}
-                Some(_) => return Err(Error::BadUpstream(format!("job {id} results: conversations is not an array"))),
+                Some(_) => {
+                    return Err(Error::BadUpstream(format!(
+                        "job {id} results: conversations is not an array"
+                    )))
+                }
             }
             cursor = doc.get("cursor").and_then(Value::as_str).filter(|c| !c.is_empty()).map(str::to_string);
             if cursor.is_none() {
@@ -215,7 +225,8 @@ impl Upstream {
 }
 
 fn json_of(fetched: &Fetched) -> Result<Value> {
-    serde_json::from_slice(&fetched.body).map_err(|e| Error::BadUpstream(format!("job answer is not JSON: {e}")))
+    serde_json::from_slice(&fetched.body)
+        .map_err(|e| Error::BadUpstream(format!("job answer is not JSON: {e}")))
 }
 
 #[cfg(test)]
@@ -231,7 +242,8 @@ mod tests {
         assert_eq!(q.buckets(q.start, q.end), 6);
         let rows: Vec<Value> = (0..4).map(|i| json!({"group": {"queueId": format!("q{}", i % 2)}})).collect();
         assert_eq!(expected_rows(&q, q.start, q.end, &rows), 12);
-        let half = String::from_utf8(q.body_for(q.start, q.start + chrono::Duration::hours(3)).to_vec()).unwrap();
+        let half =
+            String::from_utf8(q.body_for(q.start, q.start + chrono::Duration::hours(3)).to_vec()).unwrap();
         assert!(half.contains("2024-01-01T00:00:00Z/2024-01-01T03:00:00Z"), "{half}");
         assert!(JobQuery::parse(Some(&Bytes::from_static(b"{}"))).is_err());
         assert!(JobQuery::parse(None).is_err());

@@ -63,7 +63,14 @@ pub struct Validators {
 impl Call {
     /// A plain GET of `path`.
     pub fn get(path: impl Into<String>) -> Call {
-        Call { method: Method::Get, path: path.into(), query: Vec::new(), body: None, job: false, validators: None }
+        Call {
+            method: Method::Get,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            job: false,
+            validators: None,
+        }
     }
 }
 
@@ -102,7 +109,11 @@ impl Upstream {
     /// `redis`: the shared Redis pool, when the store is Redis (for the
     /// fleet-wide rate limiter); without it the limiter is local with the
     /// full budget (one instance).
-    pub fn new(base_url: &str, settings: UpstreamSettings, redis: Option<fred::prelude::Pool>) -> Result<Self> {
+    pub fn new(
+        base_url: &str,
+        settings: UpstreamSettings,
+        redis: Option<fred::prelude::Pool>,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .pool_max_idle_per_host(64)
@@ -194,8 +205,12 @@ impl Upstream {
             let status = resp.status();
             crate::metrics::upstream_answered(client_id, status.as_u16(), started.elapsed(), resp.headers());
             let rate = headers::parse(resp.headers());
-            let rested =
-                self.tokens.observe(lease.slot, &rate, status.as_u16(), self.settings.rate_limit.nearly_spent);
+            let rested = self.tokens.observe(
+                lease.slot,
+                &rate,
+                status.as_u16(),
+                self.settings.rate_limit.nearly_spent,
+            );
             if status == StatusCode::UNAUTHORIZED {
                 // Refresh once: drop the token; the next lease fetches a new
                 // one (or another credential is used if this one is parked).

@@ -127,7 +127,7 @@ impl TokenPool {
             .into_iter()
             .map(|credential| {
                 Arc::new(Slot {
-                    limiter_key: limiter_key(&credential.client_id),
+                    limiter_key: limiter_key(&token_url, &credential.client_id),
                     credential,
                     token: Mutex::new(None),
                     refreshing: Default::default(),
@@ -136,7 +136,13 @@ impl TokenPool {
                 })
             })
             .collect();
-        TokenPool { slots, source: TokenSource { http, token_url }, park_for, stats, turn: AtomicUsize::new(0) }
+        TokenPool {
+            slots,
+            source: TokenSource { http, token_url },
+            park_for,
+            stats,
+            turn: AtomicUsize::new(0),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -183,7 +189,11 @@ impl TokenPool {
         }
         // Stable sort keeps the rotation among equals.
         ready.sort_by_key(|(_, remaining)| std::cmp::Reverse(*remaining));
-        Ranking { ready: ready.into_iter().map(|(s, _)| s).collect(), next_ready, all_parked: n > 0 && parked == n }
+        Ranking {
+            ready: ready.into_iter().map(|(s, _)| s).collect(),
+            next_ready,
+            all_parked: n > 0 && parked == n,
+        }
     }
 
     /// Why every credential is parked, and when the first comes back.
@@ -266,7 +276,7 @@ impl TokenPool {
         let s = &self.slots[lease.slot];
         {
             let mut current = s.token.lock();
-            if !current.as_ref().is_some_and(|t| t.value == lease.token) {
+            if current.as_ref().is_none_or(|t| t.value != lease.token) {
                 // Already dropped (a concurrent call got the 401 first) or
                 // replaced: not a new strike against the credential.
                 return false;
@@ -372,7 +382,12 @@ impl TokenPool {
 }
 
 /// Fetches a token for `s` and installs it; failures count towards parking.
-async fn fetch_into(s: &Slot, source: &TokenSource, stats: &UpstreamStats, park_for: Duration) -> Result<String> {
+async fn fetch_into(
+    s: &Slot,
+    source: &TokenSource,
+    stats: &UpstreamStats,
+    park_for: Duration,
+) -> Result<String> {
     match source.fetch(&s.credential).await {
         Ok(token) => {
             UpstreamStats::bump(&stats.token_fetches);
@@ -417,9 +432,15 @@ fn park(s: &Slot, stats: &UpstreamStats, park_for: Duration, reason: String) {
 }
 
 /// The limiter key of a credential: one Redis key, shared by every instance
-/// using that credential (hash-tagged so it is one slot of the cluster).
-fn limiter_key(client_id: &str) -> String {
-    let digest = Sha256::digest(client_id.as_bytes());
+/// using that credential (hash-tagged so it is one slot of the cluster). A
+/// credential is its token endpoint and client id: the same id at another
+/// region or org is another budget.
+fn limiter_key(token_url: &str, client_id: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(token_url.as_bytes())
+        .chain_update([0u8])
+        .chain_update(client_id.as_bytes())
+        .finalize();
     format!("cx:ratelimit:{{{}}}", hex::encode(&digest[..12]))
 }
 
@@ -501,23 +522,40 @@ mod tests {
     #[tokio::test]
     async fn ranking_prefers_budget_and_skips_rested() {
         let p = pool(3);
-        let h = |remaining, allowed| RateHeaders { remaining: Some(remaining), allowed: Some(allowed), ..Default::default() };
+        let h = |remaining, allowed| RateHeaders {
+            remaining: Some(remaining),
+            allowed: Some(allowed),
+            ..Default::default()
+        };
         p.observe(0, &h(10, 100), 200, 1);
         p.observe(1, &h(90, 100), 200, 1);
         p.observe(2, &h(50, 100), 200, 1);
         assert_eq!(p.rank(Instant::now()).ready, vec![1, 2, 0]);
         // A 429 while the headers show budget left: another limit, token kept.
-        let other = RateHeaders { remaining: Some(80), retry_after: Some(Duration::from_secs(2)), ..Default::default() };
+        let other = RateHeaders {
+            remaining: Some(80),
+            retry_after: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
         assert!(!p.observe(1, &other, 429, 1));
         assert_eq!(p.rank(Instant::now()).ready, vec![1, 2, 0]);
-        let retry = RateHeaders { remaining: Some(0), retry_after: Some(Duration::from_secs(2)), ..Default::default() };
+        let retry = RateHeaders {
+            remaining: Some(0),
+            retry_after: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
         assert!(p.observe(1, &retry, 429, 1));
         let r = p.rank(Instant::now());
         assert_eq!(r.ready, vec![2, 0]);
         let back = r.next_ready.unwrap() - Instant::now();
         assert!(back > Duration::from_millis(1900) && back <= Duration::from_secs(2), "{back:?}");
         // Nearly spent: rested until the window resets.
-        let spent = RateHeaders { remaining: Some(1), allowed: Some(100), reset: Some(Duration::from_secs(5)), ..Default::default() };
+        let spent = RateHeaders {
+            remaining: Some(1),
+            allowed: Some(100),
+            reset: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
         p.observe(2, &spent, 200, 2);
         assert_eq!(p.rank(Instant::now()).ready, vec![0]);
         assert!(!p.rank(Instant::now()).all_parked);
@@ -538,8 +576,9 @@ mod tests {
 
     #[test]
     fn limiter_keys_are_hash_tagged_per_credential() {
-        let a = limiter_key("a");
+        let a = limiter_key("https://login.mypurecloud.com/oauth/token", "a");
         assert!(a.starts_with("cx:ratelimit:{") && a.ends_with('}'));
-        assert_ne!(a, limiter_key("b"));
+        assert_ne!(a, limiter_key("https://login.mypurecloud.com/oauth/token", "b"));
+        assert_ne!(a, limiter_key("https://login.mypurecloud.de/oauth/token", "a"));
     }
 }

@@ -38,9 +38,10 @@ class WatchStream(Iterator[WatchEvent]):
     """Iterator over the events of one Watch call. Cancel it (or use it as a
     context manager) to end the subscription; iteration then stops cleanly."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, had_deadline: bool = False) -> None:
         self._call = call
         self._cancelled = False
+        self._had_deadline = had_deadline
 
     def __iter__(self) -> "WatchStream":
         return self
@@ -53,7 +54,7 @@ class WatchStream(Iterator[WatchEvent]):
         except grpc.RpcError as err:
             if self._cancelled and err.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
                 raise StopIteration from None
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, self._had_deadline) from err
         return WatchEvent._from_pb(msg)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
@@ -74,7 +75,7 @@ class WatchStream(Iterator[WatchEvent]):
         if self._call.done() and self._call.code() != grpc.StatusCode.OK:
             if self._cancelled and self._call.code() == grpc.StatusCode.CANCELLED:
                 return False
-            raise from_rpc_error(self._call)
+            raise from_rpc_error(self._call, self._had_deadline)
         return True
 
     def cancel(self) -> None:
@@ -126,12 +127,11 @@ class CacheClient:
         timeout: Optional[Seconds] = None,
     ) -> GetResult:
         req = build_get_request(kind, id, variant, params, body, max_age, allow_stale, force_refresh)
+        deadline = _timeout(timeout, self._default_timeout)
         try:
-            resp = self._stub.Get(
-                req, timeout=_timeout(timeout, self._default_timeout), metadata=self._metadata
-            )
+            resp = self._stub.Get(req, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, deadline is not None) from err
         return GetResult._from_pb(resp)
 
     def invalidate(
@@ -144,12 +144,11 @@ class CacheClient:
     ) -> int:
         """Purge entries by exact key, key prefix or tag; returns the number purged."""
         req = build_invalidate_request(keys, prefixes, tags, reason)
+        deadline = _timeout(timeout, self._default_timeout)
         try:
-            resp = self._stub.Invalidate(
-                req, timeout=_timeout(timeout, self._default_timeout), metadata=self._metadata
-            )
+            resp = self._stub.Invalidate(req, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, deadline is not None) from err
         return int(resp.purged)
 
     def watch(
@@ -162,8 +161,9 @@ class CacheClient:
         """Subscribe to events; iterate the returned stream. ``timeout`` bounds the
         whole subscription (no default timeout applies to watches)."""
         req = build_watch_request(keys, prefixes, kinds)
-        call = self._stub.Watch(req, timeout=_timeout(timeout, None), metadata=self._metadata)
-        return WatchStream(call)
+        deadline = _timeout(timeout, None)
+        call = self._stub.Watch(req, timeout=deadline, metadata=self._metadata)
+        return WatchStream(call, deadline is not None)
 
     def close(self) -> None:
         if self._owns_channel:
@@ -179,9 +179,10 @@ class CacheClient:
 class AsyncWatchStream(AsyncIterator[WatchEvent]):
     """Async iterator over the events of one Watch call."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, had_deadline: bool = False) -> None:
         self._call = call
         self._cancelled = False
+        self._had_deadline = had_deadline
 
     def __aiter__(self) -> "AsyncWatchStream":
         return self
@@ -196,7 +197,7 @@ class AsyncWatchStream(AsyncIterator[WatchEvent]):
         except grpc.aio.AioRpcError as err:
             if self._cancelled and err.code() == grpc.StatusCode.CANCELLED:
                 raise StopAsyncIteration from None
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, self._had_deadline) from err
         if msg is grpc.aio.EOF:
             raise StopAsyncIteration
         return WatchEvent._from_pb(msg)
@@ -215,7 +216,7 @@ class AsyncWatchStream(AsyncIterator[WatchEvent]):
                 try:
                     await self._call.read()
                 except grpc.aio.AioRpcError as err:
-                    raise from_rpc_error(err) from err
+                    raise from_rpc_error(err, self._had_deadline) from err
                 raise CacheError(await self._call.details() or "", code=code)
         return True
 
@@ -267,12 +268,11 @@ class AsyncCacheClient:
         timeout: Optional[Seconds] = None,
     ) -> GetResult:
         req = build_get_request(kind, id, variant, params, body, max_age, allow_stale, force_refresh)
+        deadline = _timeout(timeout, self._default_timeout)
         try:
-            resp = await self._stub.Get(
-                req, timeout=_timeout(timeout, self._default_timeout), metadata=self._metadata
-            )
+            resp = await self._stub.Get(req, timeout=deadline, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, deadline is not None) from err
         return GetResult._from_pb(resp)
 
     async def invalidate(
@@ -284,12 +284,11 @@ class AsyncCacheClient:
         timeout: Optional[Seconds] = None,
     ) -> int:
         req = build_invalidate_request(keys, prefixes, tags, reason)
+        deadline = _timeout(timeout, self._default_timeout)
         try:
-            resp = await self._stub.Invalidate(
-                req, timeout=_timeout(timeout, self._default_timeout), metadata=self._metadata
-            )
+            resp = await self._stub.Invalidate(req, timeout=deadline, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
+            raise from_rpc_error(err, deadline is not None) from err
         return int(resp.purged)
 
     def watch(
@@ -300,8 +299,9 @@ class AsyncCacheClient:
         timeout: Optional[Seconds] = None,
     ) -> AsyncWatchStream:
         req = build_watch_request(keys, prefixes, kinds)
-        call = self._stub.Watch(req, timeout=_timeout(timeout, None), metadata=self._metadata)
-        return AsyncWatchStream(call)
+        deadline = _timeout(timeout, None)
+        call = self._stub.Watch(req, timeout=deadline, metadata=self._metadata)
+        return AsyncWatchStream(call, deadline is not None)
 
     async def close(self) -> None:
         if self._owns_channel:

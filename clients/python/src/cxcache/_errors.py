@@ -167,8 +167,19 @@ def _rich_status(err: grpc.RpcError) -> Optional[status_pb2.Status]:
     return None
 
 
-def from_rpc_error(err: grpc.RpcError) -> CacheError:
-    """Convert a grpc.RpcError (sync or aio) into the matching CacheError subclass."""
+# tonic (the Rust gRPC server) enforces the caller's grpc-timeout itself and answers
+# CANCELLED "Timeout expired" when it fires, which can reach the client just before the
+# client's own timer would report DEADLINE_EXCEEDED.
+SERVER_TIMEOUT_MESSAGE = "Timeout expired"
+
+
+def from_rpc_error(err: grpc.RpcError, had_deadline: bool = False) -> CacheError:
+    """Convert a grpc.RpcError (sync or aio) into the matching CacheError subclass.
+
+    With ``had_deadline`` (the call carried a deadline), a server's CANCELLED
+    "Timeout expired" is reported as DeadlineExceeded, as the caller's deadline is
+    what ended the call.
+    """
     try:
         code = err.code()  # type: ignore[attr-defined]
     except Exception:
@@ -177,6 +188,8 @@ def from_rpc_error(err: grpc.RpcError) -> CacheError:
         message = err.details() or ""  # type: ignore[attr-defined]
     except Exception:
         message = str(err)
+    if had_deadline and code == grpc.StatusCode.CANCELLED and message == SERVER_TIMEOUT_MESSAGE:
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
     details: List[Any] = []
     violations: List[FieldViolation] = []
     retry_after: Optional[float] = None

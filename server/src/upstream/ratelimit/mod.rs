@@ -135,7 +135,11 @@ mod tests {
     use super::*;
 
     fn settings(allowed: u32, window_ms: u64) -> RateLimitSettings {
-        RateLimitSettings { allowed, window: Duration::from_millis(window_ms), ..RateLimitSettings::default() }
+        RateLimitSettings {
+            allowed,
+            window: Duration::from_millis(window_ms),
+            ..RateLimitSettings::default()
+        }
     }
 
     #[test]
@@ -145,7 +149,10 @@ mod tests {
             let l = Limits::for_budget(allowed, &s);
             let per_window = (window_ms * 1000) as f64 / l.interval_us as f64;
             let max_in_window = l.burst as f64 - 1.0 + per_window;
-            assert!(max_in_window <= (allowed as f64 - 1.0).max(1.0), "{allowed}: {l:?} gives {max_in_window}");
+            assert!(
+                max_in_window <= (allowed as f64 - 1.0).max(1.0),
+                "{allowed}: {l:?} gives {max_in_window}"
+            );
             if allowed >= 40 {
                 assert!(per_window >= allowed as f64 * 0.9, "{allowed}: {l:?} uses {per_window}");
             }
@@ -168,7 +175,10 @@ mod tests {
             Verdict::Wait(d) => assert!(d <= Duration::from_millis(60), "{d:?}"),
             v => panic!("{v:?}"),
         }
-        assert!(matches!(limiter.acquire("b", 40, &stats).await, Verdict::Allowed { .. }), "keys are separate");
+        assert!(
+            matches!(limiter.acquire("b", 40, &stats).await, Verdict::Allowed { .. }),
+            "keys are separate"
+        );
     }
 }
 

@@ -48,7 +48,9 @@ impl RedisLimiter {
             fred::error::Error::new(fred::error::ErrorKind::Timeout, "rate limiter script timed out")
         })??;
         match reply.as_slice() {
-            [1, remaining] => Ok(Verdict::Allowed { remaining: (*remaining).clamp(0, u32::MAX as i64) as u32 }),
+            [1, remaining] => {
+                Ok(Verdict::Allowed { remaining: (*remaining).clamp(0, u32::MAX as i64) as u32 })
+            }
             [0, wait_us] => Ok(Verdict::Wait(Duration::from_micros((*wait_us).max(1) as u64))),
             other => Err(fred::error::Error::new(
                 fred::error::ErrorKind::Unknown,

@@ -111,16 +111,19 @@ public final class CacheClient implements AutoCloseable {
   }
 
   private <Q, R> R blocking(MethodDescriptor<Q, R> method, Q request, Duration timeout) {
+    CallOptions o = options(timeout);
     try {
-      return ClientCalls.blockingUnaryCall(channel, method, options(timeout), request);
+      return ClientCalls.blockingUnaryCall(channel, method, o, request);
     } catch (RuntimeException e) {
-      throw CacheException.from(e);
+      throw CacheException.from(e, o.getDeadline() != null);
     }
   }
 
   private <Q, R, T> CompletableFuture<T> async(
       MethodDescriptor<Q, R> method, Q request, Duration timeout, Function<R, T> map) {
-    ClientCall<Q, R> call = channel.newCall(method, options(timeout));
+    CallOptions o = options(timeout);
+    boolean hadDeadline = o.getDeadline() != null;
+    ClientCall<Q, R> call = channel.newCall(method, o);
     CompletableFuture<T> future = new CompletableFuture<>();
     ClientCalls.asyncUnaryCall(call, request, new StreamObserver<R>() {
       @Override
@@ -130,7 +133,7 @@ public final class CacheClient implements AutoCloseable {
 
       @Override
       public void onError(Throwable t) {
-        future.completeExceptionally(CacheException.from(t));
+        future.completeExceptionally(CacheException.from(t, hadDeadline));
       }
 
       @Override
@@ -205,7 +208,7 @@ public final class CacheClient implements AutoCloseable {
                 return;
               }
             }
-            observer.onError(CacheException.from(err));
+            observer.onError(CacheException.from(err, t != null));
           }
 
           @Override

@@ -84,12 +84,31 @@ public class CacheException extends RuntimeException {
     return Optional.ofNullable(retryDelay);
   }
 
+  /**
+   * tonic (the Rust gRPC server) enforces the caller's grpc-timeout itself and answers CANCELLED
+   * "Timeout expired" when it fires, which can reach the client just before the client's own
+   * timer would report DEADLINE_EXCEEDED.
+   */
+  static final String SERVER_TIMEOUT_MESSAGE = "Timeout expired";
+
   /** Convert any throwable from a gRPC call into the matching CacheException subclass. */
   public static CacheException from(Throwable t) {
+    return from(t, false);
+  }
+
+  /**
+   * Like {@link #from(Throwable)}; with {@code hadDeadline} (the call carried a deadline) a
+   * server's CANCELLED "Timeout expired" becomes {@link DeadlineExceeded}.
+   */
+  public static CacheException from(Throwable t, boolean hadDeadline) {
     if (t instanceof CacheException ce) {
       return ce;
     }
     Status status = Status.fromThrowable(t);
+    if (hadDeadline && status.getCode() == Status.Code.CANCELLED
+        && SERVER_TIMEOUT_MESSAGE.equals(status.getDescription())) {
+      status = Status.DEADLINE_EXCEEDED.withDescription(status.getDescription());
+    }
     com.google.rpc.Status rich = StatusProto.fromThrowable(t);
     String message = status.getDescription();
     List<Any> details = new ArrayList<>();

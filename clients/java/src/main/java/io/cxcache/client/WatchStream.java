@@ -54,7 +54,8 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
               ready.complete(false);
               queue.add(END);
             } else {
-              CacheException e = CacheException.from(status.asRuntimeException(trailers));
+              CacheException e =
+                  CacheException.from(status.asRuntimeException(trailers), options.getDeadline() != null);
               ready.completeExceptionally(e);
               queue.add(e);
             }

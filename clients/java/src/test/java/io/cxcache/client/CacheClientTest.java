@@ -92,6 +92,9 @@ class CacheClientTest {
         case "missing":
           obs.onError(Status.NOT_FOUND.withDescription("no such queue").asRuntimeException());
           return;
+        case "server-timeout":
+          obs.onError(Status.CANCELLED.withDescription("Timeout expired").asRuntimeException());
+          return;
         case "slow":
           // never answers: the client's deadline fires
           return;
@@ -217,6 +220,18 @@ class CacheClientTest {
     assertThrows(CacheException.DeadlineExceeded.class,
         () -> client.get(GetQuery.of("slow").timeout(Duration.ofMillis(200))));
     assertTrue(System.nanoTime() - t0 < TimeUnit.MILLISECONDS.toNanos(1500));
+  }
+
+  @Test
+  void serverEnforcedDeadlineIsDeadlineExceeded() {
+    // tonic answers CANCELLED "Timeout expired" when it enforces the caller's deadline
+    assertThrows(CacheException.DeadlineExceeded.class, () -> client.get("server-timeout", ""));
+    CompletionException ce = assertThrows(CompletionException.class,
+        () -> client.getAsync(GetQuery.of("server-timeout")).join());
+    assertInstanceOf(CacheException.DeadlineExceeded.class, ce.getCause());
+    try (CacheClient noDeadline = CacheClient.builder().channel(channel).build()) {
+      assertThrows(CacheException.Cancelled.class, () -> noDeadline.get("server-timeout", ""));
+    }
   }
 
   @Test

@@ -1,0 +1,104 @@
+//! Async analytics jobs end to end: submit, poll on the doubling schedule,
+//! validate, split and rerun a truncated result, store the merged whole.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cxcache::config::Config;
+use cxcache::proto::v1::{GetRequest, Source};
+use genesys_emulator::{EmulatorConfig, EmulatorHandle};
+use harness::*;
+use serde_json::{json, Value};
+
+const JOBS: &str = "/api/v2/analytics/conversations/details/jobs";
+const SUBMIT_ROUTE: &str = "POST /api/v2/analytics/conversations/details/jobs";
+const STATUS_ROUTE: &str = "GET /api/v2/analytics/conversations/details/jobs/{jobId}";
+
+fn job(interval: &str) -> GetRequest {
+    GetRequest {
+        kind: "analytics.conversations.details.job".into(),
+        body_json: json!({"interval": interval, "granularity": "PT1H", "groupBy": ["queueId"]}).to_string(),
+        ..Default::default()
+    }
+}
+
+fn job_config(env: &str, emu: &EmulatorHandle, poll_initial_ms: u64, poll_max_ms: u64) -> Config {
+    let mut c = config(env, &Backend::Memory, emu);
+    c.upstream.jobs.poll_initial = Duration::from_millis(poll_initial_ms);
+    c.upstream.jobs.poll_max = Duration::from_millis(poll_max_ms);
+    c
+}
+
+/// Six hourly buckets × three queues = 18 rows; the emulator cuts every job
+/// to 10 rows, so the first result is discarded, the interval halved (9
+/// rows each, complete), and the halves merged into the stored entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_job_is_split_rerun_and_merged() {
+    // Jobs run 20 s × 0.01 = 200 ms.
+    let emu = emulator(EmulatorConfig { time_scale: 0.01, ..EmulatorConfig::default() }).await;
+    emu.set_job_row_limit(Some(10));
+    let cx = Instance::start(job_config(&unique_env("jobsplit"), &emu, 20, 100)).await;
+    let req = job("2024-03-01T00:00:00Z/2024-03-01T06:00:00Z");
+    let got = cx.get(req.clone()).await.unwrap();
+    assert_eq!(got.source(), Source::Upstream);
+    let v: Value = serde_json::from_slice(&got.value).unwrap();
+    let rows = v["conversations"].as_array().unwrap();
+    assert_eq!(v["total"], 18);
+    assert_eq!(rows.len(), 18, "complete after the split");
+    let cells: HashSet<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (r["interval"].as_str().unwrap().to_string(), r["group"]["queueId"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(cells.len(), 18, "every bucket and queue once");
+    let starts: Vec<&str> = rows.iter().map(|r| r["conversationStart"].as_str().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "merged in time order");
+    assert_eq!(emu.jobs_submitted(), 3, "the whole interval, then its two halves");
+
+    // Stored validated: the next Get costs nothing upstream.
+    let again = cx.get(req).await.unwrap();
+    assert_eq!(again.source(), Source::Store);
+    assert_eq!(again.value, got.value);
+    assert_eq!(emu.jobs_submitted(), 3);
+    // TTL aligned with the hourly granularity (analytics class).
+    let ttl = again.ttl_remaining.unwrap().seconds;
+    assert!((3000..=3420).contains(&ttl), "ttl {ttl}");
+
+    // A result too short even for one bucket is refused, never stored.
+    emu.set_job_row_limit(Some(0));
+    let err = cx.get(job("2024-03-02T00:00:00Z/2024-03-02T01:00:00Z")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("expected rows"), "{}", err.message());
+    cx.stop().await;
+    emu.shutdown().await;
+}
+
+/// Polls follow 1, 2, 4, 8, 15, 15 (scaled: 1 unit = 50 ms) until the job,
+/// running 2.5 s, is fulfilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_doubles_from_one_to_a_cap_of_fifteen() {
+    // Jobs run 20 s × 0.125 = 2.5 s.
+    let emu = emulator(EmulatorConfig { time_scale: 0.125, ..EmulatorConfig::default() }).await;
+    let cx = Instance::start(job_config(&unique_env("jobpoll"), &emu, 50, 750)).await;
+    let got = cx.get(job("2024-03-03T00:00:00Z/2024-03-03T02:00:00Z")).await.unwrap();
+    let v: Value = serde_json::from_slice(&got.value).unwrap();
+    assert_eq!(v["total"], 6);
+    let mut log: Vec<_> = emu
+        .requests(1000)
+        .into_iter()
+        .filter(|r| r.route == SUBMIT_ROUTE || r.route == STATUS_ROUTE)
+        .collect();
+    log.sort_by_key(|r| r.at_ms);
+    assert_eq!(log[0].route, SUBMIT_ROUTE);
+    assert!(log[1..].iter().all(|r| r.path.starts_with(JOBS)));
+    let gaps: Vec<u64> = log.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect();
+    let expected = [50, 100, 200, 400, 750, 750];
+    assert!(gaps.len() >= expected.len(), "polled until fulfilled: {gaps:?}");
+    for (gap, want) in gaps.iter().zip(expected) {
+        assert!(*gap >= want && *gap < want + 200, "poll gaps {gaps:?} should follow {expected:?}");
+    }
+    assert!(gaps[6..].iter().all(|g| *g >= 750), "capped at 15 units: {gaps:?}");
+    cx.stop().await;
+    emu.shutdown().await;
+}
