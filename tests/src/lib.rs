@@ -232,9 +232,14 @@ pub async fn redis_client(url: &str) -> fred::prelude::Client {
 
 /// Every store key (`cx:{env:…`) of `env` in the cluster, scanning each master.
 pub async fn keys_of_env(client: &fred::prelude::Client, env: &str) -> Vec<String> {
+    keys_matching(client, &format!("cx:{{{env}:*")).await
+}
+
+/// Every key matching `pattern` in the cluster, scanning each master.
+pub async fn keys_matching(client: &fred::prelude::Client, pattern: &str) -> Vec<String> {
     use fred::types::scan::Scanner;
     use futures::StreamExt;
-    let pattern = format!("cx:{{{env}:*");
+    let pattern = pattern.to_string();
     let mut keys = Vec::new();
     let mut scan = client.scan_cluster(pattern, Some(500), None);
     while let Some(page) = scan.next().await {

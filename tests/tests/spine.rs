@@ -57,11 +57,14 @@ async fn first_get_goes_upstream_then_hits_with_identical_bytes(backend: Backend
         value["dateModified"]
     );
 
+    let mut from_l1 = 0;
     for _ in 0..100 {
         let hit = cx.get(get_queue(&id)).await.unwrap();
-        assert_eq!(hit.source(), Source::Store);
+        assert!(matches!(hit.source(), Source::Store | Source::L1), "{:?}", hit.source());
+        from_l1 += usize::from(hit.source() == Source::L1);
         assert_eq!(hit.value, first.value);
     }
+    assert!(from_l1 > 90, "hot key served from L1: {from_l1}/100");
     assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "100 hits cost no upstream call");
 
     // A forced refetch gets a response whose _links/retrievedAt differ, yet
@@ -203,8 +206,9 @@ async fn ttl_expiry_leads_to_a_refetch(backend: Backend, env: &str) {
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Store);
     tokio::time::sleep(Duration::from_millis(450)).await;
     let again = cx.get(get_queue(&id)).await.unwrap();
-    assert_eq!(again.source(), Source::Upstream, "expired entry is refetched");
-    assert_eq!(emu.counters().route(QUEUE_ROUTE), 2);
+    // Refetched: conditionally (304, the queue did not change) here.
+    assert!(matches!(again.source(), Source::Upstream | Source::Revalidated), "{:?}", again.source());
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 2, "expired entry is refetched");
     cx.stop().await;
 }
 
@@ -284,12 +288,17 @@ async fn redis_keys_all_expire_and_spread_over_slots() {
     .await
     .unwrap();
     let redis = redis_client(&url).await;
-    let keys = keys_of_env(&redis, &env).await;
-    assert_eq!(keys.len(), 31, "{keys:?}");
-    for key in &keys {
+    // Entries plus their bookkeeping (generation, fence, lease sequence) and
+    // the per-kind / per-tag indexes: every one of them must expire.
+    let mut all = keys_of_env(&redis, &env).await;
+    all.extend(keys_matching(&redis, &format!("cx:idx:{{{env}:*")).await);
+    all.extend(keys_matching(&redis, &format!("cx:tag:{{{env}:*")).await);
+    for key in &all {
         let ms = pttl(&redis, key).await;
         assert!(ms > 0, "{key} has no expiry (PTTL {ms})");
     }
+    let keys: Vec<String> = all.into_iter().filter(|k| !cxcache::keys::is_bookkeeping(k)).collect();
+    assert_eq!(keys.len(), 31, "{keys:?}");
     let slots: HashSet<u16> = keys.iter().map(|k| fred::util::redis_keyslot(k.as_bytes())).collect();
     assert!(slots.len() >= 20, "keys should spread over many slots, got {}", slots.len());
     // The 3 masters split the 16384 slots in thirds: keys land on all of them.
