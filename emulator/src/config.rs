@@ -28,6 +28,13 @@ pub struct EmulatorConfig {
     pub job_duration: Duration,
     /// Multiplies the emulated run time of jobs; tests set it well below 1.
     pub time_scale: f64,
+    /// Life of a notification channel (the platform: 24 h).
+    pub channel_ttl: Duration,
+    /// How often a notification WebSocket gets a `channel.metadata` heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Time between the `v2.system.socket_closing` warning and the close
+    /// (the platform: about a minute).
+    pub closing_grace: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -43,6 +50,9 @@ impl Default for EmulatorConfig {
             latency: Duration::ZERO,
             job_duration: Duration::from_secs(20),
             time_scale: 1.0,
+            channel_ttl: Duration::from_secs(24 * 3600),
+            heartbeat_interval: Duration::from_secs(30),
+            closing_grace: Duration::from_secs(60),
         }
     }
 }

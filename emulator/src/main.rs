@@ -66,6 +66,9 @@ impl Args {
             latency: Duration::from_millis(self.latency_ms),
             job_duration: defaults.job_duration,
             time_scale: defaults.time_scale,
+            channel_ttl: defaults.channel_ttl,
+            heartbeat_interval: defaults.heartbeat_interval,
+            closing_grace: defaults.closing_grace,
         }
     }
 }

@@ -24,6 +24,7 @@ pub(crate) struct AppState {
     pub holds: Holds,
     pub counters: CounterSet,
     pub jobs: crate::routes::jobs::Jobs,
+    pub notifications: crate::routes::notifications::Notifications,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -38,17 +39,22 @@ impl AppState {
             holds: Holds::default(),
             counters: CounterSet::default(),
             jobs: Default::default(),
+            notifications: Default::default(),
             config,
         })
     }
 
     /// JSON merge-patch of an entity; `None` for an unknown id or a non-object patch.
     pub fn mutate(&self, kind: Kind, id: &str, patch: &Value) -> Option<Entity> {
-        self.store.write().collection_mut(kind).patch(id, patch)
+        let entity = self.store.write().collection_mut(kind).patch(id, patch)?;
+        self.notifications.entity_changed(kind, &entity);
+        Some(entity)
     }
 
     /// Changes a user's routing status; `None` for an unknown user or status.
     pub fn set_routing_status(&self, user_id: &str, status: &str) -> Option<RoutingStatus> {
-        self.store.write().set_routing_status(user_id, status)
+        let status = self.store.write().set_routing_status(user_id, status)?;
+        self.notifications.routing_status_changed(&status);
+        Some(status)
     }
 }

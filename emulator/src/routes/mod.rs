@@ -6,6 +6,7 @@ mod actions;
 mod analytics;
 mod entities;
 pub(crate) mod jobs;
+pub(crate) mod notifications;
 mod oauth;
 mod routing_status;
 
@@ -25,6 +26,7 @@ fn api_routes() -> Router<SharedState> {
         .merge(actions::router())
         .merge(analytics::router())
         .merge(jobs::router())
+        .merge(notifications::router())
 }
 
 async fn fallback(uri: axum::http::Uri) -> Response {
@@ -45,6 +47,7 @@ pub(crate) fn app(state: SharedState) -> Router {
         .merge(oauth::router())
         .route_layer(from_fn(counting::tag_route))
         .merge(admin::router())
+        .merge(notifications::socket_and_admin_router())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), counting::count))
