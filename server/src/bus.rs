@@ -76,6 +76,7 @@ struct RedisBus {
     pool: Pool,
     channel: String,
     _subscriber: fred::clients::SubscriberClient,
+    _resubscriber: tokio::task::JoinHandle<()>,
 }
 
 impl Bus {
@@ -103,7 +104,7 @@ impl Bus {
             .map_err(|e| Error::Store(e.to_string()))?;
         subscriber.init().await.map_err(|e| Error::Store(e.to_string()))?;
         // fred re-issues our subscriptions after reconnects and failovers.
-        let _ = subscriber.manage_subscriptions();
+        let resubscriber = subscriber.manage_subscriptions();
 
         let mut messages = subscriber.message_rx();
         let tx = fanout.clone();
@@ -128,7 +129,7 @@ impl Bus {
         subscriber.ssubscribe(channel.clone()).await.map_err(|e| Error::Store(e.to_string()))?;
         Ok(Arc::new(Bus {
             fanout,
-            redis: Some(RedisBus { pool, channel, _subscriber: subscriber }),
+            redis: Some(RedisBus { pool, channel, _subscriber: subscriber, _resubscriber: resubscriber }),
             instance_id,
             published: AtomicU64::new(0),
         }))

@@ -22,8 +22,11 @@ type Flight<T> = Shared<BoxFuture<'static, Result<T, Error>>>;
 /// purge may have detached it and a newer flight taken its place).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Flights under way by key, each with its id.
+type FlightMap<T> = HashMap<String, (u64, Flight<T>)>;
+
 pub struct Singleflight<T: Clone + Send + Sync + 'static> {
-    inflight: Arc<Mutex<HashMap<String, (u64, Flight<T>)>>>,
+    inflight: Arc<Mutex<FlightMap<T>>>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Clone for Singleflight<T> {

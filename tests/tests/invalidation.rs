@@ -64,7 +64,9 @@ async fn invalidate_on_one_instance_reaches_watchers_on_another() {
 
     let mut delays = Vec::new();
     let mut last_seq = 0;
-    for _ in 0..40 {
+    // loadtest/invalidation-delay.sh raises the round count.
+    let rounds: usize = std::env::var("CXCACHE_DELAY_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
+    for _ in 0..rounds {
         let sent = Instant::now();
         a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
         let ev = wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5))

@@ -361,7 +361,7 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
             if pair[0].status == 429 && pair[1].status != 429 {
                 let gap = pair[1].at_ms - pair[0].at_ms;
                 assert!(gap >= 2000, "{client} used again {gap} ms after a 429 with Retry-After: 2");
-                assert!(gap < 4000, "{client} rested far longer than Retry-After: {gap} ms");
+                assert!(gap < 6000, "{client} rested far longer than Retry-After: {gap} ms");
                 checked += 1;
             }
         }
