@@ -52,6 +52,7 @@ pub use config::EmulatorConfig;
 pub use counters::{Counters, RequestRecord};
 pub use faults::Fault;
 pub use ids::{queue_id, skill_id, user_id};
+pub use routes::notifications::ChannelInfo;
 
 use data::Kind;
 use state::{AppState, SharedState};
@@ -183,6 +184,23 @@ impl EmulatorHandle {
     /// How many analytics detail jobs were submitted so far.
     pub fn jobs_submitted(&self) -> u64 {
         self.inner.state.jobs.submitted()
+    }
+
+    /// Live notification channels (Notification API), oldest expiry first.
+    pub fn notification_channels(&self) -> Vec<ChannelInfo> {
+        self.inner.state.notifications.list()
+    }
+
+    /// Sends `v2.system.socket_closing` on the channel's sockets; they are
+    /// closed `closing_grace` later. `false` for an unknown channel.
+    pub fn warn_channel_closing(&self, channel_id: &str) -> bool {
+        self.inner.state.notifications.warn_closing(channel_id)
+    }
+
+    /// Cuts the channel's sockets without a close frame (an unexpected
+    /// disconnect); the channel and its subscriptions stay.
+    pub fn drop_channel_sockets(&self, channel_id: &str) -> bool {
+        self.inner.state.notifications.drop_sockets(channel_id)
     }
 
     /// From now on the client's tokens get 401 and the token endpoint refuses it.

@@ -79,6 +79,11 @@ pub struct Kind {
     /// the result is validated, split and merged before it is stored.
     #[serde(default)]
     pub job: bool,
+    /// Notification API topic that announces changes of one entity; `{id}`
+    /// is replaced by the entity id (e.g. `v2.users.{id}.routingStatus`).
+    /// Cached keys of kinds with a topic are kept subscribed (see `notifications`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 impl Kind {
@@ -130,6 +135,11 @@ impl Catalog {
             }
             if kind.job && (kind.method != Method::Post || kind.paged) {
                 return Err(format!("catalog kind {name}: job = true needs method = \"POST\" and no paging"));
+            }
+            if kind.topic.as_ref().is_some_and(|t| !t.contains("{id}") || !kind.needs_id()) {
+                return Err(format!(
+                    "catalog kind {name}: topic needs an id-keyed path and an {{id}} in the topic"
+                ));
             }
             if kind.variants.contains_key("full") {
                 return Err(format!("catalog kind {name}: variant name \"full\" is reserved"));
@@ -189,6 +199,7 @@ mod tests {
                 paged: false,
                 drop_fields: vec![],
                 job: false,
+                topic: None,
             },
         );
         assert!(Catalog::with_presets(&over).is_err());

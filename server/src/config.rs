@@ -125,6 +125,62 @@ pub struct Config {
     pub webhook: WebhookSettings,
     /// The data-action door on the HTTP side.
     pub data_action: DataActionSettings,
+    /// Notification API channels that purge on platform change events.
+    pub notifications: NotificationSettings,
+}
+
+/// One instance per fleet (a lease in the store) holds Notification API
+/// channels subscribed to the topics of what is cached, and purges on their
+/// events (see `notifications`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// Unset: on with the bundled emulator, off with a configured upstream
+    /// (channels count against the OAuth client's 20-channel limit, and a
+    /// 21st evicts the oldest, possibly another integration's).
+    pub enabled: Option<bool>,
+    /// OAuth client id whose channels these are (default: the first credential).
+    pub client_id: Option<String>,
+    /// Listener lease: a dead listener is replaced within this time.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the wanted topics are recomputed from the cached keys (a
+    /// newly cached key's topic is also added as soon as its store is announced).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Channels are replaced this long before they expire.
+    #[serde(with = "humantime_serde")]
+    pub renew_before: Duration,
+    /// A socket silent this long (no event, no heartbeat) is reconnected.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Most channels held (the platform allows 20 per client; one is kept
+    /// spare for replacements).
+    pub max_channels: usize,
+    /// Topics per channel (the platform's limit is 1000).
+    pub topics_per_channel: usize,
+    /// Reconnect backoff: first wait and cap.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        NotificationSettings {
+            enabled: None,
+            client_id: None,
+            lease_ttl: Duration::from_secs(10),
+            reconcile_interval: Duration::from_secs(1),
+            renew_before: Duration::from_secs(600),
+            heartbeat_timeout: Duration::from_secs(100),
+            max_channels: 19,
+            topics_per_channel: 1000,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Signed change events that purge (see `http::webhook`).
@@ -418,6 +474,7 @@ impl Default for Config {
             webhook: WebhookSettings::default(),
             data_action: DataActionSettings::default(),
             telemetry: TelemetrySettings::default(),
+            notifications: NotificationSettings::default(),
         }
     }
 }
@@ -624,6 +681,15 @@ impl Config {
         }
         if self.upstream.max_list_entries == 0 || self.upstream.page_size == 0 {
             problems.push("upstream.max_list_entries and upstream.page_size must be positive".into());
+        }
+        let n = &self.notifications;
+        if n.lease_ttl < Duration::from_millis(300) || n.reconcile_interval.is_zero() {
+            problems.push(
+                "notifications.lease_ttl must be at least 300ms and reconcile_interval positive".into(),
+            );
+        }
+        if !(1..=20).contains(&n.max_channels) || !(1..=1000).contains(&n.topics_per_channel) {
+            problems.push("notifications.max_channels must be 1-20 and topics_per_channel 1-1000".into());
         }
         if let Err(e) = Catalog::with_presets(&self.catalog) {
             problems.push(e);

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod l1;
 pub mod metrics;
 pub mod normalize;
+pub mod notifications;
 pub mod policy;
 pub mod proto;
 pub mod server;

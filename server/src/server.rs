@@ -44,6 +44,8 @@ pub struct Running {
     follower: JoinHandle<()>,
     /// How long [`Running::shutdown`] waits for open calls and streams.
     grace: std::time::Duration,
+    /// The Notification API listener, when enabled.
+    notifier: Option<crate::notifications::Notifier>,
 }
 
 /// Builds everything the config describes and starts serving.
@@ -95,6 +97,24 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         Arc::new(Invalidator::new(cache.clone(), bus.clone(), config.cache.invalidation_ack_timeout));
     let follower = invalidation::spawn_follower(cache.clone(), &bus);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Notification channels: on by default only with the bundled emulator
+    // (on a real org they count against the client's channel limit).
+    let notifier = config.notifications.enabled.unwrap_or(emulator.is_some()).then(|| {
+        crate::notifications::Notifier::spawn(
+            crate::notifications::Ctx {
+                env: config.env.clone(),
+                kinds: crate::notifications::topics::TopicKinds::new(cache.catalog()),
+                mappings: config.webhook.topics.clone(),
+                store: cache.tiers().store().clone(),
+                invalidator: invalidator.clone(),
+                upstream: cache.upstream().clone(),
+                bus: bus.clone(),
+                settings: config.notifications.clone(),
+                status: Default::default(),
+            },
+            shutdown_rx.clone(),
+        )
+    });
 
     let grpc_listener =
         TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
@@ -171,10 +191,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         health,
         follower,
         grace,
+        notifier,
     })
 }
 
 impl Running {
+    /// What the Notification API listener is doing (None: disabled).
+    pub fn notifications(&self) -> Option<crate::notifications::Status> {
+        self.notifier.as_ref().map(|n| n.status())
+    }
+
     /// Graceful stop: report NOT_SERVING, stop accepting, let in-flight
     /// calls finish and Watch streams end (they watch the same signal), then
     /// stop the bundled emulator. Calls still open after `shutdown_grace`
@@ -191,6 +217,10 @@ impl Running {
         })
         .await;
         self.follower.abort();
+        if let Some(notifier) = self.notifier {
+            // It saw the shutdown signal: let it release its lease.
+            notifier.stop(std::time::Duration::from_secs(2)).await;
+        }
         if drained.is_err() {
             grpc_abort.abort();
             http_abort.abort();

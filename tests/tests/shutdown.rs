@@ -1,6 +1,7 @@
 //! SIGTERM to the real `cxcache` binary while Gets are in flight: the
-//! listener closes, every call already accepted is answered OK, the process
-//! exits 0, and the trace exporter flushes to the collector on the way out.
+//! listener closes, every call already accepted is answered OK, Watch
+//! streams end cleanly, the process exits 0, and the trace exporter flushes
+//! to the collector on the way out.
 //!
 //! The binary is the one the test command built (`scripts/test.sh` builds
 //! the workspace first): `$CARGO_TARGET_DIR/debug/cxcache` or
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cxcache::proto::v1::Source;
+use cxcache::proto::v1::{Source, WatchRequest};
 use genesys_emulator::{queue_id, EmulatorConfig, Fault};
 use harness::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -71,6 +72,13 @@ async fn sigterm_drains_in_flight_gets_and_exits_zero() {
     )
     .await;
     let client = connect(grpc).await;
+    // A Watch subscriber: its stream must end cleanly (OK), not hang the exit.
+    let mut watch = client
+        .clone()
+        .watch(WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() })
+        .await
+        .expect("Watch opened")
+        .into_inner();
 
     // Bounded load: 24 Gets on distinct keys, each held upstream until released.
     const IN_FLIGHT: usize = 24;
@@ -105,6 +113,18 @@ async fn sigterm_drains_in_flight_gets_and_exits_zero() {
         let reply = call.await.unwrap().expect("an in-flight Get failed during shutdown");
         assert_eq!(reply.source(), Source::Upstream);
     }
+    let watch_end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_event)) => continue,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    })
+    .await
+    .expect("the Watch stream ended after SIGTERM");
+    assert!(watch_end.is_ok(), "Watch ended with an error: {watch_end:?}");
     let mut child = child;
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await

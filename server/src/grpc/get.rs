@@ -1,5 +1,7 @@
 //! `Get`: serve one resource through the cache.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -36,9 +38,23 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
     let deadline = deadline::from_metadata(request.metadata());
     let req = request.into_inner();
     let served = match deadline {
-        Some(limit) => tokio::time::timeout(limit, cache.get(&req, Some(Instant::now() + limit)))
-            .await
-            .map_err(|_| Error::DeadlineExceeded(format!("no answer within the caller's {limit:?}")))?,
+        Some(limit) => {
+            // Answer a little before the caller's deadline, so the caller
+            // gets our DEADLINE_EXCEEDED rather than tonic's CANCELLED.
+            let limit = limit.saturating_sub((limit / 20).min(Duration::from_millis(20)));
+            let deadline = Instant::now() + limit;
+            match tokio::time::timeout(limit, cache.get(&req, Some(deadline))).await {
+                Err(_) => Err(Error::DeadlineExceeded(format!("no answer within the caller's {limit:?}"))),
+                // An upstream call cut short by the caller's deadline is the
+                // deadline's doing, not the upstream's.
+                Ok(Err(Error::Unavailable { message, .. }))
+                    if Instant::now() + Duration::from_millis(20) >= deadline =>
+                {
+                    Err(Error::DeadlineExceeded(message))
+                }
+                Ok(other) => other,
+            }
+        }
         None => cache.get(&req, None).await,
     }?;
     crate::metrics::get_served(&req.kind, served.source, started.elapsed());

@@ -9,7 +9,6 @@
 //! `X-Cxcache-Key` and `X-Cxcache-Age` headers.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,10 +18,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{error_body, AppState};
+use super::{error_body, error_response, AppState};
 use crate::cache::Source;
 use crate::entry::now_ms;
-use crate::error::Error;
 use crate::proto::v1::{Freshness, GetRequest};
 
 #[derive(Deserialize)]
@@ -91,28 +89,6 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
         }
         Err(e) => error_response(e),
     }
-}
-
-fn error_response(e: Error) -> Response {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let retry_after: Option<Duration> = match &e {
-        Error::RateLimited { retry_after } => Some(*retry_after),
-        Error::Unavailable { retry_after, .. } => *retry_after,
-        _ => None,
-    };
-    let (code, violations) = match &e {
-        Error::InvalidArgument(v) => ("INVALID_ARGUMENT", v.clone()),
-        Error::NotFound(_) => ("NOT_FOUND", vec![]),
-        Error::RateLimited { .. } => ("RESOURCE_EXHAUSTED", vec![]),
-        Error::DeadlineExceeded(_) => ("DEADLINE_EXCEEDED", vec![]),
-        Error::Unavailable { .. } | Error::Store(_) => ("UNAVAILABLE", vec![]),
-        _ => ("UPSTREAM_ERROR", vec![]),
-    };
-    let mut resp = (status, Json(error_body(code, &e.to_string(), &violations))).into_response();
-    if let Some(after) = retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
-    }
-    resp
 }
 
 fn source_name(s: Source) -> &'static str {

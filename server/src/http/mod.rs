@@ -3,7 +3,7 @@
 //! data-action door that Genesys Architect/Studio data actions call.
 
 mod data_action;
-mod webhook;
+pub(crate) mod webhook;
 
 use std::sync::Arc;
 
@@ -57,4 +57,31 @@ fn error_body(code: &str, message: &str, violations: &[crate::error::FieldViolat
             .collect();
     }
     serde_json::json!({ "error": err })
+}
+
+/// The HTTP answer for an error: its status (see `Error::http_status`), a
+/// JSON body naming the fields at fault, and `Retry-After` when waiting helps.
+fn error_response(e: crate::error::Error) -> axum::response::Response {
+    use crate::error::Error;
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry_after = match &e {
+        Error::RateLimited { retry_after } => Some(*retry_after),
+        Error::Unavailable { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    let (code, violations) = match &e {
+        Error::InvalidArgument(v) => ("INVALID_ARGUMENT", v.clone()),
+        Error::NotFound(_) => ("NOT_FOUND", vec![]),
+        Error::RateLimited { .. } => ("RESOURCE_EXHAUSTED", vec![]),
+        Error::DeadlineExceeded(_) => ("DEADLINE_EXCEEDED", vec![]),
+        Error::Unavailable { .. } | Error::Store(_) => ("UNAVAILABLE", vec![]),
+        _ => ("UPSTREAM_ERROR", vec![]),
+    };
+    let mut resp = (status, axum::Json(error_body(code, &e.to_string(), &violations))).into_response();
+    if let Some(after) = retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    resp
 }

@@ -24,16 +24,17 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{error_body, AppState};
+use super::{error_body, error_response, AppState};
 use crate::config::{TopicMapping, WebhookSettings};
 use crate::invalidation::Purge;
 
-/// A change event, whatever door it came through.
+/// A change event, whatever door it came through (the Notification API
+/// listener too: it maps topics through the same [`map_event`]).
 #[derive(Debug, PartialEq)]
-struct ChangeEvent {
-    id: String,
-    topic: String,
-    entity_id: Option<String>,
+pub(crate) struct ChangeEvent {
+    pub id: String,
+    pub topic: String,
+    pub entity_id: Option<String>,
 }
 
 pub async fn genesys(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -99,15 +100,6 @@ fn reply(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn error_response(e: crate::error::Error) -> Response {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let violations = match &e {
-        crate::error::Error::InvalidArgument(v) => v.clone(),
-        _ => Vec::new(),
-    };
-    reply(status, error_body("ERROR", &e.to_string(), &violations))
-}
-
 /// Checks the HMAC signature header or the HS256 bearer JWT.
 fn verify(settings: &WebhookSettings, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
     let Some(secret) = &settings.secret else {
@@ -157,7 +149,12 @@ fn parse_eventbridge(v: &Value) -> Result<ChangeEvent, String> {
 }
 
 /// The purge an event maps to, if any topic pattern matches.
-fn map_event(topics: &[TopicMapping], event: &ChangeEvent, door: &str, env: &str) -> Option<Purge> {
+pub(crate) fn map_event(
+    topics: &[TopicMapping],
+    event: &ChangeEvent,
+    door: &str,
+    env: &str,
+) -> Option<Purge> {
     for m in topics {
         let Some(captured) = match_topic(&m.topic, &event.topic) else { continue };
         let id = captured.or_else(|| event.entity_id.clone())?;

@@ -141,6 +141,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool> {
+        let mut books = self.books.lock();
+        let now = Instant::now();
+        match books.leases.get_mut(key) {
+            Some((t, until)) if *t == token && *until > now => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn lease_held(&self, key: &str) -> Result<bool> {
         Ok(self.books.lock().leases.get(key).is_some_and(|(_, until)| *until > Instant::now()))
     }

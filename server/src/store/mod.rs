@@ -62,6 +62,9 @@ pub trait Store: Send + Sync + 'static {
     async fn release_lease(&self, key: &str, token: u64) -> Result<()>;
     /// Whether someone holds the lease of `key`.
     async fn lease_held(&self, key: &str) -> Result<bool>;
+    /// Extends the lease of `key` to `ttl` from now if `token` still holds
+    /// it; returns whether it did (false: lost).
+    async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool>;
     /// Records `member` (a logical key) in `index` until `expires_at_ms`.
     async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<()>;
     /// Members of `index` (not yet expired) starting with `prefix`.

@@ -60,6 +60,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
+/// Extend the lease only if we still hold it.
+const RENEW_LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
 /// Add a member scored by its expiry, drop expired members, keep the index
 /// itself alive as long as its longest-lived member.
 const INDEX_ADD: &str = r#"
@@ -76,6 +82,7 @@ struct Scripts {
     purge: Script,
     try_lease: Script,
     release_lease: Script,
+    renew_lease: Script,
     index_add: Script,
 }
 
@@ -116,6 +123,7 @@ impl RedisStore {
             purge: Script::from_lua(PURGE),
             try_lease: Script::from_lua(TRY_LEASE),
             release_lease: Script::from_lua(RELEASE_LEASE),
+            renew_lease: Script::from_lua(RENEW_LEASE),
             index_add: Script::from_lua(INDEX_ADD),
         };
         Ok(RedisStore { pool, scripts })
@@ -194,6 +202,17 @@ impl Store for RedisStore {
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool> {
+        let args: Vec<fred::types::Value> = vec![token.to_string().into(), ms(ttl).into()];
+        let renewed: i64 = self
+            .scripts
+            .renew_lease
+            .evalsha_with_reload(self.pool.next(), vec![keys::lease_key(key)], args)
+            .await
+            .map_err(store_err)?;
+        Ok(renewed == 1)
     }
 
     async fn lease_held(&self, key: &str) -> Result<bool> {

@@ -160,6 +160,58 @@ impl Upstream {
         self.tokens.states()
     }
 
+    /// One platform call with JSON in and out, made with the token of
+    /// `client_id` (None: the first credential), for APIs tied to one
+    /// client such as Notification API channels. Spends that token's budget
+    /// like any call (waiting at most `upstream.max_wait`); no retries: the
+    /// caller decides.
+    pub async fn platform_json(
+        &self,
+        client_id: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let slot = match client_id {
+            None if !self.tokens.is_empty() => 0,
+            None => return Err(Error::Unauthenticated("no upstream credentials configured".into())),
+            Some(id) => (0..self.tokens.len())
+                .find(|&s| self.tokens.client_id(s) == id)
+                .ok_or_else(|| Error::Unauthenticated(format!("no upstream credential {id:?}")))?,
+        };
+        let give_up = Instant::now() + self.settings.max_wait;
+        loop {
+            let key = self.tokens.limiter_key(slot);
+            match self.limiter.acquire(key, self.tokens.allowed(slot), &self.stats).await {
+                Verdict::Allowed { .. } => break,
+                Verdict::Wait(wait) if Instant::now() + wait < give_up => tokio::time::sleep(wait).await,
+                Verdict::Wait(retry_after) => return Err(Error::RateLimited { retry_after }),
+            }
+        }
+        let lease = self.tokens.token(slot).await?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(&lease.token)
+            .header("accept", "application/json");
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| Error::Unavailable {
+            message: format!("upstream unreachable: {}", without_url(&e)),
+            retry_after: None,
+        })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            self.tokens.unauthorized(&lease);
+        }
+        if !status.is_success() {
+            return Err(map_status(status, resp.headers(), path));
+        }
+        let body = self.read_body(resp).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::BadUpstream(format!("{path}: not JSON: {e}")))
+    }
+
     /// One API call with retries: 429 (on another token, or once the
     /// `Retry-After` passed), 5xx and timeouts with backoff, all inside the
     /// deadline; other 4xx fail at once.
