@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::bus::{Bus, BusMessage, Event, EventKind};
+use crate::catalog::Catalog;
 use crate::error::{Error, FieldViolation, Result};
 use crate::keys;
 use crate::proto::v1::{watch_event::Type, WatchEvent, WatchRequest};
@@ -29,23 +30,40 @@ pub struct Filter {
     keys: Vec<String>,
     prefixes: Vec<String>,
     kinds: Vec<String>,
+    tags: Vec<String>,
+    /// Resolves a key's tags (from its kind and id) for tag filters.
+    catalog: Option<Arc<Catalog>>,
 }
 
 impl Filter {
-    pub fn from_request(req: &WatchRequest) -> Result<Filter> {
-        if req.keys.is_empty() && req.prefixes.is_empty() && req.kinds.is_empty() {
+    pub fn from_request(req: &WatchRequest, catalog: Arc<Catalog>) -> Result<Filter> {
+        if req.keys.is_empty() && req.prefixes.is_empty() && req.kinds.is_empty() && req.tags.is_empty() {
             return Err(Error::InvalidArgument(vec![FieldViolation::new(
                 "keys",
-                "name at least one key, prefix or kind to watch",
+                "name at least one key, prefix, kind or tag to watch",
             )]));
         }
-        Ok(Filter { keys: req.keys.clone(), prefixes: req.prefixes.clone(), kinds: req.kinds.clone() })
+        Ok(Filter {
+            keys: req.keys.clone(),
+            prefixes: req.prefixes.clone(),
+            kinds: req.kinds.clone(),
+            tags: req.tags.clone(),
+            catalog: Some(catalog),
+        })
     }
 
     fn matches(&self, key: &str) -> bool {
         self.keys.iter().any(|k| k == key)
             || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
             || keys::kind_of(key).is_some_and(|kind| self.kinds.iter().any(|k| k == kind))
+            || (!self.tags.is_empty() && self.key_tags(key).iter().any(|t| self.tags.contains(t)))
+    }
+
+    /// The tags a key's entry carries: its kind's tag templates with the id.
+    fn key_tags(&self, key: &str) -> Vec<String> {
+        let (Some(catalog), Some(kind)) = (&self.catalog, keys::kind_of(key)) else { return Vec::new() };
+        let id = key.split(':').nth(2).unwrap_or(keys::NO_ID);
+        catalog.get(kind).map(|k| k.tags_for(id)).unwrap_or_default()
     }
 }
 
@@ -188,15 +206,20 @@ mod tests {
 
     #[test]
     fn filters_match_keys_prefixes_and_kinds() {
+        let catalog = Arc::new(Catalog::with_presets(&Default::default()).unwrap());
         let f = Filter {
             keys: vec!["p:user:1:full".into()],
             prefixes: vec!["p:routing.queue:".into()],
             kinds: vec!["routing.skill".into()],
+            tags: vec!["user-routing-status:7".into()],
+            catalog: Some(catalog),
         };
         assert!(f.matches("p:user:1:full"));
         assert!(!f.matches("p:user:2:full"));
         assert!(f.matches("p:routing.queue:9:summary"));
         assert!(f.matches("p:routing.skill:3:full"));
         assert!(!f.matches("p:routing.queues:_:full"));
+        assert!(f.matches("p:user.routing_status:7:full"));
+        assert!(!f.matches("p:user.routing_status:8:full"));
     }
 }

@@ -87,6 +87,16 @@ async fn invalidate_on_one_instance_reaches_watchers_on_another() {
     // A fresh store is announced as UPDATED.
     a.get(get_queue(&id)).await.unwrap();
     assert!(wait_event(&mut stream, Type::Updated, &key, Duration::from_secs(5)).await.is_some());
+
+    // Watching the queue's tag hears about its keys too, whatever purged them.
+    let tag = format!("queue:{id}");
+    let mut by_tag = watch(&b, WatchRequest { tags: vec![tag.clone()], ..Default::default() }).await;
+    a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
+    assert!(wait_event(&mut by_tag, Type::Invalidated, &key, Duration::from_secs(5)).await.is_some());
+    let other = format!("{env}:routing.queue:{}:full", queue_id(3));
+    a.client.clone().invalidate(invalidate(&[&other], &[], &[&tag])).await.unwrap();
+    let ev = next_event(&mut by_tag, Duration::from_secs(5)).await.expect("tag event");
+    assert_eq!(ev.key, key, "only keys carrying the tag: {ev:?}");
     a.stop().await;
     b.stop().await;
 }

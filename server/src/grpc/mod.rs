@@ -63,7 +63,7 @@ impl CacheRpc for CacheService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let filter = watch::Filter::from_request(request.get_ref())?;
+        let filter = watch::Filter::from_request(request.get_ref(), self.cache.catalog().clone())?;
         let stream = watch::open(&self.bus, filter, self.watch_buffer, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
