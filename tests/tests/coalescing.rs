@@ -152,7 +152,7 @@ async fn a_304_revalidation_extends_the_ttl_without_a_body() {
         again.ttl_remaining.unwrap().nanos > 0 || again.ttl_remaining.unwrap().seconds > 0,
         "TTL extended"
     );
-    assert_eq!(cx.get(get_queue(&id)).await.unwrap().source() == Source::Upstream, false);
+    assert_ne!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream, "served from cache again");
     // After a real change the body is fetched again.
     emu.mutate_queue(&id, serde_json::json!({"description": "changed"}));
     tokio::time::sleep(Duration::from_millis(350)).await;

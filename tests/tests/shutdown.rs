@@ -26,11 +26,21 @@ fn binary() -> PathBuf {
     path
 }
 
-/// Starts the binary against `upstream`; returns it with its gRPC address.
-async fn spawn_cxcache(upstream: &str, extra_env: &[(&str, String)]) -> (Child, std::net::SocketAddr) {
+/// Starts the binary against `upstream` (`None`: its bundled emulator);
+/// returns it with its gRPC address.
+async fn spawn_cxcache(
+    upstream: Option<&str>,
+    extra_env: &[(&str, String)],
+) -> (Child, std::net::SocketAddr) {
+    let upstream_args = match upstream {
+        Some(url) => {
+            vec!["--upstream-url", url, "--client-id", "cxcache-demo", "--client-secret", "demo-secret"]
+        }
+        None => vec![],
+    };
     let mut child = Command::new(binary())
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--env", &unique_env("sigterm")])
-        .args(["--upstream-url", upstream, "--client-id", "cxcache-demo", "--client-secret", "demo-secret"])
+        .args(upstream_args)
         .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -67,7 +77,7 @@ async fn sigterm_drains_in_flight_gets_and_exits_zero() {
     let collector = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr = collector.local_addr().unwrap();
     let (child, grpc) = spawn_cxcache(
-        &emu.base_url(),
+        Some(&emu.base_url()),
         &[("CXCACHE_TELEMETRY__OTLP_ENDPOINT", format!("http://{collector_addr}"))],
     )
     .await;
@@ -146,11 +156,23 @@ async fn sigterm_drains_in_flight_gets_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_when_idle_exits_zero_quickly() {
     let emu = emulator(EmulatorConfig::default()).await;
-    let (mut child, grpc) = spawn_cxcache(&emu.base_url(), &[]).await;
+    let (mut child, grpc) = spawn_cxcache(Some(&emu.base_url()), &[]).await;
     let mut client = connect(grpc).await;
     client.get(get_queue(&queue_id(0))).await.expect("a Get before shutdown");
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exited").unwrap();
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
     emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_bundled_emulator_exits_zero() {
+    let (mut child, grpc) = spawn_cxcache(None, &[]).await;
+    let mut client = connect(grpc).await;
+    for i in 0..3 {
+        client.get(get_queue(&queue_id(i))).await.expect("a Get before shutdown");
+    }
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(25), child.wait()).await.expect("exited").unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
 }

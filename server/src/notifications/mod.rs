@@ -84,7 +84,8 @@ impl Notifier {
                 };
                 tracing::info!("notification listener: this instance took the lease");
                 let end = listener::Tenure::new(&ctx).run(&lease, &mut shutdown).await;
-                *ctx.status.lock() = Status { leader: false, ..ctx.status.lock().clone() };
+                // One guard: a second lock() in the same statement deadlocks.
+                ctx.status.lock().leader = false;
                 match end {
                     listener::End::Shutdown => {
                         lease.release().await;
