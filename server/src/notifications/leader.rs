@@ -41,8 +41,9 @@ pub async fn campaign(
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "listener lease: store unavailable"),
         }
-        // Poll a few times per lease period, jittered so instances spread.
-        let pause = ttl / 4 + ttl.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+        // Poll several times per lease period (one cheap command), jittered
+        // so instances spread: a takeover comes at most ~ttl/7 after expiry.
+        let pause = ttl / 8 + ttl.mul_f64(rand::thread_rng().gen_range(0.0..0.02));
         tokio::select! {
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return None,
             _ = tokio::time::sleep(pause) => {}
