@@ -55,8 +55,6 @@ pub struct Served {
     pub entry: Arc<Entry>,
     pub source: Source,
     pub key: String,
-    /// Resource kind, for metrics.
-    pub kind: String,
 }
 
 /// How a flight got its entry.
@@ -144,12 +142,7 @@ impl Cache {
     /// Answers a Get. `deadline`: when the caller stops waiting.
     pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
         let r = policy::resolve(req, &self.env, &self.catalog, &self.settings)?;
-        let served = |entry: Arc<Entry>, source: Source| Served {
-            entry,
-            source,
-            key: r.key.clone(),
-            kind: r.kind_name.clone(),
-        };
+        let served = |entry: Arc<Entry>, source: Source| Served { entry, source, key: r.key.clone() };
         let mut stored = None;
         if !r.freshness.force_refresh {
             match self.tiers.get(&r.store_key).await {
@@ -298,7 +291,7 @@ impl Fetch {
         // finds it, bumps its generation, and so refuses our write.
         let expires = started_ms + self.tiers.retention(ttl).as_millis() as i64;
         let mut indexes = vec![keys::kind_index(&self.env, &r.kind_name)];
-        indexes.extend(r.tags.iter().map(|t| keys::tag_index(&self.env, t)));
+        indexes.extend(r.tags().iter().map(|t| keys::tag_index(&self.env, t)));
         for res in join_all(indexes.iter().map(|i| store.index_add(i, &r.key, expires))).await {
             res?;
         }
@@ -376,7 +369,7 @@ impl Fetch {
                 }
             }
         }
-        let mut call = r.call.clone();
+        let mut call = r.call();
         let previous = self.stored.as_ref().filter(|e| !e.etag.is_empty() || !e.last_modified.is_empty());
         if let Some(prev) = previous {
             call.validators = Some(Validators {
@@ -389,12 +382,12 @@ impl Fetch {
         let fetch_ms = began.elapsed().as_millis() as i64;
 
         let (mut entry, origin) = match (fetched.not_modified, previous) {
-            (true, Some(prev)) => (Entry::new(prev.value.clone(), ttl, r.tags.clone()), Origin::Revalidated),
+            (true, Some(prev)) => (Entry::new(prev.value.clone(), ttl, r.tags()), Origin::Revalidated),
             _ => {
                 let drop: Vec<String> =
                     self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
                 let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;
-                (Entry::new(value.into(), ttl, r.tags.clone()), Origin::Fetched)
+                (Entry::new(value.into(), ttl, r.tags()), Origin::Fetched)
             }
         };
         entry.etag = fetched.etag.or_else(|| previous.map(|p| p.etag.clone())).unwrap_or_default();

@@ -64,10 +64,6 @@ pub enum Error {
     #[error("store error: {0}")]
     Store(String),
 
-    /// The RPC exists in the contract but this build does not serve it.
-    #[error("{0} is not implemented")]
-    Unimplemented(&'static str),
-
     /// A bug or broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,7 +95,6 @@ impl Error {
             Error::Unavailable { .. } | Error::Store(_) => 503,
             Error::BadUpstream(_) => 502,
             Error::DeadlineExceeded(_) => 504,
-            Error::Unimplemented(_) => 501,
             Error::Internal(_) => 500,
         }
     }
@@ -132,7 +127,6 @@ impl From<Error> for Status {
             Error::Unavailable { retry_after: None, .. } | Error::Store(_) => Status::unavailable(message),
             Error::BadUpstream(_) => Status::failed_precondition(message),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
-            Error::Unimplemented(_) => Status::unimplemented(message),
             Error::Internal(_) => Status::internal(message),
         }
     }

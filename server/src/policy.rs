@@ -41,11 +41,37 @@ pub struct Resolved {
     pub key: String,
     /// Where the entry lives in the store.
     pub store_key: String,
-    pub call: Call,
     /// The parsed query body, for TTL alignment.
     pub body: Option<Value>,
-    pub tags: Vec<String>,
     pub freshness: Freshness,
+    /// Accepted query parameters and the body to send, kept raw: the
+    /// upstream call is only built on a miss ([`Resolved::call`]), so a hit
+    /// allocates as little as possible.
+    params: BTreeMap<String, String>,
+    body_bytes: Option<Bytes>,
+}
+
+impl Resolved {
+    /// The upstream call that fetches this resource.
+    pub fn call(&self) -> Call {
+        let path = match &self.id {
+            Some(id) => self.kind.path.replace("{id}", id),
+            None => self.kind.path.clone(),
+        };
+        Call {
+            method: self.kind.method,
+            path,
+            query: self.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            body: self.body_bytes.clone(),
+            job: self.kind.job,
+            validators: None,
+        }
+    }
+
+    /// The tags an entry of this resource carries.
+    pub fn tags(&self) -> Vec<String> {
+        self.kind.tags_for(self.id.as_deref().unwrap_or(keys::NO_ID))
+    }
 }
 
 /// Validates `req` against the catalog and resolves it.
@@ -91,29 +117,17 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
             (key, body.as_ref().map(|b| Bytes::from(crate::canonical::to_bytes(b))))
         }
     };
-    let path = match &id {
-        Some(id) => kind.path.replace("{id}", id),
-        None => kind.path.clone(),
-    };
-    let tags = kind.tags_for(id.as_deref().unwrap_or(keys::NO_ID));
     Ok(Resolved {
         kind_name: kind_name.to_string(),
         store_key: keys::store_key(&key),
         key,
-        call: Call {
-            method: kind.method,
-            path,
-            query: params.into_iter().collect(),
-            body: body_bytes,
-            job: kind.job,
-            validators: None,
-        },
         projection,
         id,
         body,
-        tags,
         freshness,
         kind,
+        params,
+        body_bytes,
     })
 }
 
@@ -257,8 +271,8 @@ mod tests {
     fn resolves_a_queue() {
         let r = resolve(&get("routing.queue", "q-1"), "prod", &catalog(), &CacheSettings::default()).unwrap();
         assert_eq!(r.key, "prod:routing.queue:q-1:full");
-        assert_eq!(r.call.path, "/api/v2/routing/queues/q-1");
-        assert_eq!(r.tags, vec!["queue:q-1"]);
+        assert_eq!(r.call().path, "/api/v2/routing/queues/q-1");
+        assert_eq!(r.tags(), vec!["queue:q-1"]);
     }
 
     #[test]

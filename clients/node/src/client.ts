@@ -85,6 +85,8 @@ export interface WatchOptions extends CallSettings {
   keys?: string[];
   prefixes?: string[];
   kinds?: string[];
+  /** Tags such as `queue:<id>`: events for every key carrying one. */
+  tags?: string[];
 }
 
 export interface WatchEvent {
@@ -347,7 +349,12 @@ export class CacheClient {
   /** Subscribe to events; iterate the returned stream with `for await`. */
   watch(options: WatchOptions = {}): WatchStream {
     const call = this.stub.watch(
-      { keys: options.keys ?? [], prefixes: options.prefixes ?? [], kinds: options.kinds ?? [] },
+      {
+        keys: options.keys ?? [],
+        prefixes: options.prefixes ?? [],
+        kinds: options.kinds ?? [],
+        tags: options.tags ?? [],
+      },
       this.metadata(),
       this.callOptions(options.timeoutMs),
     );

@@ -157,10 +157,11 @@ class CacheClient:
         prefixes: StrList = None,
         kinds: StrList = None,
         timeout: Optional[Seconds] = None,
+        tags: StrList = None,
     ) -> WatchStream:
         """Subscribe to events; iterate the returned stream. ``timeout`` bounds the
         whole subscription (no default timeout applies to watches)."""
-        req = build_watch_request(keys, prefixes, kinds)
+        req = build_watch_request(keys, prefixes, kinds, tags)
         deadline = _timeout(timeout, None)
         call = self._stub.Watch(req, timeout=deadline, metadata=self._metadata)
         return WatchStream(call, deadline is not None)
@@ -297,8 +298,9 @@ class AsyncCacheClient:
         prefixes: StrList = None,
         kinds: StrList = None,
         timeout: Optional[Seconds] = None,
+        tags: StrList = None,
     ) -> AsyncWatchStream:
-        req = build_watch_request(keys, prefixes, kinds)
+        req = build_watch_request(keys, prefixes, kinds, tags)
         deadline = _timeout(timeout, None)
         call = self._stub.Watch(req, timeout=deadline, metadata=self._metadata)
         return AsyncWatchStream(call, deadline is not None)

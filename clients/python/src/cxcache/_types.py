@@ -177,8 +177,10 @@ def build_invalidate_request(keys=None, prefixes=None, tags=None, reason=None) -
     )
 
 
-def build_watch_request(keys=None, prefixes=None, kinds=None) -> cache_pb2.WatchRequest:
-    return cache_pb2.WatchRequest(keys=_as_list(keys), prefixes=_as_list(prefixes), kinds=_as_list(kinds))
+def build_watch_request(keys=None, prefixes=None, kinds=None, tags=None) -> cache_pb2.WatchRequest:
+    return cache_pb2.WatchRequest(
+        keys=_as_list(keys), prefixes=_as_list(prefixes), kinds=_as_list(kinds), tags=_as_list(tags)
+    )
 
 
 def _as_list(x: Any) -> List[str]:

@@ -11,6 +11,7 @@ public final class WatchQuery {
   private final List<String> keys = new ArrayList<>();
   private final List<String> prefixes = new ArrayList<>();
   private final List<String> kinds = new ArrayList<>();
+  private final List<String> tags = new ArrayList<>();
   private Duration timeout;
 
   private WatchQuery() {}
@@ -34,6 +35,12 @@ public final class WatchQuery {
     return this;
   }
 
+  /** Tags such as {@code queue:<id>}: events for every key carrying one. */
+  public WatchQuery tags(String... tags) {
+    this.tags.addAll(Arrays.asList(tags));
+    return this;
+  }
+
   /** Bound on the whole subscription (no default timeout applies to watches). */
   public WatchQuery timeout(Duration timeout) {
     this.timeout = timeout;
@@ -45,6 +52,11 @@ public final class WatchQuery {
   }
 
   WatchRequest toProto() {
-    return WatchRequest.newBuilder().addAllKeys(keys).addAllPrefixes(prefixes).addAllKinds(kinds).build();
+    return WatchRequest.newBuilder()
+        .addAllKeys(keys)
+        .addAllPrefixes(prefixes)
+        .addAllKinds(kinds)
+        .addAllTags(tags)
+        .build();
   }
 }
