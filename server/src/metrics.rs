@@ -262,15 +262,17 @@ mod tests {
         headers.insert("inin-ratelimit-count", "12".parse().unwrap());
         upstream_answered("demo-client", 200, Duration::from_millis(3), &headers);
         upstream_answered("demo-client", 429, Duration::from_millis(1), &reqwest::header::HeaderMap::new());
-        let guard = coalesced_waiter();
+        // Shared gauges move with other tests in this process: check the
+        // guard on a gauge of its own.
+        let guard = GaugeGuard::new("cxcache_test_guard");
         let text = render();
         assert!(text.contains(r#"cxcache_get_total{kind="routing.queue",source="store"} 1"#), "{text}");
         assert!(text.contains(r#"cxcache_get_errors_total{code="RESOURCE_EXHAUSTED"} 1"#), "{text}");
         assert!(text.contains(r#"cxcache_upstream_rate_limited_total{client_id="demo-client"} 1"#), "{text}");
         assert!(text.contains(r#"cxcache_upstream_quota_remaining{client_id="demo-client"} 288"#), "{text}");
-        assert!(text.contains("cxcache_coalesced_waiters 1"), "{text}");
+        assert!(text.contains("cxcache_test_guard 1"), "{text}");
         assert!(text.contains("cxcache_get_duration_seconds_bucket"), "{text}");
         drop(guard);
-        assert!(render().contains("cxcache_coalesced_waiters 0"));
+        assert!(render().contains("cxcache_test_guard 0"));
     }
 }

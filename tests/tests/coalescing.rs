@@ -79,9 +79,9 @@ async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
     c.cache.early_refresh_beta = 0.0;
     let cx = Instance::start(c).await;
     cx.get(get_queue(&id)).await.unwrap();
-    // From now on every upstream fetch takes 300 ms: a caller that waited
+    // From now on every upstream fetch takes 600 ms: a caller that waited
     // for one would show it.
-    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 300));
+    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 600));
     let started = Instant::now();
     let mut worst = Duration::ZERO;
     let mut stale = 0;
@@ -94,10 +94,10 @@ async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let calls = emu.counters().route(QUEUE_ROUTE);
-    // 2.3 s of 500 ms windows (plus the 300 ms refresh each): 1 + at most 5.
-    assert!((2..=6).contains(&calls), "upstream calls {calls}");
+    // 2.3 s of 500 ms windows (plus the 600 ms refresh each): 1 + at most 4.
+    assert!((2..=5).contains(&calls), "upstream calls {calls}");
     assert!(stale > 0, "expiry was crossed");
-    assert!(worst < Duration::from_millis(200), "a caller waited {worst:?}");
+    assert!(worst < Duration::from_millis(400), "a caller waited {worst:?}");
     println!("hot key: {calls} upstream calls in 2.3 s, worst latency {worst:?}, {stale} stale answers");
     cx.stop().await;
 }
