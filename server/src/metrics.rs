@@ -66,6 +66,13 @@ pub fn install() -> PrometheusHandle {
                 .expect("static, non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
+            // Histogram samples are buffered until upkeep: without a
+            // periodic drain an unscraped instance would grow without bound.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
