@@ -45,16 +45,8 @@ log() { printf 'loadtest: %s\n' "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 
 # --- tools ------------------------------------------------------------------
-command -v jq >/dev/null || die "jq is required (apt-get install jq)"
-command -v curl >/dev/null || die "curl is required"
-if ! command -v ghz >/dev/null; then
-  log "installing ghz"
-  go install github.com/bojand/ghz/cmd/ghz@latest
-fi
-if ! command -v grpcurl >/dev/null; then
-  log "installing grpcurl"
-  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest
-fi
+# ghz, grpcurl, jq, curl, redis: the project's one installer (skips what is there).
+bash scripts/install-deps.sh
 
 # --- binaries ---------------------------------------------------------------
 log "building ($profile)"

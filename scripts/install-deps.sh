@@ -6,11 +6,12 @@ set -euo pipefail
 
 log() { echo "install-deps: $*" >&2; }
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  log "installing redis-server"
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+  || ! command -v jq >/dev/null || ! command -v curl >/dev/null; then
+  log "installing redis-server, jq, curl"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq redis-server redis-tools >/dev/null
+  apt-get install -y -qq redis-server redis-tools jq curl >/dev/null
   # The package starts a system redis on 6379; tests start their own.
   (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true) >/dev/null 2>&1
 fi
@@ -25,10 +26,10 @@ if ! command -v ghz >/dev/null; then
   log "installing ghz"
   go install github.com/bojand/ghz/cmd/ghz@latest
 fi
-for c in clippy rustfmt; do
-  if ! cargo "$c" --version >/dev/null 2>&1; then
-    log "installing $c"
-    rustup component add "$c"
+for pair in clippy:clippy fmt:rustfmt; do
+  if ! cargo "${pair%%:*}" --version >/dev/null 2>&1; then
+    log "installing ${pair#*:}"
+    rustup component add "${pair#*:}"
   fi
 done
 log "ok: $(redis-server --version | cut -d' ' -f3), grpcurl $(grpcurl -version 2>&1 | cut -d' ' -f2), ghz present"
