@@ -1,0 +1,115 @@
+//! The read path: TTL classes, staleness, L1, leases, invalidation acks and
+//! Watch buffers.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Largest `body_json` accepted in a Get.
+    pub max_body_bytes: usize,
+    /// How long past its TTL an entry stays stored, to be served stale when
+    /// the upstream fails or the quota is spent.
+    #[serde(with = "humantime_serde")]
+    pub stale_grace: Duration,
+    /// Volatile per-response fields removed (at any depth) before storing.
+    pub drop_fields: Vec<String>,
+    /// Request-metadata fields removed from query bodies before hashing.
+    pub body_ignore_fields: Vec<String>,
+    pub ttl: TtlSettings,
+    /// Past its TTL, a value is still served (marked stale) for this long
+    /// while one background refresh runs: callers never wait for upstream.
+    /// 0 turns it off (a caller can still ask for it with `allow_stale`).
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// When the upstream fails, values at most this far past their TTL are
+    /// served stale; older ones give the upstream's error.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    /// Probabilistic early refresh (XFetch) of hot keys: larger refreshes
+    /// earlier; 0 turns it off.
+    pub early_refresh_beta: f64,
+    /// How long one instance may hold the fetch lease of a key; another
+    /// instance takes over after it (a dead holder delays others this long).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    pub l1: L1Settings,
+    /// How long `Invalidate` waits for every instance to confirm it dropped
+    /// its L1 copies.
+    #[serde(with = "humantime_serde")]
+    pub invalidation_ack_timeout: Duration,
+    /// Events buffered per Watch stream before it is told it lagged.
+    pub watch_buffer: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L1Settings {
+    pub enabled: bool,
+    /// Bytes of values held in process at most.
+    pub max_bytes: u64,
+    /// L1's own TTL (values are also never served past their freshness).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for L1Settings {
+    fn default() -> Self {
+        L1Settings { enabled: true, max_bytes: 64 << 20, ttl: Duration::from_secs(2) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtlSettings {
+    #[serde(with = "humantime_serde")]
+    pub config: Duration,
+    #[serde(with = "humantime_serde")]
+    pub realtime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub r#static: Duration,
+    /// Analytics TTL = this fraction of the query's granularity (or interval).
+    pub analytics_fraction: f64,
+    #[serde(with = "humantime_serde")]
+    pub analytics_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub analytics_max: Duration,
+    /// Each TTL is shortened by a random fraction up to this, so keys written
+    /// together do not all expire together.
+    pub jitter: f64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_body_bytes: 64 << 10,
+            stale_grace: Duration::from_secs(3600),
+            drop_fields: vec!["_links".into(), "retrievedAt".into()],
+            body_ignore_fields: vec!["requestId".into()],
+            ttl: TtlSettings::default(),
+            stale_while_revalidate: Duration::ZERO,
+            max_staleness: Duration::from_secs(3600),
+            early_refresh_beta: 1.0,
+            lease_ttl: Duration::from_secs(15),
+            l1: L1Settings::default(),
+            invalidation_ack_timeout: Duration::from_secs(1),
+            watch_buffer: 256,
+        }
+    }
+}
+
+impl Default for TtlSettings {
+    fn default() -> Self {
+        TtlSettings {
+            config: Duration::from_secs(300),
+            realtime: Duration::from_secs(30),
+            r#static: Duration::from_secs(6 * 3600),
+            analytics_fraction: 0.95,
+            analytics_min: Duration::from_secs(60),
+            analytics_max: Duration::from_secs(24 * 3600),
+            jitter: 0.05,
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! One typed configuration, loaded from defaults < TOML file < environment
+//! (`CXCACHE_SECTION__FIELD`) < command-line flags, and validated before any
+//! port is bound so a bad config fails fast with a clear message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Kind};
+
+mod cache;
+mod http;
+mod services;
+mod upstream;
+
+pub use self::cache::{CacheSettings, L1Settings, TtlSettings};
+pub use self::http::{DataActionSettings, TopicMapping, WebhookSettings};
+pub use self::services::{EmulatorSettings, NotificationSettings, RedisSettings, TelemetrySettings};
+pub use self::upstream::{Credential, JobSettings, RateLimitSettings, RetrySettings, UpstreamSettings};
+
+/// Command-line flags; each also reads the environment variable shown.
+#[derive(Debug, Default, Parser, Serialize)]
+#[command(name = "cxcache", version, about = "gRPC cache in front of the Genesys Cloud CX API")]
+pub struct Flags {
+    /// TOML config file.
+    #[arg(long, env = "CXCACHE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Key namespace, e.g. prod or staging (first segment of every key).
+    #[arg(long, env = "CXCACHE_ENV")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "CXCACHE_GRPC_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP side listen address: metrics, webhooks, data actions.
+    #[arg(long, env = "CXCACHE_HTTP_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    /// Redis URL: redis://host:port (standalone) or redis-cluster://host:port
+    /// (one seed node is enough). Unset: the embedded in-memory store.
+    #[arg(long, env = "CXCACHE_REDIS_URL")]
+    #[serde(skip)]
+    pub redis_url: Option<String>,
+    /// Upstream API base URL, e.g. https://api.mypurecloud.com. Unset: a
+    /// bundled Genesys emulator is started in-process.
+    #[arg(long, env = "CXCACHE_UPSTREAM_URL")]
+    #[serde(skip)]
+    pub upstream_url: Option<String>,
+    /// OAuth client id (client-credentials grant).
+    #[arg(long, env = "CXCACHE_CLIENT_ID")]
+    #[serde(skip)]
+    pub client_id: Option<String>,
+    /// OAuth client secret.
+    #[arg(long, env = "CXCACHE_CLIENT_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub client_secret: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "CXCACHE_LOG_FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Environment variables handled by [`Flags`] (so the generic env layer skips them).
+const FLAG_ENV: &[&str] = &[
+    "config",
+    "env",
+    "grpc_addr",
+    "http_addr",
+    "redis_url",
+    "upstream_url",
+    "client_id",
+    "client_secret",
+    "log_format",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A string that never shows up in logs or `Debug` output.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Key namespace: the first segment of every key (`prod:routing.queue:…`).
+    pub env: String,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// How long SIGTERM waits for in-flight calls and streams to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub redis: RedisSettings,
+    pub upstream: UpstreamSettings,
+    pub cache: CacheSettings,
+    /// Kinds added to, or replacing, the bundled Genesys presets.
+    pub catalog: BTreeMap<String, Kind>,
+    /// Settings of the bundled emulator, used only when no upstream URL is set.
+    pub emulator: EmulatorSettings,
+    /// Trace export (logs and metrics need no settings).
+    pub telemetry: TelemetrySettings,
+    /// The webhook / EventBridge purge doors on the HTTP side.
+    pub webhook: WebhookSettings,
+    /// The data-action door on the HTTP side.
+    pub data_action: DataActionSettings,
+    /// Notification API channels that purge on platform change events.
+    pub notifications: NotificationSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            env: "dev".into(),
+            grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            http_addr: ([127, 0, 0, 1], 8080).into(),
+            shutdown_grace: Duration::from_secs(20),
+            log_format: LogFormat::Text,
+            redis: RedisSettings::default(),
+            upstream: UpstreamSettings::default(),
+            cache: CacheSettings::default(),
+            catalog: BTreeMap::new(),
+            emulator: EmulatorSettings::default(),
+            webhook: WebhookSettings::default(),
+            data_action: DataActionSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            notifications: NotificationSettings::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < file < `CXCACHE_*` environment < flags, then validates.
+    pub fn load(flags: &Flags) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &flags.config {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(
+                // Nested settings only (`CXCACHE_CACHE__TTL__CONFIG`): top-level
+                // ones are flags, and other `CXCACHE_*` variables (test
+                // harness settings) must not trip `deny_unknown_fields`.
+                Env::prefixed("CXCACHE_")
+                    .filter(|k| {
+                        !FLAG_ENV.contains(&k.as_str())
+                            && (k.as_str().contains("__") || k == "shutdown_grace")
+                    })
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(flags));
+        let mut config: Config = figment.extract().map_err(|e| format!("configuration: {e}"))?;
+        config.apply_flags(flags);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_flags(&mut self, flags: &Flags) {
+        if let Some(url) = &flags.redis_url {
+            self.redis.url = Some(url.clone()).filter(|u| !u.is_empty());
+        }
+        if let Some(url) = &flags.upstream_url {
+            self.upstream.base_url = Some(url.clone()).filter(|u| !u.is_empty());
+        }
+        if let (Some(id), Some(secret)) = (&flags.client_id, &flags.client_secret) {
+            self.upstream.credentials =
+                vec![Credential { client_id: id.clone(), client_secret: Secret::new(secret.clone()) }];
+        }
+    }
+
+    /// Checks everything that would otherwise fail later at run time.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.env.is_empty() || !self.env.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(format!("env {:?}: use letters, digits, '-' or '_'", self.env));
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis-cluster://")
+                || url.starts_with("rediss-cluster://"))
+            {
+                problems.push(format!("redis.url {url:?}: expected redis:// or redis-cluster://"));
+            }
+        }
+        if self.upstream.base_url.is_some() && self.upstream.credentials.is_empty() {
+            problems.push(
+                "upstream.base_url is set but no upstream.credentials (or --client-id/--client-secret)"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.upstream.base_url {
+            if url::Url::parse(url).is_err() {
+                problems.push(format!("upstream.base_url {url:?} is not a URL"));
+            }
+        }
+        let ttl = &self.cache.ttl;
+        if !(0.0..1.0).contains(&ttl.jitter) {
+            problems.push("cache.ttl.jitter must be in [0, 1)".into());
+        }
+        if !(ttl.analytics_fraction > 0.0 && ttl.analytics_fraction <= 1.0) {
+            problems.push("cache.ttl.analytics_fraction must be in (0, 1]".into());
+        }
+        let rl = &self.upstream.rate_limit;
+        if rl.allowed == 0 || rl.window.is_zero() {
+            problems.push("upstream.rate_limit.allowed and .window must be positive".into());
+        }
+        let in_unit = |v: f64| v > 0.0 && v <= 1.0;
+        if !in_unit(rl.utilization) || !in_unit(rl.fallback_share) {
+            problems.push("upstream.rate_limit.utilization and .fallback_share must be in (0, 1]".into());
+        }
+        if self.upstream.retry.max_attempts == 0 {
+            problems.push("upstream.retry.max_attempts must be at least 1".into());
+        }
+        let jobs = &self.upstream.jobs;
+        if jobs.poll_initial.is_zero() || jobs.poll_max < jobs.poll_initial {
+            problems.push("upstream.jobs.poll_initial must be positive and at most poll_max".into());
+        }
+        if !(0.0..=1.0).contains(&jobs.min_rows_fraction) {
+            problems.push("upstream.jobs.min_rows_fraction must be in [0, 1]".into());
+        }
+        if self.upstream.max_list_entries == 0 || self.upstream.page_size == 0 {
+            problems.push("upstream.max_list_entries and upstream.page_size must be positive".into());
+        }
+        let n = &self.notifications;
+        if n.lease_ttl < Duration::from_millis(300) || n.reconcile_interval.is_zero() {
+            problems.push(
+                "notifications.lease_ttl must be at least 300ms and reconcile_interval positive".into(),
+            );
+        }
+        if !(1..=20).contains(&n.max_channels) || !(1..=1000).contains(&n.topics_per_channel) {
+            problems.push("notifications.max_channels must be 1-20 and topics_per_channel 1-1000".into());
+        }
+        if let Err(e) = Catalog::with_presets(&self.catalog) {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Credential { client_id: "id".into(), client_secret: Secret::new("hunter2") };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn file_then_flags_layering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "env = \"prod\"\n[cache.ttl]\nconfig = \"120s\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path),
+            redis_url: Some("redis-cluster://127.0.0.1:7000".into()),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.env, "prod");
+        assert_eq!(c.cache.ttl.config, Duration::from_secs(120));
+        assert_eq!(c.redis.url.as_deref(), Some("redis-cluster://127.0.0.1:7000"));
+    }
+
+    #[test]
+    fn bad_values_are_reported_together() {
+        let mut c = Config { env: "a:b".into(), ..Config::default() };
+        c.cache.ttl.jitter = 2.0;
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("env") && err.contains("jitter"), "{err}");
+    }
+}
