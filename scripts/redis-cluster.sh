@@ -32,7 +32,7 @@ start_node() {
 
 wait_ping() {
   local port=$1
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 200); do
     [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return 0
     sleep 0.05
   done
@@ -67,8 +67,9 @@ case "$cmd" in
     for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
     redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
       || { log "cluster create failed:"; cat "$dir/create.log" >&2; exit 1; }
-    # Wait until every node agrees the cluster is up and all slots are served.
-    for _ in $(seq 1 200); do
+    # Wait until every node agrees the cluster is up and all slots are served
+    # (bounded: 30 s, generous for a loaded machine).
+    for _ in $(seq 1 600); do
       all_ok=1
       for p in "${ports[@]}"; do
         redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || { all_ok=0; break; }
@@ -78,7 +79,7 @@ case "$cmd" in
     done
     [ $all_ok = 1 ] || { log "cluster did not reach state ok"; exit 1; }
     # ...and until the three replicas are known as such (failover tests need them).
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 600); do
       [ "$(redis-cli -p "$first" cluster nodes 2>/dev/null | grep -c slave)" -ge 3 ] && break
       sleep 0.05
     done

@@ -35,7 +35,20 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Starts a cluster on a free block of ports; a start that loses a port
+    /// race to a parallel test is cleaned up and retried on another block.
     pub fn start() -> anyhow::Result<Self> {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        anyhow::bail!("starting the Redis cluster failed 3 times: {last_error}")
+    }
+
+    fn try_start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cxcache-redis-").tempdir()?;
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/redis-cluster.sh"))
@@ -43,7 +56,12 @@ impl RedisCluster {
             .arg(dir.path())
             .output()?;
         if !out.status.success() {
-            anyhow::bail!("starting the Redis cluster failed: {}", String::from_utf8_lossy(&out.stderr));
+            let _ = Command::new("bash")
+                .arg(repo_root().join("scripts/redis-cluster.sh"))
+                .arg("stop")
+                .arg(dir.path())
+                .status();
+            anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr));
         }
         let url = String::from_utf8(out.stdout)?.trim().to_string();
         let first_port = std::fs::read_to_string(dir.path().join("first_port"))?.trim().parse()?;
