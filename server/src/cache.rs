@@ -134,11 +134,6 @@ impl Cache {
         self.flights.forget(store_key);
     }
 
-    /// Fetches in flight on this instance (coalesced waiters share one).
-    pub fn flights_in_progress(&self) -> usize {
-        self.flights.in_flight()
-    }
-
     /// Answers a Get. `deadline`: when the caller stops waiting.
     pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
         let r = policy::resolve(req, &self.env, &self.catalog, &self.settings)?;

@@ -203,10 +203,6 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
-        Ok(self.items.get(key).map(|i| i.expires_at.saturating_duration_since(Instant::now())))
-    }
-
     async fn delete(&self, keys: &[String]) -> Result<u64> {
         let mut n = 0;
         for key in keys {

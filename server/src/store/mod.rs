@@ -73,8 +73,6 @@ pub trait Store: Send + Sync + 'static {
     async fn index_remove(&self, index: &str, members: &[String]) -> Result<()>;
     /// Sets `key` if absent, for `ttl`; returns whether it was set (idempotency marks).
     async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool>;
-    /// Remaining time to live of `key` (None if absent or without expiry).
-    async fn ttl(&self, key: &str) -> Result<Option<Duration>>;
     /// Removes `keys` outright (no generation bump); returns how many existed.
     async fn delete(&self, keys: &[String]) -> Result<u64>;
     /// Human-readable backend name for logs and health.

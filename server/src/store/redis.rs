@@ -256,11 +256,6 @@ impl Store for RedisStore {
         Ok(set.is_some())
     }
 
-    async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
-        let ms: i64 = self.pool.pttl(key).await.map_err(store_err)?;
-        Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
-    }
-
     async fn delete(&self, keys: &[String]) -> Result<u64> {
         // One DEL per key: keys of different entities live on different
         // cluster slots, and a multi-key DEL across slots is refused.
