@@ -55,6 +55,14 @@ async fn wait_covered(emu: &EmulatorHandle, topic: &str) {
     assert!(wait_until(Duration::from_secs(5), || covered(emu, topic)).await, "{topic} never subscribed");
 }
 
+/// Waits until one of `insts` is the fleet's listener. Its takeover purge
+/// is done by then, so values cached afterwards stay cached.
+async fn wait_listener(insts: &[&Instance]) {
+    let leader =
+        || insts.iter().any(|i| i.running.as_ref().unwrap().notifications().is_some_and(|s| s.leader));
+    assert!(wait_until(Duration::from_secs(10), leader).await, "no listener elected");
+}
+
 async fn watch(inst: &Instance, req: WatchRequest) -> Streaming<WatchEvent> {
     let mut client = inst.new_client().await;
     client.watch(req).await.expect("watch").into_inner()
@@ -92,6 +100,7 @@ async fn a_queue_mutation_purges_every_instance_and_reaches_watchers() {
     let backend = Backend::Redis(url);
     let a = Instance::start(cx_config(&env, &backend, &emu)).await;
     let b = Instance::start(cx_config(&env, &backend, &emu)).await;
+    wait_listener(&[&a, &b]).await;
     let id = queue_id(3);
     let topic = audit_topic(&id);
     let key = a.get(get_queue(&id)).await.unwrap().key;
@@ -133,6 +142,7 @@ async fn an_expiring_channel_is_replaced_without_losing_events() {
     let mut c = cx_config(&env, &Backend::Memory, &emu);
     c.notifications.renew_before = ms(600);
     let cx = Instance::start(c).await;
+    wait_listener(&[&cx]).await;
     let mut stream =
         watch(&cx, WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() }).await;
     let mut channels_seen = std::collections::BTreeSet::new();
@@ -163,6 +173,7 @@ async fn closing_warnings_and_dropped_sockets_leave_nothing_stale() {
     let emu = emulator(emu_config()).await;
     let env = unique_env("closing");
     let cx = Instance::start(cx_config(&env, &Backend::Memory, &emu)).await;
+    wait_listener(&[&cx]).await;
     let status = || cx.running.as_ref().unwrap().notifications().unwrap();
     let id = queue_id(1);
     let topic = audit_topic(&id);
@@ -232,8 +243,16 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
     // The process holds the lease before the in-process instance starts.
     let p = connect(listener.grpc_addr).await;
     let (q1, q2, q3) = (queue_id(1), queue_id(2), queue_id(3));
-    p.clone().get(get_queue(&q1)).await.unwrap();
-    wait_covered(&emu, &audit_topic(&q1)).await;
+    // Its takeover purge may drop a value cached just before it: fetch
+    // again until the topic is covered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        p.clone().get(get_queue(&q1)).await.unwrap();
+        if wait_until(Duration::from_secs(1), || covered(&emu, &audit_topic(&q1))).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} never subscribed", audit_topic(&q1));
+    }
     let b = Instance::start(cx_config(&env, &backend, &emu)).await;
     let b_status = || b.running.as_ref().unwrap().notifications().unwrap();
     let mut stream =
@@ -284,6 +303,8 @@ async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
     let mut c = cx_config(&env, &Backend::Redis(url), &emu);
     c.upstream.rate_limit.burst = 5000;
     let cx = Instance::start(c).await;
+    // Values cached before the takeover purge would be purged by it.
+    wait_listener(&[&cx]).await;
     let started = Instant::now();
     let client = cx.client.clone();
     futures::stream::iter(0..2500)
