@@ -46,6 +46,18 @@ pub const COALESCED_WAITERS: &str = "cxcache_coalesced_waiters";
 pub const WATCH_SUBSCRIBERS: &str = "cxcache_watch_subscribers";
 /// Bytes held by the in-process tier.
 pub const L1_BYTES: &str = "cxcache_l1_bytes";
+/// 1 while this instance holds the fleet's notification listener lease.
+pub const NOTIFY_LEADER: &str = "cxcache_notifications_leader";
+/// Notification channels this instance holds, and how many have a socket.
+pub const NOTIFY_CHANNELS: &str = "cxcache_notifications_channels";
+pub const NOTIFY_CONNECTED: &str = "cxcache_notifications_channels_connected";
+/// Topics subscribed over all channels.
+pub const NOTIFY_TOPICS: &str = "cxcache_notifications_topics";
+/// Platform events that led to a purge.
+pub const NOTIFY_EVENTS: &str = "cxcache_notifications_events_total";
+/// Purges made because events may have been missed (reconnects, takeovers,
+/// failed subscriptions): a rising rate means coverage is shaky.
+pub const NOTIFY_GAP_PURGES: &str = "cxcache_notifications_gap_purges_total";
 
 /// Latency buckets (seconds): from 50 µs (an L1 hit) to 10 s (a slow
 /// upstream), so hit and miss latencies both land in useful buckets.
@@ -109,6 +121,12 @@ fn describe() {
     describe_gauge!(COALESCED_WAITERS, "Callers waiting on a fetch another caller started");
     describe_gauge!(WATCH_SUBSCRIBERS, "Open Watch streams");
     describe_gauge!(L1_BYTES, Unit::Bytes, "Bytes held by the in-process tier");
+    describe_gauge!(NOTIFY_LEADER, "1 while this instance holds the notification listener lease");
+    describe_gauge!(NOTIFY_CHANNELS, "Notification channels held by this instance");
+    describe_gauge!(NOTIFY_CONNECTED, "Notification channels with a connected WebSocket");
+    describe_gauge!(NOTIFY_TOPICS, "Notification topics subscribed over all channels");
+    describe_counter!(NOTIFY_EVENTS, "Platform notification events that led to a purge");
+    describe_counter!(NOTIFY_GAP_PURGES, "Purges made because notification events may have been missed");
 }
 
 /// The `source` label of a served value.
@@ -213,6 +231,16 @@ pub fn watch_subscribers(open: i64) {
 /// Current size of the in-process tier (0 when it is off).
 pub fn l1_size(bytes: u64) {
     gauge!(L1_BYTES).set(bytes as f64);
+}
+
+/// The notification listener's state (read from it at scrape time).
+pub fn notifications(status: &crate::notifications::Status) {
+    gauge!(NOTIFY_LEADER).set(if status.leader { 1.0 } else { 0.0 });
+    gauge!(NOTIFY_CHANNELS).set(status.channels.len() as f64);
+    gauge!(NOTIFY_CONNECTED).set(status.connected as f64);
+    gauge!(NOTIFY_TOPICS).set(status.topics as f64);
+    counter!(NOTIFY_EVENTS).absolute(status.events);
+    counter!(NOTIFY_GAP_PURGES).absolute(status.gap_purges);
 }
 
 /// Increments a gauge now and decrements it on drop.

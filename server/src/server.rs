@@ -167,6 +167,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             invalidator: invalidator.clone(),
             webhook: Arc::new(config.webhook.clone()),
             data_action: Arc::new(config.data_action.clone()),
+            notifications: notifier.as_ref().map(|n| n.status.clone()),
         });
         tokio::spawn(async move {
             axum::serve(http_listener, app)

@@ -209,6 +209,19 @@ async fn closing_warnings_and_dropped_sockets_leave_nothing_stale() {
     assert!(emu.mutate_queue(&id, serde_json::json!({ "description": "after-reconnect" })));
     assert!(invalidated(&mut stream, &key, Duration::from_secs(2)).await);
     assert_eq!(description(&cx, &id).await, "after-reconnect");
+
+    // The listener's state is on /metrics (the only test here that scrapes).
+    let text = reqwest::get(format!("http://{}/metrics", cx.http_addr)).await.unwrap().text().await.unwrap();
+    let metric = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(metric("cxcache_notifications_leader"), 1.0);
+    assert_eq!(metric("cxcache_notifications_channels_connected"), 1.0);
+    assert_eq!(metric("cxcache_notifications_topics"), 1.0);
+    // Heard: after-closing and after-reconnect (the one during the gap was lost).
+    assert!(metric("cxcache_notifications_events_total") >= 2.0, "{text}");
+    assert!(metric("cxcache_notifications_gap_purges_total") >= 1.0, "{text}");
     cx.stop().await;
 }
 

@@ -21,6 +21,8 @@ pub struct AppState {
     pub invalidator: Arc<Invalidator>,
     pub webhook: Arc<WebhookSettings>,
     pub data_action: Arc<DataActionSettings>,
+    /// The notification listener's status, when it runs here.
+    pub notifications: Option<Arc<parking_lot::Mutex<crate::notifications::Status>>>,
 }
 
 /// Largest webhook or data-action body accepted.
@@ -38,12 +40,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Prometheus scrape endpoint (text exposition format 0.0.4). Sizes kept
-/// elsewhere (L1 bytes, Watch subscribers) are read at scrape time.
+/// elsewhere (L1 bytes, Watch subscribers, the notification listener) are read at scrape time.
 async fn prometheus(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
     crate::metrics::l1_size(state.cache.tiers().l1_bytes());
     crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
+    if let Some(status) = &state.notifications {
+        let status = status.lock().clone();
+        crate::metrics::notifications(&status);
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
 }
 
