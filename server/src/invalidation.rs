@@ -100,14 +100,14 @@ impl Invalidator {
         self.validate(&p)?;
         let store = self.cache.tiers().store().clone();
         let mut targets: BTreeSet<String> = p.keys.iter().cloned().collect();
-        let mut index_cleanup: Vec<(String, Vec<String>)> = Vec::new();
+        let mut index_cleanup: Vec<(String, Vec<crate::store::Indexed>)> = Vec::new();
         for prefix in &p.prefixes {
             for kind in self.cache.catalog().names() {
                 let kind_ns = format!("{}:{kind}:", self.env);
                 if kind_ns.starts_with(prefix.as_str()) || prefix.starts_with(&kind_ns) {
                     let index = keys::kind_index(&self.env, kind);
                     let members = store.index_members(&index, prefix).await?;
-                    targets.extend(members.iter().cloned());
+                    targets.extend(members.iter().map(|m| m.key.clone()));
                     index_cleanup.push((index, members));
                 }
             }
@@ -115,7 +115,7 @@ impl Invalidator {
         for tag in &p.tags {
             let index = keys::tag_index(&self.env, tag);
             let members = store.index_members(&index, "").await?;
-            targets.extend(members.iter().cloned());
+            targets.extend(members.iter().map(|m| m.key.clone()));
             index_cleanup.push((index, members));
         }
 
@@ -129,6 +129,8 @@ impl Invalidator {
         for key in &targets {
             self.cache.forget_local(&keys::store_key(key));
         }
+        // Only memberships unchanged since they were read: a fetch that
+        // started after the purge has indexed its key again, and keeps it.
         for (index, members) in index_cleanup {
             store.index_remove(&index, &members).await?;
         }

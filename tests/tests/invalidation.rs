@@ -161,6 +161,49 @@ async fn no_get_serves_a_value_from_before_an_invalidate_that_returned() {
     b.stop().await;
 }
 
+/// A fetch that starts right after a tag purge re-indexes its key while the
+/// purge is still tidying the tag's index: the tidy-up must not drop the
+/// new membership, or later tag/prefix purges (and the notification
+/// listener) lose sight of a cached key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_purges_racing_refetches_keep_the_key_indexed() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("reindex");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let mut c = config(&env, &Backend::Redis(url), &emu);
+    // Readers go to Redis at once after a purge, as other instances would.
+    c.cache.l1.enabled = false;
+    let cx = Instance::start(c).await;
+    let id = queue_id(9);
+    let tag = format!("queue:{id}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let mut client = cx.new_client().await;
+        let (stop, id) = (stop.clone(), id.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client.get(get_queue(&id)).await;
+            }
+        }));
+    }
+    for round in 1..=40 {
+        // Wait until a reader has stored the value again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cx.get(get_queue(&id)).await.unwrap().source() != Source::Store {
+            assert!(Instant::now() < deadline, "round {round}: never stored again");
+        }
+        let purged =
+            cx.client.clone().invalidate(invalidate(&[], &[], &[&tag])).await.unwrap().into_inner().purged;
+        assert_eq!(purged, 1, "round {round}: the stored key was not in its tag's index");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    cx.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_and_tag_purges_remove_exactly_their_keys() {
     let (url, _guard) = redis_url();

@@ -68,7 +68,9 @@ impl TopicKinds {
         let mut wanted = BTreeMap::new();
         for (name, _, template) in &self.kinds {
             let prefix = format!("{env}:{name}:");
-            for key in store.index_members(&keys::kind_index(env, name), &prefix).await? {
+            for key in
+                store.index_members(&keys::kind_index(env, name), &prefix).await?.into_iter().map(|m| m.key)
+            {
                 let Some(id) = key[prefix.len()..].split(':').next().filter(|id| !id.is_empty()) else {
                     continue;
                 };

@@ -40,6 +40,13 @@ pub struct WriteGuard {
     pub fence: u64,
 }
 
+/// A member of an index (a logical key) and the expiry it is scored by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    pub key: String,
+    pub expires_at_ms: i64,
+}
+
 /// A key-value store with per-key expiry. Keys are store keys
 /// ([`crate::keys::store_key`]), already hash-tagged for Redis Cluster.
 #[async_trait]
@@ -67,10 +74,12 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool>;
     /// Records `member` (a logical key) in `index` until `expires_at_ms`.
     async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<()>;
-    /// Members of `index` (not yet expired) starting with `prefix`.
-    async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<String>>;
-    /// Removes `members` from `index`.
-    async fn index_remove(&self, index: &str, members: &[String]) -> Result<()>;
+    /// Members of `index` (not yet expired) starting with `prefix`, with
+    /// the expiry each is scored by.
+    async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<Indexed>>;
+    /// Removes each of `members` whose expiry is still the one read: a key
+    /// indexed again since (a fetch that started after a purge) stays.
+    async fn index_remove(&self, index: &str, members: &[Indexed]) -> Result<()>;
     /// Sets `key` if absent, for `ttl`; returns whether it was set (idempotency marks).
     async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool>;
     /// Removes `keys` outright (no generation bump); returns how many existed.

@@ -18,7 +18,7 @@ use fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
 use fred::types::Limit;
 use futures::future::try_join_all;
 
-use super::{Store, WriteGuard, BOOKKEEPING_TTL};
+use super::{Indexed, Store, WriteGuard, BOOKKEEPING_TTL};
 use crate::config::RedisSettings;
 use crate::entry::now_ms;
 use crate::error::{Error, Result};
@@ -77,6 +77,19 @@ if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], want) 
 return 1
 "#;
 
+/// Remove members whose score is still the one read (ARGV: member, score,
+/// member, score, …): a member indexed again since then stays.
+const INDEX_REMOVE: &str = r#"
+local n = 0
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if cur and tonumber(cur) == tonumber(ARGV[i + 1]) then
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return n
+"#;
+
 struct Scripts {
     set_guarded: Script,
     purge: Script,
@@ -84,6 +97,7 @@ struct Scripts {
     release_lease: Script,
     renew_lease: Script,
     index_add: Script,
+    index_remove: Script,
 }
 
 pub struct RedisStore {
@@ -125,6 +139,7 @@ impl RedisStore {
             release_lease: Script::from_lua(RELEASE_LEASE),
             renew_lease: Script::from_lua(RENEW_LEASE),
             index_add: Script::from_lua(INDEX_ADD),
+            index_remove: Script::from_lua(INDEX_REMOVE),
         };
         Ok(RedisStore { pool, scripts })
     }
@@ -231,19 +246,31 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<String>> {
+    async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<Indexed>> {
         let min = ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) };
         let max = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::InfiniteScore };
-        let members: Vec<String> =
-            self.pool.zrangebyscore(index, min, max, false, None::<Limit>).await.map_err(store_err)?;
-        Ok(members.into_iter().filter(|m| m.starts_with(prefix)).collect())
+        let members: Vec<(String, f64)> =
+            self.pool.zrangebyscore(index, min, max, true, None::<Limit>).await.map_err(store_err)?;
+        Ok(members
+            .into_iter()
+            .filter(|(m, _)| m.starts_with(prefix))
+            .map(|(key, score)| Indexed { key, expires_at_ms: score as i64 })
+            .collect())
     }
 
-    async fn index_remove(&self, index: &str, members: &[String]) -> Result<()> {
-        if members.is_empty() {
-            return Ok(());
+    async fn index_remove(&self, index: &str, members: &[Indexed]) -> Result<()> {
+        // Bounded argument lists: a purge of thousands of keys is several
+        // short scripts, not one that blocks the node.
+        for chunk in members.chunks(500) {
+            let args: Vec<fred::types::Value> =
+                chunk.iter().flat_map(|m| [m.key.as_str().into(), m.expires_at_ms.into()]).collect();
+            let _: i64 = self
+                .scripts
+                .index_remove
+                .evalsha_with_reload(self.pool.next(), vec![index.to_string()], args)
+                .await
+                .map_err(store_err)?;
         }
-        let _: i64 = self.pool.zrem(index, members.to_vec()).await.map_err(store_err)?;
         Ok(())
     }
 
