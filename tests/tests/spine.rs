@@ -245,10 +245,23 @@ async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, 
         assert!(violations.iter().any(|v| v.field == field), "{req:?}: {violations:?}");
     }
     assert_eq!(emu.counters().total, 0, "bad input causes no upstream call (not even a token)");
+
     if let Backend::Redis(url) = &backend {
         let redis = redis_client(url).await;
         assert!(keys_of_env(&redis, env).await.is_empty(), "bad input writes nothing");
+        for index in [format!("cx:idx:{{{env}:*"), format!("cx:tag:{{{env}:*")] {
+            assert!(keys_matching(&redis, &index).await.is_empty(), "bad input indexes nothing ({index})");
+        }
     }
+
+    // A grpc-timeout outside the spec (over 8 digits) is ignored, as tonic
+    // does, instead of overflowing the deadline; the connection lives on.
+    let mut huge = tonic::Request::new(get_queue(&queue_id(2)));
+    huge.metadata_mut().insert("grpc-timeout", "9999999999999999H".parse().unwrap());
+    cx.client.clone().get(huge).await.expect("Get with an out-of-spec grpc-timeout");
+    let mut largest = tonic::Request::new(get_queue(&queue_id(2)));
+    largest.metadata_mut().insert("grpc-timeout", "99999999H".parse().unwrap());
+    cx.client.clone().get(largest).await.expect("Get with the largest grpc-timeout");
     cx.stop().await;
 }
 

@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 
-/// Parses `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+/// Parses `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n). As
+/// in tonic, a value outside the spec (more than 8 digits) is ignored, so
+/// the largest deadline is about 11 000 years and never overflows an Instant.
 pub fn from_metadata(metadata: &MetadataMap) -> Option<Duration> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -34,5 +39,17 @@ mod tests {
         assert_eq!(from_metadata(&m), Some(Duration::from_secs(3)));
         m.insert("grpc-timeout", "x".parse().unwrap());
         assert_eq!(from_metadata(&m), None);
+        m.insert("grpc-timeout", "+5S".parse().unwrap());
+        assert_eq!(from_metadata(&m), None);
+    }
+
+    #[test]
+    fn out_of_spec_values_are_ignored_and_the_largest_fits_an_instant() {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", "999999999H".parse().unwrap());
+        assert_eq!(from_metadata(&m), None, "9 digits");
+        m.insert("grpc-timeout", "99999999H".parse().unwrap());
+        let max = from_metadata(&m).unwrap();
+        assert!(std::time::Instant::now().checked_add(max).is_some());
     }
 }

@@ -42,7 +42,13 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
             // Answer a little before the caller's deadline, so the caller
             // gets our DEADLINE_EXCEEDED rather than tonic's CANCELLED.
             let limit = limit.saturating_sub((limit / 20).min(Duration::from_millis(20)));
-            let deadline = Instant::now() + limit;
+            let Some(deadline) = Instant::now().checked_add(limit) else {
+                return Err(Error::InvalidArgument(vec![crate::error::FieldViolation::new(
+                    "grpc-timeout",
+                    "deadline too far in the future",
+                )])
+                .into());
+            };
             match tokio::time::timeout(limit, cache.get(&req, Some(deadline))).await {
                 Err(_) => Err(Error::DeadlineExceeded(format!("no answer within the caller's {limit:?}"))),
                 // An upstream call cut short by the caller's deadline is the
@@ -57,7 +63,10 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
         }
         None => cache.get(&req, None).await,
     }?;
-    crate::metrics::get_served(&req.kind, served.source, started.elapsed());
+    // The catalog's name (from the key), never the caller's spelling: the
+    // label set stays bounded by the catalog.
+    let kind = served.key.split(':').nth(1).unwrap_or_default();
+    crate::metrics::get_served(kind, served.source, started.elapsed());
     tracing::Span::current().record("source", crate::metrics::source_label(served.source));
     Ok(Response::new(to_response(served)))
 }
