@@ -49,6 +49,23 @@ pub enum Role {
     Follower,
 }
 
+/// Takes a finished (or panicked) flight out of the map, unless a purge
+/// detached it and a newer flight took its place.
+struct Done<T: Clone + Send + Sync + 'static> {
+    inflight: Arc<Mutex<FlightMap<T>>>,
+    key: String,
+    id: u64,
+}
+
+impl<T: Clone + Send + Sync + 'static> Drop for Done<T> {
+    fn drop(&mut self) {
+        let mut map = self.inflight.lock();
+        if map.get(&self.key).is_some_and(|(i, _)| *i == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
     /// Runs `make()` for `key` unless a flight for `key` is under way, in
     /// which case its result is awaited instead.
@@ -68,12 +85,10 @@ impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
                     let fut = make();
                     // In the leader's span, so the fetch traces under its request.
                     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
-                        let out = fut.await;
-                        let mut map = inflight.lock();
-                        if map.get(&owned_key).is_some_and(|(i, _)| *i == id) {
-                            map.remove(&owned_key);
-                        }
-                        out
+                        // Removed on drop: even a fetch that panics leaves no
+                        // dead flight for later callers to join.
+                        let _done = Done { inflight, key: owned_key, id };
+                        fut.await
                     }));
                     let flight: Flight<T> = async move {
                         task.await.unwrap_or_else(|e| Err(Error::Internal(format!("fetch task failed: {e}"))))
@@ -142,6 +157,27 @@ mod tests {
         assert!(r.is_err());
         let (r, role) = sf.run("k", || async { Ok(1) }).await;
         assert_eq!((r.unwrap(), role), (1, Role::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_fails_its_callers_once_and_is_not_joined_later() {
+        let sf = Singleflight::<u32>::default();
+        let (r, _) = sf
+            .run("k", || async {
+                if sf_panics() {
+                    panic!("fetch bug");
+                }
+                Ok(0)
+            })
+            .await;
+        assert!(matches!(r, Err(Error::Internal(_))), "{r:?}");
+        assert_eq!(sf.in_flight(), 0);
+        let (r, role) = sf.run("k", || async { Ok(2) }).await;
+        assert_eq!((r.unwrap(), role), (2, Role::Leader));
+    }
+
+    fn sf_panics() -> bool {
+        true
     }
 
     #[tokio::test]

@@ -38,6 +38,10 @@ pub const UPSTREAM_DURATION: &str = "cxcache_upstream_duration_seconds";
 /// Calls left in the current rate-limit window, by credential (from the
 /// platform's `inin-ratelimit-*` headers).
 pub const UPSTREAM_QUOTA_REMAINING: &str = "cxcache_upstream_quota_remaining";
+/// 1 while a credential is parked (refused or failing), by credential.
+pub const UPSTREAM_CREDENTIAL_PARKED: &str = "cxcache_upstream_credential_parked";
+/// Times a credential was parked, by credential.
+pub const UPSTREAM_PARKINGS: &str = "cxcache_upstream_credential_parkings_total";
 /// Callers that joined a fetch already under way instead of starting one.
 pub const COALESCED_TOTAL: &str = "cxcache_coalesced_total";
 /// Callers waiting right now on a fetch someone else started.
@@ -117,6 +121,8 @@ fn describe() {
         UPSTREAM_QUOTA_REMAINING,
         "Calls left in the current rate-limit window, by OAuth client id"
     );
+    describe_gauge!(UPSTREAM_CREDENTIAL_PARKED, "1 while an OAuth credential is parked, by client id");
+    describe_counter!(UPSTREAM_PARKINGS, "Times an OAuth credential was parked, by client id");
     describe_counter!(COALESCED_TOTAL, "Callers that joined a fetch already under way");
     describe_gauge!(COALESCED_WAITERS, "Callers waiting on a fetch another caller started");
     describe_gauge!(WATCH_SUBSCRIBERS, "Open Watch streams");
@@ -213,6 +219,19 @@ pub fn upstream_unreachable(client_id: &str, elapsed: Duration) {
 /// or the upstream's headers).
 pub fn upstream_quota(client_id: &str, remaining: u64) {
     gauge!(UPSTREAM_QUOTA_REMAINING, "client_id" => client_id.to_owned()).set(remaining as f64);
+}
+
+/// A credential was parked (its token refused, or its token endpoint failing).
+pub fn credential_parked(client_id: &str) {
+    counter!(UPSTREAM_PARKINGS, "client_id" => client_id.to_owned()).increment(1);
+}
+
+/// Whether each credential is parked now (read at scrape time).
+pub fn credentials(states: &[crate::upstream::CredentialState]) {
+    for s in states {
+        gauge!(UPSTREAM_CREDENTIAL_PARKED, "client_id" => s.client_id.clone())
+            .set(f64::from(u8::from(s.parked)));
+    }
 }
 
 /// A caller joined a fetch under way; the waiter gauge drops when the

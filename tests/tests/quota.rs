@@ -319,6 +319,20 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
     assert!(refused <= 2, "the revoked credential is parked after its refusal: {refused} refused calls");
     assert!(by(&c1) <= 2, "no more calls with the parked credential");
     assert!(by(&c0) > 10 && by(&c2) > 10, "the others carry on");
+    // Operators see it on /metrics (a warning is logged too).
+    let text = reqwest::get(format!("http://{}/metrics", cx.http_addr)).await.unwrap().text().await.unwrap();
+    let sample =
+        |series: String| text.lines().find_map(|l| l.strip_prefix(&format!("{series} "))).map(str::to_string);
+    assert_eq!(
+        sample(format!("cxcache_upstream_credential_parked{{client_id=\"{c1}\"}}")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        sample(format!("cxcache_upstream_credential_parked{{client_id=\"{c0}\"}}")).as_deref(),
+        Some("0")
+    );
+    let parkings = sample(format!("cxcache_upstream_credential_parkings_total{{client_id=\"{c1}\"}}"));
+    assert!(parkings.and_then(|v| v.parse::<f64>().ok()).is_some_and(|n| n >= 1.0), "{text}");
     cx.stop().await;
     emu.shutdown().await;
 }

@@ -215,7 +215,8 @@ impl Config {
                 || url.starts_with("redis-cluster://")
                 || url.starts_with("rediss-cluster://"))
             {
-                problems.push(format!("redis.url {url:?}: expected redis:// or redis-cluster://"));
+                problems
+                    .push(format!("redis.url {:?}: expected redis:// or redis-cluster://", redacted(url)));
             }
         }
         if self.upstream.base_url.is_some() && self.upstream.credentials.is_empty() {
@@ -235,6 +236,9 @@ impl Config {
         }
         if !(ttl.analytics_fraction > 0.0 && ttl.analytics_fraction <= 1.0) {
             problems.push("cache.ttl.analytics_fraction must be in (0, 1]".into());
+        }
+        if ttl.analytics_min > ttl.analytics_max {
+            problems.push("cache.ttl.analytics_min must not exceed cache.ttl.analytics_max".into());
         }
         let rl = &self.upstream.rate_limit;
         if rl.allowed == 0 || rl.window.is_zero() {
@@ -277,9 +281,42 @@ impl Config {
     }
 }
 
+/// `url` with any password replaced, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Unparsable: keep only the scheme, in case a secret is in there.
+        Err(_) => format!("{}://…", url.split("://").next().unwrap_or("?")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_passwords_never_reach_messages() {
+        let url = "redis-cluster://app:hunter2@10.0.0.1:6379?node=10.0.0.2:6379";
+        assert!(!redacted(url).contains("hunter2"), "{}", redacted(url));
+        assert!(redacted(url).contains("10.0.0.1"));
+        assert_eq!(redacted("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        let mut c = Config::default();
+        c.redis.url = Some("redis-clustr://app:hunter2@h:1".into());
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("redis.url") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn analytics_ttl_bounds_must_be_ordered() {
+        let mut c = Config::default();
+        c.cache.ttl.analytics_min = std::time::Duration::from_secs(600);
+        c.cache.ttl.analytics_max = std::time::Duration::from_secs(60);
+        assert!(c.validate().unwrap_err().contains("analytics_min"));
+    }
 
     #[test]
     fn defaults_validate() {

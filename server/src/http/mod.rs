@@ -46,6 +46,7 @@ async fn prometheus(
 ) -> impl axum::response::IntoResponse {
     crate::metrics::l1_size(state.cache.tiers().l1_bytes());
     crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
+    crate::metrics::credentials(&state.cache.upstream().credentials());
     if let Some(status) = &state.notifications {
         let status = status.lock().clone();
         crate::metrics::notifications(&status);

@@ -129,7 +129,11 @@ impl RedisStore {
         tokio::time::timeout(settings.connect_timeout, pool.init())
             .await
             .map_err(|_| {
-                Error::Store(format!("redis: no connection to {url} within {:?}", settings.connect_timeout))
+                Error::Store(format!(
+                    "redis: no connection to {} within {:?}",
+                    crate::config::redacted(url),
+                    settings.connect_timeout
+                ))
             })?
             .map_err(store_err)?;
         let scripts = Scripts {

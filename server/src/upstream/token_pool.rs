@@ -429,6 +429,7 @@ fn park(s: &Slot, stats: &UpstreamStats, park_for: Duration, reason: String) {
     );
     h.park_reason = reason;
     UpstreamStats::bump(&stats.credentials_parked);
+    crate::metrics::credential_parked(&s.credential.client_id);
 }
 
 /// The limiter key of a credential: one Redis key, shared by every instance
