@@ -269,9 +269,10 @@ struct Fetch {
     bus: Arc<Bus>,
 }
 
-/// Whether this instance fetches, or another instance already did.
+/// Whether this instance fetches (under this write guard), or another
+/// instance already did.
 enum Lease {
-    Held(u64),
+    Held(WriteGuard),
     Done(Arc<Entry>),
 }
 
@@ -279,9 +280,48 @@ impl Fetch {
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(key = %self.r.key))]
     async fn run(self) -> Result<Flight> {
         let r = &self.r;
+        let ttl = self.ttl.ttl(&r.kind, r.body.as_ref());
+        let l1_ticket = self.tiers.l1_ticket(&r.store_key);
+        let prepared = if self.tiers.store_available() {
+            self.prepare(ttl).await
+        } else {
+            Err(Error::Store("skipped after a recent failure".into()))
+        };
+        let guard = match prepared {
+            Ok(Lease::Held(guard)) => Some(guard),
+            Ok(Lease::Done(entry)) => return Ok(Flight { entry, origin: Origin::Remote }),
+            // A store outage must not take reads down: fetch without the
+            // fleet lease (this instance still coalesces its own callers)
+            // and keep the value in L1 only.
+            Err(e @ Error::Store(_)) => {
+                self.tiers.note_failure(&e);
+                tracing::debug!(key = %r.key, error = %e, "store unavailable: fetching without storing");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let result = self.lead(ttl, guard).await;
+        match guard {
+            Some(g) => {
+                if let Err(e) = self.tiers.store().release_lease(&r.store_key, g.fence).await {
+                    tracing::debug!(error = %e, "lease release failed; it expires by itself");
+                }
+            }
+            None => {
+                if let Ok(f) = &result {
+                    self.tiers.fill_l1(&r.store_key, f.entry.clone(), l1_ticket);
+                }
+            }
+        }
+        result
+    }
+
+    /// Indexes the key, reads its generation and takes the fleet lease (or
+    /// finds that another instance fetched it meanwhile).
+    async fn prepare(&self, ttl: Duration) -> Result<Lease> {
+        let r = &self.r;
         let store = self.tiers.store().clone();
         let started_ms = now_ms();
-        let ttl = self.ttl.ttl(&r.kind, r.body.as_ref());
         // Index the key before fetching: a prefix or tag purge from now on
         // finds it, bumps its generation, and so refuses our write.
         let expires = started_ms + self.tiers.retention(ttl).as_millis() as i64;
@@ -291,16 +331,10 @@ impl Fetch {
             res?;
         }
         let generation = store.generation(&r.store_key).await?;
-
-        let token = match self.lease(started_ms).await? {
-            Lease::Held(token) => token,
-            Lease::Done(entry) => return Ok(Flight { entry, origin: Origin::Remote }),
-        };
-        let result = self.lead(ttl, WriteGuard { generation, fence: token }).await;
-        if let Err(e) = store.release_lease(&r.store_key, token).await {
-            tracing::debug!(error = %e, "lease release failed; it expires by itself");
-        }
-        result
+        Ok(match self.lease(started_ms).await? {
+            Lease::Held(g) => Lease::Held(WriteGuard { generation, fence: g.fence }),
+            done => done,
+        })
     }
 
     /// Takes the key's fleet-wide fetch lease, or waits for the holder's
@@ -312,7 +346,7 @@ impl Fetch {
         let mut events = self.bus.subscribe();
         loop {
             if let Some(token) = store.try_lease(&r.store_key, self.settings.lease_ttl).await? {
-                return Ok(Lease::Held(token));
+                return Ok(Lease::Held(WriteGuard { generation: 0, fence: token }));
             }
             let mut pause = Duration::from_millis(20);
             loop {
@@ -352,16 +386,19 @@ impl Fetch {
     }
 
     /// The lease holder's work: fetch (conditionally when possible),
-    /// normalize, store under the write guard, announce.
-    async fn lead(&self, ttl: Duration, guard: WriteGuard) -> Result<Flight> {
+    /// normalize, store under the write guard (none: the store is down),
+    /// announce.
+    async fn lead(&self, ttl: Duration, guard: Option<WriteGuard>) -> Result<Flight> {
         let r = &self.r;
         // A fetch that finished just before this one may have stored the
         // value already: look once more before spending quota.
-        if !self.force {
-            if let Some(entry) = self.tiers.get_stored(&r.store_key).await? {
-                if acceptable(&entry, &r.freshness, now_ms()) {
+        if !self.force && guard.is_some() {
+            match self.tiers.get_stored(&r.store_key).await {
+                Ok(Some(entry)) if acceptable(&entry, &r.freshness, now_ms()) => {
                     return Ok(Flight { entry, origin: Origin::Stored });
                 }
+                Ok(_) => {}
+                Err(e) => self.tiers.note_failure(&e),
             }
         }
         let mut call = r.call();
@@ -390,6 +427,9 @@ impl Fetch {
             fetched.last_modified.or_else(|| previous.map(|p| p.last_modified.clone())).unwrap_or_default();
         entry.fetch_ms = fetch_ms.max(1);
 
+        let Some(guard) = guard else {
+            return Ok(Flight { entry: Arc::new(entry), origin });
+        };
         match self.tiers.put(&r.store_key, &entry, ttl, guard).await {
             Ok(true) if origin == Origin::Fetched => watch::publish_update(&self.bus, &r.key).await,
             Ok(true) => {}
@@ -397,7 +437,10 @@ impl Fetch {
             // fetched to our callers, but never overwrite the newer state.
             Ok(false) => tracing::debug!(key = %r.key, "write refused: purged or superseded during fetch"),
             // Serve what we fetched even if it could not be stored.
-            Err(e) => tracing::warn!(key = %r.key, error = %e, "store write failed"),
+            Err(e) => {
+                self.tiers.note_failure(&e);
+                tracing::warn!(key = %r.key, error = %e, "store write failed");
+            }
         }
         Ok(Flight { entry: Arc::new(entry), origin })
     }

@@ -5,14 +5,23 @@
 //! they can still be served stale when the upstream fails; the store's own
 //! expiry is always set, so nothing lives forever. L1 holds only fresh
 //! entries and is evicted by the invalidation bus (see [`crate::l1`]).
+//!
+//! A store outage must not take reads down: after a store error the store
+//! is skipped for [`STORE_RETRY`] (reads are misses, fetches go upstream
+//! without the fleet lease and fill only L1), so callers do not each wait
+//! out a command timeout while Redis is away.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::entry::{now_ms, Entry};
-use crate::error::Result;
-use crate::l1::L1;
+use crate::error::{Error, Result};
+use crate::l1::{FillTicket, L1};
 use crate::store::{Store, WriteGuard};
+
+/// How long the store is skipped after it failed a call.
+pub const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +34,40 @@ pub struct Tiers {
     l1: Option<L1>,
     store: Arc<dyn Store>,
     stale_grace: Duration,
+    /// The store is skipped until then (ms since the epoch; 0: in use).
+    store_down_until: AtomicI64,
 }
 
 impl Tiers {
     pub fn new(store: Arc<dyn Store>, l1: Option<L1>, stale_grace: Duration) -> Self {
-        Tiers { l1, store, stale_grace }
+        Tiers { l1, store, stale_grace, store_down_until: AtomicI64::new(0) }
+    }
+
+    /// Whether the store is in use (not skipped after a recent failure).
+    pub fn store_available(&self) -> bool {
+        now_ms() >= self.store_down_until.load(Ordering::Relaxed)
+    }
+
+    /// Notes a failed call: a store error skips the store for a while.
+    pub fn note_failure(&self, e: &Error) {
+        if matches!(e, Error::Store(_)) {
+            let until = now_ms() + STORE_RETRY.as_millis() as i64;
+            if self.store_down_until.swap(until, Ordering::Relaxed) < now_ms() {
+                tracing::warn!(error = %e, retry_in = ?STORE_RETRY, "store unavailable: serving from L1 and upstream");
+            }
+        }
+    }
+
+    /// A ticket to fill L1 later unless the key is evicted meanwhile.
+    pub fn l1_ticket(&self, store_key: &str) -> Option<FillTicket> {
+        self.l1.as_ref().map(|l1| l1.ticket(store_key))
+    }
+
+    /// Fills L1 directly (the store being unavailable).
+    pub fn fill_l1(&self, store_key: &str, entry: Arc<Entry>, ticket: Option<FillTicket>) {
+        if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
+            l1.fill(store_key, entry, ticket);
+        }
     }
 
     /// The entry for `store_key`, fresh or not: from L1 when it holds a
@@ -45,7 +83,14 @@ impl Tiers {
             }
             None => None,
         };
-        let Some(bytes) = self.store.get(store_key).await? else { return Ok(None) };
+        if !self.store_available() {
+            return Ok(None);
+        }
+        let got = self.store.get(store_key).await;
+        if let Err(e) = &got {
+            self.note_failure(e);
+        }
+        let Some(bytes) = got? else { return Ok(None) };
         let entry = Arc::new(Entry::decode_from(bytes)?);
         if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
             if entry.is_fresh(now_ms()) {

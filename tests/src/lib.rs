@@ -117,6 +117,23 @@ impl RedisCluster {
     pub fn restart_node(&self, port: u16) -> anyhow::Result<()> {
         self.script(&["restart", &port.to_string()])
     }
+
+    /// Whether every node reports `cluster_state:ok`, waiting up to `limit`.
+    pub fn wait_ok(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self.ports().iter().all(|p| {
+                Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok || Instant::now() >= deadline {
+                return ok;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for RedisCluster {

@@ -1,0 +1,75 @@
+//! A whole Redis Cluster going away: reads keep working (L1, then the
+//! upstream without the fleet lease), nothing waits on a dead store for
+//! long, and the store is used again once it is back.
+
+use std::time::{Duration, Instant};
+
+use cxcache::proto::v1::{GetRequest, Source};
+use genesys_emulator::{queue_id, EmulatorConfig};
+use harness::*;
+
+async fn get_within(cx: &Instance, req: GetRequest, limit: Duration) -> Source {
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(limit);
+    cx.client.clone().get(request).await.expect("Get during the outage").into_inner().source()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
+    // A private cluster: this test kills every node.
+    let cluster = RedisCluster::start().expect("start a Redis cluster");
+    let env = unique_env("outage");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let mut c = config(&env, &Backend::Redis(cluster.url.clone()), &emu);
+    c.redis.command_timeout = Duration::from_millis(500);
+    let cx = Instance::start(c).await;
+    assert_eq!(get_within(&cx, get_queue(&queue_id(0)), Duration::from_secs(5)).await, Source::Upstream);
+
+    for port in cluster.ports() {
+        cluster.kill_node(port).unwrap();
+    }
+    // A value never seen: fetched upstream, served, kept in L1.
+    let started = Instant::now();
+    assert_eq!(get_within(&cx, get_queue(&queue_id(1)), Duration::from_secs(10)).await, Source::Upstream);
+    println!("first miss during the outage answered in {:?}", started.elapsed());
+    assert_eq!(get_within(&cx, get_queue(&queue_id(1)), Duration::from_secs(5)).await, Source::L1);
+    // Later misses skip the dead store instead of waiting on it: twenty in a
+    // row take far less than twenty command timeouts.
+    let started = Instant::now();
+    for n in 2..22 {
+        assert_eq!(get_within(&cx, get_queue(&queue_id(n)), Duration::from_secs(5)).await, Source::Upstream);
+    }
+    let twenty = started.elapsed();
+    println!("20 misses during the outage in {twenty:?}");
+    assert!(twenty < Duration::from_secs(5), "misses waited on the dead store: {twenty:?}");
+
+    // Back up (empty: nothing was persisted): new values are stored again.
+    for port in cluster.ports() {
+        cluster.restart_node(port).unwrap();
+    }
+    assert!(cluster.wait_ok(Duration::from_secs(30)), "the cluster came back");
+    let redis = redis_client(&cluster.url).await;
+    let logical = format!("{env}:routing.queue:{}:full", queue_id(30));
+    let key = cxcache::keys::store_key(&logical);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = tokio::time::timeout(Duration::from_secs(3), cx.client.clone().get(get_queue(&queue_id(30))))
+            .await;
+        if keys_of_env(&redis, &env).await.contains(&key) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store was not used again after Redis came back");
+        // Evict the L1 copy so the next Get goes through the store path.
+        let _ = cx
+            .client
+            .clone()
+            .invalidate(cxcache::proto::v1::InvalidateRequest {
+                keys: vec![logical.clone()],
+                reason: "test".into(),
+                ..Default::default()
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cx.stop().await;
+}
