@@ -300,7 +300,17 @@ impl Fetch {
             }
             Err(e) => return Err(e),
         };
-        let result = self.lead(ttl, guard).await;
+        let result = match guard {
+            Some(g) => {
+                // Renewed while the fetch runs: a live but slow fetch (an
+                // analytics job, a quota wait) is not taken for a dead one.
+                tokio::select! {
+                    result = self.lead(ttl, guard) => result,
+                    () = self.keep_lease(g.fence) => unreachable!("keep_lease never returns"),
+                }
+            }
+            None => self.lead(ttl, None).await,
+        };
         match guard {
             Some(g) => {
                 if let Err(e) = self.tiers.store().release_lease(&r.store_key, g.fence).await {
@@ -314,6 +324,23 @@ impl Fetch {
             }
         }
         result
+    }
+
+    /// Extends the fleet lease every third of its TTL while the fetch runs;
+    /// once it is lost (a purge does not touch it, only expiry does), stops.
+    async fn keep_lease(&self, token: u64) {
+        let every = self.settings.lease_ttl / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.tiers.store().renew_lease(&self.r.store_key, token, self.settings.lease_ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(key = %self.r.key, "fetch lease lost; the write fence still guards");
+                    return std::future::pending().await;
+                }
+                Err(e) => tracing::debug!(key = %self.r.key, error = %e, "lease renewal failed; retrying"),
+            }
+        }
     }
 
     /// Indexes the key, reads its generation and takes the fleet lease (or

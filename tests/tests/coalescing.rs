@@ -67,6 +67,33 @@ async fn a_thousand_gets_for_one_cold_key_over_three_instances_make_one_call() {
     }
 }
 
+/// A fetch slower than the lease TTL keeps its lease renewed: an instance
+/// asking meanwhile waits for it instead of fetching again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_slower_than_the_lease_keeps_it() {
+    let (url, _guard) = redis_url();
+    let env = unique_env("renew");
+    let emu = emulator(EmulatorConfig::default()).await;
+    let id = queue_id(17);
+    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 1500));
+    let backend = Backend::Redis(url);
+    let mut c = config(&env, &backend, &emu);
+    c.cache.lease_ttl = Duration::from_millis(300);
+    let (a, b) = (Instance::start(c.clone()).await, Instance::start(c).await);
+    let mut first = a.new_client().await;
+    let req = get_queue(&id);
+    let first = tokio::spawn(async move { first.get(req).await.map(|r| r.into_inner()) });
+    // Well past the lease TTL, the fetch still running.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let second = b.get(get_queue(&id)).await.expect("second Get");
+    let first = first.await.unwrap().expect("first Get");
+    assert_eq!(first.source(), Source::Upstream);
+    assert_eq!(second.source(), Source::Coalesced, "B waited for A's fetch");
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "one upstream call");
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
     let emu = emulator(EmulatorConfig::default()).await;
@@ -209,7 +236,8 @@ async fn a_dead_lease_holder_is_taken_over() {
     });
     let envs = [
         ("CXCACHE_ENV", env.as_str()),
-        ("CXCACHE_CACHE__LEASE_TTL", "1s"),
+        // Long enough that the quick waiter below surely finds it held.
+        ("CXCACHE_CACHE__LEASE_TTL", "3s"),
         ("CXCACHE_CACHE__L1__ENABLED", "false"),
     ];
     let base = emu.base_url();
@@ -235,7 +263,7 @@ async fn a_dead_lease_holder_is_taken_over() {
     let _ = pending.await;
 
     let mut c = config(&env, &Backend::Redis(url), &emu);
-    c.cache.lease_ttl = Duration::from_secs(1);
+    c.cache.lease_ttl = Duration::from_secs(3);
     let other = Instance::start(c).await;
     // A waiter with a short deadline gives up in time rather than hanging.
     let mut quick = tonic::Request::new(get_queue(&id));
@@ -244,6 +272,7 @@ async fn a_dead_lease_holder_is_taken_over() {
     let err = other.client.clone().get(quick).await.unwrap_err();
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
     assert!(t.elapsed() < Duration::from_secs(2), "gave up in {:?}", t.elapsed());
+    assert!(emu.counters().route(QUEUE_ROUTE) == 0, "the quick waiter did not fetch itself");
     // A patient one gets the value once the dead holder's lease lapses.
     let mut patient = tonic::Request::new(get_queue(&id));
     patient.set_timeout(Duration::from_secs(10));
