@@ -282,23 +282,22 @@ impl Fetch {
         let r = &self.r;
         let ttl = self.ttl.ttl(&r.kind, r.body.as_ref());
         let l1_ticket = self.tiers.l1_ticket(&r.store_key);
-        let prepared = if self.tiers.store_available() {
-            self.prepare(ttl).await
-        } else {
-            Err(Error::Store("skipped after a recent failure".into()))
-        };
+        // A store outage must not take reads down: without the store, fetch
+        // without the fleet lease (this instance still coalesces its own
+        // callers) and keep the value in L1 only.
+        let prepared = if self.tiers.store_available() { Some(self.prepare(ttl).await) } else { None };
         let guard = match prepared {
-            Ok(Lease::Held(guard)) => Some(guard),
-            Ok(Lease::Done(entry)) => return Ok(Flight { entry, origin: Origin::Remote }),
-            // A store outage must not take reads down: fetch without the
-            // fleet lease (this instance still coalesces its own callers)
-            // and keep the value in L1 only.
-            Err(e @ Error::Store(_)) => {
+            Some(Ok(Lease::Held(guard))) => Some(guard),
+            Some(Ok(Lease::Done(entry))) => return Ok(Flight { entry, origin: Origin::Remote }),
+            Some(Err(e @ Error::Store(_))) => {
                 self.tiers.note_failure(&e);
                 tracing::debug!(key = %r.key, error = %e, "store unavailable: fetching without storing");
                 None
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
+            // Skipped after a recent failure (not a new one: the skip must
+            // not extend itself).
+            None => None,
         };
         let result = match guard {
             Some(g) => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{KeysInterface, Pool};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 
 use crate::bus::{Bus, BusMessage, Event, EventKind};
 use crate::cache::Cache;
@@ -119,20 +119,28 @@ impl Invalidator {
             index_cleanup.push((index, members));
         }
 
-        let purged: u64 = stream::iter(targets.iter().cloned().map(|key| {
+        let results: Vec<Result<bool>> = stream::iter(targets.iter().cloned().map(|key| {
             let store = store.clone();
             async move { store.purge(&keys::store_key(&key)).await }
         }))
         .buffer_unordered(PURGE_CONCURRENCY)
-        .try_fold(0u64, |n, existed| async move { Ok(n + u64::from(existed)) })
-        .await?;
+        .collect()
+        .await;
+        let purged = results.iter().filter(|r| matches!(r, Ok(true))).count() as u64;
+        let failed = results.into_iter().find_map(Result::err);
+        // Whatever was purged is forgotten and announced even if some key
+        // failed: a retry of the whole call is harmless.
         for key in &targets {
             self.cache.forget_local(&keys::store_key(key));
         }
-        // Only memberships unchanged since they were read: a fetch that
-        // started after the purge has indexed its key again, and keeps it.
-        for (index, members) in index_cleanup {
-            store.index_remove(&index, &members).await?;
+        if failed.is_none() {
+            // Only memberships unchanged since they were read: a fetch that
+            // started after the purge has indexed its key again, and keeps it.
+            for (index, members) in index_cleanup {
+                if let Err(e) = store.index_remove(&index, &members).await {
+                    tracing::debug!(%index, error = %e, "index tidy-up failed; entries expire by themselves");
+                }
+            }
         }
 
         let ack = self.bus.pool().map(|_| format!("cx:ack:{{{}}}:{}", self.env, uuid::Uuid::new_v4()));
@@ -146,18 +154,25 @@ impl Invalidator {
             origin: self.bus.instance_id.clone(),
             ack: ack.clone(),
         };
-        match self.bus.publish(event).await {
+        let published = match self.bus.publish(event).await {
             Ok(receivers) => {
                 if let (Some(ack), Some(pool)) = (ack, self.bus.pool()) {
                     self.await_acks(pool, &ack, receivers).await;
                 }
+                Ok(())
             }
-            // The store purge is done; instances that missed the event see
-            // a gap and drop their L1 when their bus reconnects.
-            Err(e) => tracing::warn!(error = %e, "purge published no bus event"),
-        }
+            // The store purge is done, but other instances may hold L1
+            // copies (up to `l1.ttl`) and watchers heard nothing: the caller
+            // is told to retry rather than promised read-your-invalidation.
+            Err(e) => Err(Error::Store(format!(
+                "purged in the store, but the other instances could not be told ({e}); retry"
+            ))),
+        };
         audit(&p, targets.len(), purged);
-        Ok(purged)
+        match failed {
+            Some(e) => Err(e),
+            None => published.map(|()| purged),
+        }
     }
 
     /// Waits until `expected` instances acknowledged an event, or the timeout.

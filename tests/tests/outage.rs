@@ -43,6 +43,22 @@ async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
     println!("20 misses during the outage in {twenty:?}");
     assert!(twenty < Duration::from_secs(5), "misses waited on the dead store: {twenty:?}");
 
+    // An Invalidate cannot be promised fleet-wide now: UNAVAILABLE (retry),
+    // yet this instance's own L1 copy is dropped at once.
+    let logical1 = format!("{env}:routing.queue:{}:full", queue_id(1));
+    let err = cx
+        .client
+        .clone()
+        .invalidate(cxcache::proto::v1::InvalidateRequest {
+            keys: vec![logical1],
+            reason: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(get_within(&cx, get_queue(&queue_id(1)), Duration::from_secs(5)).await, Source::Upstream);
+
     // Back up (empty: nothing was persisted): new values are stored again.
     for port in cluster.ports() {
         cluster.restart_node(port).unwrap();
@@ -53,8 +69,13 @@ async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
     let key = cxcache::keys::store_key(&logical);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let _ = tokio::time::timeout(Duration::from_secs(3), cx.client.clone().get(get_queue(&queue_id(30))))
-            .await;
+        let got =
+            tokio::time::timeout(Duration::from_secs(3), cx.client.clone().get(get_queue(&queue_id(30))))
+                .await;
+        println!(
+            "after recovery: {:?}",
+            got.map(|r| r.map(|r| r.into_inner().source()).map_err(|s| s.code()))
+        );
         if keys_of_env(&redis, &env).await.contains(&key) {
             break;
         }
