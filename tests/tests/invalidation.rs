@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cxcache::proto::v1::{
     watch_event::Type, GetRequest, InvalidateRequest, Source, WatchEvent, WatchRequest,
 };
+use fred::prelude::KeysInterface;
 use genesys_emulator::{queue_id, user_id, EmulatorConfig, Fault};
 use harness::*;
 use hmac::{Hmac, Mac};
@@ -322,7 +323,7 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
     let (url, _guard) = redis_url();
     let env = unique_env("hook");
     let emu = emulator(EmulatorConfig::default()).await;
-    let mut c = config(&env, &Backend::Redis(url), &emu);
+    let mut c = config(&env, &Backend::Redis(url.clone()), &emu);
     c.webhook.secret = Some(cxcache::config::Secret::new("hook-secret"));
     let cx = Instance::start(c).await;
     let http = reqwest::Client::new();
@@ -391,7 +392,65 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
     assert!(!cached().await);
     let r = post("/webhooks/eventbridge", eb.clone(), Some(sign("hook-secret", &eb))).await.unwrap();
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "duplicate");
+    assert!(cached().await, "replay purged nothing");
+
+    // Bearer JWT: must expire; when bound to a body, only to that body.
+    let jwt_post = |body: Vec<u8>, claims: serde_json::Value| {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"hook-secret"),
+        )
+        .unwrap();
+        http.post(format!("{base}/webhooks/genesys"))
+            .header("content-type", "application/json")
+            .bearer_auth(token)
+            .body(body)
+            .send()
+    };
+    let e2 = serde_json::to_vec(&serde_json::json!({
+        "eventId": format!("{env}-e2"), "topicName": "routing.queue.updated", "entityId": id
+    }))
+    .unwrap();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let r = jwt_post(e2.clone(), serde_json::json!({ "sub": "crm" })).await.unwrap();
+    assert_eq!(r.status(), 401, "a JWT without exp");
+    let other_body = hex_sha256(b"{}");
+    let r = jwt_post(e2.clone(), serde_json::json!({ "exp": exp, "body_sha256": other_body })).await.unwrap();
+    assert_eq!(r.status(), 401, "a JWT bound to another body");
+    assert!(cached().await);
+    let bound = serde_json::json!({ "exp": exp, "body_sha256": hex_sha256(&e2) });
+    assert_eq!(jwt_post(e2.clone(), bound).await.unwrap().status(), 200);
+    assert!(!cached().await, "purged through the JWT door");
+
+    // A duplicate of an event still being purged is not swallowed: 503 +
+    // Retry-After, nothing purged; once the first attempt lets go (it
+    // failed), the retry goes through.
+    let e3_id = format!("{env}-e3");
+    let mark = format!("cx:evt:{{{env}}}:{e3_id}");
+    let redis = redis_client(&url).await;
+    let _: () = redis.set(&mark, "1", Some(fred::types::Expiration::EX(60)), None, false).await.unwrap();
+    let e3 = serde_json::to_vec(&serde_json::json!({
+        "eventId": e3_id, "topicName": "routing.queue.updated", "entityId": id
+    }))
+    .unwrap();
+    assert!(cached().await);
+    let r = post("/webhooks/genesys", e3.clone(), Some(sign("hook-secret", &e3))).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(cached().await, "nothing purged while the first attempt is pending");
+    let _: i64 = redis.del(&mark).await.unwrap();
+    let r = post("/webhooks/genesys", e3.clone(), Some(sign("hook-secret", &e3))).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!cached().await);
+    let r = post("/webhooks/genesys", e3.clone(), Some(sign("hook-secret", &e3))).await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "duplicate");
     cx.stop().await;
+}
+
+fn hex_sha256(body: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,6 +240,14 @@ impl Config {
         if ttl.analytics_min > ttl.analytics_max {
             problems.push("cache.ttl.analytics_min must not exceed cache.ttl.analytics_max".into());
         }
+        // An empty secret would sign with an empty key: anyone could forge.
+        if self.webhook.secret.as_ref().is_some_and(|s| s.expose().trim().is_empty()) {
+            problems
+                .push("webhook.secret is empty: unset it to close the doors, or set a real secret".into());
+        }
+        if self.data_action.token.as_ref().is_some_and(|s| s.expose().trim().is_empty()) {
+            problems.push("data_action.token is empty: unset it or set a real token".into());
+        }
         let rl = &self.upstream.rate_limit;
         if rl.allowed == 0 || rl.window.is_zero() {
             problems.push("upstream.rate_limit.allowed and .window must be positive".into());
@@ -308,6 +316,16 @@ mod tests {
         c.redis.url = Some("redis-clustr://app:hunter2@h:1".into());
         let err = c.validate().unwrap_err();
         assert!(err.contains("redis.url") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn empty_door_secrets_are_refused() {
+        let mut c = Config::default();
+        c.webhook.secret = Some(Secret::new(""));
+        assert!(c.validate().unwrap_err().contains("webhook.secret"));
+        let mut c = Config::default();
+        c.data_action.token = Some(Secret::new(" "));
+        assert!(c.validate().unwrap_err().contains("data_action.token"));
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! EventBridge targets, Architect workflows or the customer's own systems.
 //! Every event must be signed with the shared secret — HMAC-SHA256 of the
 //! raw body in `X-Cxcache-Signature: sha256=<hex>`, or an HS256 JWT in
-//! `Authorization: Bearer` — and carry an event id. The order of checks
+//! `Authorization: Bearer` that expires (`exp` required, so a leaked token
+//! does not open the door forever) and, when it carries `body_sha256`, is
+//! bound to that exact body — and carry an event id. The order of checks
 //! makes bad input change nothing: signature (401) → JSON (400) → mapping →
-//! idempotency (an event id seen within the window is acknowledged and
-//! ignored) → purge.
+//! idempotency → purge. Idempotency: an event id seen within the window is
+//! acknowledged and ignored once its purge is done; while it is still being
+//! purged a duplicate gets 503 + Retry-After, so a sender's retry is not
+//! swallowed if that first purge then fails.
 //!
 //! Genesys body: `{"eventId", "topicName", "entityId"?, "eventBody"?}`.
 //! EventBridge body: `{"id", "detail": {"topicName", "eventBody"}}`.
@@ -22,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::{error_body, error_response, AppState};
 use crate::config::{TopicMapping, WebhookSettings};
@@ -81,11 +85,17 @@ async fn handle(
     let mark = format!("cx:evt:{{{}}}:{}", state.cache.env(), event.id);
     match store.set_nx(&mark, settings.dedupe_window).await {
         Ok(true) => {}
-        Ok(false) => return reply(StatusCode::OK, json!({ "status": "duplicate", "eventId": event.id })),
+        Ok(false) => return duplicate(store.get(&mark).await, &event.id),
         Err(e) => return error_response(e),
     }
     match state.invalidator.purge(purge).await {
         Ok(purged) => {
+            // Done: from now on duplicates are acknowledged and ignored.
+            if let Err(e) =
+                store.set(&mark, axum::body::Bytes::from_static(DONE), settings.dedupe_window).await
+            {
+                tracing::debug!(error = %e, "marking the event done failed; duplicates will be retried");
+            }
             reply(StatusCode::OK, json!({ "status": "purged", "eventId": event.id, "purged": purged }))
         }
         Err(e) => {
@@ -93,6 +103,30 @@ async fn handle(
             let _ = store.delete(&[mark]).await;
             error_response(e)
         }
+    }
+}
+
+/// Value of an event mark once its purge is done (while pending it is the
+/// `set_nx` placeholder).
+const DONE: &[u8] = b"done";
+
+/// A duplicate event: acknowledged if its purge is done, else "retry soon".
+fn duplicate(mark: crate::error::Result<Option<axum::body::Bytes>>, id: &str) -> Response {
+    match mark {
+        Ok(Some(v)) if v.as_ref() == DONE => {
+            reply(StatusCode::OK, json!({ "status": "duplicate", "eventId": id }))
+        }
+        // Still being purged, or the first attempt just failed and let go.
+        Ok(_) => {
+            let mut r = reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error_body("UNAVAILABLE", "this event is still being processed; retry", &[]),
+            );
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            r
+        }
+        Err(e) => error_response(e),
     }
 }
 
@@ -117,11 +151,18 @@ fn verify(settings: &WebhookSettings, headers: &HeaderMap, body: &[u8]) -> Resul
     if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let token = auth.strip_prefix("Bearer ").ok_or("authorization must be a Bearer JWT")?;
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        validation.required_spec_claims = HashSet::new();
+        validation.required_spec_claims = HashSet::from(["exp".to_string()]);
         let key = jsonwebtoken::DecodingKey::from_secret(secret.expose().as_bytes());
-        return jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .map(|_| ())
-            .map_err(|_| "invalid JWT");
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map_err(|_| "invalid or expired JWT (HS256 with the shared secret, exp required)")?
+            .claims;
+        return match claims.get("body_sha256") {
+            None => Ok(()),
+            Some(Value::String(want)) if want.eq_ignore_ascii_case(&hex::encode(Sha256::digest(body))) => {
+                Ok(())
+            }
+            Some(_) => Err("JWT body_sha256 does not match the body"),
+        };
     }
     Err("missing X-Cxcache-Signature or Authorization header")
 }
@@ -248,23 +289,26 @@ mod tests {
         h.insert("x-cxcache-signature", good.parse().unwrap());
         assert!(verify(&settings, &h, body).is_ok());
         assert!(verify(&settings, &h, br#"{"eventId":"2"}"#).is_err());
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &json!({"sub": "crm"}),
-            &jsonwebtoken::EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        assert!(verify(&settings, &h, body).is_ok());
-        let forged = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &json!({"sub": "crm"}),
-            &jsonwebtoken::EncodingKey::from_secret(b"wrong"),
-        )
-        .unwrap();
-        h.insert("authorization", format!("Bearer {forged}").parse().unwrap());
-        assert!(verify(&settings, &h, body).is_err());
+        let jwt = |claims: Value, secret: &[u8]| {
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret),
+            )
+            .unwrap();
+            let mut h = HeaderMap::new();
+            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            h
+        };
+        let exp = chrono::Utc::now().timestamp() + 300;
+        assert!(verify(&settings, &jwt(json!({"sub": "crm", "exp": exp}), b"s3cret"), body).is_ok());
+        assert!(verify(&settings, &jwt(json!({"sub": "crm"}), b"s3cret"), body).is_err(), "no exp");
+        let old = chrono::Utc::now().timestamp() - 3600;
+        assert!(verify(&settings, &jwt(json!({"exp": old}), b"s3cret"), body).is_err(), "expired");
+        assert!(verify(&settings, &jwt(json!({"exp": exp}), b"wrong"), body).is_err(), "forged");
+        let bound = json!({"exp": exp, "body_sha256": hex::encode(Sha256::digest(body))});
+        assert!(verify(&settings, &jwt(bound.clone(), b"s3cret"), body).is_ok());
+        assert!(verify(&settings, &jwt(bound, b"s3cret"), br#"{"eventId":"2"}"#).is_err(), "other body");
         assert!(verify(&settings, &HeaderMap::new(), body).is_err());
     }
 }
