@@ -191,10 +191,23 @@ fn check_variant(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -
     }
 }
 
+/// Query params cxcache sets itself when it assembles a paged list.
+const PAGING_PARAMS: [&str; 4] = ["pageSize", "pageNumber", "cursor", "after"];
+
 fn check_params(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (name, value) in &req.params {
-        if !kind.params.iter().any(|p| p == name) {
+        if kind.paged && PAGING_PARAMS.contains(&name.as_str()) {
+            // One caller's pageSize=1 would spend one call per entry, and
+            // every page size would cache the same list under another key.
+            bad.push(FieldViolation::new(
+                format!("params[{name}]"),
+                format!(
+                    "{} is assembled from every page by cxcache (upstream.page_size); paging params are not accepted",
+                    req.kind
+                ),
+            ));
+        } else if !kind.params.iter().any(|p| p == name) {
             bad.push(FieldViolation::new(
                 format!("params[{name}]"),
                 format!("not accepted by kind {}; accepted: {}", req.kind, kind.params.join(", ")),
@@ -296,5 +309,8 @@ mod tests {
         let mut r = get("routing.queues", "");
         r.params.insert("evil".into(), "1".into());
         assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["params[evil]"]);
+        let mut r = get("routing.queues", "");
+        r.params.insert("pageSize".into(), "1".into());
+        assert_eq!(fields(resolve(&r, "p", &c, &s).unwrap_err()), ["params[pageSize]"]);
     }
 }
