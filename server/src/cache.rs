@@ -167,7 +167,23 @@ impl Cache {
             }
         }
 
-        let mut outcome = self.flight(&r, deadline, stored.clone(), false).await;
+        // With a stale value to fall back on, a hung upstream must not eat
+        // the caller's whole deadline: wait for the fetch at most 80 % of
+        // it, then serve stale (the fetch goes on and stores when done).
+        let fallback = stored.as_ref().is_some_and(|e| e.staleness(now_ms()) <= self.settings.max_staleness);
+        let mut outcome = match deadline.filter(|_| fallback) {
+            Some(d) => {
+                let budget = d.saturating_duration_since(Instant::now()).mul_f64(0.8);
+                match tokio::time::timeout(budget, self.flight(&r, deadline, stored.clone(), false)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => (
+                        Err(Error::DeadlineExceeded("upstream too slow for the deadline".into())),
+                        Role::Leader,
+                    ),
+                }
+            }
+            None => self.flight(&r, deadline, stored.clone(), false).await,
+        };
         // A joined flight runs on its starter's deadline: if that one gave up
         // while this caller still has time, start over on our own deadline.
         for _ in 0..3 {

@@ -160,6 +160,42 @@ async fn stale_if_error_within_max_staleness_then_the_error() {
     cx.stop().await;
 }
 
+/// A hung upstream does not eat the caller's deadline when a stale value
+/// exists: the value is served stale well within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_serves_stale_within_the_deadline() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("hung");
+    let id = queue_id(18);
+    let mut c = config(&env, &Backend::Memory, &emu);
+    c.cache.ttl.config = Duration::from_millis(300);
+    c.cache.ttl.jitter = 0.0;
+    c.cache.stale_while_revalidate = Duration::ZERO;
+    c.cache.max_staleness = Duration::from_secs(30);
+    let cx = Instance::start(c).await;
+    let first = cx.get(get_queue(&id)).await.unwrap();
+    emu.inject_fault(Fault {
+        path_prefix: format!("/api/v2/routing/queues/{id}"),
+        status: None,
+        retry_after_secs: None,
+        latency: None,
+        hold: true,
+        count: 0,
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut req = tonic::Request::new(get_queue(&id));
+    req.set_timeout(Duration::from_secs(1));
+    let t = Instant::now();
+    let got = cx.client.clone().get(req).await.expect("stale, not DEADLINE_EXCEEDED").into_inner();
+    assert_eq!(got.source(), Source::Stale);
+    assert_eq!(got.value, first.value);
+    assert!(t.elapsed() < Duration::from_secs(1), "answered in {:?}", t.elapsed());
+    assert_eq!(emu.held_count(), 1, "the refresh was under way upstream");
+    emu.release_held();
+    emu.clear_faults();
+    cx.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_304_revalidation_extends_the_ttl_without_a_body() {
     let emu = emulator(EmulatorConfig::default()).await;
