@@ -13,7 +13,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 use parking_lot::Mutex;
 
-use super::{Indexed, Store, WriteGuard};
+use super::{Indexed, Store, WriteGuard, BOOKKEEPING_TTL};
 use crate::entry::now_ms;
 use crate::error::Result;
 use crate::keys;
@@ -42,31 +42,94 @@ impl Expiry<String, Item> for PerItemExpiry {
     }
 }
 
-#[derive(Default)]
+/// A bookkeeping counter and when it was last written.
+type Counter = (u64, Instant);
+
+/// Bookkeeping, swept like Redis would expire it: counters
+/// [`BOOKKEEPING_TTL`] after their last write, expired leases, expired index
+/// members and emptied indexes. Without the sweep every distinct key ever
+/// fetched (each analytics body is one) would stay here for good.
 struct Books {
-    generations: HashMap<String, u64>,
-    fences: HashMap<String, u64>,
-    lease_seq: HashMap<String, u64>,
+    generations: HashMap<String, Counter>,
+    fences: HashMap<String, Counter>,
+    lease_seq: HashMap<String, Counter>,
     leases: HashMap<String, (u64, Instant)>,
     /// index → member → expiry (unix ms).
     indexes: HashMap<String, BTreeMap<String, i64>>,
-    marks: HashMap<String, Instant>,
+    next_sweep: Instant,
+}
+
+/// How often the bookkeeping is swept (on the next write after it is due).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+impl Books {
+    fn new() -> Self {
+        Books {
+            generations: HashMap::new(),
+            fences: HashMap::new(),
+            lease_seq: HashMap::new(),
+            leases: HashMap::new(),
+            indexes: HashMap::new(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
+        }
+    }
+
+    fn get(map: &HashMap<String, Counter>, key: &str) -> u64 {
+        map.get(key).map_or(0, |(n, _)| *n)
+    }
+
+    fn sweep_if_due(&mut self, keep: Duration) {
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.sweep(now, keep);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant, keep: Duration) {
+        self.next_sweep = now + SWEEP_EVERY;
+        let fresh = |(_, at): &Counter| now.saturating_duration_since(*at) < keep;
+        self.generations.retain(|_, c| fresh(c));
+        self.fences.retain(|_, c| fresh(c));
+        self.lease_seq.retain(|_, c| fresh(c));
+        self.leases.retain(|_, (_, until)| *until > now);
+        let now_ms = now_ms();
+        self.indexes.retain(|_, idx| {
+            idx.retain(|_, exp| *exp > now_ms);
+            !idx.is_empty()
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.generations.len()
+            + self.fences.len()
+            + self.lease_seq.len()
+            + self.leases.len()
+            + self.indexes.values().map(BTreeMap::len).sum::<usize>()
+            + self.indexes.len()
+    }
 }
 
 pub struct MemoryStore {
     items: Cache<String, Item>,
     books: Mutex<Books>,
+    /// How long a bookkeeping counter outlives its last write.
+    keep: Duration,
 }
 
 impl MemoryStore {
     /// Bounded at 512 MiB of values so a runaway key space cannot exhaust memory.
     pub fn new() -> Self {
+        Self::with_bookkeeping_ttl(BOOKKEEPING_TTL)
+    }
+
+    fn with_bookkeeping_ttl(keep: Duration) -> Self {
         let items = Cache::builder()
             .max_capacity(512 << 20)
             .weigher(|k: &String, v: &Item| (k.len() + v.value.len()).try_into().unwrap_or(u32::MAX))
             .expire_after(PerItemExpiry)
             .build();
-        MemoryStore { items, books: Mutex::default() }
+        MemoryStore { items, books: Mutex::new(Books::new()), keep }
     }
 }
 
@@ -90,13 +153,14 @@ impl Store for MemoryStore {
     async fn set_guarded(&self, key: &str, value: Bytes, ttl: Duration, guard: WriteGuard) -> Result<bool> {
         {
             let mut books = self.books.lock();
-            let generation = books.generations.get(&keys::generation_key(key)).copied().unwrap_or(0);
-            let fence = books.fences.get(key).copied().unwrap_or(0);
+            books.sweep_if_due(self.keep);
+            let generation = Books::get(&books.generations, &keys::generation_key(key));
+            let fence = Books::get(&books.fences, key);
             if generation != guard.generation || (guard.fence > 0 && fence > guard.fence) {
                 return Ok(false);
             }
             if guard.fence > 0 {
-                books.fences.insert(key.to_string(), guard.fence);
+                books.fences.insert(key.to_string(), (guard.fence, Instant::now()));
             }
             // Insert while holding the lock so a purge cannot slip between
             // the check and the write.
@@ -106,13 +170,16 @@ impl Store for MemoryStore {
     }
 
     async fn generation(&self, key: &str) -> Result<u64> {
-        Ok(self.books.lock().generations.get(&keys::generation_key(key)).copied().unwrap_or(0))
+        Ok(Books::get(&self.books.lock().generations, &keys::generation_key(key)))
     }
 
     async fn purge(&self, key: &str) -> Result<bool> {
         let existed = {
             let mut books = self.books.lock();
-            *books.generations.entry(keys::generation_key(key)).or_default() += 1;
+            books.sweep_if_due(self.keep);
+            let generation =
+                books.generations.entry(keys::generation_key(key)).or_insert((0, Instant::now()));
+            *generation = (generation.0 + 1, Instant::now());
             let existed = self.items.contains_key(key);
             self.items.invalidate(key);
             existed
@@ -126,9 +193,10 @@ impl Store for MemoryStore {
         if books.leases.get(key).is_some_and(|(_, until)| *until > now) {
             return Ok(None);
         }
-        let seq = books.lease_seq.entry(key.to_string()).or_default();
-        *seq += 1;
-        let token = *seq;
+        books.sweep_if_due(self.keep);
+        let seq = books.lease_seq.entry(key.to_string()).or_insert((0, now));
+        *seq = (seq.0 + 1, now);
+        let token = seq.0;
         books.leases.insert(key.to_string(), (token, now + ttl));
         Ok(Some(token))
     }
@@ -159,9 +227,9 @@ impl Store for MemoryStore {
 
     async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<()> {
         let mut books = self.books.lock();
+        // Expired members go in the periodic sweep, not on every add.
+        books.sweep_if_due(self.keep);
         let idx = books.indexes.entry(index.to_string()).or_default();
-        let now = now_ms();
-        idx.retain(|_, exp| *exp > now);
         let exp = idx.entry(member.to_string()).or_insert(expires_at_ms);
         *exp = (*exp).max(expires_at_ms);
         Ok(())
@@ -195,13 +263,14 @@ impl Store for MemoryStore {
     }
 
     async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool> {
-        let mut books = self.books.lock();
+        // A plain item, like Redis's SET NX: get/set/delete see it too. The
+        // lock makes check-and-insert atomic against other set_nx calls.
+        let _books = self.books.lock();
         let now = Instant::now();
-        books.marks.retain(|_, until| *until > now);
-        if books.marks.contains_key(key) {
+        if self.items.get(key).is_some_and(|i| i.expires_at > now) {
             return Ok(false);
         }
-        books.marks.insert(key.to_string(), now + ttl);
+        self.items.insert(key.to_string(), Item { value: Bytes::from_static(b"1"), expires_at: now + ttl });
         Ok(true)
     }
 
@@ -223,6 +292,41 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bookkeeping_is_swept_once_it_would_have_expired() {
+        let s = MemoryStore::with_bookkeeping_ttl(Duration::from_millis(50));
+        for n in 0..100 {
+            let key = keys::store_key(&format!("e:k:{n}:full"));
+            let t = s.try_lease(&key, Duration::from_millis(10)).await.unwrap().unwrap();
+            assert!(s
+                .set_guarded(
+                    &key,
+                    Bytes::from_static(b"v"),
+                    Duration::from_secs(1),
+                    WriteGuard { generation: 0, fence: t }
+                )
+                .await
+                .unwrap());
+            s.purge(&key).await.unwrap();
+            s.index_add(&format!("tag:{n}"), "m", now_ms() + 20).await.unwrap();
+        }
+        assert!(s.books.lock().len() >= 500);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let mut books = s.books.lock();
+        books.sweep(Instant::now(), s.keep);
+        assert_eq!(books.len(), 0, "generations, fences, lease sequences, leases and indexes all swept");
+    }
+
+    #[tokio::test]
+    async fn idempotency_marks_are_items() {
+        let s = MemoryStore::new();
+        assert!(s.set_nx("mark", Duration::from_secs(5)).await.unwrap());
+        assert!(!s.set_nx("mark", Duration::from_secs(5)).await.unwrap());
+        assert_eq!(s.get("mark").await.unwrap().as_deref(), Some(&b"1"[..]));
+        s.delete(&["mark".to_string()]).await.unwrap();
+        assert!(s.set_nx("mark", Duration::from_secs(5)).await.unwrap(), "deleted marks free the id");
+    }
 
     #[tokio::test]
     async fn a_purge_refuses_a_write_guarded_by_the_old_generation() {
