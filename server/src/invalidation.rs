@@ -26,6 +26,11 @@ use crate::keys;
 const PURGE_CONCURRENCY: usize = 32;
 /// Most keys one Invalidate call may name directly.
 pub const MAX_NAMED: usize = 1000;
+/// Prefixes or tags one call may name (each can match many keys).
+pub const MAX_PATTERNS: usize = 100;
+/// Keys per bus event: a purge of many keys is several events, so no one
+/// message nears Redis's pub/sub output-buffer limits.
+const EVENT_KEYS: usize = 1000;
 
 /// What to purge, and why.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +65,12 @@ impl Invalidator {
         }
         if p.keys.len() > MAX_NAMED {
             bad.push(FieldViolation::new("keys", format!("at most {MAX_NAMED} keys per call")));
+        }
+        if p.prefixes.len() > MAX_PATTERNS {
+            bad.push(FieldViolation::new("prefixes", format!("at most {MAX_PATTERNS} prefixes per call")));
+        }
+        if p.tags.len() > MAX_PATTERNS {
+            bad.push(FieldViolation::new("tags", format!("at most {MAX_PATTERNS} tags per call")));
         }
         let ns = format!("{}:", self.env);
         for (i, key) in p.keys.iter().enumerate() {
@@ -143,36 +154,54 @@ impl Invalidator {
             }
         }
 
-        let ack = self.bus.pool().map(|_| format!("cx:ack:{{{}}}:{}", self.env, uuid::Uuid::new_v4()));
-        let event = Event {
-            kind: EventKind::Invalidated,
-            keys: targets.iter().cloned().collect(),
-            prefix: p.prefixes.first().cloned(),
-            tag: p.tags.first().cloned(),
-            reason: p.reason.clone(),
-            at_ms: now_ms(),
-            origin: self.bus.instance_id.clone(),
-            ack: ack.clone(),
-        };
-        let published = match self.bus.publish(event).await {
-            Ok(receivers) => {
-                if let (Some(ack), Some(pool)) = (ack, self.bus.pool()) {
-                    self.await_acks(pool, &ack, receivers).await;
-                }
-                Ok(())
-            }
-            // The store purge is done, but other instances may hold L1
-            // copies (up to `l1.ttl`) and watchers heard nothing: the caller
-            // is told to retry rather than promised read-your-invalidation.
-            Err(e) => Err(Error::Store(format!(
-                "purged in the store, but the other instances could not be told ({e}); retry"
-            ))),
-        };
-        audit(&p, targets.len(), purged);
+        let matched = targets.len();
+        let published = self.announce(&p, targets.into_iter().collect()).await;
+        audit(&p, matched, purged);
         match failed {
             Some(e) => Err(e),
             None => published.map(|()| purged),
         }
+    }
+
+    /// Publishes the purge of `keys` on the bus, in events of at most
+    /// [`EVENT_KEYS`] keys; the last carries the acknowledgement counter
+    /// (events on one channel arrive in order, so its acks cover the rest).
+    async fn announce(&self, p: &Purge, keys: Vec<String>) -> Result<()> {
+        let chunks: Vec<&[String]> =
+            if keys.is_empty() { vec![&[]] } else { keys.chunks(EVENT_KEYS).collect() };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let ack = (i == last)
+                .then(|| self.bus.pool().map(|_| format!("cx:ack:{{{}}}:{}", self.env, uuid::Uuid::new_v4())))
+                .flatten();
+            let event = Event {
+                kind: EventKind::Invalidated,
+                keys: chunk.to_vec(),
+                prefix: p.prefixes.first().cloned(),
+                tag: p.tags.first().cloned(),
+                reason: p.reason.clone(),
+                at_ms: now_ms(),
+                origin: self.bus.instance_id.clone(),
+                ack: ack.clone(),
+            };
+            match self.bus.publish(event).await {
+                Ok(receivers) => {
+                    if let (Some(ack), Some(pool)) = (ack, self.bus.pool()) {
+                        self.await_acks(pool, &ack, receivers).await;
+                    }
+                }
+                // The store purge is done, but other instances may hold L1
+                // copies (up to `l1.ttl`) and watchers heard nothing: the
+                // caller is told to retry rather than promised
+                // read-your-invalidation.
+                Err(e) => {
+                    return Err(Error::Store(format!(
+                        "purged in the store, but the other instances could not be told ({e}); retry"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Waits until `expected` instances acknowledged an event, or the timeout.

@@ -273,6 +273,7 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
         invalidate(&["other-env:routing.queue:x:full"], &[], &[]),
         invalidate(&[], &[&format!("{env}:")], &[]),
         invalidate(&[], &[], &["has space"]),
+        InvalidateRequest { tags: (0..101).map(|n| format!("t{n}")).collect(), ..Default::default() },
     ] {
         let err = cx.client.clone().invalidate(bad).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);

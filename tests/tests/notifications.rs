@@ -315,6 +315,7 @@ async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
     let emu = emulator(EmulatorConfig { queues: 2600, ..emu_config() }).await;
     let mut c = cx_config(&env, &Backend::Redis(url), &emu);
     c.upstream.rate_limit.burst = 5000;
+    c.cache.watch_buffer = 4096;
     let cx = Instance::start(c).await;
     // Values cached before the takeover purge would be purged by it.
     wait_listener(&[&cx]).await;
@@ -343,11 +344,25 @@ async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
     assert!(sizes.iter().all(|n| *n <= 1000));
     assert!(channels.iter().all(|c| c.sockets == 1));
 
-    // Dropping the keys drops the topics.
+    // Dropping the keys drops the topics. The purge of 2500 keys travels
+    // the bus as several events; a watcher hears every key.
     let prefix = format!("{env}:routing.queue:");
+    let mut stream = watch(&cx, WatchRequest { prefixes: vec![prefix.clone()], ..Default::default() }).await;
     let req = InvalidateRequest { prefixes: vec![prefix], reason: "test".into(), ..Default::default() };
     let purged = cx.client.clone().invalidate(req).await.unwrap().into_inner().purged;
     assert_eq!(purged, 2500);
+    let mut heard = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heard.len() < 2500 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.next()).await {
+            Ok(Some(Ok(ev))) if ev.r#type() == Type::Invalidated => {
+                heard.insert(ev.key);
+            }
+            Ok(Some(Ok(ev))) => assert_ne!(ev.r#type(), Type::Lagged, "the watcher lagged"),
+            other => panic!("{} of 2500 purged keys heard: {other:?}", heard.len()),
+        }
+    }
     assert!(
         wait_until(Duration::from_secs(5), || total(&emu) == 0).await,
         "topics unsubscribed: {}",
