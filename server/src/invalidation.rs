@@ -250,18 +250,22 @@ pub fn spawn_follower(cache: Arc<Cache>, bus: &Bus) -> tokio::task::JoinHandle<(
     })
 }
 
-fn audit(p: &Purge, targets: usize, purged: u64) {
-    let line = serde_json::json!({
-        "audit": "purge",
-        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "actor": p.actor,
-        "keys": p.keys,
-        "prefixes": p.prefixes,
-        "tags": p.tags,
-        "reason": p.reason,
-        "event_id": p.event_id,
-        "matched": targets,
-        "purged": purged,
-    });
-    tracing::info!(target: "cxcache::audit", "{line}");
+/// One structured line per purge (target `cxcache::audit`): with JSON logs
+/// every field is a top-level field of the line; lists are JSON arrays
+/// encoded as strings.
+fn audit(p: &Purge, matched: usize, purged: u64) {
+    let list = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    tracing::info!(
+        target: "cxcache::audit",
+        audit = "purge",
+        actor = %p.actor,
+        reason = %p.reason,
+        event_id = p.event_id.as_deref().unwrap_or(""),
+        keys = %list(&p.keys),
+        prefixes = %list(&p.prefixes),
+        tags = %list(&p.tags),
+        matched,
+        purged,
+        "purge"
+    );
 }

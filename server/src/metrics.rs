@@ -127,6 +127,7 @@ fn describe() {
     describe_gauge!(COALESCED_WAITERS, "Callers waiting on a fetch another caller started");
     describe_gauge!(WATCH_SUBSCRIBERS, "Open Watch streams");
     describe_gauge!(L1_BYTES, Unit::Bytes, "Bytes held by the in-process tier");
+    describe_gauge!("cxcache_build_info", "Always 1; the version label names the running build");
     describe_gauge!(NOTIFY_LEADER, "1 while this instance holds the notification listener lease");
     describe_gauge!(NOTIFY_CHANNELS, "Notification channels held by this instance");
     describe_gauge!(NOTIFY_CONNECTED, "Notification channels with a connected WebSocket");

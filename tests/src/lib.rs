@@ -315,6 +315,8 @@ pub struct ProcessInstance {
     child: std::process::Child,
     pub grpc_addr: std::net::SocketAddr,
     pub http_addr: std::net::SocketAddr,
+    /// The process's stderr (its logs), kept in a file.
+    log: tempfile::NamedTempFile,
 }
 
 /// Path of the built `cxcache` binary.
@@ -331,12 +333,13 @@ impl ProcessInstance {
         use std::io::{BufRead, BufReader};
         let bin = cxcache_binary();
         assert!(bin.exists(), "{} not built: run `cargo build -p cxcache-server`", bin.display());
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let mut child = Command::new(bin)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(args)
             .envs(envs.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().expect("log file"))
             .spawn()
             .expect("spawn cxcache");
         let stdout = child.stdout.take().expect("stdout");
@@ -353,7 +356,12 @@ impl ProcessInstance {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in {line:?}"))
         };
-        ProcessInstance { grpc_addr: field("grpc="), http_addr: field("http="), child }
+        ProcessInstance { grpc_addr: field("grpc="), http_addr: field("http="), child, log }
+    }
+
+    /// The log lines written so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default().lines().map(str::to_string).collect()
     }
 
     /// SIGKILL: no graceful anything.

@@ -157,11 +157,82 @@ async fn metrics_move_with_hits_misses_coalescing_and_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_endpoint_describes_every_family() {
+async fn every_family_served_has_help_and_type() {
     let emu = emulator(EmulatorConfig::default()).await;
     let cx = Instance::start(config(&unique_env("describe"), &Backend::Memory, &emu)).await;
+    // A miss and a hit: each family below then has at least one series.
+    cx.get(get_queue(&queue_id(20))).await.unwrap();
+    cx.get(get_queue(&queue_id(20))).await.unwrap();
     let (_, text) = scrape(cx.http_addr).await;
     assert!(text.contains("cxcache_build_info{version="), "{text}");
+    for family in [
+        "cxcache_get_total",
+        "cxcache_get_duration_seconds",
+        "cxcache_upstream_requests_total",
+        "cxcache_upstream_duration_seconds",
+        "cxcache_upstream_credential_parked",
+        "cxcache_watch_subscribers",
+        "cxcache_l1_bytes",
+    ] {
+        assert!(text.contains(&format!("# HELP {family} ")), "{family} has no HELP:\n{text}");
+        assert!(text.contains(&format!("# TYPE {family} ")), "{family} has no TYPE:\n{text}");
+    }
+    // Every family in the exposition is described, none left bare.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let family = line.split_whitespace().nth(2).unwrap();
+        assert!(text.contains(&format!("# HELP {family} ")), "{family} has no HELP");
+    }
     cx.stop().await;
+    emu.shutdown().await;
+}
+
+/// Every purge writes one structured audit line: with JSON logs its fields
+/// (actor, reason, what was named, what matched) are fields of the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_writes_one_structured_audit_line() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("audit");
+    let base = emu.base_url();
+    let cx = ProcessInstance::spawn(
+        &[
+            "--env",
+            &env,
+            "--log-format",
+            "json",
+            "--upstream-url",
+            &base,
+            "--client-id",
+            "cxcache-demo",
+            "--client-secret",
+            "demo-secret",
+        ],
+        &[],
+    );
+    let mut client = connect(cx.grpc_addr).await;
+    client.get(get_queue(&queue_id(21))).await.unwrap();
+    let tag = format!("queue:{}", queue_id(21));
+    let req = cxcache::proto::v1::InvalidateRequest {
+        tags: vec![tag.clone()],
+        reason: "ticket-42".into(),
+        ..Default::default()
+    };
+    assert_eq!(client.invalidate(req).await.unwrap().into_inner().purged, 1);
+    let audit = || {
+        cx.log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "cxcache::audit")
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(5), || !audit().is_empty()).await, "no audit line");
+    let lines = audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["audit"], "purge", "{line}");
+    assert_eq!(line["reason"], "ticket-42", "{line}");
+    assert_eq!(line["tags"], serde_json::to_string(&[tag]).unwrap(), "{line}");
+    assert_eq!(line["matched"], 1, "{line}");
+    assert_eq!(line["purged"], 1, "{line}");
+    assert!(line["actor"].as_str().is_some_and(|a| !a.is_empty()), "{line}");
     emu.shutdown().await;
 }
