@@ -170,7 +170,7 @@ impl Cache {
         // With a stale value to fall back on, a hung upstream must not eat
         // the caller's whole deadline: wait for the fetch at most 80 % of
         // it, then serve stale (the fetch goes on and stores when done).
-        let fallback = stored.as_ref().is_some_and(|e| e.staleness(now_ms()) <= self.settings.max_staleness);
+        let fallback = stored.as_ref().is_some_and(|e| self.stale_fallback_ok(e, &r.freshness));
         let mut outcome = match deadline.filter(|_| fallback) {
             Some(d) => {
                 let budget = d.saturating_duration_since(Instant::now()).mul_f64(0.8);
@@ -205,7 +205,7 @@ impl Cache {
                 Ok(served(f.entry, source))
             }
             (Err(e), _) if e.is_upstream_failure() => match stored {
-                Some(entry) if entry.staleness(now_ms()) <= self.settings.max_staleness => {
+                Some(entry) if self.stale_fallback_ok(&entry, &r.freshness) => {
                     tracing::info!(key = %r.key, error = %e, "upstream failed; serving stale");
                     Ok(served(entry, Source::Stale))
                 }
@@ -213,6 +213,14 @@ impl Cache {
             },
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Whether `entry` may stand in for a failed fetch: within
+    /// `max_staleness`, and never older than the caller's own `max_age`.
+    fn stale_fallback_ok(&self, entry: &Entry, freshness: &Freshness) -> bool {
+        let now = now_ms();
+        entry.staleness(now) <= self.settings.max_staleness
+            && freshness.max_age.is_none_or(|max| entry.age(now) <= max)
     }
 
     /// XFetch: refresh before expiry with a probability that rises as expiry

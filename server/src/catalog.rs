@@ -133,6 +133,10 @@ impl Catalog {
             if kind.key == KeyShape::Body && !kind.takes_body() {
                 return Err(format!("catalog kind {name}: key = \"body\" needs method = \"POST\""));
             }
+            // Keyed by id alone, different bodies would share one cached answer.
+            if kind.takes_body() && kind.key != KeyShape::Body {
+                return Err(format!("catalog kind {name}: method = \"POST\" needs key = \"body\""));
+            }
             if kind.job && (kind.method != Method::Post || kind.paged) {
                 return Err(format!("catalog kind {name}: job = true needs method = \"POST\" and no paging"));
             }
@@ -203,5 +207,15 @@ mod tests {
             },
         );
         assert!(Catalog::with_presets(&over).is_err());
+    }
+
+    #[test]
+    fn a_post_kind_must_be_keyed_by_its_body() {
+        let mut kind =
+            Kind::clone(Catalog::with_presets(&BTreeMap::new()).unwrap().get("routing.queue").unwrap());
+        kind.method = Method::Post;
+        let over = BTreeMap::from([("search".to_string(), kind)]);
+        let err = Catalog::with_presets(&over).err().expect("refused");
+        assert!(err.to_string().contains("key = \"body\""), "{err}");
     }
 }

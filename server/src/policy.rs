@@ -249,6 +249,17 @@ fn check_body(
         return None;
     }
     match serde_json::from_str::<Value>(raw) {
+        Ok(v @ Value::Object(_)) if kind.job => match crate::upstream::check_job_body(&v) {
+            Ok(()) => Some(v),
+            Err(Error::InvalidArgument(violations)) => {
+                bad.extend(violations);
+                None
+            }
+            Err(e) => {
+                bad.push(FieldViolation::new("body_json", e.to_string()));
+                None
+            }
+        },
         Ok(v @ Value::Object(_)) => Some(v),
         Ok(_) => {
             bad.push(FieldViolation::new("body_json", "must be a JSON object"));

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cxcache::proto::v1::{GetRequest, Source};
+use cxcache::proto::v1::{Freshness, GetRequest, Source};
 use genesys_emulator::{queue_id, EmulatorConfig, Fault};
 use harness::*;
 use tonic::Code;
@@ -150,6 +150,15 @@ async fn stale_if_error_within_max_staleness_then_the_error() {
         count: 0,
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
+    // A caller whose max_age the stored value exceeds gets the error, not it.
+    let strict = GetRequest {
+        freshness: Some(Freshness {
+            max_age: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
+            ..Default::default()
+        }),
+        ..get_queue(&id)
+    };
+    assert_eq!(cx.get(strict).await.unwrap_err().code(), Code::Unavailable, "older than max_age");
     let stale = cx.get(get_queue(&id)).await.unwrap();
     assert_eq!(stale.source(), Source::Stale);
     assert_eq!(stale.value, first.value);

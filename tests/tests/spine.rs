@@ -237,6 +237,22 @@ async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, 
             "body_json",
         ),
         (GetRequest { kind: "routing.queue".into(), id: "a/../../b".into(), ..Default::default() }, "id"),
+        (
+            GetRequest {
+                kind: "analytics.conversations.details.job".into(),
+                body_json: r#"{"interval":"yesterday"}"#.into(),
+                ..Default::default()
+            },
+            "body_json",
+        ),
+        (
+            GetRequest {
+                kind: "routing.queues".into(),
+                params: [("pageSize".to_string(), "1".to_string())].into(),
+                ..Default::default()
+            },
+            "params[pageSize]",
+        ),
     ];
     for (req, field) in cases {
         let err = cx.get(req.clone()).await.unwrap_err();

@@ -92,6 +92,13 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Rows a complete result has: buckets × groups seen (groups cannot be
 /// known before the result; a cut result still shows them in its first buckets).
+/// Checks an analytics job body at the request edge, so a bad one is
+/// refused before anything is indexed, leased or called.
+pub fn check_job_body(body: &Value) -> Result<()> {
+    let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?);
+    JobQuery::parse(Some(&bytes)).map(|_| ())
+}
+
 fn expected_rows(q: &JobQuery, start: DateTime<Utc>, end: DateTime<Utc>, rows: &[Value]) -> u64 {
     let groups = if q.grouped {
         rows.iter().filter_map(|r| r.get("group")).map(|g| g.to_string()).collect::<HashSet<_>>().len().max(1)
