@@ -215,7 +215,7 @@ mod tests {
             Kind::clone(Catalog::with_presets(&BTreeMap::new()).unwrap().get("routing.queue").unwrap());
         kind.method = Method::Post;
         let over = BTreeMap::from([("search".to_string(), kind)]);
-        let err = Catalog::with_presets(&over).err().expect("refused");
+        let Err(err) = Catalog::with_presets(&over) else { panic!("a POST kind keyed by id was accepted") };
         assert!(err.to_string().contains("key = \"body\""), "{err}");
     }
 }
