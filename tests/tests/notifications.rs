@@ -165,7 +165,16 @@ async fn an_expiring_channel_is_replaced_without_losing_events() {
     println!("{round} mutations over {} channels; status {status:?}", channels_seen.len());
     assert!(channels_seen.len() >= 3, "channels were replaced: {channels_seen:?}");
     assert_eq!(status.gap_purges, 0, "replacement left no gap");
+    // Replaced channels were unsubscribed: only the live one carries topics.
+    let carrying = || emu.notification_channels().iter().filter(|c| !c.topics.is_empty()).count();
+    assert!(
+        wait_until(Duration::from_secs(3), || carrying() == 1).await,
+        "{:?}",
+        emu.notification_channels()
+    );
     cx.stop().await;
+    // A listener that stops unsubscribes what it held.
+    assert_eq!(carrying(), 0, "{:?}", emu.notification_channels());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,6 +314,15 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
     assert!(emu.mutate_queue(&q3, serde_json::json!({ "description": "after-takeover" })));
     assert!(invalidated(&mut stream, &k3, Duration::from_secs(2)).await);
     assert_eq!(description(&b, &q3).await, "after-takeover");
+    // The dead listener's channels were unsubscribed by its successor.
+    let own = b_status().channels;
+    let foreign = || {
+        emu.notification_channels()
+            .into_iter()
+            .filter(|c| !c.topics.is_empty() && !own.contains(&c.id))
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(3), || foreign() == 0).await, "{:?}", emu.notification_channels());
     b.stop().await;
 }
 

@@ -24,6 +24,7 @@ pub struct Created {
     pub expires: Instant,
 }
 
+#[derive(Clone)]
 pub struct Api {
     upstream: Arc<Upstream>,
     client_id: Option<String>,
@@ -58,6 +59,13 @@ impl Api {
         self.call(Method::PUT, format!("{CHANNELS}/{channel}/subscriptions"), Some(Value::Array(body)))
             .await
             .map(|_| ())
+    }
+
+    /// Drops every subscription of a channel this instance no longer uses
+    /// (the platform keeps channels until they expire; an unsubscribed one
+    /// costs it nothing and delivers nothing).
+    pub async fn clear(&self, channel: &str) -> Result<()> {
+        self.call(Method::DELETE, format!("{CHANNELS}/{channel}/subscriptions"), None).await.map(|_| ())
     }
 
     async fn call(&self, method: Method, path: String, body: Option<Value>) -> Result<Value> {

@@ -24,6 +24,12 @@ pub fn lease_key(env: &str) -> String {
     format!("cx:{{{env}:notifications}}:leader")
 }
 
+/// The store key recording the listener's channel ids, so a successor can
+/// unsubscribe the channels of a holder that died.
+pub fn channels_key(env: &str) -> String {
+    format!("cx:{{{env}:notifications}}:channels")
+}
+
 /// Tries for the lease until it is won (Some) or `shutdown` turns true (None).
 pub async fn campaign(
     store: Arc<dyn Store>,

@@ -36,6 +36,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEDUPE: usize = 4096;
 /// A newly cached key's topic is subscribed this soon after its store is announced.
 const SOON: Duration = Duration::from_millis(20);
+/// Longest time spent unsubscribing channels when a tenure ends.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The record of held channels outlives any channel (24 h on the platform).
+const CHANNEL_RECORD_TTL: Duration = Duration::from_secs(25 * 3600);
 
 /// Why a tenure ended.
 pub enum End {
@@ -76,6 +80,8 @@ pub struct Tenure<'a> {
     seen: HashSet<u64>,
     seen_order: VecDeque<u64>,
     reconcile_at: Instant,
+    /// Channel ids last recorded in the store.
+    recorded: Vec<String>,
 }
 
 impl<'a> Tenure<'a> {
@@ -94,11 +100,62 @@ impl<'a> Tenure<'a> {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             reconcile_at: Instant::now(),
+            recorded: Vec::new(),
         }
     }
 
-    /// Runs until the lease is lost or shutdown; the sockets close on return.
+    /// Runs until the lease is lost or shutdown; on return its channels are
+    /// unsubscribed (best effort) and the sockets close.
     pub async fn run(mut self, lease: &Leadership, shutdown: &mut watch::Receiver<bool>) -> End {
+        self.clear_predecessors().await;
+        let end = self.listen(lease, shutdown).await;
+        let ids: Vec<String> = self.slots.iter().map(|s| s.channel.id.clone()).collect();
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, self.clear_channels(&ids)).await;
+        end
+    }
+
+    /// Unsubscribes the channels a previous holder recorded (it may have
+    /// died holding them: the platform would keep delivering to them, and
+    /// they count against the channel limit until they expire).
+    async fn clear_predecessors(&mut self) {
+        let key = super::leader::channels_key(&self.ctx.env);
+        let ids: Vec<String> = match self.ctx.store.get(&key).await {
+            Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_default(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the previous listener's channels failed");
+                Vec::new()
+            }
+        };
+        if !ids.is_empty() {
+            tracing::info!(channels = ids.len(), "unsubscribing the previous listener's channels");
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, self.clear_channels(&ids)).await;
+        }
+    }
+
+    async fn clear_channels(&self, ids: &[String]) {
+        for id in ids {
+            if let Err(e) = self.api.clear(id).await {
+                tracing::debug!(channel = %id, error = %e, "unsubscribing a channel failed; it expires by itself");
+            }
+        }
+    }
+
+    /// Records the channels held, for a successor (only when they changed).
+    async fn record_channels(&mut self) {
+        let ids: Vec<String> = self.slots.iter().map(|s| s.channel.id.clone()).collect();
+        if ids == self.recorded {
+            return;
+        }
+        let key = super::leader::channels_key(&self.ctx.env);
+        let raw = serde_json::to_vec(&ids).unwrap_or_default();
+        match self.ctx.store.set(&key, raw.into(), CHANNEL_RECORD_TTL).await {
+            Ok(()) => self.recorded = ids,
+            Err(e) => tracing::debug!(error = %e, "recording the listener's channels failed; retried"),
+        }
+    }
+
+    async fn listen(&mut self, lease: &Leadership, shutdown: &mut watch::Receiver<bool>) -> End {
         let mut bus = self.ctx.bus.subscribe();
         self.reconcile().await;
         // Awaited: once this instance reports itself the listener, nothing
@@ -113,6 +170,7 @@ impl<'a> Tenure<'a> {
         let mut renewed = Instant::now();
         loop {
             self.publish_status(true);
+            self.record_channels().await;
             let wake = self.next_wake().min(renew_at);
             tokio::select! {
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return End::Shutdown,
@@ -353,12 +411,22 @@ impl<'a> Tenure<'a> {
         match self.open(n, &want).await {
             Ok((channel, sock)) => {
                 let at = self.replace_at(&channel);
+                let mut old = None;
                 if let Some(s) = self.slot(n) {
                     tracing::info!(old = %s.channel.id, new = %channel.id, "channel replaced before expiry");
-                    s.channel = channel;
+                    old = Some(std::mem::replace(&mut s.channel, channel).id);
                     s.socket = Some(sock);
                     s.last_seen = Instant::now();
                     s.replace_at = at;
+                }
+                // The new channel is up: the old one's topics go quiet.
+                if let Some(old) = old {
+                    let api = self.api.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = api.clear(&old).await {
+                            tracing::debug!(channel = %old, error = %e, "unsubscribing a replaced channel failed");
+                        }
+                    });
                 }
             }
             Err(why) => {
