@@ -520,9 +520,11 @@ async fn watch_survives_a_redis_master_failover() {
     let owner = cluster.master_for_slot(slot).expect("slot owner");
     cluster.kill_node(owner).unwrap();
 
-    // Keep purging until an event gets through again (bounded).
+    // Keep purging until an event gets through again (bounded). The gap is
+    // announced to the watcher (LAGGED: resync) before events flow again.
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut delivered = false;
+    let mut lagged = false;
     let mut n = 0;
     while Instant::now() < deadline && !delivered {
         n += 1;
@@ -534,13 +536,22 @@ async fn watch_survives_a_redis_master_failover() {
             res.as_ref().map(|_| ()).map_err(|e| e.message().to_string())
         );
         if res.is_ok() {
-            delivered =
-                wait_event(&mut stream, Type::Invalidated, &k, Duration::from_secs(2)).await.is_some();
+            let until = Instant::now() + Duration::from_secs(2);
+            while let Some(ev) =
+                next_event(&mut stream, until.saturating_duration_since(Instant::now())).await
+            {
+                lagged |= ev.r#type() == Type::Lagged;
+                if ev.r#type() == Type::Invalidated && ev.key == k {
+                    delivered = true;
+                    break;
+                }
+            }
         } else {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     assert!(delivered, "watch stream delivers again after failover");
+    assert!(lagged, "the watcher was told events may have been lost (LAGGED)");
     cluster.restart_node(owner).unwrap();
     a.stop().await;
     b.stop().await;
