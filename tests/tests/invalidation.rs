@@ -460,6 +460,7 @@ async fn data_action_door_serves_cached_json_with_get_semantics() {
     let env = unique_env("door");
     let mut c = config(&env, &Backend::Memory, &emu);
     c.data_action.token = Some(cxcache::config::Secret::new("door-token"));
+    c.upstream.retry.max_attempts = 1;
     let cx = Instance::start(c).await;
     let http = reqwest::Client::new();
     let url = format!("http://{}/data-action", cx.http_addr);
@@ -495,6 +496,37 @@ async fn data_action_door_serves_cached_json_with_get_semantics() {
         call(serde_json::json!({"kind": "routing.queue", "id": "nope"}), Some("door-token")).await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(emu.counters().route("GET /api/v2/routing/queues/{id}"), 2, "1 fetch + the 404");
+
+    // Malformed JSON: 400, no call.
+    let junk = http
+        .post(&url)
+        .bearer_auth("door-token")
+        .header("content-type", "application/json")
+        .body("{\"kind\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(junk.status(), 400);
+    // Upstream failures keep their meaning over HTTP (and are not cached).
+    let fail = |id: String, status: u16, retry_after_secs: Option<u64>| Fault {
+        path_prefix: format!("/api/v2/routing/queues/{id}"),
+        status: Some(status),
+        retry_after_secs,
+        latency: None,
+        hold: false,
+        count: 0,
+    };
+    let (q2, q3) = (queue_id(2), queue_id(3));
+    emu.inject_fault(fail(q2.clone(), 503, None));
+    let r = call(serde_json::json!({"kind": "routing.queue", "id": q2}), Some("door-token")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "UNAVAILABLE");
+    emu.inject_fault(fail(q3.clone(), 429, Some(3)));
+    let r = call(serde_json::json!({"kind": "routing.queue", "id": q3}), Some("door-token")).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "RESOURCE_EXHAUSTED");
+    emu.clear_faults();
     cx.stop().await;
 }
 
