@@ -102,3 +102,24 @@ async fn polling_doubles_from_one_to_a_cap_of_fifteen() {
     cx.stop().await;
     emu.shutdown().await;
 }
+
+/// Tokens that expire every second are refreshed while a 2.5 s job is
+/// polled: no poll is sent with an expired token, the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_outlives_its_tokens() {
+    let emu = emulator(EmulatorConfig {
+        time_scale: 0.125,
+        token_ttl: Duration::from_secs(1),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let cx = Instance::start(job_config(&unique_env("jobtoken"), &emu, 50, 250)).await;
+    let got = cx.get(job("2024-03-04T00:00:00Z/2024-03-04T02:00:00Z")).await.expect("job completed");
+    assert_eq!(got.source(), Source::Upstream);
+    let c = emu.counters();
+    assert_eq!(c.by_status.get(&401), None, "no poll used an expired token: {c:?}");
+    assert!(c.route("POST /oauth/token") >= 3, "tokens refreshed during the poll: {c:?}");
+    assert!(c.route(STATUS_ROUTE) >= 5, "polled for the whole job: {c:?}");
+    cx.stop().await;
+    emu.shutdown().await;
+}
