@@ -326,6 +326,23 @@ pub fn cxcache_binary() -> PathBuf {
     target.join("debug").join("cxcache")
 }
 
+/// Command-line arguments for a `cxcache` process in namespace `env` in
+/// front of the emulator at `upstream`, with the demo credential.
+pub fn process_args(env: &str, upstream: &str) -> Vec<String> {
+    [
+        "--env",
+        env,
+        "--upstream-url",
+        upstream,
+        "--client-id",
+        "cxcache-demo",
+        "--client-secret",
+        "demo-secret",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 impl ProcessInstance {
     /// Starts the binary on free ports with `args` and `CXCACHE_*` `envs`,
     /// and waits (bounded) for its listening line.

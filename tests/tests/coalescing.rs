@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use cxcache::proto::v1::{Freshness, GetRequest, Source};
-use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use genesys_emulator::{queue_id, EmulatorConfig, EmulatorHandle, Fault};
 use harness::*;
 use tonic::Code;
 
@@ -20,6 +20,25 @@ fn slow(prefix: String, ms: u64) -> Fault {
         hold: false,
         count: 0,
     }
+}
+
+/// Every upstream answer under `prefix` held open until released.
+fn held(prefix: String) -> Fault {
+    Fault { path_prefix: prefix, status: None, retry_after_secs: None, latency: None, hold: true, count: 0 }
+}
+
+/// An embedded-store instance whose config entries are fresh for `ttl_ms`
+/// exactly (no jitter), so a test can step past expiry.
+fn short_ttl(env: &str, emu: &EmulatorHandle, ttl_ms: u64) -> cxcache::config::Config {
+    let mut c = config(env, &Backend::Memory, emu);
+    c.cache.ttl.config = Duration::from_millis(ttl_ms);
+    c.cache.ttl.jitter = 0.0;
+    c
+}
+
+fn age_ms(got: &cxcache::proto::v1::GetResponse) -> i64 {
+    let age = got.age.unwrap_or_default();
+    age.seconds * 1000 + i64::from(age.nanos / 1_000_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,9 +118,7 @@ async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
     let emu = emulator(EmulatorConfig::default()).await;
     let env = unique_env("hot");
     let id = queue_id(12);
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.cache.ttl.config = Duration::from_millis(500);
-    c.cache.ttl.jitter = 0.0;
+    let mut c = short_ttl(&env, &emu, 500);
     c.cache.stale_while_revalidate = Duration::from_secs(5);
     c.cache.early_refresh_beta = 0.0;
     let cx = Instance::start(c).await;
@@ -134,9 +151,7 @@ async fn stale_if_error_within_max_staleness_then_the_error() {
     let emu = emulator(EmulatorConfig::default()).await;
     let env = unique_env("sie");
     let id = queue_id(13);
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.cache.ttl.config = Duration::from_millis(300);
-    c.cache.ttl.jitter = 0.0;
+    let mut c = short_ttl(&env, &emu, 300);
     c.cache.max_staleness = Duration::from_millis(1200);
     c.upstream.retry.max_attempts = 1;
     let cx = Instance::start(c).await;
@@ -162,9 +177,38 @@ async fn stale_if_error_within_max_staleness_then_the_error() {
     let stale = cx.get(get_queue(&id)).await.unwrap();
     assert_eq!(stale.source(), Source::Stale);
     assert_eq!(stale.value, first.value);
-    assert!(stale.age.unwrap().seconds * 1000 + i64::from(stale.age.unwrap().nanos / 1_000_000) >= 400);
+    assert!(age_ms(&stale) >= 400, "age {} ms", age_ms(&stale));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let err = cx.get(get_queue(&id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "beyond max staleness: {err:?}");
+    cx.stop().await;
+}
+
+/// The emulator process gone altogether (connection refused): the stored
+/// value is served stale with its age; past max staleness, UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_serves_stale_then_unavailable() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let env = unique_env("down");
+    let id = queue_id(19);
+    let mut c = short_ttl(&env, &emu, 300);
+    c.cache.max_staleness = Duration::from_millis(1500);
+    let cx = Instance::start(c).await;
+    let first = cx.get(get_queue(&id)).await.unwrap();
+    emu.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let within = |limit: Duration| {
+        let mut req = tonic::Request::new(get_queue(&id));
+        req.set_timeout(limit);
+        let mut client = cx.client.clone();
+        async move { client.get(req).await.map(|r| r.into_inner()) }
+    };
+    let stale = within(Duration::from_secs(3)).await.expect("stale while the upstream is down");
+    assert_eq!(stale.source(), Source::Stale);
+    assert_eq!(stale.value, first.value);
+    assert!(age_ms(&stale) >= 400, "age {} ms", age_ms(&stale));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = within(Duration::from_secs(3)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "beyond max staleness: {err:?}");
     cx.stop().await;
 }
@@ -176,21 +220,12 @@ async fn a_hung_upstream_serves_stale_within_the_deadline() {
     let emu = emulator(EmulatorConfig::default()).await;
     let env = unique_env("hung");
     let id = queue_id(18);
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.cache.ttl.config = Duration::from_millis(300);
-    c.cache.ttl.jitter = 0.0;
+    let mut c = short_ttl(&env, &emu, 300);
     c.cache.stale_while_revalidate = Duration::ZERO;
     c.cache.max_staleness = Duration::from_secs(30);
     let cx = Instance::start(c).await;
     let first = cx.get(get_queue(&id)).await.unwrap();
-    emu.inject_fault(Fault {
-        path_prefix: format!("/api/v2/routing/queues/{id}"),
-        status: None,
-        retry_after_secs: None,
-        latency: None,
-        hold: true,
-        count: 0,
-    });
+    emu.inject_fault(held(format!("/api/v2/routing/queues/{id}")));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut req = tonic::Request::new(get_queue(&id));
     req.set_timeout(Duration::from_secs(1));
@@ -210,10 +245,7 @@ async fn a_304_revalidation_extends_the_ttl_without_a_body() {
     let emu = emulator(EmulatorConfig::default()).await;
     let env = unique_env("etag");
     let id = queue_id(14);
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.cache.ttl.config = Duration::from_millis(300);
-    c.cache.ttl.jitter = 0.0;
-    let cx = Instance::start(c).await;
+    let cx = Instance::start(short_ttl(&env, &emu, 300)).await;
     let first = cx.get(get_queue(&id)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let again = cx.get(get_queue(&id)).await.unwrap();
@@ -271,32 +303,17 @@ async fn a_dead_lease_holder_is_taken_over() {
     let env = unique_env("takeover");
     let emu = emulator(EmulatorConfig::default()).await;
     let id = queue_id(16);
-    emu.inject_fault(Fault {
-        path_prefix: format!("/api/v2/routing/queues/{id}"),
-        status: None,
-        retry_after_secs: None,
-        latency: None,
-        hold: true,
-        count: 1,
-    });
+    // Only the first answer is held (the dead holder's).
+    emu.inject_fault(Fault { count: 1, ..held(format!("/api/v2/routing/queues/{id}")) });
     let envs = [
-        ("CXCACHE_ENV", env.as_str()),
         // Long enough that the quick waiter below surely finds it held.
         ("CXCACHE_CACHE__LEASE_TTL", "3s"),
         ("CXCACHE_CACHE__L1__ENABLED", "false"),
     ];
     let base = emu.base_url();
-    let args = [
-        "--redis-url",
-        url.as_str(),
-        "--upstream-url",
-        base.as_str(),
-        "--client-id",
-        "cxcache-demo",
-        "--client-secret",
-        "demo-secret",
-    ];
-    let mut holder = ProcessInstance::spawn(&args, &envs);
+    let mut args = process_args(&env, &base);
+    args.extend(["--redis-url".to_string(), url.clone()]);
+    let mut holder = ProcessInstance::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &envs);
     let mut holder_client = connect(holder.grpc_addr).await;
     let req = get_queue(&id);
     let pending = tokio::spawn(async move { holder_client.get(req).await });

@@ -242,19 +242,10 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
     let backend = Backend::Redis(url.clone());
     let base = emu.base_url();
     let lease = ms(1000);
+    let mut args = process_args(&env, &base);
+    args.extend(["--redis-url".to_string(), url.clone()]);
     let mut listener = ProcessInstance::spawn(
-        &[
-            "--env",
-            &env,
-            "--redis-url",
-            &url,
-            "--upstream-url",
-            &base,
-            "--client-id",
-            "cxcache-demo",
-            "--client-secret",
-            "demo-secret",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &[
             ("CXCACHE_NOTIFICATIONS__ENABLED", "true"),
             ("CXCACHE_NOTIFICATIONS__LEASE_TTL", "1s"),

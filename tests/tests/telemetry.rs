@@ -193,21 +193,9 @@ async fn a_purge_writes_one_structured_audit_line() {
     let emu = emulator(EmulatorConfig::default()).await;
     let env = unique_env("audit");
     let base = emu.base_url();
-    let cx = ProcessInstance::spawn(
-        &[
-            "--env",
-            &env,
-            "--log-format",
-            "json",
-            "--upstream-url",
-            &base,
-            "--client-id",
-            "cxcache-demo",
-            "--client-secret",
-            "demo-secret",
-        ],
-        &[],
-    );
+    let mut args = process_args(&env, &base);
+    args.extend(["--log-format".to_string(), "json".to_string()]);
+    let cx = ProcessInstance::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     let mut client = connect(cx.grpc_addr).await;
     client.get(get_queue(&queue_id(21))).await.unwrap();
     let tag = format!("queue:{}", queue_id(21));

@@ -38,8 +38,22 @@ const DEDUPE: usize = 4096;
 const SOON: Duration = Duration::from_millis(20);
 /// Longest time spent unsubscribing channels when a tenure ends.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A socket being replaced keeps reading this long after its successor is
+/// up: events already on the wire to it are still heard (and deduplicated).
+const DRAIN: Duration = Duration::from_secs(2);
 /// The record of held channels outlives any channel (24 h on the platform).
 const CHANNEL_RECORD_TTL: Duration = Duration::from_secs(25 * 3600);
+
+/// Lets a replaced socket keep reading for [`DRAIN`] before it closes, so
+/// an event already sent to it is not cut off mid-way.
+fn retire(old: Option<Socket>) {
+    if let Some(sock) = old {
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN).await;
+            drop(sock);
+        });
+    }
+}
 
 /// Why a tenure ended.
 pub enum End {
@@ -285,7 +299,7 @@ impl<'a> Tenure<'a> {
                 match socket::connect(&uri, n, conn, self.tx.clone(), CONNECT_TIMEOUT).await {
                     Ok(sock) => {
                         if let Some(s) = self.slot(n) {
-                            s.socket = Some(sock);
+                            retire(s.socket.replace(sock));
                             s.last_seen = Instant::now();
                         }
                     }
@@ -415,14 +429,16 @@ impl<'a> Tenure<'a> {
                 if let Some(s) = self.slot(n) {
                     tracing::info!(old = %s.channel.id, new = %channel.id, "channel replaced before expiry");
                     old = Some(std::mem::replace(&mut s.channel, channel).id);
-                    s.socket = Some(sock);
+                    retire(s.socket.replace(sock));
                     s.last_seen = Instant::now();
                     s.replace_at = at;
                 }
-                // The new channel is up: the old one's topics go quiet.
+                // The new channel is up: once the old socket has drained,
+                // the old channel's topics go quiet.
                 if let Some(old) = old {
                     let api = self.api.clone();
                     tokio::spawn(async move {
+                        tokio::time::sleep(DRAIN).await;
                         if let Err(e) = api.clear(&old).await {
                             tracing::debug!(channel = %old, error = %e, "unsubscribing a replaced channel failed");
                         }
