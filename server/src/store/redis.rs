@@ -124,7 +124,7 @@ impl RedisStore {
                 c.max_command_attempts = 2;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build_pool(settings.pool_size.max(1))
+            .build_pool(settings.pool_clients())
             .map_err(store_err)?;
         tokio::time::timeout(settings.connect_timeout, pool.init())
             .await
