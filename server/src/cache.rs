@@ -329,7 +329,7 @@ impl Fetch {
                 // analytics job, a quota wait) is not taken for a dead one.
                 tokio::select! {
                     result = self.lead(ttl, guard) => result,
-                    () = self.keep_lease(g.fence) => unreachable!("keep_lease never returns"),
+                    never = self.keep_lease(g.fence) => match never {},
                 }
             }
             None => self.lead(ttl, None).await,
@@ -351,7 +351,7 @@ impl Fetch {
 
     /// Extends the fleet lease every third of its TTL while the fetch runs;
     /// once it is lost (a purge does not touch it, only expiry does), stops.
-    async fn keep_lease(&self, token: u64) {
+    async fn keep_lease(&self, token: u64) -> std::convert::Infallible {
         let every = self.settings.lease_ttl / 3;
         loop {
             tokio::time::sleep(every).await;
