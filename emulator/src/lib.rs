@@ -186,6 +186,11 @@ impl EmulatorHandle {
         self.inner.state.jobs.submitted()
     }
 
+    /// How many analytics detail jobs were cancelled so far.
+    pub fn jobs_cancelled(&self) -> u64 {
+        self.inner.state.jobs.cancelled()
+    }
+
     /// Live notification channels (Notification API), oldest expiry first.
     pub fn notification_channels(&self) -> Vec<ChannelInfo> {
         self.inner.state.notifications.list()

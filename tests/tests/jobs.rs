@@ -123,3 +123,26 @@ async fn a_long_poll_outlives_its_tokens() {
     cx.stop().await;
     emu.shutdown().await;
 }
+
+/// A job still running when its caller's deadline passes is cancelled
+/// upstream (its result would never be used), and the caller gets
+/// DEADLINE_EXCEEDED in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_job_is_cancelled_upstream() {
+    // Jobs run 20 s unscaled: far past the caller's deadline.
+    let emu = emulator(EmulatorConfig { time_scale: 1.0, ..EmulatorConfig::default() }).await;
+    let cx = Instance::start(job_config(&unique_env("jobcancel"), &emu, 50, 250)).await;
+    let mut req = tonic::Request::new(job("2024-03-05T00:00:00Z/2024-03-05T02:00:00Z"));
+    req.set_timeout(Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    let err = cx.client.clone().get(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered in {:?}", started.elapsed());
+    assert_eq!(emu.jobs_submitted(), 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || emu.jobs_cancelled() == 1).await,
+        "the job was not cancelled"
+    );
+    cx.stop().await;
+    emu.shutdown().await;
+}

@@ -91,6 +91,11 @@ impl Jobs {
         *self.submitted.lock()
     }
 
+    /// How many jobs were cancelled (`DELETE`) so far.
+    pub fn cancelled(&self) -> u64 {
+        self.jobs.lock().values().filter(|j| j.cancelled).count() as u64
+    }
+
     fn insert(&self, id: String, job: Job) {
         let mut order = self.order.lock();
         let mut jobs = self.jobs.lock();

@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 
 /// Result pages one job may have.
 const MAX_RESULT_PAGES: usize = 10_000;
+/// Longest wait to cancel an abandoned job.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The query of a job, parsed for splitting.
 struct JobQuery {
@@ -184,6 +186,27 @@ impl Upstream {
             .to_string();
         UpstreamStats::bump(&self.stats.jobs_submitted);
         let job_path = format!("{}/{id}", call.path);
+        let outcome = self.await_job(&id, &job_path, deadline).await;
+        if outcome.is_err() {
+            self.cancel_job(&job_path).await;
+        }
+        outcome
+    }
+
+    /// A job whose result will not be used (deadline, failed poll) is
+    /// cancelled, so it stops costing the platform; best effort, bounded.
+    async fn cancel_job(&self, job_path: &str) {
+        let cancel = self.platform_json(None, reqwest::Method::DELETE, job_path, None);
+        match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+            Ok(Ok(_)) => UpstreamStats::bump(&self.stats.jobs_cancelled),
+            Ok(Err(e)) => tracing::debug!(job = %job_path, error = %e, "cancelling the job failed"),
+            Err(_) => tracing::debug!(job = %job_path, "cancelling the job timed out"),
+        }
+    }
+
+    /// Polls the submitted job until it is done, then reads every result page.
+    async fn await_job(&self, id: &str, job_path: &str, deadline: Option<Instant>) -> Result<Vec<Value>> {
+        let job_path = job_path.to_string();
 
         let settings = &self.settings.jobs;
         let mut delay = settings.poll_initial;

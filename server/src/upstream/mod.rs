@@ -210,6 +210,9 @@ impl Upstream {
             return Err(map_status(status, resp.headers(), path));
         }
         let body = self.read_body(resp).await?;
+        if body.is_empty() {
+            return Ok(serde_json::Value::Null); // 202/204 without a body
+        }
         serde_json::from_slice(&body).map_err(|e| Error::BadUpstream(format!("{path}: not JSON: {e}")))
     }
 

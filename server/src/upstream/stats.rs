@@ -50,6 +50,8 @@ stats!(
     jobs_submitted,
     /// Job intervals split after an incomplete result.
     job_splits,
+    /// Jobs cancelled upstream because their result would not be used.
+    jobs_cancelled,
 );
 
 impl UpstreamStats {
