@@ -34,8 +34,8 @@ fn job_config(env: &str, emu: &EmulatorHandle, poll_initial_ms: u64, poll_max_ms
 /// rows each, complete), and the halves merged into the stored entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_job_is_split_rerun_and_merged() {
-    // Jobs run 20 s × 0.01 = 200 ms.
-    let emu = emulator(EmulatorConfig { time_scale: 0.01, ..EmulatorConfig::default() }).await;
+    // Jobs run 20 s × 0.025 = 500 ms.
+    let emu = emulator(EmulatorConfig { time_scale: 0.025, ..EmulatorConfig::default() }).await;
     emu.set_job_row_limit(Some(10));
     let cx = Instance::start(job_config(&unique_env("jobsplit"), &emu, 20, 100)).await;
     let req = job("2024-03-01T00:00:00Z/2024-03-01T06:00:00Z");
@@ -55,6 +55,11 @@ async fn a_truncated_job_is_split_rerun_and_merged() {
     let starts: Vec<&str> = rows.iter().map(|r| r["conversationStart"].as_str().unwrap()).collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "merged in time order");
     assert_eq!(emu.jobs_submitted(), 3, "the whole interval, then its two halves");
+    // The halves ran at once: submitted together, not one job-length apart.
+    let mut submits: Vec<u64> =
+        emu.requests(1000).into_iter().filter(|r| r.route == SUBMIT_ROUTE).map(|r| r.at_ms).collect();
+    submits.sort();
+    assert!(submits[2] - submits[1] < 250, "halves submitted {} ms apart", submits[2] - submits[1]);
 
     // Stored validated: the next Get costs nothing upstream.
     let again = cx.get(req).await.unwrap();

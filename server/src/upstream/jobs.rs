@@ -151,9 +151,19 @@ impl Upstream {
             tracing::warn!(%interval, rows = rows.len(), expected, "analytics job result incomplete; splitting the interval");
             UpstreamStats::bump(&self.stats.job_splits);
             let step = q.step.unwrap_or_else(|| end - start);
-            let mid = start + step * (buckets / 2) as i32;
-            let mut merged = self.run_validated(call, q, start, mid, depth + 1, deadline).await?;
-            merged.extend(self.run_validated(call, q, mid, end, depth + 1, deadline).await?);
+            let half = i32::try_from(buckets / 2)
+                .map_err(|_| Error::BadUpstream(format!("{interval}: too many buckets to split")))?;
+            let mid = start + step * half;
+            // The halves run at once: the caller waits for the slower one,
+            // not for both in turn. Both run to their end (a failing half
+            // does not drop its sibling mid-job, which would leave it
+            // running upstream uncancelled).
+            let (earlier, later) = futures::join!(
+                self.run_validated(call, q, start, mid, depth + 1, deadline),
+                self.run_validated(call, q, mid, end, depth + 1, deadline),
+            );
+            let mut merged = earlier?;
+            merged.extend(later?);
             Ok(merged)
         })
     }
