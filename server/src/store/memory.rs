@@ -230,8 +230,11 @@ impl Store for MemoryStore {
         // Expired members go in the periodic sweep, not on every add.
         books.sweep_if_due(self.keep);
         let idx = books.indexes.entry(index.to_string()).or_default();
-        let exp = idx.entry(member.to_string()).or_insert(expires_at_ms);
-        *exp = (*exp).max(expires_at_ms);
+        // Re-adding always raises the score (as the Redis script does), so a
+        // purge's conditional removal sees the key was indexed again.
+        idx.entry(member.to_string())
+            .and_modify(|exp| *exp = (*exp + 1).max(expires_at_ms))
+            .or_insert(expires_at_ms);
         Ok(())
     }
 
@@ -376,8 +379,9 @@ mod tests {
         assert_eq!(keys(s.index_members("i", "p:q:1:").await.unwrap()), vec!["p:q:1:full", "p:q:1:summary"]);
         let read = s.index_members("i", "p:q:").await.unwrap();
         assert_eq!(read.len(), 3);
-        // p:q:1:full is indexed again (a later fetch) after the read: it stays.
-        s.index_add("i", "p:q:1:full", far + 1000).await.unwrap();
+        // Indexed again after the read (a later fetch), even with an earlier
+        // expiry (TTL jitter): it stays.
+        s.index_add("i", "p:q:1:full", far - 1000).await.unwrap();
         s.index_remove("i", &read).await.unwrap();
         assert_eq!(keys(s.index_members("i", "").await.unwrap()), vec!["p:q:1:full"]);
     }

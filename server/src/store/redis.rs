@@ -67,10 +67,14 @@ return 0
 "#;
 
 /// Add a member scored by its expiry, drop expired members, keep the index
-/// itself alive as long as its longest-lived member.
+/// itself alive as long as its longest-lived member. Adding a member again
+/// always raises its score (by 1 ms at least, TTL jitter may make the new
+/// expiry earlier), so a purge's conditional removal sees it was re-indexed.
 const INDEX_ADD: &str = r#"
 local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
+local score = tonumber(ARGV[2])
+if cur and tonumber(cur) >= score then score = tonumber(cur) + 1 end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 local want = tonumber(ARGV[2]) - tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], want) end
