@@ -381,22 +381,19 @@ impl Fetch {
             res?;
         }
         let generation = store.generation(&r.store_key).await?;
-        Ok(match self.lease(started_ms).await? {
-            Lease::Held(g) => Lease::Held(WriteGuard { generation, fence: g.fence }),
-            done => done,
-        })
+        self.lease(started_ms, generation).await
     }
 
     /// Takes the key's fleet-wide fetch lease, or waits for the holder's
     /// result (woken by its bus event, with a slow poll as a backstop), and
     /// takes over if the holder disappears. Bounded by the deadline.
-    async fn lease(&self, started_ms: i64) -> Result<Lease> {
+    async fn lease(&self, started_ms: i64, generation: u64) -> Result<Lease> {
         let r = &self.r;
         let store = self.tiers.store();
         let mut events = self.bus.subscribe();
         loop {
             if let Some(token) = store.try_lease(&r.store_key, self.settings.lease_ttl).await? {
-                return Ok(Lease::Held(WriteGuard { generation: 0, fence: token }));
+                return Ok(Lease::Held(WriteGuard { generation, fence: token }));
             }
             let mut pause = Duration::from_millis(20);
             loop {
@@ -447,8 +444,8 @@ impl Fetch {
                 Ok(Some(entry)) if acceptable(&entry, &r.freshness, now_ms()) => {
                     return Ok(Flight { entry, origin: Origin::Stored });
                 }
-                Ok(_) => {}
-                Err(e) => self.tiers.note_failure(&e),
+                // A store error (noted by the tiers) is just no stored value.
+                Ok(_) | Err(_) => {}
             }
         }
         let mut call = r.call();
@@ -487,10 +484,7 @@ impl Fetch {
             // fetched to our callers, but never overwrite the newer state.
             Ok(false) => tracing::debug!(key = %r.key, "write refused: purged or superseded during fetch"),
             // Serve what we fetched even if it could not be stored.
-            Err(e) => {
-                self.tiers.note_failure(&e);
-                tracing::warn!(key = %r.key, error = %e, "store write failed");
-            }
+            Err(e) => tracing::warn!(key = %r.key, error = %e, "store write failed"),
         }
         Ok(Flight { entry: Arc::new(entry), origin })
     }

@@ -102,7 +102,11 @@ impl Tiers {
 
     /// Reads the store only (no L1): for double-checks inside a fetch.
     pub async fn get_stored(&self, store_key: &str) -> Result<Option<Arc<Entry>>> {
-        match self.store.get(store_key).await? {
+        let got = self.store.get(store_key).await;
+        if let Err(e) = &got {
+            self.note_failure(e);
+        }
+        match got? {
             Some(bytes) => Ok(Some(Arc::new(Entry::decode_from(bytes)?))),
             None => Ok(None),
         }
@@ -117,7 +121,11 @@ impl Tiers {
         ttl: Duration,
         guard: WriteGuard,
     ) -> Result<bool> {
-        self.store.set_guarded(store_key, entry.encode(), ttl + self.stale_grace, guard).await
+        let wrote = self.store.set_guarded(store_key, entry.encode(), ttl + self.stale_grace, guard).await;
+        if let Err(e) = &wrote {
+            self.note_failure(e);
+        }
+        wrote
     }
 
     /// How long an entry with freshness `ttl` stays in the store.

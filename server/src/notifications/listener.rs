@@ -55,6 +55,14 @@ fn retire(old: Option<Socket>) {
     }
 }
 
+/// Drops a channel's subscriptions; best effort (a channel left
+/// subscribed still expires by itself).
+async fn unsubscribe(api: &Api, id: &str) {
+    if let Err(e) = api.clear(id).await {
+        tracing::debug!(channel = %id, error = %e, "unsubscribing a channel failed; it expires by itself");
+    }
+}
+
 /// Why a tenure ended.
 pub enum End {
     Shutdown,
@@ -149,9 +157,7 @@ impl<'a> Tenure<'a> {
 
     async fn clear_channels(&self, ids: &[String]) {
         for id in ids {
-            if let Err(e) = self.api.clear(id).await {
-                tracing::debug!(channel = %id, error = %e, "unsubscribing a channel failed; it expires by itself");
-            }
+            unsubscribe(&self.api, id).await;
         }
     }
 
@@ -439,9 +445,7 @@ impl<'a> Tenure<'a> {
                     let api = self.api.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(DRAIN).await;
-                        if let Err(e) = api.clear(&old).await {
-                            tracing::debug!(channel = %old, error = %e, "unsubscribing a replaced channel failed");
-                        }
+                        unsubscribe(&api, &old).await;
                     });
                 }
             }

@@ -216,8 +216,6 @@ impl Upstream {
 
     /// Polls the submitted job until it is done, then reads every result page.
     async fn await_job(&self, id: &str, job_path: &str, deadline: Option<Instant>) -> Result<Vec<Value>> {
-        let job_path = job_path.to_string();
-
         let settings = &self.settings.jobs;
         let mut delay = settings.poll_initial;
         loop {
@@ -227,7 +225,7 @@ impl Upstream {
                 )));
             }
             tokio::time::sleep(delay).await;
-            let status: Value = json_of(&self.call(&Call::get(job_path.clone()), deadline).await?)?;
+            let status: Value = json_of(&self.call(&Call::get(job_path), deadline).await?)?;
             match status.get("state").and_then(Value::as_str).unwrap_or("") {
                 "FULFILLED" | "COMPLETED" => break,
                 state @ ("FAILED" | "CANCELLED" | "EXPIRED") => {
