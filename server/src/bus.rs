@@ -10,12 +10,16 @@
 //! channel. Anything that might have lost events (a resubscription, a failed
 //! publish) is reported as [`BusMessage::Gap`], on which L1 is dropped and
 //! watchers are told to resync: never silent staleness.
+//!
+//! Purges that promise read-your-invalidation are published with an
+//! acknowledgement counter ([`Bus::publish_acked`]); every instance's
+//! follower bumps it ([`Bus::acknowledge`]) once it dropped its copies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, EventInterface, Pool, PubsubInterface};
+use fred::prelude::{ClientLike, EventInterface, KeysInterface, Pool, PubsubInterface};
 use fred::types::config::Config as RedisConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -73,6 +77,8 @@ pub struct Bus {
 }
 
 struct RedisBus {
+    /// The namespace, for acknowledgement counter keys.
+    env: String,
     pool: Pool,
     channel: String,
     _subscriber: fred::clients::SubscriberClient,
@@ -95,7 +101,7 @@ impl Bus {
         command_timeout: Duration,
     ) -> Result<Arc<Bus>> {
         let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
-        let channel = format!("cx:bus:{{{env}}}");
+        let channel = crate::keys::bus_channel(env);
         let config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
         let subscriber = fred::prelude::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = command_timeout)
@@ -129,7 +135,13 @@ impl Bus {
         subscriber.ssubscribe(channel.clone()).await.map_err(|e| Error::Store(e.to_string()))?;
         Ok(Arc::new(Bus {
             fanout,
-            redis: Some(RedisBus { pool, channel, _subscriber: subscriber, _resubscriber: resubscriber }),
+            redis: Some(RedisBus {
+                env: env.to_string(),
+                pool,
+                channel,
+                _subscriber: subscriber,
+                _resubscriber: resubscriber,
+            }),
             instance_id,
             published: AtomicU64::new(0),
         }))
@@ -163,8 +175,60 @@ impl Bus {
         self.fanout.subscribe()
     }
 
-    /// The Redis pool, for acknowledgement counters.
-    pub fn pool(&self) -> Option<&Pool> {
-        self.redis.as_ref().map(|r| &r.pool)
+    /// Publishes `event` and waits (at most `timeout`) until every
+    /// instance that received it acknowledged it. In-process there is no
+    /// one else to wait for.
+    pub async fn publish_acked(&self, mut event: Event, timeout: Duration) -> Result<()> {
+        let Some(r) = &self.redis else { return self.publish(event).await.map(drop) };
+        let counter = crate::keys::ack_counter(&r.env, &uuid::Uuid::new_v4().simple().to_string());
+        event.ack = Some(counter.clone());
+        let receivers = self.publish(event).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let got: u64 = r.pool.get::<Option<u64>, _>(counter.as_str()).await.ok().flatten().unwrap_or(0);
+            if got >= receivers {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(expected = receivers, got, "not every instance acknowledged the purge in time");
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Publishes that `key` got a new value (best effort: a failed publish
+    /// is a gap the bus reports itself).
+    pub async fn publish_update(&self, key: &str) {
+        if let Err(e) = self.publish(Event::updated(key, &self.instance_id)).await {
+            tracing::debug!(error = %e, "update event not published");
+        }
+    }
+
+    /// Acknowledges an event that asked for it (this instance dropped what
+    /// it named).
+    pub async fn acknowledge(&self, event: &Event) {
+        if let (Some(counter), Some(r)) = (&event.ack, &self.redis) {
+            let _ = r.pool.incr::<i64, _>(counter.as_str()).await;
+            let _ = r.pool.pexpire::<i64, _>(counter.as_str(), 30_000, None).await;
+        }
+    }
+}
+
+impl Event {
+    /// The event announcing that `key` got a new value.
+    pub fn updated(key: &str, origin: &str) -> Event {
+        Event {
+            kind: EventKind::Updated,
+            keys: vec![key.to_string()],
+            prefix: None,
+            tag: None,
+            reason: "stored".into(),
+            at_ms: crate::entry::now_ms(),
+            origin: origin.to_string(),
+            ack: None,
+        }
     }
 }

@@ -14,6 +14,11 @@
 //!   with ETag/Last-Modified when it has them;
 //! - if the upstream fails, a value at most `max_staleness` past its TTL is
 //!   served stale; otherwise the upstream's error is returned.
+//!
+//! The cache reads the upstream through [`Fetcher`], so these rules are
+//! unit-tested on the embedded store with a scripted fetcher and paused
+//! time (`cache/tests.rs`). Gets are counted here, whichever door they
+//! came through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,29 +29,44 @@ use tokio::time::Instant;
 
 use crate::bus::{Bus, BusMessage};
 use crate::catalog::Catalog;
-use crate::coalesce::{Role, Singleflight};
+use crate::coalesce::{Panicked, Role, Singleflight};
 use crate::config::CacheSettings;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::metrics;
 use crate::normalize::normalize;
 use crate::policy::{self, Freshness, Resolved};
 use crate::proto::v1::GetRequest;
+use crate::source::Source;
 use crate::store::WriteGuard;
-use crate::tiers::{Tier, Tiers};
+use crate::tiers::{LocalCopies, Tiers};
 use crate::ttl::TtlPolicy;
-use crate::upstream::{Upstream, Validators};
-use crate::watch;
+use crate::upstream::{Call, Fetched, Upstream, Validators};
 
-/// Where a served value came from (mirrors `cxcache.v1.Source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    L1,
-    Store,
-    Upstream,
-    Stale,
-    Coalesced,
-    Revalidated,
+#[cfg(test)]
+mod tests;
+
+/// Where the cache gets what it does not hold: the upstream client in
+/// production, a scripted double in unit tests.
+#[async_trait::async_trait]
+pub trait Fetcher: Send + Sync {
+    /// Performs `call` (a paged kind: every page), within `deadline`.
+    async fn fetch(&self, call: &Call, paged: bool, deadline: Option<Instant>) -> Result<Fetched>;
+}
+
+#[async_trait::async_trait]
+impl Fetcher for Upstream {
+    async fn fetch(&self, call: &Call, paged: bool, deadline: Option<Instant>) -> Result<Fetched> {
+        Upstream::fetch(self, call, paged, deadline).await
+    }
+}
+
+/// A fetch task that panicked fails its callers once, as an internal error.
+impl From<Panicked> for Error {
+    fn from(p: Panicked) -> Self {
+        Error::Internal(p.to_string())
+    }
 }
 
 /// A value served to a caller.
@@ -72,7 +92,7 @@ enum Origin {
 
 /// The outcome of one flight.
 #[derive(Clone)]
-struct Flight {
+struct Outcome {
     entry: Arc<Entry>,
     origin: Origin,
 }
@@ -83,9 +103,9 @@ pub struct Cache {
     settings: Arc<CacheSettings>,
     ttl: Arc<TtlPolicy>,
     tiers: Arc<Tiers>,
-    upstream: Arc<Upstream>,
+    fetcher: Arc<dyn Fetcher>,
     bus: Arc<Bus>,
-    flights: Singleflight<Flight>,
+    flights: Singleflight<Outcome, Error>,
 }
 
 impl Cache {
@@ -94,7 +114,7 @@ impl Cache {
         catalog: Arc<Catalog>,
         settings: CacheSettings,
         tiers: Arc<Tiers>,
-        upstream: Arc<Upstream>,
+        fetcher: Arc<dyn Fetcher>,
         bus: Arc<Bus>,
     ) -> Self {
         Cache {
@@ -103,7 +123,7 @@ impl Cache {
             ttl: Arc::new(TtlPolicy::new(settings.ttl.clone())),
             settings: Arc::new(settings),
             tiers,
-            upstream,
+            fetcher,
             bus,
             flights: Singleflight::default(),
         }
@@ -117,26 +137,45 @@ impl Cache {
         &self.tiers
     }
 
-    /// The upstream client (its counters and credential states).
-    pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.upstream
-    }
-
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
 
-    /// Forgets everything this instance holds for `store_key`: its L1 copy
-    /// and its running fetch (later callers start a new one). Called for
-    /// every purged or updated key, from the bus and by local purges.
-    pub fn forget_local(&self, store_key: &str) {
-        self.tiers.evict_l1(store_key);
-        self.flights.forget(store_key);
+    /// Answers a Get by `deadline` (when the caller stops waiting), and
+    /// counts it: served by kind and source, or failed by code.
+    pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
+        let started = std::time::Instant::now();
+        let r = match policy::resolve(req, &self.env, &self.catalog, &self.settings) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::get_failed(e.code().name());
+                return Err(e);
+            }
+        };
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, self.serve(&r, Some(d))).await {
+                Err(_) => Err(Error::DeadlineExceeded("no answer within the caller's deadline".into())),
+                // An upstream call cut short by the caller's deadline is the
+                // deadline's doing, not the upstream's.
+                Ok(Err(Error::Unavailable { message, .. }))
+                    if Instant::now() + Duration::from_millis(20) >= d =>
+                {
+                    Err(Error::DeadlineExceeded(message))
+                }
+                Ok(other) => other,
+            },
+            None => self.serve(&r, None).await,
+        };
+        match &result {
+            // The catalog's name, never the caller's spelling: the label
+            // set stays bounded by the catalog.
+            Ok(served) => metrics::get_served(&r.kind_name, served.source, started.elapsed()),
+            Err(e) => metrics::get_failed(e.code().name()),
+        }
+        result
     }
 
-    /// Answers a Get. `deadline`: when the caller stops waiting.
-    pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
-        let r = policy::resolve(req, &self.env, &self.catalog, &self.settings)?;
+    async fn serve(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Served> {
         let served = |entry: Arc<Entry>, source: Source| Served { entry, source, key: r.key.clone() };
         let mut stored = None;
         if !r.freshness.force_refresh {
@@ -145,18 +184,14 @@ impl Cache {
                     let now = now_ms();
                     if acceptable(&entry, &r.freshness, now) {
                         if self.should_refresh_early(&entry, now) {
-                            self.refresh_in_background(&r, true);
+                            self.refresh_in_background(r, true);
                         }
-                        let source = match tier {
-                            Tier::L1 => Source::L1,
-                            Tier::Store => Source::Store,
-                        };
-                        return Ok(served(entry, source));
+                        return Ok(served(entry, tier));
                     }
                     let swr = self.settings.stale_while_revalidate;
                     let within_swr = !swr.is_zero() && entry.staleness(now) <= swr;
                     if r.freshness.allow_stale || (within_swr && r.freshness.max_age.is_none()) {
-                        self.refresh_in_background(&r, false);
+                        self.refresh_in_background(r, false);
                         return Ok(served(entry, Source::Stale));
                     }
                     stored = Some(entry);
@@ -174,7 +209,7 @@ impl Cache {
         let mut outcome = match deadline.filter(|_| fallback) {
             Some(d) => {
                 let budget = d.saturating_duration_since(Instant::now()).mul_f64(0.8);
-                match tokio::time::timeout(budget, self.flight(&r, deadline, stored.clone(), false)).await {
+                match tokio::time::timeout(budget, self.flight(r, deadline, stored.clone(), false)).await {
                     Ok(outcome) => outcome,
                     Err(_) => (
                         Err(Error::DeadlineExceeded("upstream too slow for the deadline".into())),
@@ -182,7 +217,7 @@ impl Cache {
                     ),
                 }
             }
-            None => self.flight(&r, deadline, stored.clone(), false).await,
+            None => self.flight(r, deadline, stored.clone(), false).await,
         };
         // A joined flight runs on its starter's deadline: if that one gave up
         // while this caller still has time, start over on our own deadline.
@@ -192,7 +227,7 @@ impl Cache {
             if !gave_up_early {
                 break;
             }
-            outcome = self.flight(&r, deadline, stored.clone(), false).await;
+            outcome = self.flight(r, deadline, stored.clone(), false).await;
         }
         match outcome {
             (Ok(f), role) => {
@@ -252,7 +287,7 @@ impl Cache {
         deadline: Option<Instant>,
         stored: Option<Arc<Entry>>,
         force: bool,
-    ) -> impl std::future::Future<Output = (Result<Flight>, Role)> + Send + 'static {
+    ) -> impl std::future::Future<Output = (Result<Outcome>, Role)> + Send + 'static {
         let fetch = Fetch {
             r: r.clone(),
             deadline,
@@ -260,14 +295,18 @@ impl Cache {
             force: force || r.freshness.force_refresh,
             env: self.env.clone(),
             tiers: self.tiers.clone(),
-            upstream: self.upstream.clone(),
+            fetcher: self.fetcher.clone(),
             ttl: self.ttl.clone(),
             settings: self.settings.clone(),
             bus: self.bus.clone(),
         };
         let flights = self.flights.clone();
         let key = r.store_key.clone();
-        async move { flights.run(&key, move || fetch.run()).await }
+        async move {
+            let (flight, role) = flights.join(&key, move || fetch.run());
+            let _waiting = (role == Role::Follower).then(metrics::coalesced_waiter);
+            (flight.await, role)
+        }
     }
 }
 
@@ -287,7 +326,7 @@ struct Fetch {
     force: bool,
     env: String,
     tiers: Arc<Tiers>,
-    upstream: Arc<Upstream>,
+    fetcher: Arc<dyn Fetcher>,
     ttl: Arc<TtlPolicy>,
     settings: Arc<CacheSettings>,
     bus: Arc<Bus>,
@@ -295,14 +334,14 @@ struct Fetch {
 
 /// Whether this instance fetches (under this write guard), or another
 /// instance already did.
-enum Lease {
+enum Claim {
     Held(WriteGuard),
     Done(Arc<Entry>),
 }
 
 impl Fetch {
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(key = %self.r.key))]
-    async fn run(self) -> Result<Flight> {
+    async fn run(self) -> Result<Outcome> {
         let r = &self.r;
         let ttl = self.ttl.ttl(&r.kind, r.body.as_ref());
         let l1_ticket = self.tiers.l1_ticket(&r.store_key);
@@ -311,8 +350,8 @@ impl Fetch {
         // callers) and keep the value in L1 only.
         let prepared = if self.tiers.store_available() { Some(self.prepare(ttl).await) } else { None };
         let guard = match prepared {
-            Some(Ok(Lease::Held(guard))) => Some(guard),
-            Some(Ok(Lease::Done(entry))) => return Ok(Flight { entry, origin: Origin::Remote }),
+            Some(Ok(Claim::Held(guard))) => Some(guard),
+            Some(Ok(Claim::Done(entry))) => return Ok(Outcome { entry, origin: Origin::Remote }),
             Some(Err(e @ Error::Store(_))) => {
                 self.tiers.note_failure(&e);
                 tracing::debug!(key = %r.key, error = %e, "store unavailable: fetching without storing");
@@ -368,7 +407,7 @@ impl Fetch {
 
     /// Indexes the key, reads its generation and takes the fleet lease (or
     /// finds that another instance fetched it meanwhile).
-    async fn prepare(&self, ttl: Duration) -> Result<Lease> {
+    async fn prepare(&self, ttl: Duration) -> Result<Claim> {
         let r = &self.r;
         let store = self.tiers.store().clone();
         let started_ms = now_ms();
@@ -387,20 +426,20 @@ impl Fetch {
     /// Takes the key's fleet-wide fetch lease, or waits for the holder's
     /// result (woken by its bus event, with a slow poll as a backstop), and
     /// takes over if the holder disappears. Bounded by the deadline.
-    async fn lease(&self, started_ms: i64, generation: u64) -> Result<Lease> {
+    async fn lease(&self, started_ms: i64, generation: u64) -> Result<Claim> {
         let r = &self.r;
         let store = self.tiers.store();
         let mut events = self.bus.subscribe();
         loop {
             if let Some(token) = store.try_lease(&r.store_key, self.settings.lease_ttl).await? {
-                return Ok(Lease::Held(WriteGuard { generation, fence: token }));
+                return Ok(Claim::Held(WriteGuard { generation, fence: token }));
             }
             let mut pause = Duration::from_millis(20);
             loop {
                 if let Some(entry) = self.tiers.get_stored(&r.store_key).await? {
                     let newer = entry.stored_at_ms >= started_ms;
                     if newer || (!self.force && acceptable(&entry, &r.freshness, now_ms())) {
-                        return Ok(Lease::Done(entry));
+                        return Ok(Claim::Done(entry));
                     }
                 }
                 if !store.lease_held(&r.store_key).await? {
@@ -435,14 +474,14 @@ impl Fetch {
     /// The lease holder's work: fetch (conditionally when possible),
     /// normalize, store under the write guard (none: the store is down),
     /// announce.
-    async fn lead(&self, ttl: Duration, guard: Option<WriteGuard>) -> Result<Flight> {
+    async fn lead(&self, ttl: Duration, guard: Option<WriteGuard>) -> Result<Outcome> {
         let r = &self.r;
         // A fetch that finished just before this one may have stored the
         // value already: look once more before spending quota.
         if !self.force && guard.is_some() {
             match self.tiers.get_stored(&r.store_key).await {
                 Ok(Some(entry)) if acceptable(&entry, &r.freshness, now_ms()) => {
-                    return Ok(Flight { entry, origin: Origin::Stored });
+                    return Ok(Outcome { entry, origin: Origin::Stored });
                 }
                 // A store error (noted by the tiers) is just no stored value.
                 Ok(_) | Err(_) => {}
@@ -457,7 +496,7 @@ impl Fetch {
             });
         }
         let began = Instant::now();
-        let fetched = self.upstream.fetch(&call, r.kind.paged, self.deadline).await?;
+        let fetched = self.fetcher.fetch(&call, r.kind.paged, self.deadline).await?;
         let fetch_ms = began.elapsed().as_millis() as i64;
 
         let (mut entry, origin) = match (fetched.not_modified, previous) {
@@ -475,10 +514,10 @@ impl Fetch {
         entry.fetch_ms = fetch_ms.max(1);
 
         let Some(guard) = guard else {
-            return Ok(Flight { entry: Arc::new(entry), origin });
+            return Ok(Outcome { entry: Arc::new(entry), origin });
         };
         match self.tiers.put(&r.store_key, &entry, ttl, guard).await {
-            Ok(true) if origin == Origin::Fetched => watch::publish_update(&self.bus, &r.key).await,
+            Ok(true) if origin == Origin::Fetched => self.bus.publish_update(&r.key).await,
             Ok(true) => {}
             // A purge or a newer write happened meanwhile: serve what we
             // fetched to our callers, but never overwrite the newer state.
@@ -486,6 +525,19 @@ impl Fetch {
             // Serve what we fetched even if it could not be stored.
             Err(e) => tracing::warn!(key = %r.key, error = %e, "store write failed"),
         }
-        Ok(Flight { entry: Arc::new(entry), origin })
+        Ok(Outcome { entry: Arc::new(entry), origin })
+    }
+}
+
+impl LocalCopies for Cache {
+    /// Its L1 copy and its running fetch (later callers start a new one).
+    fn forget(&self, store_key: &str) {
+        self.tiers.evict_l1(store_key);
+        self.flights.forget(store_key);
+    }
+
+    fn forget_all(&self) {
+        self.tiers.clear_l1();
+        self.flights.forget_all();
     }
 }

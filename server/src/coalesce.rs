@@ -14,50 +14,54 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 
-use crate::error::Error;
+/// The fetch task panicked or was aborted; its callers get this error
+/// (through `E: From<Panicked>`) once, and the key is free again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fetch task failed: {0}")]
+pub struct Panicked(pub String);
 
-type Flight<T> = Shared<BoxFuture<'static, Result<T, Error>>>;
+/// A flight under way: every caller of one key awaits a clone of it.
+pub type Joined<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
 
 /// Flight ids, so a finished flight removes only itself from the map (a
 /// purge may have detached it and a newer flight taken its place).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Flights under way by key, each with its id.
-type FlightMap<T> = HashMap<String, (u64, Flight<T>)>;
+type FlightMap<T, E> = HashMap<String, (u64, Joined<T, E>)>;
 
-pub struct Singleflight<T: Clone + Send + Sync + 'static> {
-    inflight: Arc<Mutex<FlightMap<T>>>,
+pub struct Singleflight<T, E> {
+    inflight: Arc<Mutex<FlightMap<T, E>>>,
 }
 
-impl<T: Clone + Send + Sync + 'static> Clone for Singleflight<T> {
+impl<T, E> Clone for Singleflight<T, E> {
     /// Another handle on the same set of flights.
     fn clone(&self) -> Self {
         Singleflight { inflight: self.inflight.clone() }
     }
 }
 
-impl<T: Clone + Send + Sync + 'static> Default for Singleflight<T> {
+impl<T, E> Default for Singleflight<T, E> {
     fn default() -> Self {
         Singleflight { inflight: Arc::default() }
     }
 }
 
-/// Whether the caller started the flight or joined one already under way.
+/// Whether a caller started the fetch or joined one under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Leader,
     Follower,
 }
 
-/// Takes a finished (or panicked) flight out of the map, unless a purge
-/// detached it and a newer flight took its place.
-struct Done<T: Clone + Send + Sync + 'static> {
-    inflight: Arc<Mutex<FlightMap<T>>>,
+/// Removes a flight from the map when its task ends, however it ends.
+struct Done<T, E> {
+    inflight: Arc<Mutex<FlightMap<T, E>>>,
     key: String,
     id: u64,
 }
 
-impl<T: Clone + Send + Sync + 'static> Drop for Done<T> {
+impl<T, E> Drop for Done<T, E> {
     fn drop(&mut self) {
         let mut map = self.inflight.lock();
         if map.get(&self.key).is_some_and(|(i, _)| *i == self.id) {
@@ -66,52 +70,62 @@ impl<T: Clone + Send + Sync + 'static> Drop for Done<T> {
     }
 }
 
-impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
-    /// Runs `make()` for `key` unless a flight for `key` is under way, in
-    /// which case its result is awaited instead.
-    pub async fn run<F, M>(&self, key: &str, make: M) -> (Result<T, Error>, Role)
+impl<T, E> Singleflight<T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + From<Panicked> + 'static,
+{
+    /// Runs `make()`'s future for `key` unless one is already under way, and
+    /// waits for its result. (The cache uses [`Singleflight::join`], to
+    /// count its followers' waits.)
+    #[cfg(test)]
+    pub async fn run<F, M>(&self, key: &str, make: M) -> (Result<T, E>, Role)
     where
         M: FnOnce() -> F,
-        F: Future<Output = Result<T, Error>> + Send + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let (flight, role) = {
-            let mut map = self.inflight.lock();
-            match map.get(key) {
-                Some((_, f)) => (f.clone(), Role::Follower),
-                None => {
-                    let inflight = self.inflight.clone();
-                    let owned_key = key.to_string();
-                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                    let fut = make();
-                    // In the leader's span, so the fetch traces under its request.
-                    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
-                        // Removed on drop: even a fetch that panics leaves no
-                        // dead flight for later callers to join.
-                        let _done = Done { inflight, key: owned_key, id };
-                        fut.await
-                    }));
-                    let flight: Flight<T> = async move {
-                        task.await.unwrap_or_else(|e| Err(Error::Internal(format!("fetch task failed: {e}"))))
-                    }
-                    .boxed()
-                    .shared();
-                    map.insert(key.to_string(), (id, flight.clone()));
-                    (flight, Role::Leader)
-                }
-            }
-        };
-        let _waiting = (role == Role::Follower).then(crate::metrics::coalesced_waiter);
+        let (flight, role) = self.join(key, make);
         (flight.await, role)
     }
 
-    /// Detaches the flight of `key`, if any: callers arriving from now on
-    /// start a new one. Used when a purge makes the running fetch's result
-    /// unfit for anyone who asks after the purge.
+    /// Like [`Singleflight::run`], but hands back the flight to await, so
+    /// the caller can observe the wait (a follower's waiting time, say).
+    pub fn join<F, M>(&self, key: &str, make: M) -> (Joined<T, E>, Role)
+    where
+        M: FnOnce() -> F,
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let mut map = self.inflight.lock();
+        if let Some((_, f)) = map.get(key) {
+            return (f.clone(), Role::Follower);
+        }
+        let inflight = self.inflight.clone();
+        let owned_key = key.to_string();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let fut = make();
+        let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let _done = Done { inflight, key: owned_key, id };
+            fut.await
+        }));
+        let flight: Joined<T, E> =
+            async move { task.await.unwrap_or_else(|e| Err(E::from(Panicked(e.to_string())))) }.boxed().shared();
+        map.insert(key.to_string(), (id, flight.clone()));
+        (flight, Role::Leader)
+    }
+
+    /// Detaches the flight of `key` (a purge happened): it still finishes
+    /// for its current callers, but later callers start a new one.
     pub fn forget(&self, key: &str) {
         self.inflight.lock().remove(key);
     }
 
-    /// Flights under way (for metrics and tests).
+    /// Detaches every flight (events may have been missed).
+    pub fn forget_all(&self) {
+        self.inflight.lock().clear();
+    }
+
+    /// Number of flights under way.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().len()
     }
@@ -120,12 +134,24 @@ impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests' error type.
+    #[derive(Debug, Clone)]
+    enum Error {
+        Internal(#[allow(dead_code)] String),
+    }
+
+    impl From<Panicked> for Error {
+        fn from(p: Panicked) -> Self {
+            Error::Internal(p.0)
+        }
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     #[tokio::test]
     async fn concurrent_callers_share_one_fetch() {
-        let sf = Arc::new(Singleflight::<u32>::default());
+        let sf = Arc::new(Singleflight::<u32, Error>::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for _ in 0..100 {
@@ -152,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_shared_and_not_remembered() {
-        let sf = Singleflight::<u32>::default();
+        let sf = Singleflight::<u32, Error>::default();
         let (r, _) = sf.run("k", || async { Err(Error::Internal("boom".into())) }).await;
         assert!(r.is_err());
         let (r, role) = sf.run("k", || async { Ok(1) }).await;
@@ -161,7 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_fetch_fails_its_callers_once_and_is_not_joined_later() {
-        let sf = Singleflight::<u32>::default();
+        let sf = Singleflight::<u32, Error>::default();
         let (r, _) = sf
             .run("k", || async {
                 if sf_panics() {
@@ -182,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_forgotten_flight_is_not_joined_and_does_not_remove_its_successor() {
-        let sf = Arc::new(Singleflight::<u32>::default());
+        let sf = Arc::new(Singleflight::<u32, Error>::default());
         let old = {
             let sf = sf.clone();
             tokio::spawn(async move {
@@ -214,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_leader_does_not_cancel_the_fetch() {
-        let sf = Arc::new(Singleflight::<u32>::default());
+        let sf = Arc::new(Singleflight::<u32, Error>::default());
         let leader = {
             let sf = sf.clone();
             tokio::spawn(async move {

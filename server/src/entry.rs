@@ -2,7 +2,7 @@
 //! needed to judge and revalidate it. Encoded with prost so the format can
 //! grow fields without breaking entries already in Redis.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
@@ -35,10 +35,7 @@ pub struct Entry {
     pub fetch_ms: i64,
 }
 
-/// Milliseconds since the unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 impl Entry {
     pub fn new(value: Bytes, ttl: Duration, tags: Vec<String>) -> Self {

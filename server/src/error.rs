@@ -1,13 +1,12 @@
-//! Typed errors for everything behind the service edge, and the one place
-//! they become gRPC statuses (with google.rpc details) or HTTP codes.
+//! Typed errors for everything behind the service edge, with the one code
+//! table ([`Error::classify`]). The edges build their answers from it:
+//! `grpc::status` (statuses with google.rpc details), `http` (JSON bodies).
 //!
 //! Errors are `Clone` because one upstream failure is shared by every caller
 //! coalesced onto the same fetch.
 
 use std::time::Duration;
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 /// One input field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +72,40 @@ fn describe(violations: &[FieldViolation]) -> String {
     violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
+/// The canonical codes errors are reported with, numbered as gRPC's so the
+/// gRPC edge converts by number and needs no table of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Code {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// The canonical name (`INVALID_ARGUMENT`, …): metric labels and HTTP
+    /// error bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
 impl Error {
     /// A single-field validation error.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -85,49 +118,42 @@ impl Error {
         matches!(self, Error::RateLimited { .. } | Error::Unavailable { .. } | Error::DeadlineExceeded(_))
     }
 
-    /// The HTTP status the data-action and webhook doors answer with.
-    pub fn http_status(&self) -> u16 {
+    /// The one code table: each error's canonical code and the HTTP status
+    /// the HTTP doors answer with. An upstream that refused *our*
+    /// credentials is a gateway failure (502) to an HTTP caller, not theirs.
+    pub fn classify(&self) -> (Code, u16) {
         match self {
-            Error::InvalidArgument(_) => 400,
-            Error::NotFound(_) => 404,
-            Error::Unauthenticated(_) | Error::PermissionDenied(_) => 502,
-            Error::RateLimited { .. } => 429,
-            Error::Unavailable { .. } | Error::Store(_) => 503,
-            Error::BadUpstream(_) => 502,
-            Error::DeadlineExceeded(_) => 504,
-            Error::Internal(_) => 500,
+            Error::InvalidArgument(_) => (Code::InvalidArgument, 400),
+            Error::NotFound(_) => (Code::NotFound, 404),
+            Error::Unauthenticated(_) => (Code::Unauthenticated, 502),
+            Error::PermissionDenied(_) => (Code::PermissionDenied, 502),
+            Error::RateLimited { .. } => (Code::ResourceExhausted, 429),
+            Error::Unavailable { .. } | Error::Store(_) => (Code::Unavailable, 503),
+            Error::BadUpstream(_) => (Code::FailedPrecondition, 502),
+            Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, 504),
+            Error::Internal(_) => (Code::Internal, 500),
         }
     }
-}
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Status {
-        let message = err.to_string();
-        match err {
-            Error::InvalidArgument(violations) => {
-                let mut details = ErrorDetails::new();
-                for v in violations {
-                    details.add_bad_request_violation(v.field, v.description);
-                }
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
-            Error::NotFound(_) => Status::not_found(message),
-            Error::Unauthenticated(_) => Status::unauthenticated(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::RateLimited { retry_after } => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            ),
-            Error::Unavailable { retry_after: Some(after), .. } => Status::with_error_details(
-                Code::Unavailable,
-                message,
-                ErrorDetails::with_retry_info(Some(after)),
-            ),
-            Error::Unavailable { retry_after: None, .. } | Error::Store(_) => Status::unavailable(message),
-            Error::BadUpstream(_) => Status::failed_precondition(message),
-            Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
-            Error::Internal(_) => Status::internal(message),
+    /// The canonical code (see [`Error::classify`]).
+    pub fn code(&self) -> Code {
+        self.classify().0
+    }
+
+    /// How long the caller should wait before retrying, when waiting helps.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after } => Some(*retry_after),
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The fields at fault (empty unless the input was refused).
+    pub fn violations(&self) -> &[FieldViolation] {
+        match self {
+            Error::InvalidArgument(v) => v,
+            _ => &[],
         }
     }
 }

@@ -9,6 +9,11 @@
 //! (`cx:{prod:routing.queue:42}:full`), so every variant of one entity and
 //! its bookkeeping keys share a slot (atomic scripts work on them) while
 //! different entities spread over the cluster.
+//!
+//! This module is the one place that knows the key grammar: [`Key`] parses
+//! and prints logical keys, [`EntityId`] is the one validated id, and every
+//! Redis key format (entries, bookkeeping, indexes, bus, limiter, marks)
+//! is built by a function here.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +21,97 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::canonical;
+
+/// Most characters of an entity id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A validated entity id: 1–[`MAX_ID_LEN`] unreserved URL characters
+/// (`A-Z a-z 0-9 - _ . ~`), never `.` or `..`. Ids go into URL paths,
+/// keys and topics, so nothing else may pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityId(String);
+
+impl EntityId {
+    /// What [`EntityId::parse`] accepts, for error messages.
+    pub const RULE: &'static str = "1-128 characters of A-Z a-z 0-9 - _ . ~";
+
+    pub fn parse(id: &str) -> Option<EntityId> {
+        let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'));
+        (!id.is_empty() && id.len() <= MAX_ID_LEN && ok_chars && id != "." && id != "..")
+            .then(|| EntityId(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EntityId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A logical key, parsed: `{env}:{kind}:{id}[:{variant}][:q{query hash}]`.
+/// For body-keyed kinds `id` is the body hash. Display prints it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key<'a> {
+    pub env: &'a str,
+    pub kind: &'a str,
+    /// The entity id, [`NO_ID`] for id-less kinds, or the body hash.
+    pub id: &'a str,
+    pub variant: Option<&'a str>,
+    /// The hash of the query parameters (without its `q`).
+    pub query: Option<&'a str>,
+}
+
+impl<'a> Key<'a> {
+    /// Parses a logical key; None unless it has env, kind and id segments,
+    /// none empty, and no spaces or control characters.
+    pub fn parse(key: &'a str) -> Option<Key<'a>> {
+        if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
+        let mut parts = key.split(':');
+        let (env, kind, id) = (parts.next()?, parts.next()?, parts.next()?);
+        if env.is_empty() || kind.is_empty() || id.is_empty() {
+            return None;
+        }
+        let mut variant = None;
+        let mut query = None;
+        for part in parts {
+            match (variant, part.strip_prefix('q')) {
+                (Some(_), Some(hash)) if query.is_none() => query = Some(hash),
+                (None, _) => variant = Some(part),
+                _ => return None,
+            }
+        }
+        Some(Key { env, kind, id, variant, query })
+    }
+
+    /// Whether the key names an entity (not an id-less kind).
+    pub fn entity(&self) -> Option<&'a str> {
+        (self.id != NO_ID).then_some(self.id)
+    }
+
+    /// The Redis key of this key's entry.
+    pub fn store_key(&self) -> String {
+        store_key(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.env, self.kind, self.id)?;
+        if let Some(v) = self.variant {
+            write!(f, ":{v}")?;
+        }
+        if let Some(q) = self.query {
+            write!(f, ":q{q}")?;
+        }
+        Ok(())
+    }
+}
 
 /// Arrays whose order has no meaning in a query body (Genesys filters).
 const UNORDERED_ARRAYS: &[&str] = &["predicates", "clauses"];
@@ -142,13 +238,76 @@ pub fn is_bookkeeping(store_key: &str) -> bool {
 
 /// The resource kind named in a logical key.
 pub fn kind_of(logical: &str) -> Option<&str> {
-    logical.split(':').nth(1)
+    Key::parse(logical).map(|k| k.kind)
+}
+
+/// The bus channel of one namespace.
+pub fn bus_channel(env: &str) -> String {
+    format!("cx:bus:{{{env}}}")
+}
+
+/// A purge's acknowledgement counter (one per purge).
+pub fn ack_counter(env: &str, id: &str) -> String {
+    format!("cx:ack:{{{env}}}:{id}")
+}
+
+/// The idempotency mark of a webhook or EventBridge event.
+pub fn event_mark(env: &str, event_id: &str) -> String {
+    format!("cx:evt:{{{env}}}:{event_id}")
+}
+
+/// The fleet-wide rate-limit key of one credential (`digest`: a hash of
+/// the token URL and client id, so no secret or id is spelled out).
+pub fn ratelimit_key(digest: &[u8]) -> String {
+    format!("cx:ratelimit:{{{}}}", hex::encode(digest))
+}
+
+/// The notification listener's lease.
+pub fn listener_lease(env: &str) -> String {
+    format!("cx:{{{env}:notifications}}:leader")
+}
+
+/// The channel ids the notification listener holds (so a successor can
+/// release a dead listener's channels).
+pub fn listener_channels(env: &str) -> String {
+    format!("cx:{{{env}:notifications}}:channels")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn keys_parse_and_print_back() {
+        for text in [
+            "prod:routing.queue:q1:full",
+            "prod:routing.queues:_:full:qabc123",
+            "prod:analytics.x:0123abcd",
+            "prod:data.action:0123abcd:summary",
+        ] {
+            let key = Key::parse(text).expect(text);
+            assert_eq!(key.to_string(), text);
+        }
+        let k = Key::parse("prod:routing.queues:_:full:qabc").unwrap();
+        assert_eq!((k.env, k.kind, k.id, k.variant, k.query), ("prod", "routing.queues", "_", Some("full"), Some("abc")));
+        assert_eq!(k.entity(), None);
+        assert_eq!(Key::parse("prod:routing.queue:q1:full").unwrap().entity(), Some("q1"));
+        for bad in ["", "prod", "prod:kind", "prod::x", "prod:k:1:full:qa:qb", "prod:k:1 2", "prod:k:1:a:b"] {
+            assert!(Key::parse(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(Key::parse("p:k:1:full").unwrap().store_key(), "cx:{p:k:1}:full");
+    }
+
+    #[test]
+    fn entity_ids_are_unreserved_url_characters() {
+        for ok in ["6f1c-42", "a_b.c~d", "x"] {
+            assert_eq!(EntityId::parse(ok).map(|i| i.to_string()), Some(ok.to_string()));
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "é", &"x".repeat(MAX_ID_LEN + 1)] {
+            assert!(EntityId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn named_key_shapes() {

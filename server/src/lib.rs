@@ -1,33 +1,46 @@
 //! cxcache: a gRPC cache in front of the Genesys Cloud CX platform API (or
 //! any rate-limited JSON REST API).
 //!
-//! A `Get` flows one way through these modules:
-//! [`grpc`] (edge) → [`policy`] (validation, keys, TTL) → [`tiers`] (stored
-//! entries) → [`coalesce`] (one fetch per key) → [`upstream`] (OAuth, HTTP,
-//! paging) → [`normalize`] → back into [`tiers`]. [`server`] assembles them.
+//! Modules by layer; each imports only from layers above it in this list
+//! (`tests/layering.rs` fails the build's tests on any other edge):
+//! 1. leaves — [`config`], [`error`], [`keys`], [`canonical`], [`normalize`],
+//!    [`entry`], [`clock`], [`source`], [`ttl`], [`catalog`], [`coalesce`],
+//!    [`metrics`], [`telemetry`], [`proto`];
+//! 2. the shared store and what sits on it — [`store`], [`l1`], [`tiers`],
+//!    [`bus`];
+//! 3. [`upstream`] (OAuth token pool, limiter, retries, paging, jobs);
+//! 4. [`policy`] (a Get's validation, key and freshness) → [`cache`] (the
+//!    read path);
+//! 5. [`invalidation`] (purges, change events, the bus follower, audit);
+//! 6. [`notifications`] (the platform's change events), [`watch`] (streams);
+//! 7. the edges — [`grpc`], [`http`];
+//! 8. [`bundled`] (the emulator feature) and [`server`] (assembly, shutdown).
 
-pub mod bus;
-pub mod cache;
-pub mod canonical;
-pub mod catalog;
-pub mod coalesce;
+pub(crate) mod bundled;
+pub(crate) mod bus;
+pub(crate) mod cache;
+pub(crate) mod canonical;
+pub(crate) mod catalog;
+pub(crate) mod clock;
+pub(crate) mod coalesce;
 pub mod config;
-pub mod entry;
-pub mod error;
-pub mod grpc;
-pub mod http;
-pub mod invalidation;
+pub(crate) mod entry;
+pub(crate) mod error;
+pub(crate) mod grpc;
+pub(crate) mod http;
+pub(crate) mod invalidation;
 pub mod keys;
-pub mod l1;
+pub(crate) mod l1;
 pub mod metrics;
-pub mod normalize;
-pub mod notifications;
-pub mod policy;
+pub(crate) mod normalize;
+pub(crate) mod notifications;
+pub(crate) mod policy;
 pub mod proto;
 pub mod server;
-pub mod store;
+pub(crate) mod source;
+pub(crate) mod store;
 pub mod telemetry;
-pub mod tiers;
-pub mod ttl;
+pub(crate) mod tiers;
+pub(crate) mod ttl;
 pub mod upstream;
-pub mod watch;
+pub(crate) mod watch;

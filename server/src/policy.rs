@@ -18,7 +18,6 @@ use crate::keys;
 use crate::proto::v1::GetRequest;
 use crate::upstream::Call;
 
-const MAX_ID_LEN: usize = 128;
 const MAX_PARAM_LEN: usize = 512;
 
 /// What a caller accepts from the cache.
@@ -157,16 +156,14 @@ fn check_id(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Opt
         bad.push(FieldViolation::new("id", format!("required for kind {}", req.kind)));
         return None;
     }
-    // Ids go into URL paths and keys: allow only unreserved URL characters.
-    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'));
-    if id.len() > MAX_ID_LEN || !ok_chars || id == "." || id == ".." {
-        bad.push(FieldViolation::new(
-            "id",
-            format!("must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . ~"),
-        ));
-        return None;
+    // Ids go into URL paths and keys: only unreserved URL characters.
+    match keys::EntityId::parse(id) {
+        Some(id) => Some(id.to_string()),
+        None => {
+            bad.push(FieldViolation::new("id", format!("must be {}", keys::EntityId::RULE)));
+            None
+        }
     }
-    Some(id.to_string())
 }
 
 fn check_variant(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Option<Vec<String>> {

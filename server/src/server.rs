@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
-use crate::config::{Config, Credential, Secret};
+use crate::config::Config;
 use crate::grpc::CacheService;
 use crate::invalidation::{self, Invalidator};
 use crate::l1::L1;
@@ -25,8 +25,7 @@ use crate::tiers::Tiers;
 use crate::upstream::Upstream;
 use crate::{http, proto, store};
 
-/// Demo credential of the bundled emulator.
-const EMULATOR_CLIENT: (&str, &str) = ("cxcache-demo", "demo-secret");
+use crate::bundled::Bundled;
 
 /// A running server.
 pub struct Running {
@@ -36,7 +35,9 @@ pub struct Running {
     pub emulator_url: Option<String>,
     /// The read path, for in-process tests and tools.
     pub cache: Arc<Cache>,
-    emulator: Option<genesys_emulator::EmulatorHandle>,
+    /// The upstream client (its counters and credential states).
+    pub upstream: Arc<Upstream>,
+    emulator: Option<Bundled>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
@@ -54,34 +55,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     crate::metrics::install();
     let catalog = Arc::new(Catalog::with_presets(&config.catalog).map_err(anyhow::Error::msg)?);
 
-    // No upstream configured: run the bundled emulator so the service works
-    // out of the box (demos, grpcurl, client tests).
-    let mut emulator = None;
-    if config.upstream.base_url.is_none() {
-        let emu_config = genesys_emulator::EmulatorConfig {
-            rate_limit: config.emulator.rate_limit,
-            window: config.emulator.window,
-            queues: config.emulator.queues,
-            ..Default::default()
-        };
-        let handle = genesys_emulator::start(emu_config, ([127, 0, 0, 1], 0).into())
-            .await
-            .context("starting the bundled emulator")?;
-        config.upstream.base_url = Some(handle.base_url());
-        config.upstream.credentials = vec![Credential {
-            client_id: EMULATOR_CLIENT.0.into(),
-            client_secret: Secret::new(EMULATOR_CLIENT.1),
-        }];
-        tracing::info!(url = %handle.base_url(), "no upstream configured: using the bundled Genesys emulator");
-        emulator = Some(handle);
-    }
+    let emulator = Bundled::start_if_needed(&mut config).await?;
     let base_url = config.upstream.base_url.clone().unwrap_or_default();
 
     let connected = store::connect(&config.redis).await.context("connecting the store")?;
     tracing::info!(backend = connected.store.backend(), "store ready");
     let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));
     let tiers = Arc::new(Tiers::new(connected.store, l1, config.cache.stale_grace));
-    let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.redis.clone())?);
+    let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.budgets.clone())?);
     let instance_id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let bus = match (&connected.redis, &config.redis.url) {
         (Some(pool), Some(url)) => {
@@ -91,11 +72,23 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }
         _ => Bus::local(instance_id),
     };
-    let cache =
-        Arc::new(Cache::new(config.env.clone(), catalog, config.cache.clone(), tiers, upstream, bus.clone()));
-    let invalidator =
-        Arc::new(Invalidator::new(cache.clone(), bus.clone(), config.cache.invalidation_ack_timeout));
-    let follower = invalidation::spawn_follower(cache.clone(), &bus);
+    let cache = Arc::new(Cache::new(
+        config.env.clone(),
+        catalog.clone(),
+        config.cache.clone(),
+        tiers.clone(),
+        upstream.clone(),
+        bus.clone(),
+    ));
+    let invalidator = Arc::new(Invalidator::new(
+        config.env.clone(),
+        tiers.store().clone(),
+        catalog.clone(),
+        cache.clone(),
+        bus.clone(),
+        config.cache.invalidation_ack_timeout,
+    ));
+    let follower = invalidation::follower::spawn(cache.clone(), bus.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     // Notification channels: on by default only with the bundled emulator
     // (on a real org they count against the client's channel limit).
@@ -103,11 +96,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         crate::notifications::Notifier::spawn(
             crate::notifications::Ctx {
                 env: config.env.clone(),
-                kinds: crate::notifications::topics::TopicKinds::new(cache.catalog()),
+                kinds: crate::notifications::topics::TopicKinds::new(&catalog),
                 mappings: config.webhook.topics.clone(),
-                store: cache.tiers().store().clone(),
+                store: tiers.store().clone(),
                 invalidator: invalidator.clone(),
-                upstream: cache.upstream().clone(),
+                upstream: upstream.clone(),
                 bus: bus.clone(),
                 settings: config.notifications.clone(),
                 status: Default::default(),
@@ -164,6 +157,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         let mut rx = shutdown_rx.clone();
         let app = http::router(http::AppState {
             cache: cache.clone(),
+            upstream: upstream.clone(),
             invalidator: invalidator.clone(),
             webhook: Arc::new(config.webhook.clone()),
             data_action: Arc::new(config.data_action.clone()),
@@ -178,13 +172,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         })
     };
     tracing::info!(%grpc_addr, %http_addr, env = %config.env, "cxcache serving");
-    let emulator_url = emulator.as_ref().map(|e| e.base_url());
+    let emulator_url = emulator.as_ref().map(Bundled::url);
     let grace = config.shutdown_grace;
     Ok(Running {
         grpc_addr,
         http_addr,
         emulator_url,
         cache,
+        upstream,
         emulator,
         shutdown,
         grpc,
@@ -198,7 +193,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 
 impl Running {
     /// What the Notification API listener is doing (None: disabled).
-    pub fn notifications(&self) -> Option<crate::notifications::Status> {
+    pub fn notifications(&self) -> Option<crate::notifications::ListenerStatus> {
         self.notifier.as_ref().map(|n| n.status())
     }
 

@@ -18,16 +18,20 @@ use std::time::Duration;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::l1::{FillTicket, L1};
+use crate::source::Source;
 use crate::store::{Store, WriteGuard};
 
 /// How long the store is skipped after it failed a call.
 pub const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// Which tier answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    L1,
-    Store,
+/// What this instance holds of a key besides the shared store — its L1
+/// copy and any fetch under way — so the invalidation layer can drop them
+/// without knowing the read path that keeps them.
+pub trait LocalCopies: Send + Sync {
+    /// Forgets everything held locally for `store_key`.
+    fn forget(&self, store_key: &str);
+    /// Forgets everything held locally (events may have been missed).
+    fn forget_all(&self);
 }
 
 pub struct Tiers {
@@ -73,11 +77,11 @@ impl Tiers {
     /// The entry for `store_key`, fresh or not: from L1 when it holds a
     /// fresh copy, else from the store (filling L1 with fresh entries).
     #[tracing::instrument(level = "debug", name = "tiers.get", skip_all)]
-    pub async fn get(&self, store_key: &str) -> Result<Option<(Arc<Entry>, Tier)>> {
+    pub async fn get(&self, store_key: &str) -> Result<Option<(Arc<Entry>, Source)>> {
         let ticket = match &self.l1 {
             Some(l1) => {
                 if let Some(e) = l1.get(store_key).filter(|e| e.is_fresh(now_ms())) {
-                    return Ok(Some((e, Tier::L1)));
+                    return Ok(Some((e, Source::L1)));
                 }
                 Some(l1.ticket(store_key))
             }
@@ -97,7 +101,7 @@ impl Tiers {
                 l1.fill(store_key, entry.clone(), ticket);
             }
         }
-        Ok(Some((entry, Tier::Store)))
+        Ok(Some((entry, Source::Store)))
     }
 
     /// Reads the store only (no L1): for double-checks inside a fetch.

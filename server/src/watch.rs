@@ -61,9 +61,8 @@ impl Filter {
 
     /// The tags a key's entry carries: its kind's tag templates with the id.
     fn key_tags(&self, key: &str) -> Vec<String> {
-        let (Some(catalog), Some(kind)) = (&self.catalog, keys::kind_of(key)) else { return Vec::new() };
-        let id = key.split(':').nth(2).unwrap_or(keys::NO_ID);
-        catalog.get(kind).map(|k| k.tags_for(id)).unwrap_or_default()
+        let (Some(catalog), Some(key)) = (&self.catalog, keys::Key::parse(key)) else { return Vec::new() };
+        catalog.get(key.kind).map(|k| k.tags_for(key.id)).unwrap_or_default()
     }
 }
 
@@ -180,24 +179,6 @@ impl Outbox {
 
 fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
-/// Publishes that `key` got a new value (best effort: a failed publish is
-/// a gap the bus reports itself).
-pub async fn publish_update(bus: &Arc<Bus>, key: &str) {
-    let event = Event {
-        kind: EventKind::Updated,
-        keys: vec![key.to_string()],
-        prefix: None,
-        tag: None,
-        reason: "stored".into(),
-        at_ms: crate::entry::now_ms(),
-        origin: bus.instance_id.clone(),
-        ack: None,
-    };
-    if let Err(e) = bus.publish(event).await {
-        tracing::debug!(error = %e, "update event not published");
-    }
 }
 
 #[cfg(test)]

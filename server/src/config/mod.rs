@@ -219,6 +219,13 @@ impl Config {
                     .push(format!("redis.url {:?}: expected redis:// or redis-cluster://", redacted(url)));
             }
         }
+        if cfg!(not(feature = "emulator")) && self.upstream.base_url.is_none() {
+            problems.push(
+                "upstream.base_url: required (this build has no bundled emulator); set --upstream-url / \
+                 CXCACHE_UPSTREAM_URL (e.g. https://api.mypurecloud.com) and upstream.credentials"
+                    .into(),
+            );
+        }
         if self.upstream.base_url.is_some() && self.upstream.credentials.is_empty() {
             problems.push(
                 "upstream.base_url is set but no upstream.credentials (or --client-id/--client-secret)"

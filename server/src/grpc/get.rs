@@ -7,13 +7,14 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::deadline;
-use crate::cache::{Cache, Served, Source};
+use crate::cache::{Cache, Served};
+use crate::source::Source;
 use crate::entry::now_ms;
 use crate::error::Error;
 use crate::proto::v1::{self, GetRequest, GetResponse};
 
 /// Runs the Get in a `get` span carrying its request id (echoed back as
-/// `x-request-id`), and counts the outcome.
+/// `x-request-id`); the cache counts the outcome.
 pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
     let request_id = crate::telemetry::request_id(request.metadata());
     let (kind, id) = (&request.get_ref().kind, &request.get_ref().id);
@@ -26,7 +27,6 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
             Ok(response)
         }
         Err(mut status) => {
-            crate::metrics::get_failed(status.code());
             echo.map(|v| status.metadata_mut().insert("x-request-id", v));
             Err(status)
         }
@@ -34,40 +34,24 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
 }
 
 async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-    let started = std::time::Instant::now();
-    let deadline = deadline::from_metadata(request.metadata());
-    let req = request.into_inner();
-    let served = match deadline {
+    let deadline = match deadline::from_metadata(request.metadata()) {
+        // Answer a little before the caller's deadline, so the caller gets
+        // our DEADLINE_EXCEEDED rather than tonic's CANCELLED.
         Some(limit) => {
-            // Answer a little before the caller's deadline, so the caller
-            // gets our DEADLINE_EXCEEDED rather than tonic's CANCELLED.
             let limit = limit.saturating_sub((limit / 20).min(Duration::from_millis(20)));
-            let Some(deadline) = Instant::now().checked_add(limit) else {
-                return Err(Error::InvalidArgument(vec![crate::error::FieldViolation::new(
-                    "grpc-timeout",
-                    "deadline too far in the future",
-                )])
-                .into());
-            };
-            match tokio::time::timeout(limit, cache.get(&req, Some(deadline))).await {
-                Err(_) => Err(Error::DeadlineExceeded(format!("no answer within the caller's {limit:?}"))),
-                // An upstream call cut short by the caller's deadline is the
-                // deadline's doing, not the upstream's.
-                Ok(Err(Error::Unavailable { message, .. }))
-                    if Instant::now() + Duration::from_millis(20) >= deadline =>
-                {
-                    Err(Error::DeadlineExceeded(message))
+            match Instant::now().checked_add(limit) {
+                Some(d) => Some(d),
+                None => {
+                    let e = Error::invalid("grpc-timeout", "deadline too far in the future");
+                    crate::metrics::get_failed(e.code().name());
+                    return Err(e.into());
                 }
-                Ok(other) => other,
             }
         }
-        None => cache.get(&req, None).await,
-    }?;
-    // The catalog's name (from the key), never the caller's spelling: the
-    // label set stays bounded by the catalog.
-    let kind = served.key.split(':').nth(1).unwrap_or_default();
-    crate::metrics::get_served(kind, served.source, started.elapsed());
-    tracing::Span::current().record("source", crate::metrics::source_label(served.source));
+        None => None,
+    };
+    let served = cache.get(&request.into_inner(), deadline).await?;
+    tracing::Span::current().record("source", served.source.label());
     Ok(Response::new(to_response(served)))
 }
 

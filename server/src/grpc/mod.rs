@@ -1,10 +1,11 @@
 //! The gRPC edge: one handler per RPC, each a thin translation between the
 //! proto types and the modules that do the work. Errors become statuses
-//! here, through the one `From<Error> for Status`.
+//! here, through the one `From<Error> for Status` ([`status`]).
 
 mod deadline;
 mod get;
 mod invalidate;
+mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +23,6 @@ use crate::proto::v1::{
 };
 use crate::watch;
 
-pub use get::to_response;
 
 /// Implements `cxcache.v1.Cache`.
 pub struct CacheService {

@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{error_body, error_response, AppState};
-use crate::cache::Source;
 use crate::entry::now_ms;
 use crate::proto::v1::{Freshness, GetRequest};
 
@@ -80,7 +79,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
             let mut resp = (StatusCode::OK, served.entry.value.clone()).into_response();
             let h = resp.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            h.insert("x-cxcache-source", HeaderValue::from_static(source_name(served.source)));
+            h.insert("x-cxcache-source", HeaderValue::from_static(served.source.name()));
             if let Ok(v) = HeaderValue::from_str(&served.key) {
                 h.insert("x-cxcache-key", v);
             }
@@ -88,17 +87,6 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
             resp
         }
         Err(e) => error_response(e),
-    }
-}
-
-fn source_name(s: Source) -> &'static str {
-    match s {
-        Source::L1 => "L1",
-        Source::Store => "STORE",
-        Source::Upstream => "UPSTREAM",
-        Source::Stale => "STALE",
-        Source::Coalesced => "COALESCED",
-        Source::Revalidated => "REVALIDATED",
     }
 }
 

@@ -12,17 +12,21 @@ use axum::Router;
 
 use crate::cache::Cache;
 use crate::config::{DataActionSettings, WebhookSettings};
+use crate::error::{Error, FieldViolation};
 use crate::invalidation::Invalidator;
+use crate::notifications::ListenerStatus;
+use crate::upstream::Upstream;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub cache: Arc<Cache>,
+    pub upstream: Arc<Upstream>,
     pub invalidator: Arc<Invalidator>,
     pub webhook: Arc<WebhookSettings>,
     pub data_action: Arc<DataActionSettings>,
     /// The notification listener's status, when it runs here.
-    pub notifications: Option<Arc<parking_lot::Mutex<crate::notifications::Status>>>,
+    pub notifications: Option<Arc<parking_lot::Mutex<ListenerStatus>>>,
 }
 
 /// Largest webhook or data-action body accepted.
@@ -46,16 +50,18 @@ async fn prometheus(
 ) -> impl axum::response::IntoResponse {
     crate::metrics::l1_size(state.cache.tiers().l1_bytes());
     crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
-    crate::metrics::credentials(&state.cache.upstream().credentials());
+    for c in state.upstream.credentials() {
+        crate::metrics::credential_state(&c.client_id, c.parked);
+    }
     if let Some(status) = &state.notifications {
-        let status = status.lock().clone();
-        crate::metrics::notifications(&status);
+        let gauges = status.lock().gauges();
+        crate::metrics::notifications(gauges);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
 }
 
 /// A JSON error body: `{"error": {"code", "message", "fieldViolations"?}}`.
-fn error_body(code: &str, message: &str, violations: &[crate::error::FieldViolation]) -> serde_json::Value {
+fn error_body(code: &str, message: &str, violations: &[FieldViolation]) -> serde_json::Value {
     let mut err = serde_json::json!({ "code": code, "message": message });
     if !violations.is_empty() {
         err["fieldViolations"] = violations
@@ -66,28 +72,17 @@ fn error_body(code: &str, message: &str, violations: &[crate::error::FieldViolat
     serde_json::json!({ "error": err })
 }
 
-/// The HTTP answer for an error: its status (see `Error::http_status`), a
-/// JSON body naming the fields at fault, and `Retry-After` when waiting helps.
-fn error_response(e: crate::error::Error) -> axum::response::Response {
-    use crate::error::Error;
+/// The HTTP answer for an error, from the one code table
+/// ([`Error::classify`]): its status, a JSON body with the canonical code
+/// and the fields at fault, and `Retry-After` when waiting helps.
+fn error_response(e: Error) -> axum::response::Response {
     use axum::http::{header, HeaderValue, StatusCode};
     use axum::response::IntoResponse;
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let retry_after = match &e {
-        Error::RateLimited { retry_after } => Some(*retry_after),
-        Error::Unavailable { retry_after, .. } => *retry_after,
-        _ => None,
-    };
-    let (code, violations) = match &e {
-        Error::InvalidArgument(v) => ("INVALID_ARGUMENT", v.clone()),
-        Error::NotFound(_) => ("NOT_FOUND", vec![]),
-        Error::RateLimited { .. } => ("RESOURCE_EXHAUSTED", vec![]),
-        Error::DeadlineExceeded(_) => ("DEADLINE_EXCEEDED", vec![]),
-        Error::Unavailable { .. } | Error::Store(_) => ("UNAVAILABLE", vec![]),
-        _ => ("UPSTREAM_ERROR", vec![]),
-    };
-    let mut resp = (status, axum::Json(error_body(code, &e.to_string(), &violations))).into_response();
-    if let Some(after) = retry_after {
+    let (code, http) = e.classify();
+    let status = StatusCode::from_u16(http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = error_body(code.name(), &e.to_string(), e.violations());
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(after) = e.retry_after() {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }
     resp

@@ -29,17 +29,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{error_body, error_response, AppState};
-use crate::config::{TopicMapping, WebhookSettings};
-use crate::invalidation::Purge;
-
-/// A change event, whatever door it came through (the Notification API
-/// listener too: it maps topics through the same [`map_event`]).
-#[derive(Debug, PartialEq)]
-pub(crate) struct ChangeEvent {
-    pub id: String,
-    pub topic: String,
-    pub entity_id: Option<String>,
-}
+use crate::config::WebhookSettings;
+use crate::invalidation::events::{map_event, parse_eventbridge, parse_genesys, ChangeEvent};
+use crate::invalidation::Once;
 
 pub async fn genesys(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     handle(state, headers, body, "webhook", parse_genesys).await
@@ -74,50 +66,19 @@ async fn handle(
         Ok(e) => e,
         Err(why) => return reply(StatusCode::BAD_REQUEST, error_body("INVALID_ARGUMENT", &why, &[])),
     };
-    let Some(purge) = map_event(&settings.topics, &event, door, state.cache.env()) else {
+    let Some(purge) = map_event(&settings.topics, &event, door, state.invalidator.env()) else {
         return reply(
             StatusCode::OK,
             json!({ "status": "ignored", "reason": "no mapping for topic", "topic": event.topic }),
         );
     };
 
-    let store = state.cache.tiers().store().clone();
-    let mark = format!("cx:evt:{{{}}}:{}", state.cache.env(), event.id);
-    match store.set_nx(&mark, settings.dedupe_window).await {
-        Ok(true) => {}
-        Ok(false) => return duplicate(store.get(&mark).await, &event.id),
-        Err(e) => return error_response(e),
-    }
-    match state.invalidator.purge(purge).await {
-        Ok(purged) => {
-            // Done: from now on duplicates are acknowledged and ignored.
-            if let Err(e) =
-                store.set(&mark, axum::body::Bytes::from_static(DONE), settings.dedupe_window).await
-            {
-                tracing::debug!(error = %e, "marking the event done failed; duplicates will be retried");
-            }
+    match state.invalidator.purge_once(&event.id, purge, settings.dedupe_window).await {
+        Ok(Once::Purged(purged)) => {
             reply(StatusCode::OK, json!({ "status": "purged", "eventId": event.id, "purged": purged }))
         }
-        Err(e) => {
-            // Let the sender's retry through: the purge did not happen.
-            let _ = store.delete(&[mark]).await;
-            error_response(e)
-        }
-    }
-}
-
-/// Value of an event mark once its purge is done (while pending it is the
-/// `set_nx` placeholder).
-const DONE: &[u8] = b"done";
-
-/// A duplicate event: acknowledged if its purge is done, else "retry soon".
-fn duplicate(mark: crate::error::Result<Option<axum::body::Bytes>>, id: &str) -> Response {
-    match mark {
-        Ok(Some(v)) if v.as_ref() == DONE => {
-            reply(StatusCode::OK, json!({ "status": "duplicate", "eventId": id }))
-        }
-        // Still being purged, or the first attempt just failed and let go.
-        Ok(_) => {
+        Ok(Once::Duplicate) => reply(StatusCode::OK, json!({ "status": "duplicate", "eventId": event.id })),
+        Ok(Once::Pending) => {
             let mut r = reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 error_body("UNAVAILABLE", "this event is still being processed; retry", &[]),
@@ -167,115 +128,9 @@ fn verify(settings: &WebhookSettings, headers: &HeaderMap, body: &[u8]) -> Resul
     Err("missing X-Cxcache-Signature or Authorization header")
 }
 
-fn str_field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
-    names.iter().find_map(|n| v.get(n).and_then(Value::as_str)).filter(|s| !s.is_empty())
-}
-
-fn parse_genesys(v: &Value) -> Result<ChangeEvent, String> {
-    let id = str_field(v, &["eventId", "id"]).ok_or("eventId is required")?;
-    let topic = str_field(v, &["topicName", "topic", "eventName"]).ok_or("topicName is required")?;
-    let entity_id = str_field(v, &["entityId"])
-        .or_else(|| v.get("eventBody").and_then(|b| str_field(b, &["id", "entityId"])))
-        .map(str::to_string);
-    Ok(ChangeEvent { id: id.to_string(), topic: topic.to_string(), entity_id })
-}
-
-fn parse_eventbridge(v: &Value) -> Result<ChangeEvent, String> {
-    let id = str_field(v, &["id"]).ok_or("id (the EventBridge event id) is required")?;
-    let detail = v.get("detail").filter(|d| d.is_object()).ok_or("detail object is required")?;
-    let topic = str_field(detail, &["topicName"]).ok_or("detail.topicName is required")?;
-    let entity_id =
-        detail.get("eventBody").and_then(|b| str_field(b, &["id", "entityId"])).map(str::to_string);
-    Ok(ChangeEvent { id: id.to_string(), topic: topic.to_string(), entity_id })
-}
-
-/// The purge an event maps to, if any topic pattern matches.
-pub(crate) fn map_event(
-    topics: &[TopicMapping],
-    event: &ChangeEvent,
-    door: &str,
-    env: &str,
-) -> Option<Purge> {
-    for m in topics {
-        let Some(captured) = match_topic(&m.topic, &event.topic) else { continue };
-        let id = captured.or_else(|| event.entity_id.clone())?;
-        if id.is_empty()
-            || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
-        {
-            return None;
-        }
-        return Some(Purge {
-            keys: m.keys.iter().map(|k| format!("{env}:{}", k.replace("{id}", &id))).collect(),
-            prefixes: Vec::new(),
-            tags: m.tags.iter().map(|t| t.replace("{id}", &id)).collect(),
-            reason: format!("{door}:{}", event.topic),
-            actor: door.to_string(),
-            event_id: Some(event.id.clone()),
-        });
-    }
-    None
-}
-
-/// Matches a dot-separated topic against a pattern; returns the `{id}`
-/// capture (None when the pattern has none) on a match.
-fn match_topic(pattern: &str, topic: &str) -> Option<Option<String>> {
-    let pat: Vec<&str> = pattern.split('.').collect();
-    let top: Vec<&str> = topic.split('.').collect();
-    let mut captured = None;
-    for (i, p) in pat.iter().enumerate() {
-        if *p == "**" {
-            return (top.len() > i).then_some(captured);
-        }
-        let t = top.get(i)?;
-        match *p {
-            "*" => {}
-            "{id}" => captured = Some(t.to_string()),
-            lit if lit == *t => {}
-            _ => return None,
-        }
-    }
-    (pat.len() == top.len()).then_some(captured)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_patterns() {
-        assert_eq!(match_topic("routing.queue.*", "routing.queue.updated"), Some(None));
-        assert_eq!(match_topic("routing.queue.*", "routing.queues.updated"), None);
-        assert_eq!(
-            match_topic("v2.users.{id}.routingStatus", "v2.users.u1.routingStatus"),
-            Some(Some("u1".into()))
-        );
-        assert_eq!(
-            match_topic("v2.routing.queues.{id}.**", "v2.routing.queues.q1.conversations"),
-            Some(Some("q1".into()))
-        );
-        assert_eq!(match_topic("v2.routing.queues.{id}.**", "v2.routing.queues.q1"), None);
-    }
-
-    #[test]
-    fn events_map_to_tag_purges() {
-        let topics = WebhookSettings::default().topics;
-        let e = ChangeEvent {
-            id: "e1".into(),
-            topic: "routing.queue.updated".into(),
-            entity_id: Some("q1".into()),
-        };
-        assert_eq!(map_event(&topics, &e, "webhook", "p").unwrap().tags, vec!["queue:q1"]);
-        let e = ChangeEvent {
-            id: "e2".into(),
-            topic: "v2.audits.entitytype.QUEUE.entityid.q9".into(),
-            entity_id: None,
-        };
-        assert_eq!(map_event(&topics, &e, "eventbridge", "p").unwrap().tags, vec!["queue:q9"]);
-        let e = ChangeEvent { id: "e3".into(), topic: "routing.queue.updated".into(), entity_id: None };
-        assert!(map_event(&topics, &e, "webhook", "p").is_none(), "no id, no purge");
-        let e = ChangeEvent { id: "e4".into(), topic: "something.else".into(), entity_id: Some("x".into()) };
-        assert!(map_event(&topics, &e, "webhook", "p").is_none());
-    }
 
     #[test]
     fn signatures() {

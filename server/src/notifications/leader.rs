@@ -19,16 +19,6 @@ pub struct Leadership {
     token: u64,
 }
 
-/// The store key of the fleet's listener lease (one per namespace).
-pub fn lease_key(env: &str) -> String {
-    format!("cx:{{{env}:notifications}}:leader")
-}
-
-/// The store key recording the listener's channel ids, so a successor can
-/// unsubscribe the channels of a holder that died.
-pub fn channels_key(env: &str) -> String {
-    format!("cx:{{{env}:notifications}}:channels")
-}
 
 /// Tries for the lease until it is won (Some) or `shutdown` turns true (None).
 pub async fn campaign(
@@ -37,7 +27,7 @@ pub async fn campaign(
     ttl: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Leadership> {
-    let key = lease_key(env);
+    let key = crate::keys::listener_lease(env);
     loop {
         if *shutdown.borrow() {
             return None;

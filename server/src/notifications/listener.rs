@@ -26,7 +26,7 @@ use super::channels::{Api, Created};
 use super::leader::Leadership;
 use super::socket::{self, ConnectError, Report, Socket};
 use super::topics::Target;
-use super::{Ctx, Status};
+use super::{Ctx, ListenerStatus};
 use crate::bus::{BusMessage, EventKind};
 use crate::invalidation::Purge;
 
@@ -140,7 +140,7 @@ impl<'a> Tenure<'a> {
     /// died holding them: the platform would keep delivering to them, and
     /// they count against the channel limit until they expire).
     async fn clear_predecessors(&mut self) {
-        let key = super::leader::channels_key(&self.ctx.env);
+        let key = crate::keys::listener_channels(&self.ctx.env);
         let ids: Vec<String> = match self.ctx.store.get(&key).await {
             Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_default(),
             Ok(None) => Vec::new(),
@@ -167,7 +167,7 @@ impl<'a> Tenure<'a> {
         if ids == self.recorded {
             return;
         }
-        let key = super::leader::channels_key(&self.ctx.env);
+        let key = crate::keys::listener_channels(&self.ctx.env);
         let raw = serde_json::to_vec(&ids).unwrap_or_default();
         match self.ctx.store.set(&key, raw.into(), CHANNEL_RECORD_TTL).await {
             Ok(()) => self.recorded = ids,
@@ -593,7 +593,7 @@ impl<'a> Tenure<'a> {
 
     fn publish_status(&self, leader: bool) {
         let mut st = self.ctx.status.lock();
-        *st = Status {
+        *st = ListenerStatus {
             leader,
             channels: self.slots.iter().map(|s| s.channel.id.clone()).collect(),
             topics: self.slots.iter().map(|s| s.subscribed.len()).sum(),

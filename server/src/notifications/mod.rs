@@ -44,12 +44,12 @@ pub struct Ctx {
     pub upstream: Arc<Upstream>,
     pub bus: Arc<Bus>,
     pub settings: NotificationSettings,
-    pub status: Arc<Mutex<Status>>,
+    pub status: Arc<Mutex<ListenerStatus>>,
 }
 
 /// What this instance's listener is doing (for tests and health output).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Status {
+pub struct ListenerStatus {
     /// Holds the fleet's listener lease.
     pub leader: bool,
     /// Channel ids held.
@@ -64,9 +64,23 @@ pub struct Status {
     pub gap_purges: u64,
 }
 
+impl ListenerStatus {
+    /// The figures `/metrics` exports.
+    pub fn gauges(&self) -> crate::metrics::ListenerGauges {
+        crate::metrics::ListenerGauges {
+            leader: self.leader,
+            channels: self.channels.len(),
+            connected: self.connected,
+            topics: self.topics,
+            events: self.events,
+            gap_purges: self.gap_purges,
+        }
+    }
+}
+
 /// The running listener of one instance.
 pub struct Notifier {
-    pub status: Arc<Mutex<Status>>,
+    pub status: Arc<Mutex<ListenerStatus>>,
     task: JoinHandle<()>,
 }
 
@@ -107,12 +121,7 @@ impl Notifier {
         }
     }
 
-    /// Stops at once without releasing the lease (as a crash would).
-    pub fn abort(&self) {
-        self.task.abort();
-    }
-
-    pub fn status(&self) -> Status {
+    pub fn status(&self) -> ListenerStatus {
         self.status.lock().clone()
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::catalog::{Catalog, Kind};
 use crate::config::TopicMapping;
 use crate::error::Result;
-use crate::http::webhook::{map_event, ChangeEvent};
+use crate::invalidation::events::{map_event, ChangeEvent};
 use crate::invalidation::Purge;
 use crate::keys;
 use crate::store::Store;
@@ -57,10 +57,9 @@ impl TopicKinds {
 
     /// The topic of a cached logical key (`{env}:{kind}:{id}:…`), if its kind has one.
     pub fn topic_of_key(&self, key: &str) -> Option<String> {
-        let mut parts = key.split(':');
-        let (_env, kind, id) = (parts.next()?, parts.next()?, parts.next()?);
-        let (_, _, template) = self.kinds.iter().find(|(n, _, _)| n == kind)?;
-        (id != keys::NO_ID && !id.is_empty()).then(|| template.replace("{id}", id))
+        let key = keys::Key::parse(key)?;
+        let (_, _, template) = self.kinds.iter().find(|(n, _, _)| n == key.kind)?;
+        key.entity().map(|id| template.replace("{id}", id))
     }
 
     /// Every topic needed by what is cached now, with its entity.
@@ -71,12 +70,7 @@ impl TopicKinds {
             for key in
                 store.index_members(&keys::kind_index(env, name), &prefix).await?.into_iter().map(|m| m.key)
             {
-                let Some(id) = key[prefix.len()..].split(':').next().filter(|id| !id.is_empty()) else {
-                    continue;
-                };
-                if id == keys::NO_ID {
-                    continue;
-                }
+                let Some(id) = keys::Key::parse(&key).and_then(|k| k.entity()) else { continue };
                 wanted
                     .entry(template.replace("{id}", id))
                     .or_insert_with(|| Target { kind: name.clone(), id: id.to_string() });

@@ -16,6 +16,7 @@
 //! - *indexes* (sorted sets scored by expiry) of keys per kind and per tag,
 //!   so prefix and tag purges need no KEYS or SCAN.
 
+mod budgets;
 mod memory;
 mod redis;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use self::budgets::{RedisBudgets, SharedBudgets, Take};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
@@ -92,10 +94,11 @@ pub trait Store: Send + Sync + 'static {
 /// enough that no fetch is in flight across their expiry.
 pub const BOOKKEEPING_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The connected backend: the store, and the Redis pool when there is one
-/// (for the modules that need Redis beyond key-value: limiter, bus).
+/// The connected backend: the store, the fleet's shared rate-limit
+/// budgets, and the Redis pool for the bus, when there is Redis.
 pub struct Connected {
     pub store: Arc<dyn Store>,
+    pub budgets: Option<Arc<dyn SharedBudgets>>,
     pub redis: Option<fred::prelude::Pool>,
 }
 
@@ -104,9 +107,10 @@ pub async fn connect(settings: &RedisSettings) -> Result<Connected> {
     match &settings.url {
         Some(url) => {
             let store = RedisStore::connect(url, settings).await?;
-            let redis = Some(store.pool());
-            Ok(Connected { store: Arc::new(store), redis })
+            let pool = store.pool();
+            let budgets: Arc<dyn SharedBudgets> = Arc::new(RedisBudgets::new(pool.clone()));
+            Ok(Connected { store: Arc::new(store), budgets: Some(budgets), redis: Some(pool) })
         }
-        None => Ok(Connected { store: Arc::new(MemoryStore::new()), redis: None }),
+        None => Ok(Connected { store: Arc::new(MemoryStore::new()), budgets: None, redis: None }),
     }
 }

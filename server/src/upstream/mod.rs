@@ -107,13 +107,12 @@ enum Failure {
 }
 
 impl Upstream {
-    /// `redis`: the shared Redis pool, when the store is Redis (for the
-    /// fleet-wide rate limiter); without it the limiter is local with the
-    /// full budget (one instance).
+    /// `shared`: the fleet's rate-limit budgets, when the store is Redis;
+    /// without them the limiter is local with the full budget (one instance).
     pub fn new(
         base_url: &str,
         settings: UpstreamSettings,
-        redis: Option<fred::prelude::Pool>,
+        shared: Option<Arc<dyn crate::store::SharedBudgets>>,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -131,7 +130,7 @@ impl Upstream {
             settings.credential_park,
             stats.clone(),
         );
-        let limiter = Limiter::new(redis, settings.rate_limit.clone());
+        let limiter = Limiter::new(shared, settings.rate_limit.clone());
         let backoff = Backoff::new(settings.retry.clone());
         Ok(Upstream { http, base_url, tokens, limiter, backoff, stats, settings, gate: Default::default() })
     }
@@ -259,8 +258,8 @@ impl Upstream {
                 .inspect_err(|_| crate::metrics::upstream_unreachable(client_id, started.elapsed()))
                 .map_err(|e| Failure::Retry(e, None))?;
             let status = resp.status();
-            crate::metrics::upstream_answered(client_id, status.as_u16(), started.elapsed(), resp.headers());
             let rate = headers::parse(resp.headers());
+            crate::metrics::upstream_answered(client_id, status.as_u16(), started.elapsed(), rate.remaining);
             let rested = self.tokens.observe(
                 lease.slot,
                 &rate,

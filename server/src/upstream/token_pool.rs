@@ -442,7 +442,7 @@ fn limiter_key(token_url: &str, client_id: &str) -> String {
         .chain_update([0u8])
         .chain_update(client_id.as_bytes())
         .finalize();
-    format!("cx:ratelimit:{{{}}}", hex::encode(&digest[..12]))
+    crate::keys::ratelimit_key(&digest[..12])
 }
 
 impl TokenSource {

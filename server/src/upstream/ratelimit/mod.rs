@@ -14,9 +14,9 @@
 //! banks one call, so a caller waking a little late does not lose its slot.
 
 mod local;
-mod redis;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -24,8 +24,9 @@ use tokio::time::Instant;
 
 use crate::config::RateLimitSettings;
 
+pub use crate::store::Take as Verdict;
+use crate::store::SharedBudgets;
 pub use local::LocalLimiter;
-pub use redis::RedisLimiter;
 
 use super::stats::UpstreamStats;
 
@@ -65,18 +66,9 @@ impl Limits {
     }
 }
 
-/// The limiter's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go; `remaining` more calls could go right now.
-    Allowed { remaining: u32 },
-    /// Over budget: the next call fits after this long.
-    Wait(Duration),
-}
-
 /// Redis-backed when there is Redis, with local fallbacks.
 pub struct Limiter {
-    redis: Option<RedisLimiter>,
+    redis: Option<Arc<dyn SharedBudgets>>,
     /// The full budget (embedded mode, no Redis configured).
     local: LocalLimiter,
     /// A share of the budget, while Redis is unreachable.
@@ -87,9 +79,9 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(redis: Option<fred::prelude::Pool>, settings: RateLimitSettings) -> Self {
+    pub fn new(shared: Option<Arc<dyn SharedBudgets>>, settings: RateLimitSettings) -> Self {
         Limiter {
-            redis: redis.map(|pool| RedisLimiter::new(pool, settings.redis_timeout)),
+            redis: shared,
             local: LocalLimiter::default(),
             fallback: LocalLimiter::default(),
             settings,
@@ -105,7 +97,14 @@ impl Limiter {
         };
         let down = self.redis_down_until.lock().is_some_and(|until| Instant::now() < until);
         if !down {
-            match redis.acquire(key, Limits::for_budget(allowed, &self.settings)).await {
+            let limits = Limits::for_budget(allowed, &self.settings);
+            // A stuck node must not hold calls up: past the timeout the
+            // caller falls back to its local share.
+            let take = redis.take(key, limits.interval_us, limits.tolerance_us());
+            let answer = tokio::time::timeout(self.settings.redis_timeout, take)
+                .await
+                .unwrap_or_else(|_| Err(crate::error::Error::Store("rate limiter timed out".into())));
+            match answer {
                 Ok(verdict) => {
                     if self.degraded.swap(false, Ordering::Relaxed) {
                         tracing::info!("rate limiter: Redis reachable again; shared limiting resumed");
@@ -185,24 +184,34 @@ mod tests {
 #[cfg(test)]
 mod fallback_tests {
     use super::*;
-    use fred::prelude::{Builder, Config as RedisConfig};
+    use crate::error::{Error, Result};
+    use crate::store::Take;
 
-    #[tokio::test]
-    async fn unreachable_redis_falls_back_to_a_local_share() {
-        let config = RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
-        let pool = Builder::from_config(config).build_pool(1).unwrap();
+    /// A shared backend that never answers in time.
+    struct Unreachable;
+
+    #[async_trait::async_trait]
+    impl SharedBudgets for Unreachable {
+        async fn take(&self, _key: &str, _interval_us: u64, _tolerance_us: u64) -> Result<Take> {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Err(Error::Store("unreachable".into()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_shared_budgets_fall_back_to_a_local_share() {
         let s = RateLimitSettings {
             allowed: 40,
             window: Duration::from_secs(2),
             redis_timeout: Duration::from_millis(50),
             ..RateLimitSettings::default()
         };
-        let limiter = Limiter::new(Some(pool), s.clone());
+        let limiter = Limiter::new(Some(Arc::new(Unreachable)), s.clone());
         let stats = UpstreamStats::default();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         assert!(matches!(limiter.acquire("k", 40, &stats).await, Verdict::Allowed { .. }));
         assert!(matches!(limiter.acquire("k", 40, &stats).await, Verdict::Allowed { .. }));
-        // The share (25 % of 40 → 8 per window) is spent after its burst of two.
+        // The share (a quarter of the budget) is spent after its burst of two.
         match limiter.acquire("k", 40, &stats).await {
             Verdict::Wait(d) => {
                 let full = Duration::from_micros(Limits::for_budget(40, &s).interval_us);
@@ -210,7 +219,8 @@ mod fallback_tests {
             }
             v => panic!("{v:?}"),
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "Redis is not retried on every call");
+        // One timeout, then the backend is left alone for a while.
+        assert!(started.elapsed() < Duration::from_millis(100), "not retried on every call");
         assert_eq!(stats.snapshot().limiter_fallbacks, 3);
     }
 }

@@ -1,0 +1,364 @@
+//! The freshness rules of the read path, on the embedded store with a
+//! scripted fetcher and tokio's paused clock (entry times follow it via
+//! [`crate::clock::follow_tokio_time`]): no Redis, no network, no sleeps.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::*;
+use crate::bus::EventKind;
+use crate::config::CacheSettings;
+use crate::l1::L1;
+use crate::proto::v1::Freshness as WireFreshness;
+use crate::store::MemoryStore;
+
+const QUEUE: &str = "q1";
+const TTL: Duration = Duration::from_secs(300); // the `config` class
+
+/// A scripted upstream: answers from its queue, else `{"n": <call number>}`.
+#[derive(Default)]
+struct Script {
+    calls: AtomicUsize,
+    queue: Mutex<VecDeque<Result<Fetched>>>,
+    validators: Mutex<Vec<Option<Validators>>>,
+    /// While set, every call waits this long first.
+    delay: Mutex<Duration>,
+}
+
+impl Script {
+    fn then(&self, answer: Result<Fetched>) {
+        self.queue.lock().push_back(answer);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn body(json: &str) -> Fetched {
+    Fetched { body: Bytes::from(json.to_string()), etag: None, last_modified: None, not_modified: false }
+}
+
+fn down() -> Error {
+    Error::Unavailable { message: "upstream answered 503".into(), retry_after: None }
+}
+
+#[async_trait::async_trait]
+impl Fetcher for Script {
+    async fn fetch(&self, call: &Call, _paged: bool, _deadline: Option<Instant>) -> Result<Fetched> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.validators.lock().push(call.validators.clone());
+        let delay = *self.delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let next = self.queue.lock().pop_front();
+        next.unwrap_or_else(|| Ok(body(&format!(r#"{{"id":"{QUEUE}","n":{n}}}"#))))
+    }
+}
+
+struct Rig {
+    cache: Arc<Cache>,
+    script: Arc<Script>,
+    bus: Arc<Bus>,
+}
+
+fn rig(tune: impl FnOnce(&mut CacheSettings), l1: bool) -> Rig {
+    crate::clock::follow_tokio_time();
+    let mut settings = CacheSettings::default();
+    settings.ttl.jitter = 0.0;
+    settings.early_refresh_beta = 0.0;
+    tune(&mut settings);
+    let catalog = Arc::new(Catalog::with_presets(&Default::default()).unwrap());
+    let l1 = l1.then(|| L1::new(1 << 20, Duration::from_secs(2)));
+    let tiers = Arc::new(Tiers::new(Arc::new(MemoryStore::new()), l1, settings.stale_grace));
+    let script = Arc::new(Script::default());
+    let bus = Bus::local("test".into());
+    let cache = Arc::new(Cache::new("t".into(), catalog, settings, tiers, script.clone(), bus.clone()));
+    Rig { cache, script, bus }
+}
+
+fn get() -> GetRequest {
+    GetRequest { kind: "routing.queue".into(), id: QUEUE.into(), ..Default::default() }
+}
+
+fn with(f: WireFreshness) -> GetRequest {
+    GetRequest { freshness: Some(f), ..get() }
+}
+
+fn secs(s: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: s, nanos: 0 })
+}
+
+impl Rig {
+    async fn get(&self, req: &GetRequest) -> Result<Served> {
+        self.cache.get(req, None).await
+    }
+
+    async fn source(&self, req: &GetRequest) -> Source {
+        self.get(req).await.expect("served").source
+    }
+
+    async fn value(&self) -> String {
+        String::from_utf8(self.get(&get()).await.unwrap().entry.value.to_vec()).unwrap()
+    }
+
+    /// Waits for the next UPDATED event (a background refresh stored).
+    async fn stored(&self, events: &mut tokio::sync::broadcast::Receiver<BusMessage>) {
+        let wait = async {
+            loop {
+                if let Ok(BusMessage::Event(e)) = events.recv().await {
+                    if e.kind == EventKind::Updated {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a refresh was stored");
+    }
+}
+
+async fn advance(d: Duration) {
+    tokio::time::advance(d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_value_is_served_from_the_store_without_a_fetch() {
+    let r = rig(|_| {}, false);
+    assert_eq!(r.source(&get()).await, Source::Upstream);
+    advance(TTL - Duration::from_secs(1)).await;
+    assert_eq!(r.source(&get()).await, Source::Store);
+    assert_eq!(r.script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_l1_the_second_get_is_an_l1_hit() {
+    let r = rig(|_| {}, true);
+    assert_eq!(r.source(&get()).await, Source::Upstream);
+    assert_eq!(r.source(&get()).await, Source::Store, "the first read fills L1 from the store");
+    assert_eq!(r.source(&get()).await, Source::L1);
+    assert_eq!(r.script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_past_its_ttl_is_fetched_again() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    advance(TTL).await;
+    assert_eq!(r.source(&get()).await, Source::Upstream);
+    assert_eq!(r.script.calls(), 2);
+    assert!(r.value().await.contains(r#""n":2"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
+    let r = rig(|s| s.stale_while_revalidate = Duration::from_secs(30), false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(10)).await;
+    let mut events = r.bus.subscribe();
+    *r.script.delay.lock() = Duration::from_millis(500);
+    let first = r.get(&get()).await.unwrap();
+    assert_eq!(first.source, Source::Stale);
+    assert!(String::from_utf8_lossy(&first.entry.value).contains(r#""n":1"#));
+    assert_eq!(r.source(&get()).await, Source::Stale, "still stale while the one refresh runs");
+    r.stored(&mut events).await;
+    assert_eq!(r.script.calls(), 2, "one background refresh for both callers");
+    assert_eq!(r.source(&get()).await, Source::Store);
+    assert!(r.value().await.contains(r#""n":2"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_stale_while_revalidate_window_the_caller_waits_for_the_fetch() {
+    let r = rig(|s| s.stale_while_revalidate = Duration::from_secs(30), false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(31)).await;
+    assert_eq!(r.source(&get()).await, Source::Upstream);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_refuses_a_value_older_than_the_caller_allows() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    advance(Duration::from_secs(60)).await;
+    let young = with(WireFreshness { max_age: secs(30), ..Default::default() });
+    assert_eq!(r.source(&young).await, Source::Upstream);
+    let old_enough = with(WireFreshness { max_age: secs(120), ..Default::default() });
+    assert_eq!(r.source(&old_enough).await, Source::Store);
+    assert_eq!(r.script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_overrides_stale_while_revalidate() {
+    let r = rig(|s| s.stale_while_revalidate = Duration::from_secs(30), false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(5)).await;
+    let strict = with(WireFreshness { max_age: secs(600), ..Default::default() });
+    assert_eq!(r.source(&strict).await, Source::Upstream, "a caller with max_age never gets SWR's stale");
+}
+
+#[tokio::test(start_paused = true)]
+async fn allow_stale_serves_any_stored_value_and_refreshes_in_the_background() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(600)).await;
+    let mut events = r.bus.subscribe();
+    let any = with(WireFreshness { allow_stale: true, ..Default::default() });
+    assert_eq!(r.source(&any).await, Source::Stale);
+    r.stored(&mut events).await;
+    assert_eq!(r.source(&get()).await, Source::Store);
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_refresh_goes_upstream_even_when_fresh() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    let force = with(WireFreshness { force_refresh: true, ..Default::default() });
+    assert_eq!(r.source(&force).await, Source::Upstream);
+    assert_eq!(r.script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_serves_the_old_value_within_max_staleness_only() {
+    let r = rig(|s| s.max_staleness = Duration::from_secs(60), false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(30)).await;
+    r.script.then(Err(down()));
+    let served = r.get(&get()).await.unwrap();
+    assert_eq!(served.source, Source::Stale);
+    assert!(String::from_utf8_lossy(&served.entry.value).contains(r#""n":1"#));
+
+    advance(Duration::from_secs(31)).await; // now 61 s past TTL
+    r.script.then(Err(down()));
+    let err = r.get(&get()).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_never_serves_older_than_the_callers_max_age() {
+    let r = rig(|s| s.max_staleness = Duration::from_secs(3600), false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(30)).await;
+    r.script.then(Err(down()));
+    let strict = with(WireFreshness { max_age: secs(60), ..Default::default() });
+    assert!(r.get(&strict).await.is_err(), "the stored value is 330 s old; the caller allows 60 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn caller_errors_are_not_served_stale() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(1)).await;
+    r.script.then(Err(Error::NotFound("/api/v2/routing/queues/q1".into())));
+    assert!(matches!(r.get(&get()).await, Err(Error::NotFound(_))), "a 404 is an answer, not an outage");
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_failures_are_never_cached() {
+    let r = rig(|_| {}, true);
+    r.script.then(Err(down()));
+    assert!(r.get(&get()).await.is_err());
+    assert_eq!(r.source(&get()).await, Source::Upstream, "the failure left nothing behind");
+    assert_eq!(r.script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_resource_is_revalidated_with_its_validators() {
+    let r = rig(|_| {}, false);
+    r.script.then(Ok(Fetched { etag: Some("\"v1\"".into()), ..body(r#"{"id":"q1","name":"Sales"}"#) }));
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(1)).await;
+    r.script.then(Ok(Fetched { body: Bytes::new(), etag: None, last_modified: None, not_modified: true }));
+    let served = r.get(&get()).await.unwrap();
+    assert_eq!(served.source, Source::Revalidated);
+    assert!(String::from_utf8_lossy(&served.entry.value).contains("Sales"));
+    let sent = r.script.validators.lock()[1].clone().expect("validators sent");
+    assert_eq!(sent.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(served.entry.etag, "\"v1\"", "the validator is kept for the next revalidation");
+    assert_eq!(r.source(&get()).await, Source::Store, "the revalidated value is fresh again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_refresh_renews_a_hot_key_before_it_expires() {
+    // A huge beta makes XFetch's coin certain (its chance of not firing is
+    // about 1e-7 at 290 s left).
+    let r = rig(|s| s.early_refresh_beta = 1e12, false);
+    r.get(&get()).await.unwrap();
+    advance(Duration::from_secs(10)).await;
+    let mut events = r.bus.subscribe();
+    assert_eq!(r.source(&get()).await, Source::Store, "the caller never waits for an early refresh");
+    r.stored(&mut events).await;
+    assert_eq!(r.script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_early_refresh_a_fresh_key_is_left_alone() {
+    let r = rig(|_| {}, false); // beta 0
+    r.get(&get()).await.unwrap();
+    advance(TTL - Duration::from_millis(1)).await;
+    assert_eq!(r.source(&get()).await, Source::Store);
+    tokio::task::yield_now().await;
+    assert_eq!(r.script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_share_one_fetch() {
+    let r = rig(|_| {}, false);
+    *r.script.delay.lock() = Duration::from_millis(200);
+    let gets: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = r.cache.clone();
+            tokio::spawn(async move { cache.get(&get(), None).await.map(|s| s.source) })
+        })
+        .collect();
+    let mut sources = Vec::new();
+    for g in gets {
+        sources.push(g.await.unwrap().unwrap());
+    }
+    assert_eq!(r.script.calls(), 1);
+    assert_eq!(sources.iter().filter(|s| **s == Source::Upstream).count(), 1);
+    assert!(sources.iter().all(|s| matches!(s, Source::Upstream | Source::Coalesced)), "{sources:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purge_detaches_the_fetch_under_way() {
+    let r = rig(|_| {}, false);
+    *r.script.delay.lock() = Duration::from_millis(200);
+    let first = {
+        let cache = r.cache.clone();
+        tokio::spawn(async move { cache.get(&get(), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A purge: the store's generation bump refuses the old fetch's write,
+    // and the local flight is detached.
+    let sk = keys::store_key("t:routing.queue:q1:full");
+    r.cache.tiers().store().purge(&sk).await.unwrap();
+    r.cache.forget(&sk);
+    let second = r.get(&get()).await.unwrap();
+    assert_eq!(second.source, Source::Upstream, "a caller after the purge does not join the old fetch");
+    assert_eq!(r.script.calls(), 2);
+    first.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_shorter_than_the_fetch_is_deadline_exceeded() {
+    let r = rig(|_| {}, false);
+    *r.script.delay.lock() = Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    assert!(matches!(r.cache.get(&get(), Some(deadline)).await, Err(Error::DeadlineExceeded(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_stale_value_a_hung_upstream_is_answered_stale_within_the_deadline() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(1)).await;
+    *r.script.delay.lock() = Duration::from_secs(30);
+    let started = Instant::now();
+    let served = r.cache.get(&get(), Some(started + Duration::from_secs(2))).await.unwrap();
+    assert_eq!(served.source, Source::Stale);
+    assert!(started.elapsed() <= Duration::from_millis(1600), "{:?}", started.elapsed());
+}

@@ -1,0 +1,51 @@
+//! Domain errors become gRPC statuses here, and only here: the code comes
+//! from [`Error::classify`]; field violations travel as
+//! `google.rpc.BadRequest` and retry hints as `google.rpc.RetryInfo`.
+
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::Error;
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let code = tonic::Code::from_i32(err.code() as i32);
+        let message = err.to_string();
+        let mut details = ErrorDetails::new();
+        for v in err.violations() {
+            details.add_bad_request_violation(v.field.clone(), v.description.clone());
+        }
+        if let Some(after) = err.retry_after() {
+            details.set_retry_info(Some(after));
+        }
+        if err.violations().is_empty() && err.retry_after().is_none() {
+            Status::new(code, message)
+        } else {
+            Status::with_error_details(code, message, details)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn codes_and_details_follow_the_domain_table() {
+        let s = Status::from(Error::invalid("kind", "unknown"));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        let bad = s.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, "kind");
+
+        let s = Status::from(Error::RateLimited { retry_after: Duration::from_secs(7) });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(s.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_secs(7)));
+
+        assert_eq!(Status::from(Error::Store("down".into())).code(), tonic::Code::Unavailable);
+        assert_eq!(Status::from(Error::BadUpstream("400".into())).code(), tonic::Code::FailedPrecondition);
+        assert_eq!(Status::from(Error::Unauthenticated("401".into())).code(), tonic::Code::Unauthenticated);
+        assert_eq!(Status::from(Error::DeadlineExceeded("late".into())).code(), tonic::Code::DeadlineExceeded);
+    }
+}

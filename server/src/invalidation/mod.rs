@@ -1,0 +1,222 @@
+//! The invalidation layer: purges by exact key, key prefix and tag, on
+//! every instance, and everything that turns outside events into purges.
+//!
+//! - [`Invalidator::purge`]: validate ([`validate`]) → find the keys through
+//!   the index sorted sets (one per kind, one per tag; never KEYS or a
+//!   cluster-wide SCAN) → purge each with one atomic script that bumps its
+//!   entity's generation and deletes it (so a fetch that began before the
+//!   purge cannot store its old value afterwards) → drop local copies →
+//!   publish on the bus and wait (bounded) for every instance's
+//!   acknowledgement → one audit line ([`audit`]).
+//! - [`Invalidator::purge_once`]: the same, at most once per event id
+//!   (webhook and EventBridge doors).
+//! - [`events`]: change-event envelopes and topic mappings, shared by the
+//!   doors and the Notification API listener.
+//! - [`follower`]: applies other instances' events here.
+//!
+//! It depends on the store, the catalog, the bus and a handle on this
+//! instance's local copies — not on the read path.
+
+pub mod audit;
+pub mod events;
+pub mod follower;
+mod validate;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+
+use crate::bus::{Bus, Event, EventKind};
+use crate::catalog::Catalog;
+use crate::entry::now_ms;
+use crate::error::Result;
+use crate::keys;
+use crate::store::Store;
+use crate::tiers::LocalCopies;
+
+pub use validate::validate;
+
+/// Purges run this many store scripts at once.
+const PURGE_CONCURRENCY: usize = 32;
+/// Keys per bus event: a purge of many keys is several events, so no one
+/// message nears Redis's pub/sub output-buffer limits.
+const EVENT_KEYS: usize = 1000;
+/// Value of an event mark once its purge is done (while pending it is the
+/// `set_nx` placeholder).
+const DONE: &[u8] = b"done";
+
+/// What to purge, and why.
+#[derive(Debug, Clone, Default)]
+pub struct Purge {
+    pub keys: Vec<String>,
+    pub prefixes: Vec<String>,
+    pub tags: Vec<String>,
+    pub reason: String,
+    /// Who asked: `grpc:<peer>`, `webhook`, `eventbridge`, …
+    pub actor: String,
+    /// Upstream event id, for webhook purges.
+    pub event_id: Option<String>,
+}
+
+/// The outcome of [`Invalidator::purge_once`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Once {
+    /// Purged now; this many stored entries were removed.
+    Purged(u64),
+    /// This event's purge was done before: nothing to do.
+    Duplicate,
+    /// This event's purge is still under way elsewhere: retry soon.
+    Pending,
+}
+
+pub struct Invalidator {
+    env: String,
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    local: Arc<dyn LocalCopies>,
+    bus: Arc<Bus>,
+    ack_timeout: Duration,
+}
+
+impl Invalidator {
+    pub fn new(
+        env: String,
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        local: Arc<dyn LocalCopies>,
+        bus: Arc<Bus>,
+        ack_timeout: Duration,
+    ) -> Self {
+        Invalidator { env, store, catalog, local, bus, ack_timeout }
+    }
+
+    /// The namespace purged.
+    pub fn env(&self) -> &str {
+        &self.env
+    }
+
+    /// Purges what `p` names everywhere; returns how many stored entries
+    /// were removed.
+    pub async fn purge(&self, p: Purge) -> Result<u64> {
+        validate(&self.env, &p)?;
+        let store = &self.store;
+        let mut targets: BTreeSet<String> = p.keys.iter().cloned().collect();
+        let mut index_cleanup: Vec<(String, Vec<crate::store::Indexed>)> = Vec::new();
+        for prefix in &p.prefixes {
+            for kind in self.catalog.names() {
+                let kind_ns = format!("{}:{kind}:", self.env);
+                if kind_ns.starts_with(prefix.as_str()) || prefix.starts_with(&kind_ns) {
+                    let index = keys::kind_index(&self.env, kind);
+                    let members = store.index_members(&index, prefix).await?;
+                    targets.extend(members.iter().map(|m| m.key.clone()));
+                    index_cleanup.push((index, members));
+                }
+            }
+        }
+        for tag in &p.tags {
+            let index = keys::tag_index(&self.env, tag);
+            let members = store.index_members(&index, "").await?;
+            targets.extend(members.iter().map(|m| m.key.clone()));
+            index_cleanup.push((index, members));
+        }
+
+        let results: Vec<Result<bool>> = stream::iter(targets.iter().cloned().map(|key| {
+            let store = store.clone();
+            async move { store.purge(&keys::store_key(&key)).await }
+        }))
+        .buffer_unordered(PURGE_CONCURRENCY)
+        .collect()
+        .await;
+        let purged = results.iter().filter(|r| matches!(r, Ok(true))).count() as u64;
+        let failed = results.into_iter().find_map(Result::err);
+        // Whatever was purged is forgotten and announced even if some key
+        // failed: a retry of the whole call is harmless.
+        for key in &targets {
+            self.local.forget(&keys::store_key(key));
+        }
+        if failed.is_none() {
+            // Only memberships unchanged since they were read: a fetch that
+            // started after the purge has indexed its key again, and keeps it.
+            for (index, members) in index_cleanup {
+                if let Err(e) = store.index_remove(&index, &members).await {
+                    tracing::debug!(%index, error = %e, "index tidy-up failed; entries expire by themselves");
+                }
+            }
+        }
+
+        let matched = targets.len();
+        let published = self.announce(&p, targets.into_iter().collect()).await;
+        audit::purge(&p, matched, purged);
+        match failed {
+            Some(e) => Err(e),
+            None => published.map(|()| purged),
+        }
+    }
+
+    /// [`Invalidator::purge`] at most once per `event_id` within `window`:
+    /// a duplicate of a finished purge is acknowledged, one of a purge under
+    /// way is told to retry (so a sender's retry is not swallowed if that
+    /// first purge then fails), and a failed purge frees the id again.
+    pub async fn purge_once(&self, event_id: &str, p: Purge, window: Duration) -> Result<Once> {
+        validate(&self.env, &p)?;
+        let mark = keys::event_mark(&self.env, event_id);
+        if !self.store.set_nx(&mark, window).await? {
+            return match self.store.get(&mark).await? {
+                Some(v) if v.as_ref() == DONE => Ok(Once::Duplicate),
+                // Still being purged, or the first attempt just failed and let go.
+                _ => Ok(Once::Pending),
+            };
+        }
+        match self.purge(p).await {
+            Ok(purged) => {
+                if let Err(e) = self.store.set(&mark, Bytes::from_static(DONE), window).await {
+                    tracing::debug!(error = %e, "marking the event done failed; duplicates will be retried");
+                }
+                Ok(Once::Purged(purged))
+            }
+            Err(e) => {
+                // Let the sender's retry through: the purge did not happen.
+                let _ = self.store.delete(&[mark]).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes the purge of `keys` on the bus, in events of at most
+    /// [`EVENT_KEYS`] keys; the last waits for the acknowledgements (events
+    /// on one channel arrive in order, so its acks cover the rest).
+    async fn announce(&self, p: &Purge, keys: Vec<String>) -> Result<()> {
+        let chunks: Vec<&[String]> =
+            if keys.is_empty() { vec![&[]] } else { keys.chunks(EVENT_KEYS).collect() };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let event = Event {
+                kind: EventKind::Invalidated,
+                keys: chunk.to_vec(),
+                prefix: p.prefixes.first().cloned(),
+                tag: p.tags.first().cloned(),
+                reason: p.reason.clone(),
+                at_ms: now_ms(),
+                origin: self.bus.instance_id.clone(),
+                ack: None,
+            };
+            let sent = if i == last {
+                self.bus.publish_acked(event, self.ack_timeout).await
+            } else {
+                self.bus.publish(event).await.map(drop)
+            };
+            // The store purge is done, but other instances may hold L1
+            // copies (up to `l1.ttl`) and watchers heard nothing: the caller
+            // is told to retry rather than promised read-your-invalidation.
+            if let Err(e) = sent {
+                return Err(crate::error::Error::Store(format!(
+                    "purged in the store, but the other instances could not be told ({e}); retry"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
