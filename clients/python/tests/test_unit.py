@@ -299,3 +299,182 @@ async def test_async_client(fake_addr):
         assert await stream.wait_ready(5)
         stream.cancel()
         assert [e async for e in stream] == []
+
+
+# ---------------------------------------------------------------- the shared core, offline
+# Both clients run on cxcache._core: these drive it through a recording channel (no
+# server, no sockets) to check that the two clients send the same requests and read
+# replies and errors the same way.
+
+from cxcache import _core  # noqa: E402
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details=""):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return ()
+
+
+class RecordingChannel:
+    """Stands in for a grpc (or, with is_async, grpc.aio) channel: records each call
+    and answers from `replies` (method name -> message, or an exception to raise)."""
+
+    def __init__(self, replies=None, is_async=False):
+        self.calls = []
+        self.replies = replies or {}
+        self.is_async = is_async
+
+    def _method(self, path, unary):
+        name = path.rsplit("/", 1)[1]
+
+        def call(request, timeout=None, metadata=None):
+            self.calls.append((name, request, timeout, metadata))
+            reply = self.replies.get(name)
+            if isinstance(reply, Exception) and not self.is_async:
+                raise reply
+
+            async def answer():
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
+
+            return answer() if self.is_async and unary else reply
+
+        return call
+
+    def unary_unary(self, path, **_):
+        return self._method(path, unary=True)
+
+    def unary_stream(self, path, **_):
+        return self._method(path, unary=False)
+
+
+GET_REPLY = cache_pb2.GetResponse(
+    value=b'{"a":1}',
+    source=cache_pb2.SOURCE_STORE,
+    key="k",
+    age=duration_pb2.Duration(seconds=2, nanos=250_000_000),
+    ttl_remaining=duration_pb2.Duration(seconds=9),
+    tags=["t"],
+)
+REPLIES = {"Get": GET_REPLY, "Invalidate": cache_pb2.InvalidateResponse(purged=3)}
+GET_ARGS = dict(
+    id="q",
+    variant="v",
+    params={"n": 2, "flag": False, 3: "x"},
+    body=b'{"z":1}',
+    max_age=1.25,
+    force_refresh=True,
+    timeout=dt.timedelta(milliseconds=1500),
+)
+META = [("x-tenant", "t1")]
+
+
+def _sync_client(replies=REPLIES, **kw):
+    channel = RecordingChannel(replies)
+    return CacheClient(channel=channel, metadata=META, **kw), channel
+
+
+def _async_client(replies=REPLIES, **kw):
+    channel = RecordingChannel(replies, is_async=True)
+    return AsyncCacheClient(channel=channel, metadata=META, **kw), channel
+
+
+def test_core_sync_and_async_send_the_same_requests():
+    sync, sc = _sync_client(default_timeout=4)
+    r = sync.get("routing.queue", **GET_ARGS)
+    assert sync.invalidate(keys="k1", tags=("t1", "t2"), reason="why") == 3
+    sync.watch(prefixes="p:", kinds=["routing.queue"])
+
+    async def use_async():
+        client, channel = _async_client(default_timeout=4)
+        ar = await client.get("routing.queue", **GET_ARGS)
+        assert await client.invalidate(keys="k1", tags=("t1", "t2"), reason="why") == 3
+        client.watch(prefixes="p:", kinds=["routing.queue"])
+        return ar, channel
+
+    ar, ac = asyncio.run(use_async())
+    assert r == ar
+    assert [(n, req.SerializeToString(deterministic=True), t, m) for n, req, t, m in sc.calls] == [
+        (n, req.SerializeToString(deterministic=True), t, m) for n, req, t, m in ac.calls
+    ]
+
+    (_, get, get_timeout, get_meta), (_, inv, inv_timeout, _), (_, watch, watch_timeout, _) = sc.calls
+    assert (get.kind, get.id, get.variant) == ("routing.queue", "q", "v")
+    assert dict(get.params) == {"n": "2", "flag": "false", "3": "x"}
+    assert get.body_json == '{"z":1}'
+    assert get.freshness.max_age == duration_pb2.Duration(seconds=1, nanos=250_000_000)
+    assert get.freshness.force_refresh and not get.freshness.allow_stale
+    assert get_timeout == 1.5 and get_meta == tuple(META)
+    assert list(inv.keys) == ["k1"] and list(inv.tags) == ["t1", "t2"] and inv.reason == "why"
+    assert inv_timeout == 4  # the default timeout applies to unary calls ...
+    assert list(watch.prefixes) == ["p:"] and list(watch.kinds) == ["routing.queue"]
+    assert watch_timeout is None  # ... but not to watches
+
+
+def test_core_parses_replies():
+    client, _ = _sync_client()
+    r = client.get("k")
+    assert (r.source, r.key, r.age, r.ttl_remaining, r.tags, r.value) == (Source.STORE, "k", 2.25, 9.0, ["t"], {"a": 1})
+    unknown = _core.get_result(cache_pb2.GetResponse(source=99))
+    assert unknown.source is Source.UNSPECIFIED and unknown.value is None and unknown.raw == b""
+    ev = _core.watch_event(cache_pb2.WatchEvent(type=cache_pb2.WatchEvent.TYPE_UPDATED, key="k", tag="t", sequence=4))
+    assert (ev.type, ev.key, ev.tag, ev.prefix, ev.time, ev.sequence) == (EventType.UPDATED, "k", "t", "", None, 4)
+    assert _core.watch_event(cache_pb2.WatchEvent(type=42)).type is EventType.UNSPECIFIED
+    assert f"{Source.L1}/{EventType.LAGGED}" == "L1/LAGGED"
+
+
+def test_core_request_values():
+    assert _core.resolve_timeout(None, 3.0) == 3.0
+    assert _core.resolve_timeout(dt.timedelta(seconds=2), 3.0) == 2.0
+    assert _core.resolve_timeout(1, None) == 1.0 and isinstance(_core.resolve_timeout(1, None), float)
+    assert _core._duration(0.9999999999) == duration_pb2.Duration(seconds=1)
+    assert _core._duration(dt.timedelta(microseconds=1)) == duration_pb2.Duration(nanos=1000)
+    with pytest.raises(ValueError):
+        _core._duration(-0.5)
+    assert _core._body_json({"b": [1], "a": None}) == '{"a":null,"b":[1]}'
+    assert _core._body_json(bytearray(b"[1]")) == "[1]"
+    assert _core._as_list(None) == [] and _core._as_list("a") == ["a"] and _core._as_list(("a", "b")) == ["a", "b"]
+
+
+@pytest.mark.parametrize("make", [_sync_client, _async_client])
+def test_core_maps_errors_for_both_clients(make):
+    async def call(c, **kw):
+        result = c.get("k", **kw)
+        return await result if asyncio.iscoroutine(result) else result
+
+    def run(replies, **kw):
+        client, _ = make(replies)
+        return asyncio.run(call(client, **kw))
+
+    with pytest.raises(NotFound) as ei:
+        run({"Get": FakeRpcError(grpc.StatusCode.NOT_FOUND, "gone")})
+    assert ei.value.message == "gone" and isinstance(ei.value.__cause__, FakeRpcError)
+    # a server-enforced deadline is DeadlineExceeded only when the call had a deadline
+    timeout_expired = {"Get": FakeRpcError(grpc.StatusCode.CANCELLED, "Timeout expired")}
+    with pytest.raises(DeadlineExceeded):
+        run(timeout_expired, timeout=1)
+    with pytest.raises(cxcache.Cancelled):
+        run(timeout_expired)
+    # errors that are not gRPC's pass through unchanged
+    with pytest.raises(ValueError, match="negative"):
+        run(REPLIES, max_age=-1)
+
+
+async def test_core_async_call_does_nothing_until_awaited():
+    client, channel = _async_client()
+    pending = client.get("k", max_age=-1)  # a bad argument is reported when awaited, as by an async def
+    assert channel.calls == []
+    with pytest.raises(ValueError):
+        await pending
+    pending = client.invalidate(keys="k")
+    assert channel.calls == []
+    assert await pending == 3 and [c[0] for c in channel.calls] == ["Invalidate"]
