@@ -191,7 +191,11 @@ impl Bus {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(expected = receivers, got, "not every instance acknowledged the purge in time");
+                tracing::warn!(
+                    expected = receivers,
+                    got,
+                    "not every instance acknowledged the purge in time"
+                );
                 return Ok(());
             }
             tokio::time::sleep(pause).await;

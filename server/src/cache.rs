@@ -129,10 +129,6 @@ impl Cache {
         }
     }
 
-    pub fn env(&self) -> &str {
-        &self.env
-    }
-
     pub fn tiers(&self) -> &Arc<Tiers> {
         &self.tiers
     }

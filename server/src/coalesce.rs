@@ -108,7 +108,9 @@ where
             fut.await
         }));
         let flight: Joined<T, E> =
-            async move { task.await.unwrap_or_else(|e| Err(E::from(Panicked(e.to_string())))) }.boxed().shared();
+            async move { task.await.unwrap_or_else(|e| Err(E::from(Panicked(e.to_string())))) }
+                .boxed()
+                .shared();
         map.insert(key.to_string(), (id, flight.clone()));
         (flight, Role::Leader)
     }

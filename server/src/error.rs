@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-
 /// One input field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

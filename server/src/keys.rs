@@ -290,7 +290,10 @@ mod tests {
             assert_eq!(key.to_string(), text);
         }
         let k = Key::parse("prod:routing.queues:_:full:qabc").unwrap();
-        assert_eq!((k.env, k.kind, k.id, k.variant, k.query), ("prod", "routing.queues", "_", Some("full"), Some("abc")));
+        assert_eq!(
+            (k.env, k.kind, k.id, k.variant, k.query),
+            ("prod", "routing.queues", "_", Some("full"), Some("abc"))
+        );
         assert_eq!(k.entity(), None);
         assert_eq!(Key::parse("prod:routing.queue:q1:full").unwrap().entity(), Some("q1"));
         for bad in ["", "prod", "prod:kind", "prod::x", "prod:k:1:full:qa:qb", "prod:k:1 2", "prod:k:1:a:b"] {

@@ -172,7 +172,8 @@ pub fn get_failed(code: &'static str) {
 /// An upstream HTTP answer, with the calls left in the window when the
 /// answer's rate-limit headers said so.
 pub fn upstream_answered(client_id: &str, status: u16, elapsed: Duration, remaining: Option<u32>) {
-    counter!(UPSTREAM_REQUESTS, "client_id" => client_id.to_owned(), "status" => status.to_string()).increment(1);
+    counter!(UPSTREAM_REQUESTS, "client_id" => client_id.to_owned(), "status" => status.to_string())
+        .increment(1);
     histogram!(UPSTREAM_DURATION, "client_id" => client_id.to_owned()).record(elapsed.as_secs_f64());
     if status == 429 {
         counter!(UPSTREAM_RATE_LIMITED, "client_id" => client_id.to_owned()).increment(1);

@@ -33,10 +33,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Base URL of the bundled emulator, when no upstream was configured.
     pub emulator_url: Option<String>,
-    /// The read path, for in-process tests and tools.
-    pub cache: Arc<Cache>,
-    /// The upstream client (its counters and credential states).
-    pub upstream: Arc<Upstream>,
+    cache: Arc<Cache>,
+    upstream: Arc<Upstream>,
     emulator: Option<Bundled>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -192,6 +190,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Bytes held by the in-process tier.
+    pub fn l1_bytes(&self) -> u64 {
+        self.cache.tiers().l1_bytes()
+    }
+
+    /// What the upstream side did (calls, retries, quota waits, …), for
+    /// tests and diagnostics.
+    pub fn upstream_stats(&self) -> impl std::fmt::Debug {
+        self.upstream.stats()
+    }
+
     /// What the Notification API listener is doing (None: disabled).
     pub fn notifications(&self) -> Option<crate::notifications::ListenerStatus> {
         self.notifier.as_ref().map(|n| n.status())

@@ -20,8 +20,20 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // Leaves: pure data, rules and observability.
     &[
-        "clock", "source", "error", "canonical", "catalog", "proto", "coalesce", "config", "keys", "normalize",
-        "entry", "ttl", "metrics", "telemetry",
+        "clock",
+        "source",
+        "error",
+        "canonical",
+        "catalog",
+        "proto",
+        "coalesce",
+        "config",
+        "keys",
+        "normalize",
+        "entry",
+        "ttl",
+        "metrics",
+        "telemetry",
     ],
     // The shared store and what sits on it.
     &["store", "l1", "tiers", "bus"],
@@ -229,7 +241,8 @@ fn the_check_refuses_a_deliberate_back_edge() {
 
 #[test]
 fn the_check_finds_a_cycle_inside_one_layer() {
-    let same_layer = vec![edge("keys", "canonical"), edge("canonical", "normalize"), edge("normalize", "keys")];
+    let same_layer =
+        vec![edge("keys", "canonical"), edge("canonical", "normalize"), edge("normalize", "keys")];
     assert!(upward(&same_layer).is_empty(), "same-layer edges are allowed");
     assert!(cycle(&same_layer).is_some(), "but not a cycle among them");
 }

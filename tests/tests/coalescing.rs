@@ -289,7 +289,7 @@ async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
         cx.get(req.clone()).await.unwrap();
         cx.get(req).await.unwrap(); // second read fills L1
     }
-    let bytes = cx.running.as_ref().unwrap().cache.tiers().l1_bytes();
+    let bytes = cx.running.as_ref().unwrap().l1_bytes();
     assert!(bytes > 0 && bytes <= 1 << 20, "L1 holds {bytes} bytes");
     cx.stop().await;
 }

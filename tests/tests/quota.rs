@@ -80,10 +80,6 @@ async fn get_within(cx: &Instance, req: GetRequest, timeout: Duration) -> Result
     cx.client.clone().get(request).await.map(|r| r.into_inner())
 }
 
-fn upstream_of(cx: &Instance) -> &std::sync::Arc<cxcache::upstream::Upstream> {
-    cx.running.as_ref().expect("running").cache.upstream()
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -179,7 +175,7 @@ async fn two_instance_scenario(
     let budget_per_sec = tokens as f64 * rate as f64 / window.as_secs_f64();
     let outcome = miss_heavy(&[&a, &b], &emu, workers, run, budget_per_sec).await;
     for cx in [&a, &b] {
-        eprintln!("upstream stats: {:?}", upstream_of(cx).stats());
+        eprintln!("upstream stats: {:?}", cx.running.as_ref().expect("running").upstream_stats());
     }
     a.stop().await;
     b.stop().await;

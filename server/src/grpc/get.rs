@@ -8,10 +8,10 @@ use tracing::Instrument;
 
 use super::deadline;
 use crate::cache::{Cache, Served};
-use crate::source::Source;
 use crate::entry::now_ms;
 use crate::error::Error;
 use crate::proto::v1::{self, GetRequest, GetResponse};
+use crate::source::Source;
 
 /// Runs the Get in a `get` span carrying its request id (echoed back as
 /// `x-request-id`); the cache counts the outcome.

@@ -23,7 +23,6 @@ use crate::proto::v1::{
 };
 use crate::watch;
 
-
 /// Implements `cxcache.v1.Cache`.
 pub struct CacheService {
     cache: Arc<Cache>,

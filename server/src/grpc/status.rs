@@ -46,6 +46,9 @@ mod tests {
         assert_eq!(Status::from(Error::Store("down".into())).code(), tonic::Code::Unavailable);
         assert_eq!(Status::from(Error::BadUpstream("400".into())).code(), tonic::Code::FailedPrecondition);
         assert_eq!(Status::from(Error::Unauthenticated("401".into())).code(), tonic::Code::Unauthenticated);
-        assert_eq!(Status::from(Error::DeadlineExceeded("late".into())).code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            Status::from(Error::DeadlineExceeded("late".into())).code(),
+            tonic::Code::DeadlineExceeded
+        );
     }
 }

@@ -41,20 +41,15 @@ pub fn parse_eventbridge(v: &Value) -> Result<ChangeEvent, String> {
 }
 
 /// The purge an event maps to, if any topic pattern matches.
-pub fn map_event(
-    topics: &[TopicMapping],
-    event: &ChangeEvent,
-    door: &str,
-    env: &str,
-) -> Option<Purge> {
+pub fn map_event(topics: &[TopicMapping], event: &ChangeEvent, door: &str, env: &str) -> Option<Purge> {
     for m in topics {
         let Some(captured) = match_topic(&m.topic, &event.topic) else { continue };
         let id = EntityId::parse(&captured.or_else(|| event.entity_id.clone())?)?;
         let id = id.as_str();
         return Some(Purge {
-            keys: m.keys.iter().map(|k| format!("{env}:{}", k.replace("{id}", &id))).collect(),
+            keys: m.keys.iter().map(|k| format!("{env}:{}", k.replace("{id}", id))).collect(),
             prefixes: Vec::new(),
-            tags: m.tags.iter().map(|t| t.replace("{id}", &id)).collect(),
+            tags: m.tags.iter().map(|t| t.replace("{id}", id)).collect(),
             reason: format!("{door}:{}", event.topic),
             actor: door.to_string(),
             event_id: Some(event.id.clone()),
@@ -124,5 +119,4 @@ mod tests {
         let e = ChangeEvent { id: "e4".into(), topic: "something.else".into(), entity_id: Some("x".into()) };
         assert!(map_event(&topics, &e, "webhook", "p").is_none());
     }
-
 }

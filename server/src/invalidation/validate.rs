@@ -51,7 +51,10 @@ pub fn validate(env: &str, p: &Purge) -> Result<()> {
         }
     }
     for (i, tag) in p.tags.iter().enumerate() {
-        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if tag.is_empty()
+            || tag.len() > MAX_TAG_LEN
+            || tag.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             bad.push(FieldViolation::new(format!("tags[{i}]"), "1-256 characters, no spaces"));
         }
     }

@@ -19,7 +19,6 @@ pub struct Leadership {
     token: u64,
 }
 
-
 /// Tries for the lease until it is won (Some) or `shutdown` turns true (None).
 pub async fn campaign(
     store: Arc<dyn Store>,

@@ -34,7 +34,7 @@ use ratelimit::{Limiter, Verdict};
 use retry::Backoff;
 use token_pool::{without_url, Lease, TokenPool};
 
-pub use headers::{retry_after, RateHeaders};
+pub use headers::retry_after;
 pub use jobs::check_job_body;
 pub use stats::{StatsSnapshot, UpstreamStats};
 pub use token_pool::CredentialState;

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 
 use crate::config::RateLimitSettings;
 
-pub use crate::store::Take as Verdict;
 use crate::store::SharedBudgets;
+pub use crate::store::Take as Verdict;
 pub use local::LocalLimiter;
 
 use super::stats::UpstreamStats;
