@@ -18,6 +18,24 @@ stage "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+stage "build without the bundled emulator (as the Docker image does)"
+nodef=$(mktemp -d -t cxcache-noemu-XXXX)
+cargo build -p cxcache-server --no-default-features --quiet
+cp target/debug/cxcache "$nodef/cxcache"
+if grep -q genesys_emulator "$nodef/cxcache"; then
+  echo "the --no-default-features binary still contains the emulator" >&2; exit 1
+fi
+set +e
+"$nodef/cxcache" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 >"$nodef/out" 2>&1
+rc=$?
+set -e
+if [ "$rc" -ne 2 ] || ! grep -q 'upstream.base_url' "$nodef/out"; then
+  echo "without an upstream URL it must exit 2 naming upstream.base_url; got $rc:" >&2
+  cat "$nodef/out" >&2; exit 1
+fi
+echo "no-emulator build refuses to start without an upstream: $(head -c 160 "$nodef/out" | tr '\n' ' ')"
+rm -rf "$nodef"
+
 stage "build"
 cargo build --workspace --all-targets --quiet
 
