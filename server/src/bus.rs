@@ -112,18 +112,10 @@ impl Bus {
         // fred re-issues our subscriptions after reconnects and failovers.
         let resubscriber = subscriber.manage_subscriptions();
 
-        let mut messages = subscriber.message_rx();
-        let tx = fanout.clone();
-        tokio::spawn(async move {
-            while let Ok(msg) = messages.recv().await {
-                match msg.value.as_bytes().map(serde_json::from_slice::<Event>) {
-                    Some(Ok(event)) => {
-                        let _ = tx.send(BusMessage::Event(Arc::new(event)));
-                    }
-                    _ => tracing::warn!("undecodable bus message ignored"),
-                }
-            }
-        });
+        let messages = subscriber.message_rx();
+        tokio::spawn(forward(messages, fanout.clone(), |msg: &fred::types::Message| {
+            msg.value.as_bytes().map(serde_json::from_slice::<Event>).and_then(|r| r.ok())
+        }));
         let mut reconnects = subscriber.reconnect_rx();
         let tx = fanout.clone();
         tokio::spawn(async move {
@@ -221,6 +213,31 @@ impl Bus {
     }
 }
 
+/// Forwards what the Redis subscriber receives to the local fan-out until
+/// the subscriber closes. A burst that outruns the subscriber's buffer is a
+/// gap, announced as one, and forwarding goes on.
+async fn forward<M: Clone>(
+    mut messages: broadcast::Receiver<M>,
+    tx: broadcast::Sender<BusMessage>,
+    decode: impl Fn(&M) -> Option<Event>,
+) {
+    loop {
+        match messages.recv().await {
+            Ok(msg) => match decode(&msg) {
+                Some(event) => {
+                    let _ = tx.send(BusMessage::Event(Arc::new(event)));
+                }
+                None => tracing::warn!("undecodable bus message ignored"),
+            },
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                tracing::warn!(lost, "invalidation bus subscriber fell behind: treating it as lost events");
+                let _ = tx.send(BusMessage::Gap);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 impl Event {
     /// The event announcing that `key` got a new value.
     pub fn updated(key: &str, origin: &str) -> Event {
@@ -234,5 +251,46 @@ impl Event {
             origin: origin.to_string(),
             ack: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> Event {
+        Event::updated(&format!("t:k:{n}:full"), "other")
+    }
+
+    /// A burst past the subscriber's buffer must not end forwarding: the
+    /// lost events are announced as a gap, and later events still arrive.
+    #[tokio::test]
+    async fn a_burst_past_the_subscriber_buffer_is_a_gap_not_the_end() {
+        let (redis_tx, redis_rx) = broadcast::channel::<Event>(4);
+        let (fanout, mut local) = broadcast::channel(64);
+        for n in 0..10 {
+            redis_tx.send(event(n)).unwrap(); // 6 of these overflow the buffer of 4
+        }
+        let forwarder = tokio::spawn(forward(redis_rx, fanout, |e: &Event| Some(e.clone())));
+        let first = tokio::time::timeout(Duration::from_secs(5), local.recv()).await.unwrap().unwrap();
+        assert!(matches!(first, BusMessage::Gap), "the lost events are announced first: {first:?}");
+        let mut keys = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_secs(5), local.recv()).await.unwrap().unwrap() {
+                BusMessage::Event(e) => keys.push(e.keys[0].clone()),
+                BusMessage::Gap => panic!("one gap for one burst"),
+            }
+        }
+        assert_eq!(keys, ["t:k:6:full", "t:k:7:full", "t:k:8:full", "t:k:9:full"]);
+        redis_tx.send(event(99)).unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), local.recv()).await.unwrap().unwrap() {
+            BusMessage::Event(e) => assert_eq!(e.keys, ["t:k:99:full"], "still forwarding after the burst"),
+            BusMessage::Gap => panic!("no new gap"),
+        }
+        drop(redis_tx);
+        tokio::time::timeout(Duration::from_secs(5), forwarder)
+            .await
+            .expect("ends when the subscriber closes")
+            .unwrap();
     }
 }
