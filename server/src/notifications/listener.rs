@@ -15,7 +15,7 @@
 //!   subscribed and connected before the old one is dropped; events arriving
 //!   on both are purged twice at worst (duplicates are skipped by hash).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
 
 use rand::Rng;
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::channels::{Api, Created};
 use super::leader::Leadership;
+use super::placement::{self, Limits, Plan};
 use super::socket::{self, ConnectError, Report, Socket};
 use super::topics::Target;
 use super::{Ctx, ListenerStatus};
@@ -96,8 +97,6 @@ pub struct Tenure<'a> {
     next_conn: u64,
     tx: socket::Reports,
     rx: mpsc::UnboundedReceiver<(u64, u64, Report)>,
-    /// Topic → slot number.
-    placed: HashMap<String, u64>,
     wanted: BTreeMap<String, Target>,
     seen: HashSet<u64>,
     seen_order: VecDeque<u64>,
@@ -117,7 +116,6 @@ impl<'a> Tenure<'a> {
             next_conn: 0,
             tx,
             rx,
-            placed: HashMap::new(),
             wanted: BTreeMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
@@ -198,7 +196,7 @@ impl<'a> Tenure<'a> {
                 msg = bus.recv() => match msg {
                     Ok(BusMessage::Event(e)) if e.kind == EventKind::Updated => {
                         let unplaced = e.keys.iter().filter_map(|k| self.ctx.kinds.topic_of_key(k))
-                            .any(|t| !self.placed.contains_key(&t));
+                            .any(|t| !self.is_placed(&t));
                         if unplaced {
                             self.reconcile_at = self.reconcile_at.min(Instant::now() + SOON);
                         }
@@ -267,6 +265,11 @@ impl<'a> Tenure<'a> {
         if Instant::now() >= self.reconcile_at {
             self.reconcile().await;
         }
+    }
+
+    /// Whether a channel already carries (or is to carry) `topic`.
+    fn is_placed(&self, topic: &str) -> bool {
+        self.slots.iter().any(|s| s.want.contains(topic))
     }
 
     fn slot(&mut self, n: u64) -> Option<&mut Slot> {
@@ -469,39 +472,25 @@ impl<'a> Tenure<'a> {
                 return;
             }
         };
-        // Drop topics nothing cached needs.
-        let gone: Vec<String> = self.placed.keys().filter(|t| !wanted.contains_key(*t)).cloned().collect();
-        for t in gone {
-            if let Some(n) = self.placed.remove(&t) {
-                if let Some(s) = self.slot(n) {
-                    s.want.remove(&t);
-                }
-            }
+        // Where topics go is decided by the planner; this performs it.
+        let held: Vec<&BTreeSet<String>> = self.slots.iter().map(|s| &s.want).collect();
+        let limits =
+            Limits { max_channels: settings.max_channels, topics_per_channel: settings.topics_per_channel };
+        let Plan { release, subscribe, open: opens, let_go, uncovered } =
+            placement::plan(wanted.keys().map(String::as_str), &held, limits);
+        for (i, gone) in release {
+            self.slots[i].want.retain(|t| !gone.contains(t));
         }
-        // Place new topics: fill channels in order, open new ones when full.
-        let per = settings.topics_per_channel;
-        let mut new: Vec<String> = wanted.keys().filter(|t| !self.placed.contains_key(*t)).cloned().collect();
-        new.reverse();
-        for s in &mut self.slots {
-            while s.want.len() < per {
-                let Some(t) = new.pop() else { break };
-                s.want.insert(t.clone());
-                self.placed.insert(t, s.n);
-            }
+        for (i, add) in subscribe {
+            self.slots[i].want.extend(add);
         }
-        while !new.is_empty() && self.slots.len() < settings.max_channels {
+        let mut uncovered: Vec<String> = uncovered.into_iter().collect();
+        let mut opens = opens.into_iter();
+        while let Some(want) = opens.next() {
             let n = self.next_slot;
             self.next_slot += 1;
-            let mut want = BTreeSet::new();
-            while want.len() < per {
-                let Some(t) = new.pop() else { break };
-                want.insert(t);
-            }
             match self.open(n, &BTreeSet::new()).await {
                 Ok((channel, sock)) => {
-                    for t in &want {
-                        self.placed.insert(t.clone(), n);
-                    }
                     let replace_at = self.replace_at(&channel);
                     tracing::info!(channel = %channel.id, topics = want.len(), "notification channel opened");
                     self.slots.push(Slot {
@@ -519,13 +508,13 @@ impl<'a> Tenure<'a> {
                 }
                 Err(why) => {
                     tracing::warn!(%why, "opening a notification channel failed");
-                    new.extend(want);
+                    uncovered.extend(want);
+                    uncovered.extend(opens.by_ref().flatten());
                     break;
                 }
             }
         }
         // Subscribe what changed.
-        let mut uncovered: Vec<String> = new;
         if !uncovered.is_empty() {
             tracing::warn!(topics = uncovered.len(), "topics beyond the channel limits: purged instead");
         }
@@ -549,17 +538,16 @@ impl<'a> Tenure<'a> {
                 uncovered.extend(self.slots[i].subscribed.iter().cloned());
             }
         }
-        // Channels left with nothing to carry (beyond the first) are let go;
+        // Channels left with nothing to carry (now unsubscribed) are let go;
         // the platform drops them when they expire.
-        let before = self.slots.len();
-        let mut first = true;
-        self.slots.retain(|s| {
-            let keep = first || !s.want.is_empty() || !s.subscribed.is_empty();
-            first = false;
-            keep
-        });
-        if self.slots.len() != before {
-            tracing::info!(released = before - self.slots.len(), "empty notification channels released");
+        if !let_go.is_empty() {
+            let mut i = 0;
+            self.slots.retain(|_| {
+                let keep = !let_go.contains(&i);
+                i += 1;
+                keep
+            });
+            tracing::info!(released = let_go.len(), "empty notification channels released");
         }
         self.wanted = wanted;
         if !uncovered.is_empty() {

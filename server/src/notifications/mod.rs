@@ -4,7 +4,7 @@
 //! does, it keeps Notification API channels ([`channels`]) subscribed to the
 //! topics of what the fleet has cached ([`topics`]: read from the kind
 //! indexes, spread over channels of at most `topics_per_channel`, at most
-//! `max_channels`), listens on their WebSockets ([`socket`]) and turns each
+//! `max_channels`, by [`placement`]), listens on their WebSockets ([`socket`]) and turns each
 //! event into a purge through [`crate::invalidation::Invalidator`], which
 //! reaches every instance and every Watch subscriber over the bus. Topics
 //! map to purges through the same mapping as the webhook / EventBridge
@@ -18,6 +18,7 @@
 pub mod channels;
 pub mod leader;
 pub mod listener;
+pub mod placement;
 pub mod socket;
 pub mod topics;
 
