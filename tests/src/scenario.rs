@@ -1,6 +1,6 @@
 //! One e2e test's world, declared and started in one expression:
 //!
-//! ```ignore
+//! ```text
 //! let mut s = Scenario::new("stampede")
 //!     .cluster()                              // the shared Redis Cluster (default: embedded store)
 //!     .emulator(EmulatorConfig::default())    // the default; `.without_emulator()` for none
