@@ -3,8 +3,9 @@
 //! and awaited by readiness (never by sleeping), and stopped on drop.
 //!
 //! - [`Scenario`]: what one test needs (cluster, emulator, instances,
-//!   clients), started in one expression as a [`Scene`]; every test of the
-//!   suite goes through one (the suite is one binary, see `scenario`).
+//!   clients), started in one expression as a [`Scene`]. Every test of the
+//!   suite goes through one: the suite is one binary, its tests share the
+//!   process, and the scene holds the test's turn ([`Scenario::alone`]).
 //! - [`RedisCluster`]: 3 masters + 3 replicas of real `redis-server`
 //!   processes (through `scripts/redis-cluster.sh`). [`redis_url`] reuses the
 //!   cluster `.ci/run` started (`CXCACHE_TEST_REDIS_URL`) or one the test
