@@ -9,5 +9,5 @@ dir=$(mktemp -d)
 trap 'bash scripts/redis-cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
 CXCACHE_TEST_REDIS_URL=$(bash scripts/redis-cluster.sh start "$dir")
 export CXCACHE_TEST_REDIS_URL CXCACHE_DELAY_ROUNDS=$rounds
-cargo test --release -q -p cxcache-e2e --test invalidation invalidate_on_one_instance_reaches_watchers_on_another \
+cargo test --release -q -p cxcache-e2e --test e2e invalidation::invalidate_on_one_instance_reaches_watchers_on_another \
   -- --nocapture 2>&1 | grep -E 'delay|test result'

@@ -27,7 +27,7 @@ done
 
 out=$(mktemp -t cxcache-quota-XXXX)
 trap 'rm -f "$out"' EXIT
-if ! timeout 900 cargo test "${profile[@]}" -q -p cxcache-e2e --test quota loadtest_quota \
+if ! timeout 900 cargo test "${profile[@]}" -q -p cxcache-e2e --test e2e quota::loadtest_quota \
     -- --ignored --nocapture --exact >"$out" 2>&1; then
   cat "$out" >&2
   exit 1

@@ -2,25 +2,35 @@
 //! the Genesys emulator and cxcache instances on free ports, each started
 //! and awaited by readiness (never by sleeping), and stopped on drop.
 //!
+//! - [`Scenario`]: what one test needs (cluster, emulator, instances,
+//!   clients), started in one expression as a [`Scene`]. Every test of the
+//!   suite goes through one: the suite is one binary, its tests share the
+//!   process, and the scene holds the test's turn ([`Scenario::alone`]).
 //! - [`RedisCluster`]: 3 masters + 3 replicas of real `redis-server`
 //!   processes (through `scripts/redis-cluster.sh`). [`redis_url`] reuses the
-//!   cluster `.ci/run` started (`CXCACHE_TEST_REDIS_URL`) or starts a private
-//!   one for the test.
+//!   cluster `.ci/run` started (`CXCACHE_TEST_REDIS_URL`) or one the test
+//!   process starts and shares.
 //! - [`emulator`]: the Genesys emulator in-process on port 0.
 //! - [`Instance`]: a cxcache server in-process on port 0, with a gRPC client.
-//! - [`Backend`]: run one scenario against the embedded store and the cluster.
+//! - [`ProcessInstance`]: the `cxcache` binary as a process of its own.
+//! - [`Backend`]: where a scenario's instances keep their entries.
+
+mod scenario;
+pub use scenario::{redis_url, Scenario, Scene};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cxcache::config::{Config, Credential, Secret};
 use cxcache::proto::v1::cache_client::CacheClient;
-use cxcache::proto::v1::{GetRequest, GetResponse};
+use cxcache::proto::v1::{watch_event, GetRequest, GetResponse, InvalidateRequest, WatchEvent, WatchRequest};
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, KeysInterface};
-use genesys_emulator::{EmulatorConfig, EmulatorHandle};
+use genesys_emulator::{EmulatorConfig, EmulatorHandle, Fault};
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 /// Root of the repository (scripts live there).
 pub fn repo_root() -> PathBuf {
@@ -142,18 +152,6 @@ impl Drop for RedisCluster {
     }
 }
 
-/// A Redis URL for a test: the shared cluster of the test run when there is
-/// one, else a private cluster (returned as a guard to keep alive).
-pub fn redis_url() -> (String, Option<RedisCluster>) {
-    match std::env::var("CXCACHE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            let cluster = RedisCluster::start().expect("start a Redis cluster (is redis-server installed?)");
-            (cluster.url.clone(), Some(cluster))
-        }
-    }
-}
-
 /// A key namespace unique to this test, so tests can share one cluster.
 pub fn unique_env(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -231,6 +229,25 @@ impl Instance {
         self.client.clone().get(req).await.map(|r| r.into_inner())
     }
 
+    /// A Get with a deadline (`grpc-timeout`) of `limit`.
+    pub async fn get_within(&self, req: GetRequest, limit: Duration) -> Result<GetResponse, tonic::Status> {
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(limit);
+        self.client.clone().get(request).await.map(|r| r.into_inner())
+    }
+
+    /// A Watch stream on a connection of its own.
+    pub async fn watch(&self, req: WatchRequest) -> Streaming<WatchEvent> {
+        let mut client = self.new_client().await;
+        client.watch(req).await.expect("watch").into_inner()
+    }
+
+    /// The text of this instance's `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("http://{}/metrics", self.http_addr);
+        reqwest::get(url).await.expect("GET /metrics").text().await.expect("/metrics body")
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await.expect("clean shutdown");
@@ -255,6 +272,91 @@ pub async fn connect(addr: std::net::SocketAddr) -> CacheClient<Channel> {
 /// A queue Get request.
 pub fn get_queue(id: &str) -> GetRequest {
     GetRequest { kind: "routing.queue".into(), id: id.into(), ..Default::default() }
+}
+
+/// The emulator's path of one queue (a fault's `path_prefix`).
+pub fn queue_path(id: &str) -> String {
+    format!("/api/v2/routing/queues/{id}")
+}
+
+/// Every upstream answer under `prefix` delayed by `ms`.
+pub fn slow(prefix: impl Into<String>, ms: u64) -> Fault {
+    Fault { path_prefix: prefix.into(), latency: Some(Duration::from_millis(ms)), ..Fault::default() }
+}
+
+/// Every upstream answer under `prefix` held open until released.
+pub fn held(prefix: impl Into<String>) -> Fault {
+    Fault { path_prefix: prefix.into(), hold: true, ..Fault::default() }
+}
+
+/// Every upstream answer under `prefix` replaced by `status`, until cleared.
+pub fn failing(prefix: impl Into<String>, status: u16) -> Fault {
+    Fault { path_prefix: prefix.into(), status: Some(status), ..Fault::default() }
+}
+
+/// An Invalidate of exact keys, prefixes and tags, with reason "test".
+pub fn invalidate(keys: &[&str], prefixes: &[&str], tags: &[&str]) -> InvalidateRequest {
+    InvalidateRequest {
+        keys: keys.iter().map(|s| s.to_string()).collect(),
+        prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        reason: "test".into(),
+    }
+}
+
+/// Next Watch event within `limit`.
+pub async fn next_event(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Option<WatchEvent> {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(limit, stream.next()).await.ok().flatten().map(|r| r.expect("watch item"))
+}
+
+/// Next Watch event of `ty` for `key` within `limit`, skipping others.
+pub async fn wait_event(
+    stream: &mut Streaming<WatchEvent>,
+    ty: watch_event::Type,
+    key: &str,
+    limit: Duration,
+) -> Option<WatchEvent> {
+    let deadline = Instant::now() + limit;
+    while let Some(ev) = next_event(stream, deadline.saturating_duration_since(Instant::now())).await {
+        if ev.r#type() == ty && ev.key == key {
+            return Some(ev);
+        }
+    }
+    None
+}
+
+/// Background tasks that each Get one request in a loop on a client of
+/// their own, keeping fetches in flight, until [`Readers::stop`].
+pub struct Readers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    pub fn spawn(clients: Vec<CacheClient<Channel>>, req: GetRequest) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = clients
+            .into_iter()
+            .map(|mut client| {
+                let (stop, req) = (stop.clone(), req.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = client.get(req.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        Readers { stop, tasks }
+    }
+
+    /// Stops every reader and waits for it (a panicked reader fails the test).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
 }
 
 /// A plain fred client for asserting on what is in Redis.
@@ -319,11 +421,14 @@ pub struct ProcessInstance {
     log: tempfile::NamedTempFile,
 }
 
-/// Path of the built `cxcache` binary.
+/// Path of the built `cxcache` binary (the test command builds it first:
+/// `cargo build -p cxcache-server`); panics when it is not there.
 pub fn cxcache_binary() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug").join("cxcache")
+    let bin = target.join("debug").join("cxcache");
+    assert!(bin.exists(), "{} not built: run `cargo build -p cxcache-server`", bin.display());
+    bin
 }
 
 /// Command-line arguments for a `cxcache` process in namespace `env` in
@@ -349,7 +454,6 @@ impl ProcessInstance {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> ProcessInstance {
         use std::io::{BufRead, BufReader};
         let bin = cxcache_binary();
-        assert!(bin.exists(), "{} not built: run `cargo build -p cxcache-server`", bin.display());
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut child = Command::new(bin)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])

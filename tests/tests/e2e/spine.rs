@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cxcache::proto::v1::{Freshness, GetRequest, Source};
-use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use genesys_emulator::{queue_id, Fault};
 use harness::*;
 use serde_json::json;
 use tonic::Code;
@@ -18,14 +18,11 @@ macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(harness::Backend::Memory, &harness::unique_env(stringify!($name))).await; })*
+            async fn $name() { super::$name(harness::Scenario::new(stringify!($name))).await; })*
         }
         mod redis_cluster {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let (url, _guard) = harness::redis_url();
-                super::$name(harness::Backend::Redis(url), &harness::unique_env(stringify!($name))).await;
-            })*
+            async fn $name() { super::$name(harness::Scenario::new(stringify!($name)).cluster()).await; })*
         }
     };
 }
@@ -39,9 +36,9 @@ both_backends!(
     variants_and_lists_are_separate_entries,
 );
 
-async fn first_get_goes_upstream_then_hits_with_identical_bytes(backend: Backend, env: &str) {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(env, &backend, &emu)).await;
+async fn first_get_goes_upstream_then_hits_with_identical_bytes(scenario: Scenario) {
+    let mut s = scenario.start().await;
+    let (cx, emu, env) = (s.cx(), s.emu(), &s.env);
     let id = queue_id(3);
 
     let first = cx.get(get_queue(&id)).await.unwrap();
@@ -79,7 +76,7 @@ async fn first_get_goes_upstream_then_hits_with_identical_bytes(backend: Backend
     assert_eq!(refreshed.source(), Source::Upstream);
     assert_eq!(emu.counters().route(QUEUE_ROUTE), 2);
     assert_eq!(refreshed.value, first.value, "normalized bytes are stable across responses");
-    cx.stop().await;
+    s.stop().await;
 }
 
 fn analytics(body: serde_json::Value) -> GetRequest {
@@ -90,9 +87,9 @@ fn analytics(body: serde_json::Value) -> GetRequest {
     }
 }
 
-async fn equivalent_analytics_bodies_share_one_key_and_one_call(backend: Backend, env: &str) {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(env, &backend, &emu)).await;
+async fn equivalent_analytics_bodies_share_one_key_and_one_call(scenario: Scenario) {
+    let mut s = scenario.start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     let a = json!({
         "interval": "2023-10-01T00:00:00Z/2023-10-01T06:00:00Z",
         "granularity": "PT1H",
@@ -127,24 +124,17 @@ async fn equivalent_analytics_bodies_share_one_key_and_one_call(backend: Backend
     let rc = cx.get(analytics(c)).await.unwrap();
     assert_ne!(rc.key, ra.key);
     assert_eq!(emu.counters().route(ANALYTICS_ROUTE), 2);
-    cx.stop().await;
+    s.stop().await;
 }
 
-async fn upstream_failures_are_mapped_and_never_stored(backend: Backend, env: &str) {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(env, &backend, &emu)).await;
-    let prefix = "/api/v2/routing/queues/".to_string();
+async fn upstream_failures_are_mapped_and_never_stored(scenario: Scenario) {
+    let mut s = scenario.start().await;
+    let (cx, emu) = (s.cx(), s.emu());
+    let prefix = "/api/v2/routing/queues/";
 
     // 429 → RESOURCE_EXHAUSTED with RetryInfo from Retry-After.
     let id = queue_id(1);
-    emu.inject_fault(Fault {
-        path_prefix: prefix.clone(),
-        status: Some(429),
-        retry_after_secs: Some(7),
-        latency: None,
-        hold: false,
-        count: 1,
-    });
+    emu.inject_fault(Fault { retry_after_secs: Some(7), count: 1, ..failing(prefix, 429) });
     let err = cx.get(get_queue(&id)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let retry = details(&err).retry_info().expect("RetryInfo").retry_delay.expect("delay");
@@ -155,15 +145,8 @@ async fn upstream_failures_are_mapped_and_never_stored(backend: Backend, env: &s
 
     // 500 → UNAVAILABLE, not stored.
     let id = queue_id(2);
-    emu.inject_fault(Fault {
-        path_prefix: prefix.clone(),
-        status: Some(500),
-        retry_after_secs: None,
-        latency: None,
-        hold: false,
-        // Until cleared: a one-off 5xx is retried away (issue 3).
-        count: 0,
-    });
+    // Until cleared: a one-off 5xx is retried away (issue 3).
+    emu.inject_fault(failing(prefix, 500));
     let err = cx.get(get_queue(&id)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     emu.clear_faults();
@@ -171,14 +154,7 @@ async fn upstream_failures_are_mapped_and_never_stored(backend: Backend, env: &s
 
     // 403 → PERMISSION_DENIED; 404 → NOT_FOUND; neither stored.
     let id = queue_id(4);
-    emu.inject_fault(Fault {
-        path_prefix: prefix.clone(),
-        status: Some(403),
-        retry_after_secs: None,
-        latency: None,
-        hold: false,
-        count: 1,
-    });
+    emu.inject_fault(Fault { count: 1, ..failing(prefix, 403) });
     assert_eq!(cx.get(get_queue(&id)).await.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
     let before = emu.counters().route(QUEUE_ROUTE);
@@ -192,15 +168,12 @@ async fn upstream_failures_are_mapped_and_never_stored(backend: Backend, env: &s
     let err = cx.get(get_queue(&queue_id(5))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(!err.message().contains("demo-secret"), "secrets never appear in errors");
-    cx.stop().await;
+    s.stop().await;
 }
 
-async fn ttl_expiry_leads_to_a_refetch(backend: Backend, env: &str) {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let mut c = config(env, &backend, &emu);
-    c.cache.ttl.config = Duration::from_millis(400);
-    c.cache.ttl.jitter = 0.0;
-    let cx = Instance::start(c).await;
+async fn ttl_expiry_leads_to_a_refetch(scenario: Scenario) {
+    let mut s = scenario.exact_ttl(Duration::from_millis(400)).start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     let id = queue_id(7);
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Store);
@@ -209,12 +182,12 @@ async fn ttl_expiry_leads_to_a_refetch(backend: Backend, env: &str) {
     // Refetched: conditionally (304, the queue did not change) here.
     assert!(matches!(again.source(), Source::Upstream | Source::Revalidated), "{:?}", again.source());
     assert_eq!(emu.counters().route(QUEUE_ROUTE), 2, "expired entry is refetched");
-    cx.stop().await;
+    s.stop().await;
 }
 
-async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, env: &str) {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(env, &backend, &emu)).await;
+async fn bad_input_is_rejected_without_upstream_call_or_write(scenario: Scenario) {
+    let mut s = scenario.start().await;
+    let (cx, emu, env) = (s.cx(), s.emu(), &s.env);
     let cases: Vec<(GetRequest, &str)> = vec![
         (GetRequest { kind: "routing.nothing".into(), id: "x".into(), ..Default::default() }, "kind"),
         (GetRequest { kind: "".into(), ..Default::default() }, "kind"),
@@ -262,8 +235,8 @@ async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, 
     }
     assert_eq!(emu.counters().total, 0, "bad input causes no upstream call (not even a token)");
 
-    if let Backend::Redis(url) = &backend {
-        let redis = redis_client(url).await;
+    if s.redis_url().is_some() {
+        let redis = s.redis().await;
         assert!(keys_of_env(&redis, env).await.is_empty(), "bad input writes nothing");
         for index in [format!("cx:idx:{{{env}:*"), format!("cx:tag:{{{env}:*")] {
             assert!(keys_matching(&redis, &index).await.is_empty(), "bad input indexes nothing ({index})");
@@ -278,12 +251,12 @@ async fn bad_input_is_rejected_without_upstream_call_or_write(backend: Backend, 
     let mut largest = tonic::Request::new(get_queue(&queue_id(2)));
     largest.metadata_mut().insert("grpc-timeout", "99999999H".parse().unwrap());
     cx.client.clone().get(largest).await.expect("Get with the largest grpc-timeout");
-    cx.stop().await;
+    s.stop().await;
 }
 
-async fn variants_and_lists_are_separate_entries(backend: Backend, env: &str) {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(env, &backend, &emu)).await;
+async fn variants_and_lists_are_separate_entries(scenario: Scenario) {
+    let mut scene = scenario.start().await;
+    let (cx, env) = (scene.cx(), &scene.env);
     let id = queue_id(9);
     let full = cx.get(get_queue(&id)).await.unwrap();
     let summary = cx.get(GetRequest { variant: "summary".into(), ..get_queue(&id) }).await.unwrap();
@@ -298,16 +271,14 @@ async fn variants_and_lists_are_separate_entries(backend: Backend, env: &str) {
     let l: serde_json::Value = serde_json::from_slice(&list.value).unwrap();
     assert_eq!(l["entities"].as_array().unwrap().len(), 50, "all seeded queues assembled");
     assert_eq!(l["total"], 50);
-    cx.stop().await;
+    scene.stop().await;
 }
 
 /// Redis-only: every key written has a TTL, and keys spread over the cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_keys_all_expire_and_spread_over_slots() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("spread");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(&env, &Backend::Redis(url.clone()), &emu)).await;
+    let mut s = Scenario::new("spread").cluster().start().await;
+    let (cx, env) = (s.cx(), &s.env);
     for n in 0..30 {
         cx.get(get_queue(&queue_id(n))).await.unwrap();
     }
@@ -316,10 +287,10 @@ async fn redis_keys_all_expire_and_spread_over_slots() {
     ))
     .await
     .unwrap();
-    let redis = redis_client(&url).await;
+    let redis = s.redis().await;
     // Entries plus their bookkeeping (generation, fence, lease sequence) and
     // the per-kind / per-tag indexes: every one of them must expire.
-    let mut all = keys_of_env(&redis, &env).await;
+    let mut all = keys_of_env(&redis, env).await;
     all.extend(keys_matching(&redis, &format!("cx:idx:{{{env}:*")).await);
     all.extend(keys_matching(&redis, &format!("cx:tag:{{{env}:*")).await);
     for key in &all {
@@ -333,5 +304,5 @@ async fn redis_keys_all_expire_and_spread_over_slots() {
     // The 3 masters split the 16384 slots in thirds: keys land on all of them.
     let thirds: HashSet<u16> = slots.iter().map(|s| s / 5462).collect();
     assert_eq!(thirds.len(), 3, "keys on every master: {slots:?}");
-    cx.stop().await;
+    s.stop().await;
 }

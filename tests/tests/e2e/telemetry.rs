@@ -2,15 +2,16 @@
 //! coalesced waiters, upstream calls per token and a 429 (emulator fault
 //! injection); and it never shows a credential's secret.
 //!
-//! The Prometheus recorder is process-wide, so the assertions compare
-//! scrapes taken before and after, and only one test in this file drives
-//! traffic.
+//! The Prometheus recorder is process-wide and the whole suite shares the
+//! process, so the assertions compare scrapes taken before and after, and
+//! the test that asserts exact counts runs alone (`Scenario::alone`): no
+//! other test drives traffic meanwhile.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cxcache::proto::v1::Source;
-use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use genesys_emulator::{queue_id, Fault};
 use harness::*;
 use tonic::Code;
 
@@ -42,8 +43,8 @@ fn delta(before: &Scrape, after: &Scrape, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_move_with_hits_misses_coalescing_and_429() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(&unique_env("metrics"), &Backend::Memory, &emu)).await;
+    let mut s = Scenario::new("metrics").alone().start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     let (before, _) = scrape(cx.http_addr).await;
 
     // A miss, then hits.
@@ -56,12 +57,7 @@ async fn metrics_move_with_hits_misses_coalescing_and_429() {
 
     // Coalescing: 20 callers on one cold key the upstream answers slowly.
     let cold = queue_id(1);
-    emu.inject_fault(Fault {
-        path_prefix: format!("/api/v2/routing/queues/{cold}"),
-        latency: Some(Duration::from_millis(300)),
-        count: 1,
-        ..Default::default()
-    });
+    emu.inject_fault(Fault { count: 1, ..slow(queue_path(&cold), 300) });
     let callers: Vec<_> = (0..20)
         .map(|_| {
             let mut client = cx.client.clone();
@@ -82,13 +78,7 @@ async fn metrics_move_with_hits_misses_coalescing_and_429() {
 
     // A 429 from the platform.
     let limited = queue_id(2);
-    emu.inject_fault(Fault {
-        path_prefix: format!("/api/v2/routing/queues/{limited}"),
-        status: Some(429),
-        retry_after_secs: Some(1),
-        count: 1,
-        ..Default::default()
-    });
+    emu.inject_fault(Fault { retry_after_secs: Some(1), count: 1, ..failing(queue_path(&limited), 429) });
     let limited_result = cx.get(get_queue(&limited)).await;
 
     let (after, text) = scrape(cx.http_addr).await;
@@ -152,14 +142,13 @@ async fn metrics_move_with_hits_misses_coalescing_and_429() {
         }
         Ok(reply) => assert_eq!(reply.source(), Source::Upstream),
     }
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_served_has_help_and_type() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let cx = Instance::start(config(&unique_env("describe"), &Backend::Memory, &emu)).await;
+    let mut s = Scenario::new("describe").start().await;
+    let cx = s.cx();
     // A miss and a hit: each family below then has at least one series.
     cx.get(get_queue(&queue_id(20))).await.unwrap();
     cx.get(get_queue(&queue_id(20))).await.unwrap();
@@ -182,20 +171,15 @@ async fn every_family_served_has_help_and_type() {
         let family = line.split_whitespace().nth(2).unwrap();
         assert!(text.contains(&format!("# HELP {family} ")), "{family} has no HELP");
     }
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// Every purge writes one structured audit line: with JSON logs its fields
 /// (actor, reason, what was named, what matched) are fields of the line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_writes_one_structured_audit_line() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("audit");
-    let base = emu.base_url();
-    let mut args = process_args(&env, &base);
-    args.extend(["--log-format".to_string(), "json".to_string()]);
-    let cx = ProcessInstance::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let mut s = Scenario::new("audit").instances(0).start().await;
+    let cx = s.process(&["--log-format", "json"], &[]);
     let mut client = connect(cx.grpc_addr).await;
     client.get(get_queue(&queue_id(21))).await.unwrap();
     let tag = format!("queue:{}", queue_id(21));
@@ -222,5 +206,5 @@ async fn a_purge_writes_one_structured_audit_line() {
     assert_eq!(line["matched"], 1, "{line}");
     assert_eq!(line["purged"], 1, "{line}");
     assert!(line["actor"].as_str().is_some_and(|a| !a.is_empty()), "{line}");
-    emu.shutdown().await;
+    s.stop().await;
 }

@@ -29,8 +29,8 @@ fn emu_config() -> EmulatorConfig {
     }
 }
 
-fn cx_config(env: &str, backend: &Backend, emu: &EmulatorHandle) -> Config {
-    let mut c = config(env, backend, emu);
+/// Instances that listen to the (emulated) Notification API, at test speed.
+fn notifying(c: &mut Config) {
     c.upstream.rate_limit.allowed = 100_000;
     let n = &mut c.notifications;
     n.enabled = Some(true);
@@ -39,7 +39,11 @@ fn cx_config(env: &str, backend: &Backend, emu: &EmulatorHandle) -> Config {
     n.heartbeat_timeout = ms(1000);
     n.backoff_base = ms(50);
     n.backoff_cap = ms(500);
-    c
+}
+
+/// A scenario of instances listening in front of an emulator of `emu`.
+fn listening(name: &str, emu: EmulatorConfig) -> Scenario {
+    Scenario::new(name).emulator(emu).configure(notifying)
 }
 
 fn audit_topic(id: &str) -> String {
@@ -63,22 +67,9 @@ async fn wait_listener(insts: &[&Instance]) {
     assert!(wait_until(Duration::from_secs(10), leader).await, "no listener elected");
 }
 
-async fn watch(inst: &Instance, req: WatchRequest) -> Streaming<WatchEvent> {
-    let mut client = inst.new_client().await;
-    client.watch(req).await.expect("watch").into_inner()
-}
-
-/// Next INVALIDATED event for `key` within `limit`, skipping others.
+/// Whether an INVALIDATED event for `key` comes within `limit` (others skipped).
 async fn invalidated(stream: &mut Streaming<WatchEvent>, key: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.next()).await {
-            Ok(Some(Ok(ev))) if ev.r#type() == Type::Invalidated && ev.key == key => return true,
-            Ok(Some(Ok(_))) => continue,
-            _ => return false,
-        }
-    }
+    wait_event(stream, Type::Invalidated, key, limit).await.is_some()
 }
 
 /// The queue's `description`, as `inst` serves it.
@@ -94,31 +85,27 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_mutation_purges_every_instance_and_reaches_watchers() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("notify");
-    let emu = emulator(emu_config()).await;
-    let backend = Backend::Redis(url);
-    let a = Instance::start(cx_config(&env, &backend, &emu)).await;
-    let b = Instance::start(cx_config(&env, &backend, &emu)).await;
-    wait_listener(&[&a, &b]).await;
+    let mut s = listening("notify", emu_config()).cluster().instances(2).start().await;
+    let (a, b, emu) = (&s.instances[0], &s.instances[1], s.emu());
+    wait_listener(&[a, b]).await;
     let id = queue_id(3);
     let topic = audit_topic(&id);
     let key = a.get(get_queue(&id)).await.unwrap().key;
-    let mut stream = watch(&b, WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
+    let mut stream = b.watch(WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
 
     let mut delays = Vec::new();
     for round in 1..=30 {
         // Both instances hold the value (B in L1 too).
         a.get(get_queue(&id)).await.unwrap();
         b.get(get_queue(&id)).await.unwrap();
-        wait_covered(&emu, &topic).await;
+        wait_covered(emu, &topic).await;
         let marker = format!("round-{round}");
         let sent = Instant::now();
         assert!(emu.mutate_queue(&id, serde_json::json!({ "description": marker })));
         assert!(invalidated(&mut stream, &key, Duration::from_secs(3)).await, "round {round}: no event on B");
         delays.push(sent.elapsed());
-        assert_eq!(description(&a, &id).await, marker, "A serves the new value");
-        assert_eq!(description(&b, &id).await, marker, "B serves the new value");
+        assert_eq!(description(a, &id).await, marker, "A serves the new value");
+        assert_eq!(description(b, &id).await, marker, "B serves the new value");
     }
     delays.sort();
     let (p50, p99) = (percentile(&delays, 50), percentile(&delays, 99));
@@ -128,23 +115,22 @@ async fn a_queue_mutation_purges_every_instance_and_reaches_watchers() {
     );
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     let leaders =
-        [&a, &b].iter().filter(|i| i.running.as_ref().unwrap().notifications().unwrap().leader).count();
+        [a, b].iter().filter(|i| i.running.as_ref().unwrap().notifications().unwrap().leader).count();
     assert_eq!(leaders, 1, "one listener per fleet");
     assert_eq!(emu.notification_channels().len(), 1, "one channel for one topic");
-    a.stop().await;
-    b.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_channel_is_replaced_without_losing_events() {
-    let emu = emulator(EmulatorConfig { channel_ttl: ms(1500), ..emu_config() }).await;
-    let env = unique_env("expiry");
-    let mut c = cx_config(&env, &Backend::Memory, &emu);
-    c.notifications.renew_before = ms(600);
-    let cx = Instance::start(c).await;
-    wait_listener(&[&cx]).await;
+    let mut s = listening("expiry", EmulatorConfig { channel_ttl: ms(1500), ..emu_config() })
+        .configure(|c| c.notifications.renew_before = ms(600))
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu().clone());
+    wait_listener(&[cx]).await;
     let mut stream =
-        watch(&cx, WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() }).await;
+        cx.watch(WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() }).await;
     let mut channels_seen = std::collections::BTreeSet::new();
     let started = Instant::now();
     let mut round = 0;
@@ -158,7 +144,7 @@ async fn an_expiring_channel_is_replaced_without_losing_events() {
         let marker = format!("round-{round}");
         assert!(emu.mutate_queue(&id, serde_json::json!({ "description": marker })));
         assert!(invalidated(&mut stream, &key, Duration::from_secs(2)).await, "round {round}: event lost");
-        assert_eq!(description(&cx, &id).await, marker);
+        assert_eq!(description(cx, &id).await, marker);
         tokio::time::sleep(ms(30)).await;
     }
     let status = cx.running.as_ref().unwrap().notifications().unwrap();
@@ -172,23 +158,22 @@ async fn an_expiring_channel_is_replaced_without_losing_events() {
         "{:?}",
         emu.notification_channels()
     );
-    cx.stop().await;
+    s.stop_instances().await;
     // A listener that stops unsubscribes what it held.
     assert_eq!(carrying(), 0, "{:?}", emu.notification_channels());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_warnings_and_dropped_sockets_leave_nothing_stale() {
-    let emu = emulator(emu_config()).await;
-    let env = unique_env("closing");
-    let cx = Instance::start(cx_config(&env, &Backend::Memory, &emu)).await;
-    wait_listener(&[&cx]).await;
+    let mut s = listening("closing", emu_config()).start().await;
+    let (cx, emu) = (s.cx(), s.emu());
+    wait_listener(&[cx]).await;
     let status = || cx.running.as_ref().unwrap().notifications().unwrap();
     let id = queue_id(1);
     let topic = audit_topic(&id);
     let key = cx.get(get_queue(&id)).await.unwrap().key;
-    let mut stream = watch(&cx, WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
-    wait_covered(&emu, &topic).await;
+    let mut stream = cx.watch(WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
+    wait_covered(emu, &topic).await;
 
     // Heartbeats keep an idle socket alive past the heartbeat timeout.
     tokio::time::sleep(ms(1500)).await;
@@ -202,25 +187,26 @@ async fn closing_warnings_and_dropped_sockets_leave_nothing_stale() {
     assert_eq!(emu.notification_channels()[0].sockets, 1, "reconnected within the grace");
     assert!(emu.mutate_queue(&id, serde_json::json!({ "description": "after-closing" })));
     assert!(invalidated(&mut stream, &key, Duration::from_secs(2)).await);
-    assert_eq!(description(&cx, &id).await, "after-closing");
+    assert_eq!(description(cx, &id).await, "after-closing");
     assert_eq!(status().gap_purges, 0, "the switch left no gap");
 
     // Unexpected disconnect: the event sent meanwhile is lost, but the
     // reconnect purges the channel's topics, so nothing stale is served.
-    wait_covered(&emu, &topic).await;
+    wait_covered(emu, &topic).await;
     let gaps = status().gap_purges;
     assert!(emu.drop_channel_sockets(&channel));
     assert!(emu.mutate_queue(&id, serde_json::json!({ "description": "during-gap" })));
     assert!(invalidated(&mut stream, &key, Duration::from_secs(3)).await, "gap purge reaches watchers");
     assert!(status().gap_purges > gaps);
-    assert_eq!(description(&cx, &id).await, "during-gap");
-    wait_covered(&emu, &topic).await;
+    assert_eq!(description(cx, &id).await, "during-gap");
+    wait_covered(emu, &topic).await;
     assert!(emu.mutate_queue(&id, serde_json::json!({ "description": "after-reconnect" })));
     assert!(invalidated(&mut stream, &key, Duration::from_secs(2)).await);
-    assert_eq!(description(&cx, &id).await, "after-reconnect");
+    assert_eq!(description(cx, &id).await, "after-reconnect");
 
-    // The listener's state is on /metrics (the only test here that scrapes).
-    let text = reqwest::get(format!("http://{}/metrics", cx.http_addr)).await.unwrap().text().await.unwrap();
+    // The listener's state is on /metrics (its gauges are set from the
+    // scraped instance's listener, so other instances do not move them).
+    let text = cx.metrics_text().await;
     let metric = |name: &str| -> f64 {
         let line = text.lines().find(|l| l.split(' ').next() == Some(name));
         line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("{name} missing"))
@@ -231,21 +217,16 @@ async fn closing_warnings_and_dropped_sockets_leave_nothing_stale() {
     // Heard: after-closing and after-reconnect (the one during the gap was lost).
     assert!(metric("cxcache_notifications_events_total") >= 2.0, "{text}");
     assert!(metric("cxcache_notifications_gap_purges_total") >= 1.0, "{text}");
-    cx.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_hands_over_within_the_lease_timeout() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("takeover");
-    let emu = emulator(emu_config()).await;
-    let backend = Backend::Redis(url.clone());
-    let base = emu.base_url();
+    let s = listening("takeover", emu_config()).cluster().instances(0).start().await;
+    let emu = s.emu();
     let lease = ms(1000);
-    let mut args = process_args(&env, &base);
-    args.extend(["--redis-url".to_string(), url.clone()]);
-    let mut listener = ProcessInstance::spawn(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    let mut listener = s.process(
+        &[],
         &[
             ("CXCACHE_NOTIFICATIONS__ENABLED", "true"),
             ("CXCACHE_NOTIFICATIONS__LEASE_TTL", "1s"),
@@ -261,20 +242,20 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         p.clone().get(get_queue(&q1)).await.unwrap();
-        if wait_until(Duration::from_secs(1), || covered(&emu, &audit_topic(&q1))).await {
+        if wait_until(Duration::from_secs(1), || covered(emu, &audit_topic(&q1))).await {
             break;
         }
         assert!(Instant::now() < deadline, "{} never subscribed", audit_topic(&q1));
     }
-    let b = Instance::start(cx_config(&env, &backend, &emu)).await;
+    let b = s.start_instance().await;
     let b_status = || b.running.as_ref().unwrap().notifications().unwrap();
     let mut stream =
-        watch(&b, WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() }).await;
+        b.watch(WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() }).await;
 
     // The process's listener purges; B's watcher hears it over the bus.
     let k1 = b.get(get_queue(&q1)).await.unwrap().key;
     let k2 = b.get(get_queue(&q2)).await.unwrap().key;
-    wait_covered(&emu, &audit_topic(&q2)).await;
+    wait_covered(emu, &audit_topic(&q2)).await;
     assert!(!b_status().leader);
     assert!(emu.mutate_queue(&q1, serde_json::json!({ "description": "before-kill" })));
     assert!(invalidated(&mut stream, &k1, Duration::from_secs(2)).await);
@@ -283,7 +264,7 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
     // SIGKILL: the lease is not released; its sockets die.
     listener.kill();
     let killed = Instant::now();
-    assert!(wait_until(Duration::from_secs(3), || !covered(&emu, &audit_topic(&q2))).await);
+    assert!(wait_until(Duration::from_secs(3), || !covered(emu, &audit_topic(&q2))).await);
     // A change nobody hears.
     assert!(emu.mutate_queue(&q2, serde_json::json!({ "description": "during-gap" })));
 
@@ -301,7 +282,7 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
 
     // Mutations after the takeover are heard through B's channels.
     let k3 = b.get(get_queue(&q3)).await.unwrap().key;
-    wait_covered(&emu, &audit_topic(&q3)).await;
+    wait_covered(emu, &audit_topic(&q3)).await;
     assert!(emu.mutate_queue(&q3, serde_json::json!({ "description": "after-takeover" })));
     assert!(invalidated(&mut stream, &k3, Duration::from_secs(2)).await);
     assert_eq!(description(&b, &q3).await, "after-takeover");
@@ -319,15 +300,17 @@ async fn killing_the_listener_hands_over_within_the_lease_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("spread");
-    let emu = emulator(EmulatorConfig { queues: 2600, ..emu_config() }).await;
-    let mut c = cx_config(&env, &Backend::Redis(url), &emu);
-    c.upstream.rate_limit.burst = 5000;
-    c.cache.watch_buffer = 4096;
-    let cx = Instance::start(c).await;
+    let mut s = listening("spread", EmulatorConfig { queues: 2600, ..emu_config() })
+        .cluster()
+        .configure(|c| {
+            c.upstream.rate_limit.burst = 5000;
+            c.cache.watch_buffer = 4096;
+        })
+        .start()
+        .await;
+    let (cx, emu, env) = (s.cx(), s.emu(), &s.env);
     // Values cached before the takeover purge would be purged by it.
-    wait_listener(&[&cx]).await;
+    wait_listener(&[cx]).await;
     let started = Instant::now();
     let client = cx.client.clone();
     futures::stream::iter(0..2500)
@@ -342,9 +325,9 @@ async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
     let total =
         |emu: &EmulatorHandle| emu.notification_channels().iter().map(|c| c.topics.len()).sum::<usize>();
     assert!(
-        wait_until(Duration::from_secs(15), || total(&emu) == 2500).await,
+        wait_until(Duration::from_secs(15), || total(emu) == 2500).await,
         "all topics subscribed: {}",
-        total(&emu)
+        total(emu)
     );
     let channels = emu.notification_channels();
     let sizes: Vec<usize> = channels.iter().map(|c| c.topics.len()).filter(|n| *n > 0).collect();
@@ -356,7 +339,7 @@ async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
     // Dropping the keys drops the topics. The purge of 2500 keys travels
     // the bus as several events; a watcher hears every key.
     let prefix = format!("{env}:routing.queue:");
-    let mut stream = watch(&cx, WatchRequest { prefixes: vec![prefix.clone()], ..Default::default() }).await;
+    let mut stream = cx.watch(WatchRequest { prefixes: vec![prefix.clone()], ..Default::default() }).await;
     let req = InvalidateRequest { prefixes: vec![prefix], reason: "test".into(), ..Default::default() };
     let purged = cx.client.clone().invalidate(req).await.unwrap().into_inner().purged;
     assert_eq!(purged, 2500);
@@ -373,9 +356,9 @@ async fn many_queues_spread_over_channels_and_unsubscribe_when_dropped() {
         }
     }
     assert!(
-        wait_until(Duration::from_secs(5), || total(&emu) == 0).await,
+        wait_until(Duration::from_secs(5), || total(emu) == 0).await,
         "topics unsubscribed: {}",
-        total(&emu)
+        total(emu)
     );
-    cx.stop().await;
+    s.stop().await;
 }

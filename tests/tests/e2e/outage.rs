@@ -5,39 +5,37 @@
 use std::time::{Duration, Instant};
 
 use cxcache::proto::v1::{GetRequest, Source};
-use genesys_emulator::{queue_id, EmulatorConfig};
+use genesys_emulator::queue_id;
 use harness::*;
 
 async fn get_within(cx: &Instance, req: GetRequest, limit: Duration) -> Source {
-    let mut request = tonic::Request::new(req);
-    request.set_timeout(limit);
-    cx.client.clone().get(request).await.expect("Get during the outage").into_inner().source()
+    cx.get_within(req, limit).await.expect("Get during the outage").source()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
     // A private cluster: this test kills every node.
-    let cluster = RedisCluster::start().expect("start a Redis cluster");
-    let env = unique_env("outage");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let mut c = config(&env, &Backend::Redis(cluster.url.clone()), &emu);
-    c.redis.command_timeout = Duration::from_millis(500);
-    let cx = Instance::start(c).await;
-    assert_eq!(get_within(&cx, get_queue(&queue_id(0)), Duration::from_secs(5)).await, Source::Upstream);
+    let mut s = Scenario::new("outage")
+        .private_cluster()
+        .configure(|c| c.redis.command_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    let (cx, env, cluster) = (s.cx(), &s.env, s.cluster());
+    assert_eq!(get_within(cx, get_queue(&queue_id(0)), Duration::from_secs(5)).await, Source::Upstream);
 
     for port in cluster.ports() {
         cluster.kill_node(port).unwrap();
     }
     // A value never seen: fetched upstream, served, kept in L1.
     let started = Instant::now();
-    assert_eq!(get_within(&cx, get_queue(&queue_id(1)), Duration::from_secs(10)).await, Source::Upstream);
+    assert_eq!(get_within(cx, get_queue(&queue_id(1)), Duration::from_secs(10)).await, Source::Upstream);
     println!("first miss during the outage answered in {:?}", started.elapsed());
-    assert_eq!(get_within(&cx, get_queue(&queue_id(1)), Duration::from_secs(5)).await, Source::L1);
+    assert_eq!(get_within(cx, get_queue(&queue_id(1)), Duration::from_secs(5)).await, Source::L1);
     // Later misses skip the dead store instead of waiting on it: twenty in a
     // row take far less than twenty command timeouts.
     let started = Instant::now();
     for n in 2..22 {
-        assert_eq!(get_within(&cx, get_queue(&queue_id(n)), Duration::from_secs(5)).await, Source::Upstream);
+        assert_eq!(get_within(cx, get_queue(&queue_id(n)), Duration::from_secs(5)).await, Source::Upstream);
     }
     let twenty = started.elapsed();
     println!("20 misses during the outage in {twenty:?}");
@@ -46,25 +44,16 @@ async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
     // An Invalidate cannot be promised fleet-wide now: UNAVAILABLE (retry),
     // yet this instance's own L1 copy is dropped at once.
     let logical1 = format!("{env}:routing.queue:{}:full", queue_id(1));
-    let err = cx
-        .client
-        .clone()
-        .invalidate(cxcache::proto::v1::InvalidateRequest {
-            keys: vec![logical1],
-            reason: "test".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = cx.client.clone().invalidate(invalidate(&[&logical1], &[], &[])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert_eq!(get_within(&cx, get_queue(&queue_id(1)), Duration::from_secs(5)).await, Source::Upstream);
+    assert_eq!(get_within(cx, get_queue(&queue_id(1)), Duration::from_secs(5)).await, Source::Upstream);
 
     // Back up (empty: nothing was persisted): new values are stored again.
     for port in cluster.ports() {
         cluster.restart_node(port).unwrap();
     }
     assert!(cluster.wait_ok(Duration::from_secs(30)), "the cluster came back");
-    let redis = redis_client(&cluster.url).await;
+    let redis = s.redis().await;
     let logical = format!("{env}:routing.queue:{}:full", queue_id(30));
     let key = cxcache::keys::store_key(&logical);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -76,21 +65,13 @@ async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
             "after recovery: {:?}",
             got.map(|r| r.map(|r| r.into_inner().source()).map_err(|s| s.code()))
         );
-        if keys_of_env(&redis, &env).await.contains(&key) {
+        if keys_of_env(&redis, env).await.contains(&key) {
             break;
         }
         assert!(Instant::now() < deadline, "the store was not used again after Redis came back");
         // Evict the L1 copy so the next Get goes through the store path.
-        let _ = cx
-            .client
-            .clone()
-            .invalidate(cxcache::proto::v1::InvalidateRequest {
-                keys: vec![logical.clone()],
-                reason: "test".into(),
-                ..Default::default()
-            })
-            .await;
+        let _ = cx.client.clone().invalidate(invalidate(&[&logical], &[], &[])).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cx.stop().await;
+    s.stop().await;
 }

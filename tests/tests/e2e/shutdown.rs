@@ -7,13 +7,12 @@
 //! the workspace first): `$CARGO_TARGET_DIR/debug/cxcache` or
 //! `<repo>/target/debug/cxcache`.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cxcache::proto::v1::{Source, WatchRequest};
-use genesys_emulator::{queue_id, EmulatorConfig, Fault};
+use genesys_emulator::{queue_id, Fault};
 use harness::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -69,17 +68,10 @@ impl Collector {
     }
 }
 
-fn binary() -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join("cxcache");
-    assert!(path.exists(), "{} missing: build the workspace first (cargo build)", path.display());
-    path
-}
-
-/// Starts the binary against `upstream` (`None`: its bundled emulator);
-/// returns it with its gRPC address.
+/// Starts the binary in namespace `env` against `upstream` (`None`: its
+/// bundled emulator); returns it with its gRPC address.
 async fn spawn_cxcache(
+    env: &str,
     upstream: Option<&str>,
     extra_env: &[(&str, String)],
 ) -> (Child, std::net::SocketAddr) {
@@ -89,8 +81,8 @@ async fn spawn_cxcache(
         }
         None => vec![],
     };
-    let mut child = Command::new(binary())
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--env", &unique_env("sigterm")])
+    let mut child = Command::new(cxcache_binary())
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--env", env])
         .args(upstream_args)
         .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
@@ -123,12 +115,14 @@ fn sigterm(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_in_flight_gets_and_exits_zero() {
-    let emu = emulator(EmulatorConfig::default()).await;
+    let mut s = Scenario::new("sigterm").instances(0).start().await;
+    let emu = s.emu();
     // A real OTLP collector: the spans of the drained calls must reach it
     // before the process exits (batched spans are flushed on shutdown).
     let collector = Collector::default();
     let collector_addr = collector.start().await;
     let (child, grpc) = spawn_cxcache(
+        &s.env,
         Some(&emu.base_url()),
         &[("CXCACHE_TELEMETRY__OTLP_ENDPOINT", format!("http://{collector_addr}"))],
     )
@@ -198,24 +192,25 @@ async fn sigterm_drains_in_flight_gets_and_exits_zero() {
     // (batched spans not yet exported are flushed by the shutdown).
     let gets = collector.count("get");
     assert!(gets >= IN_FLIGHT, "{gets} `get` spans exported, expected {IN_FLIGHT}: {:?}", collector.spans);
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_when_idle_exits_zero_quickly() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let (mut child, grpc) = spawn_cxcache(Some(&emu.base_url()), &[]).await;
+    let mut s = Scenario::new("sigterm").instances(0).start().await;
+    let (mut child, grpc) = spawn_cxcache(&s.env, Some(&s.emu().base_url()), &[]).await;
     let mut client = connect(grpc).await;
     client.get(get_queue(&queue_id(0))).await.expect("a Get before shutdown");
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exited").unwrap();
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_bundled_emulator_exits_zero() {
-    let (mut child, grpc) = spawn_cxcache(None, &[]).await;
+    let s = Scenario::new("sigterm").without_emulator().instances(0).start().await;
+    let (mut child, grpc) = spawn_cxcache(&s.env, None, &[]).await;
     let mut client = connect(grpc).await;
     for i in 0..3 {
         client.get(get_queue(&queue_id(i))).await.expect("a Get before shutdown");

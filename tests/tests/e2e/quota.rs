@@ -8,56 +8,68 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cxcache::config::{Config, Credential, Secret};
-use cxcache::proto::v1::{GetRequest, GetResponse, Source};
+use cxcache::proto::v1::cache_client::CacheClient;
+use cxcache::proto::v1::{GetRequest, Source};
 use genesys_emulator::{EmulatorConfig, EmulatorHandle, RequestRecord};
 use harness::*;
 use serde_json::json;
+use tonic::transport::Channel;
 use tonic::Code;
 
 const ANALYTICS_ROUTE: &str = "POST /api/v2/analytics/conversations/aggregates/query";
 const QUEUES_ROUTE: &str = "GET /api/v2/routing/queues";
 const TOKEN_ROUTE: &str = "POST /oauth/token";
 
-/// The throughput test measures timing on two shared cores: the other tests
-/// of this binary wait while it runs (they share this lock; it takes it alone).
-static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// `n` OAuth clients. Each test names its own: the shared limiter keys a
-/// budget by client id in Redis, as a fleet sharing a credential must.
-fn clients(test: &str, n: usize) -> Vec<(String, String)> {
-    (0..n).map(|i| (format!("{test}-{}-{i}", std::process::id()), format!("secret-{i}"))).collect()
-}
-
-/// An emulator with `tokens` clients, each token allowed `rate` calls per `window`.
-async fn quota_emulator(test: &str, tokens: usize, rate: u32, window: Duration) -> EmulatorHandle {
-    emulator(EmulatorConfig {
-        rate_limit: rate,
-        window,
-        clients: clients(test, tokens),
-        ..EmulatorConfig::default()
-    })
-    .await
-}
-
-/// An instance config using every client of the emulator, told the budget.
-fn quota_config(
-    test: &str,
-    env: &str,
-    backend: &Backend,
-    emu: &EmulatorHandle,
+/// `tokens` OAuth clients of `test`, each token allowed `rate` calls per `window`.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    test: &'static str,
     tokens: usize,
     rate: u32,
     window: Duration,
-) -> Config {
-    let mut c = config(env, backend, emu);
-    c.upstream.credentials = clients(test, tokens)
-        .into_iter()
-        .map(|(id, secret)| Credential { client_id: id, client_secret: Secret::new(secret) })
-        .collect();
-    c.upstream.rate_limit.allowed = rate;
-    c.upstream.rate_limit.window = window;
-    c.upstream.rate_limit.burst = 0;
-    c
+}
+
+impl Budget {
+    /// The OAuth clients. Each test names its own: the shared limiter keys a
+    /// budget by client id in Redis, as a fleet sharing a credential must.
+    fn clients(&self) -> Vec<(String, String)> {
+        (0..self.tokens)
+            .map(|i| (format!("{}-{}-{i}", self.test, std::process::id()), format!("secret-{i}")))
+            .collect()
+    }
+
+    /// An emulator with the clients, each token allowed `rate` calls per `window`.
+    fn emulator(&self) -> EmulatorConfig {
+        EmulatorConfig {
+            rate_limit: self.rate,
+            window: self.window,
+            clients: self.clients(),
+            ..EmulatorConfig::default()
+        }
+    }
+
+    /// An instance config using every client of the emulator, told the budget.
+    fn tell(&self, c: &mut Config) {
+        c.upstream.credentials = self
+            .clients()
+            .into_iter()
+            .map(|(id, secret)| Credential { client_id: id, client_secret: Secret::new(secret) })
+            .collect();
+        c.upstream.rate_limit.allowed = self.rate;
+        c.upstream.rate_limit.window = self.window;
+        c.upstream.rate_limit.burst = 0;
+    }
+
+    /// Instances in namespace `name` told the budget, in front of an
+    /// emulator that enforces it.
+    fn scenario(self, name: &str) -> Scenario {
+        Scenario::new(name).emulator(self.emulator()).configure(move |c| self.tell(c))
+    }
+
+    /// K × R per second.
+    fn per_sec(&self) -> f64 {
+        self.tokens as f64 * self.rate as f64 / self.window.as_secs_f64()
+    }
 }
 
 /// A distinct analytics key per `n` (each a miss, each one upstream call).
@@ -72,12 +84,6 @@ fn analytics(n: usize) -> GetRequest {
         .to_string(),
         ..Default::default()
     }
-}
-
-async fn get_within(cx: &Instance, req: GetRequest, timeout: Duration) -> Result<GetResponse, tonic::Status> {
-    let mut request = tonic::Request::new(req);
-    request.set_timeout(timeout);
-    cx.client.clone().get(request).await.map(|r| r.into_inner())
 }
 
 fn unix_ms() -> u64 {
@@ -102,29 +108,22 @@ impl Outcome {
     }
 }
 
-/// Distinct keys (all misses) through every instance from `workers` tasks
-/// each, for `run`; counts what reached the emulator.
+/// Distinct keys (all misses) from a task per client (the instances'
+/// workers), for `run`; counts what reached the emulator.
 async fn miss_heavy(
-    instances: &[&Instance],
+    clients: &[CacheClient<Channel>],
     emu: &EmulatorHandle,
-    workers: usize,
     run: Duration,
     budget_per_sec: f64,
 ) -> Outcome {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for cx in instances {
-        for _ in 0..workers {
-            clients.push(cx.new_client().await);
-        }
-    }
     let started_ms = unix_ms();
     let end = tokio::time::Instant::now() + run;
     let mut tasks = Vec::new();
     {
         for client in clients {
-            let (next, failed) = (next.clone(), failed.clone());
+            let (client, next, failed) = (client.clone(), next.clone(), failed.clone());
             tasks.push(tokio::spawn(async move {
                 while tokio::time::Instant::now() < end {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -158,7 +157,9 @@ async fn miss_heavy(
 }
 
 /// Runs the two-instance scenario: `tokens` credentials at `rate` per
-/// `window`, both instances on the shared Redis cluster.
+/// `window`, both instances on the shared Redis cluster. It measures
+/// throughput on two shared cores, so it runs alone: no other test of the
+/// suite runs meanwhile.
 async fn two_instance_scenario(
     tokens: usize,
     rate: u32,
@@ -166,20 +167,13 @@ async fn two_instance_scenario(
     run: Duration,
     workers: usize,
 ) -> Outcome {
-    let (url, _guard) = redis_url();
-    let env = unique_env("quota");
-    let emu = quota_emulator("load", tokens, rate, window).await;
-    let backend = Backend::Redis(url);
-    let a = Instance::start(quota_config("load", &env, &backend, &emu, tokens, rate, window)).await;
-    let b = Instance::start(quota_config("load", &env, &backend, &emu, tokens, rate, window)).await;
-    let budget_per_sec = tokens as f64 * rate as f64 / window.as_secs_f64();
-    let outcome = miss_heavy(&[&a, &b], &emu, workers, run, budget_per_sec).await;
-    for cx in [&a, &b] {
+    let budget = Budget { test: "load", tokens, rate, window };
+    let mut s = budget.scenario("quota").cluster().instances(2).clients(workers).alone().start().await;
+    let outcome = miss_heavy(&s.clients, s.emu(), run, budget.per_sec()).await;
+    for cx in &s.instances {
         eprintln!("upstream stats: {:?}", cx.running.as_ref().expect("running").upstream_stats());
     }
-    a.stop().await;
-    b.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
     outcome
 }
 
@@ -187,7 +181,6 @@ async fn two_instance_scenario(
 /// load: no 429 at all, and at least 90 % of K × R spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_spend_the_budget_without_a_429() {
-    let _alone = EXCLUSIVE.write().await;
     let o = two_instance_scenario(3, 40, Duration::from_secs(2), Duration::from_secs(6), 12).await;
     eprintln!(
         "utilisation {:.1} % ({} of {:.0}), 429s {}",
@@ -207,7 +200,6 @@ async fn two_instances_spend_the_budget_without_a_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "load test: run through loadtest/quota.sh"]
 async fn loadtest_quota() {
-    let _alone = EXCLUSIVE.write().await;
     let var =
         |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let tokens = var("QUOTA_TOKENS", 4) as usize;
@@ -232,30 +224,17 @@ async fn loadtest_quota() {
 /// goes on: no Get fails, no call is refused with 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_tokens_are_refreshed_without_a_failed_get() {
-    let _shared = EXCLUSIVE.read().await;
-    let emu = emulator(EmulatorConfig {
-        rate_limit: 1000,
-        window: Duration::from_secs(1),
-        token_ttl: Duration::from_secs(2),
-        clients: clients("refresh", 2),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let env = unique_env("refresh");
-    let cx = Instance::start(quota_config(
-        "refresh",
-        &env,
-        &Backend::Memory,
-        &emu,
-        2,
-        1000,
-        Duration::from_secs(1),
-    ))
-    .await;
+    let budget = Budget { test: "refresh", tokens: 2, rate: 1000, window: Duration::from_secs(1) };
+    let mut s = budget
+        .scenario("refresh")
+        .emulator(EmulatorConfig { token_ttl: Duration::from_secs(2), ..budget.emulator() })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
     let deadline = tokio::time::Instant::now() + Duration::from_millis(5200);
     let mut n = 0;
     while tokio::time::Instant::now() < deadline {
-        let got = get_within(&cx, analytics(n), Duration::from_secs(5)).await;
+        let got = cx.get_within(analytics(n), Duration::from_secs(5)).await;
         assert!(got.is_ok(), "Get {n} failed: {got:?}");
         n += 1;
         tokio::time::sleep(Duration::from_millis(15)).await;
@@ -265,8 +244,7 @@ async fn expiring_tokens_are_refreshed_without_a_failed_get() {
     // 2 credentials over 5.2 s with tokens refreshed every ~1.6 s: at least 3 each.
     assert!(c.route(TOKEN_ROUTE) >= 6, "tokens were refreshed: {c:?}");
     assert!(c.route(ANALYTICS_ROUTE) as usize == n, "every Get went upstream once");
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// One of three credentials is revoked mid-run: it is parked after its
@@ -274,26 +252,10 @@ async fn expiring_tokens_are_refreshed_without_a_failed_get() {
 /// and no Get fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_credential_is_parked_and_the_rest_carry_on() {
-    let _shared = EXCLUSIVE.read().await;
-    let emu = emulator(EmulatorConfig {
-        rate_limit: 1000,
-        window: Duration::from_secs(1),
-        clients: clients("revoke", 3),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let env = unique_env("revoke");
-    let cx = Instance::start(quota_config(
-        "revoke",
-        &env,
-        &Backend::Memory,
-        &emu,
-        3,
-        1000,
-        Duration::from_secs(1),
-    ))
-    .await;
-    let [c0, c1, c2] = [0, 1, 2].map(|i| clients("revoke", 3)[i].0.clone());
+    let budget = Budget { test: "revoke", tokens: 3, rate: 1000, window: Duration::from_secs(1) };
+    let mut s = budget.scenario("revoke").start().await;
+    let (cx, emu) = (s.cx(), s.emu());
+    let [c0, c1, c2] = [0, 1, 2].map(|i| budget.clients()[i].0.clone());
     let mut revoked_at = None;
     let started = tokio::time::Instant::now();
     let mut n = 0;
@@ -302,7 +264,7 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
             emu.revoke_client(&c1);
             revoked_at = Some(unix_ms());
         }
-        let got = get_within(&cx, analytics(n), Duration::from_secs(5)).await;
+        let got = cx.get_within(analytics(n), Duration::from_secs(5)).await;
         assert!(got.is_ok(), "Get {n} failed: {got:?}");
         n += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -315,8 +277,9 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
     assert!(refused <= 2, "the revoked credential is parked after its refusal: {refused} refused calls");
     assert!(by(&c1) <= 2, "no more calls with the parked credential");
     assert!(by(&c0) > 10 && by(&c2) > 10, "the others carry on");
-    // Operators see it on /metrics (a warning is logged too).
-    let text = reqwest::get(format!("http://{}/metrics", cx.http_addr)).await.unwrap().text().await.unwrap();
+    // Operators see it on /metrics (a warning is logged too); the series are
+    // this test's own (its client ids), whatever else the process runs.
+    let text = cx.metrics_text().await;
     let sample =
         |series: String| text.lines().find_map(|l| l.strip_prefix(&format!("{series} "))).map(str::to_string);
     assert_eq!(
@@ -329,8 +292,7 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
     );
     let parkings = sample(format!("cxcache_upstream_credential_parkings_total{{client_id=\"{c1}\"}}"));
     assert!(parkings.and_then(|v| v.parse::<f64>().ok()).is_some_and(|n| n >= 1.0), "{text}");
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// A 429 with `Retry-After: 2` (a real one: the instance was told a larger
@@ -338,22 +300,20 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
 /// rests exactly that token for 2 s; the Gets still succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_rests_that_token_for_exactly_its_delay() {
-    let _shared = EXCLUSIVE.read().await;
-    let emu = emulator(EmulatorConfig {
-        rate_limit: 3,
-        window: Duration::from_secs(2),
-        clients: clients("retryafter", 2),
-        // Lets concurrent calls all be in flight before any answer.
-        latency: Duration::from_millis(100),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let env = unique_env("retryafter");
-    let mut c = quota_config("retryafter", &env, &Backend::Memory, &emu, 2, 100, Duration::from_secs(2));
-    c.upstream.rate_limit.burst = 10;
-    c.upstream.rate_limit.nearly_spent = 0;
-    let cx = Instance::start(c).await;
-    let gets: Vec<_> = (0..8).map(|n| get_within(&cx, analytics(n), Duration::from_secs(12))).collect();
+    let granted = Budget { test: "retryafter", tokens: 2, rate: 3, window: Duration::from_secs(2) };
+    let told = Budget { rate: 100, ..granted };
+    let mut s = Scenario::new("retryafter")
+        // Latency lets concurrent calls all be in flight before any answer.
+        .emulator(EmulatorConfig { latency: Duration::from_millis(100), ..granted.emulator() })
+        .configure(move |c| {
+            told.tell(c);
+            c.upstream.rate_limit.burst = 10;
+            c.upstream.rate_limit.nearly_spent = 0;
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
+    let gets: Vec<_> = (0..8).map(|n| cx.get_within(analytics(n), Duration::from_secs(12))).collect();
     let results = futures::future::join_all(gets).await;
     for (n, r) in results.iter().enumerate() {
         assert!(r.is_ok(), "Get {n}: {r:?}");
@@ -364,7 +324,7 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
     let limited: Vec<&&RequestRecord> = api.iter().filter(|r| r.status == 429).collect();
     assert!(!limited.is_empty(), "the scenario produces a real 429: {api:?}");
     let mut checked = 0;
-    for (client, _) in clients("retryafter", 2) {
+    for (client, _) in granted.clients() {
         let mine: Vec<&&RequestRecord> = api.iter().filter(|r| r.client_id == client).collect();
         // The log stamps arrivals, and every answer leaves 100 ms later:
         // calls arriving before a 429 was answered — or within the 150 ms
@@ -385,8 +345,7 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
         }
     }
     assert!(checked >= 1, "a rested token came back: {api:?}");
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// Every token spent (budget 4 per 20 s): a stored-but-expired key is
@@ -394,27 +353,26 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
 /// RESOURCE_EXHAUSTED and RetryInfo before its deadline, not at it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
-    let _shared = EXCLUSIVE.read().await;
-    let (url, _guard) = redis_url();
     let window = Duration::from_secs(20);
-    let emu = quota_emulator("cacheonly", 1, 4, window).await;
-    let env = unique_env("cacheonly");
-    let mut c = quota_config("cacheonly", &env, &Backend::Redis(url), &emu, 1, 4, window);
-    c.cache.ttl.config = Duration::from_millis(300);
-    c.cache.ttl.jitter = 0.0;
-    let cx = Instance::start(c).await;
+    let mut s = Budget { test: "cacheonly", tokens: 1, rate: 4, window }
+        .scenario("cacheonly")
+        .cluster()
+        .exact_ttl(Duration::from_millis(300))
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
 
     let queue = get_queue(&genesys_emulator::queue_id(1));
-    let first = get_within(&cx, queue.clone(), Duration::from_secs(2)).await.unwrap();
+    let first = cx.get_within(queue.clone(), Duration::from_secs(2)).await.unwrap();
     assert_eq!(first.source(), Source::Upstream);
     // A second key spends the rest of the burst (2): the next call fits in ~10 s only.
     let other =
-        get_within(&cx, get_queue(&genesys_emulator::queue_id(3)), Duration::from_secs(2)).await.unwrap();
+        cx.get_within(get_queue(&genesys_emulator::queue_id(3)), Duration::from_secs(2)).await.unwrap();
     assert_eq!(other.source(), Source::Upstream);
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     let started = std::time::Instant::now();
-    let stale = get_within(&cx, queue, Duration::from_secs(1)).await.unwrap();
+    let stale = cx.get_within(queue, Duration::from_secs(1)).await.unwrap();
     assert_eq!(stale.source(), Source::Stale, "expired entry served stale when the quota is spent");
     assert_eq!(stale.value, first.value);
     let age = stale.age.unwrap();
@@ -422,7 +380,7 @@ async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
 
     let started_unknown = std::time::Instant::now();
     let err =
-        get_within(&cx, get_queue(&genesys_emulator::queue_id(2)), Duration::from_secs(1)).await.unwrap_err();
+        cx.get_within(get_queue(&genesys_emulator::queue_id(2)), Duration::from_secs(1)).await.unwrap_err();
     let took = started_unknown.elapsed();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let retry = details(&err).retry_info().expect("RetryInfo").retry_delay.expect("delay");
@@ -431,28 +389,28 @@ async fn spent_budget_serves_stale_and_fails_fast_for_unknown_keys() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(emu.counters().rate_limited, 0, "cache-only mode never tripped the limit");
     assert_eq!(emu.counters().route("GET /api/v2/routing/queues/{id}"), 2);
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// A 1 200-entry list is assembled from its pages (each a call); over the
 /// entry limit the Get fails with a clear error and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_lists_are_assembled_and_over_limit_lists_refused() {
-    let _shared = EXCLUSIVE.read().await;
-    let emu = emulator(EmulatorConfig {
-        rate_limit: 1000,
-        window: Duration::from_secs(1),
-        queues: 1200,
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let env = unique_env("paging");
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.upstream.max_list_entries = 1500;
-    c.upstream.rate_limit.allowed = 1000;
-    c.upstream.rate_limit.window = Duration::from_secs(1);
-    let cx = Instance::start(c).await;
+    let mut s = Scenario::new("paging")
+        .emulator(EmulatorConfig {
+            rate_limit: 1000,
+            window: Duration::from_secs(1),
+            queues: 1200,
+            ..EmulatorConfig::default()
+        })
+        .configure(|c| {
+            c.upstream.max_list_entries = 1500;
+            c.upstream.rate_limit.allowed = 1000;
+            c.upstream.rate_limit.window = Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu().clone());
     let list = GetRequest { kind: "routing.queues".into(), ..Default::default() };
     let got = cx.get(list.clone()).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&got.value).unwrap();
@@ -463,7 +421,7 @@ async fn large_lists_are_assembled_and_over_limit_lists_refused() {
     assert_eq!(ids.len(), 1200, "no page fetched twice, none skipped");
     assert_eq!(emu.counters().route(QUEUES_ROUTE), 12, "12 pages of 100, each one call");
     assert_eq!(cx.get(list.clone()).await.unwrap().source(), Source::Store);
-    cx.stop().await;
+    s.stop_instances().await;
 
     let mut c = config(&unique_env("paging"), &Backend::Memory, &emu);
     c.upstream.max_list_entries = 1000;
@@ -480,5 +438,5 @@ async fn large_lists_are_assembled_and_over_limit_lists_refused() {
     small.stop().await;
     let by_route: BTreeMap<String, u64> = emu.counters().by_route;
     assert_eq!(by_route.get(QUEUES_ROUTE), Some(&14), "refused after the first page each time");
-    emu.shutdown().await;
+    s.stop().await;
 }

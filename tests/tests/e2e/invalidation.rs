@@ -5,63 +5,20 @@
 
 use std::time::{Duration, Instant};
 
-use cxcache::proto::v1::{
-    watch_event::Type, GetRequest, InvalidateRequest, Source, WatchEvent, WatchRequest,
-};
+use cxcache::proto::v1::{watch_event::Type, GetRequest, InvalidateRequest, Source, WatchRequest};
 use fred::prelude::KeysInterface;
-use genesys_emulator::{queue_id, user_id, EmulatorConfig, Fault};
+use genesys_emulator::{queue_id, user_id, Fault};
 use harness::*;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio_stream::StreamExt;
-use tonic::Streaming;
-
-fn invalidate(keys: &[&str], prefixes: &[&str], tags: &[&str]) -> InvalidateRequest {
-    InvalidateRequest {
-        keys: keys.iter().map(|s| s.to_string()).collect(),
-        prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
-        tags: tags.iter().map(|s| s.to_string()).collect(),
-        reason: "test".into(),
-    }
-}
-
-async fn watch(inst: &Instance, req: WatchRequest) -> Streaming<WatchEvent> {
-    let mut client = inst.new_client().await;
-    client.watch(req).await.expect("watch").into_inner()
-}
-
-/// Next event within `limit`.
-async fn next_event(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Option<WatchEvent> {
-    tokio::time::timeout(limit, stream.next()).await.ok().flatten().map(|r| r.expect("watch item"))
-}
-
-/// Next event of `ty` for `key` within `limit`, skipping others.
-async fn wait_event(
-    stream: &mut Streaming<WatchEvent>,
-    ty: Type,
-    key: &str,
-    limit: Duration,
-) -> Option<WatchEvent> {
-    let deadline = Instant::now() + limit;
-    while let Some(ev) = next_event(stream, deadline.saturating_duration_since(Instant::now())).await {
-        if ev.r#type() == ty && ev.key == key {
-            return Some(ev);
-        }
-    }
-    None
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_on_one_instance_reaches_watchers_on_another() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("reach");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let backend = Backend::Redis(url);
-    let a = Instance::start(config(&env, &backend, &emu)).await;
-    let b = Instance::start(config(&env, &backend, &emu)).await;
+    let mut s = Scenario::new("reach").cluster().instances(2).start().await;
+    let (a, b, env) = (&s.instances[0], &s.instances[1], &s.env);
     let id = queue_id(2);
     let key = a.get(get_queue(&id)).await.unwrap().key;
-    let mut stream = watch(&b, WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
+    let mut stream = b.watch(WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
 
     let mut delays = Vec::new();
     let mut last_seq = 0;
@@ -91,51 +48,27 @@ async fn invalidate_on_one_instance_reaches_watchers_on_another() {
 
     // Watching the queue's tag hears about its keys too, whatever purged them.
     let tag = format!("queue:{id}");
-    let mut by_tag = watch(&b, WatchRequest { tags: vec![tag.clone()], ..Default::default() }).await;
+    let mut by_tag = b.watch(WatchRequest { tags: vec![tag.clone()], ..Default::default() }).await;
     a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
     assert!(wait_event(&mut by_tag, Type::Invalidated, &key, Duration::from_secs(5)).await.is_some());
     let other = format!("{env}:routing.queue:{}:full", queue_id(3));
     a.client.clone().invalidate(invalidate(&[&other], &[], &[&tag])).await.unwrap();
     let ev = next_event(&mut by_tag, Duration::from_secs(5)).await.expect("tag event");
     assert_eq!(ev.key, key, "only keys carrying the tag: {ev:?}");
-    a.stop().await;
-    b.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_get_serves_a_value_from_before_an_invalidate_that_returned() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("ryi");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let backend = Backend::Redis(url);
-    let a = Instance::start(config(&env, &backend, &emu)).await;
-    let b = Instance::start(config(&env, &backend, &emu)).await;
+    let mut s = Scenario::new("ryi").cluster().instances(2).clients(3).start().await;
+    let (a, b, emu) = (&s.instances[0], &s.instances[1], s.emu());
     let id = queue_id(4);
     // Every upstream fetch is held open a little, so fetches race purges.
-    emu.inject_fault(Fault {
-        path_prefix: format!("/api/v2/routing/queues/{id}"),
-        status: None,
-        retry_after_secs: None,
-        latency: Some(Duration::from_millis(15)),
-        hold: false,
-        count: 0,
-    });
+    emu.inject_fault(slow(queue_path(&id), 15));
     let key = a.get(get_queue(&id)).await.unwrap().key;
 
     // Background readers on both instances keep fetches in flight.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for inst in [&a, &b] {
-        for _ in 0..3 {
-            let mut client = inst.new_client().await;
-            let (stop, id) = (stop.clone(), id.clone());
-            readers.push(tokio::spawn(async move {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = client.get(get_queue(&id)).await;
-                }
-            }));
-        }
-    }
+    let readers = Readers::spawn(s.clients.clone(), get_queue(&id));
 
     let rounds = 150;
     for round in 1..=rounds {
@@ -154,12 +87,8 @@ async fn no_get_serves_a_value_from_before_an_invalidate_that_returned() {
             );
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for r in readers {
-        r.await.unwrap();
-    }
-    a.stop().await;
-    b.stop().await;
+    readers.stop().await;
+    s.stop().await;
 }
 
 /// A fetch that starts right after a tag purge re-indexes its key while the
@@ -168,26 +97,17 @@ async fn no_get_serves_a_value_from_before_an_invalidate_that_returned() {
 /// listener) lose sight of a cached key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_purges_racing_refetches_keep_the_key_indexed() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("reindex");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let mut c = config(&env, &Backend::Redis(url), &emu);
-    // Readers go to Redis at once after a purge, as other instances would.
-    c.cache.l1.enabled = false;
-    let cx = Instance::start(c).await;
+    let mut s = Scenario::new("reindex")
+        .cluster()
+        // Readers go to Redis at once after a purge, as other instances would.
+        .configure(|c| c.cache.l1.enabled = false)
+        .clients(4)
+        .start()
+        .await;
+    let cx = s.cx();
     let id = queue_id(9);
     let tag = format!("queue:{id}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for _ in 0..4 {
-        let mut client = cx.new_client().await;
-        let (stop, id) = (stop.clone(), id.clone());
-        readers.push(tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = client.get(get_queue(&id)).await;
-            }
-        }));
-    }
+    let readers = Readers::spawn(s.clients.clone(), get_queue(&id));
     for round in 1..=40 {
         // Wait until a reader has stored the value again.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -198,20 +118,14 @@ async fn tag_purges_racing_refetches_keep_the_key_indexed() {
             cx.client.clone().invalidate(invalidate(&[], &[], &[&tag])).await.unwrap().into_inner().purged;
         assert_eq!(purged, 1, "round {round}: the stored key was not in its tag's index");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for r in readers {
-        r.await.unwrap();
-    }
-    cx.stop().await;
+    readers.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_and_tag_purges_remove_exactly_their_keys() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("exact");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let backend = Backend::Redis(url.clone());
-    let cx = Instance::start(config(&env, &backend, &emu)).await;
+    let mut s = Scenario::new("exact").cluster().start().await;
+    let (cx, env) = (s.cx(), &s.env);
     let summary = |id: &str| GetRequest { variant: "summary".into(), ..get_queue(id) };
     let user = |n: usize| GetRequest { kind: "user".into(), id: user_id(n), ..Default::default() };
     for n in 0..12 {
@@ -221,13 +135,10 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
     for n in 0..5 {
         cx.get(user(n)).await.unwrap();
     }
-    let redis = redis_client(&url).await;
+    let redis = s.redis().await;
     let entries = |keys: Vec<String>| keys.into_iter().filter(|k| !cxcache::keys::is_bookkeeping(k)).count();
-    assert_eq!(entries(keys_of_env(&redis, &env).await), 29);
-    let stored = |req: GetRequest| {
-        let cx = &cx;
-        async move { cx.get(req).await.unwrap().source() != Source::Upstream }
-    };
+    assert_eq!(entries(keys_of_env(&redis, env).await), 29);
+    let stored = |req: GetRequest| async move { cx.get(req).await.unwrap().source() != Source::Upstream };
 
     // Tag: both variants of queue 3, nothing else.
     let r = cx
@@ -237,7 +148,7 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
         .await
         .unwrap();
     assert_eq!(r.into_inner().purged, 2);
-    assert_eq!(entries(keys_of_env(&redis, &env).await), 27);
+    assert_eq!(entries(keys_of_env(&redis, env).await), 27);
 
     // Prefix of one entity: its variants only.
     let p = format!("{env}:routing.queue:{}:", queue_id(5));
@@ -252,7 +163,7 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
         cx.client.clone().invalidate(invalidate(&[&k], &[], &[])).await.unwrap().into_inner().purged,
         1
     );
-    assert_eq!(entries(keys_of_env(&redis, &env).await), 24);
+    assert_eq!(entries(keys_of_env(&redis, env).await), 24);
 
     // A kind prefix: all users, no queue.
     let p = format!("{env}:user:");
@@ -260,7 +171,7 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
         cx.client.clone().invalidate(invalidate(&[], &[&p], &[])).await.unwrap().into_inner().purged,
         5
     );
-    assert_eq!(entries(keys_of_env(&redis, &env).await), 19);
+    assert_eq!(entries(keys_of_env(&redis, env).await), 19);
 
     assert!(stored(summary(&queue_id(7))).await, "sibling variant kept");
     assert!(stored(get_queue(&queue_id(0))).await, "other queues kept");
@@ -279,18 +190,14 @@ async fn prefix_and_tag_purges_remove_exactly_their_keys() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(details(&err).bad_request().is_some());
     }
-    cx.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_told_it_lagged_and_stays_bounded() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("lag");
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.cache.watch_buffer = 8;
-    let cx = Instance::start(c).await;
-    let mut stream =
-        watch(&cx, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    let mut s = Scenario::new("lag").configure(|c| c.cache.watch_buffer = 8).start().await;
+    let (cx, env) = (s.cx(), &s.env);
+    let mut stream = cx.watch(WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
     // 300 events while the watcher reads nothing.
     let keys: Vec<String> = (0..300).map(|n| format!("{env}:routing.queue:q{n}:full")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -310,7 +217,7 @@ async fn a_slow_watcher_is_told_it_lagged_and_stays_bounded() {
     // After resync the watcher hears new events again.
     cx.client.clone().invalidate(invalidate(&[&keys[0]], &[], &[])).await.unwrap();
     assert!(wait_event(&mut stream, Type::Invalidated, &keys[0], Duration::from_secs(2)).await.is_some());
-    cx.stop().await;
+    s.stop().await;
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
@@ -321,12 +228,12 @@ fn sign(secret: &str, body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("hook");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let mut c = config(&env, &Backend::Redis(url.clone()), &emu);
-    c.webhook.secret = Some(cxcache::config::Secret::new("hook-secret"));
-    let cx = Instance::start(c).await;
+    let mut s = Scenario::new("hook")
+        .cluster()
+        .configure(|c| c.webhook.secret = Some(cxcache::config::Secret::new("hook-secret")))
+        .start()
+        .await;
+    let (cx, env) = (s.cx(), &s.env);
     let http = reqwest::Client::new();
     let base = format!("http://{}", cx.http_addr);
     let id = queue_id(6);
@@ -429,7 +336,7 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
     // failed), the retry goes through.
     let e3_id = format!("{env}-e3");
     let mark = format!("cx:evt:{{{env}}}:{e3_id}");
-    let redis = redis_client(&url).await;
+    let redis = s.redis().await;
     let _: () = redis.set(&mark, "1", Some(fred::types::Expiration::EX(60)), None, false).await.unwrap();
     let e3 = serde_json::to_vec(&serde_json::json!({
         "eventId": e3_id, "topicName": "routing.queue.updated", "entityId": id
@@ -446,7 +353,7 @@ async fn webhook_and_eventbridge_doors_verify_dedupe_and_purge() {
     assert!(!cached().await);
     let r = post("/webhooks/genesys", e3.clone(), Some(sign("hook-secret", &e3))).await.unwrap();
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "duplicate");
-    cx.stop().await;
+    s.stop().await;
 }
 
 fn hex_sha256(body: &[u8]) -> String {
@@ -456,12 +363,14 @@ fn hex_sha256(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_action_door_serves_cached_json_with_get_semantics() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("door");
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.data_action.token = Some(cxcache::config::Secret::new("door-token"));
-    c.upstream.retry.max_attempts = 1;
-    let cx = Instance::start(c).await;
+    let mut s = Scenario::new("door")
+        .configure(|c| {
+            c.data_action.token = Some(cxcache::config::Secret::new("door-token"));
+            c.upstream.retry.max_attempts = 1;
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
     let http = reqwest::Client::new();
     let url = format!("http://{}/data-action", cx.http_addr);
     let id = queue_id(1);
@@ -508,40 +417,27 @@ async fn data_action_door_serves_cached_json_with_get_semantics() {
         .unwrap();
     assert_eq!(junk.status(), 400);
     // Upstream failures keep their meaning over HTTP (and are not cached).
-    let fail = |id: String, status: u16, retry_after_secs: Option<u64>| Fault {
-        path_prefix: format!("/api/v2/routing/queues/{id}"),
-        status: Some(status),
-        retry_after_secs,
-        latency: None,
-        hold: false,
-        count: 0,
-    };
     let (q2, q3) = (queue_id(2), queue_id(3));
-    emu.inject_fault(fail(q2.clone(), 503, None));
+    emu.inject_fault(failing(queue_path(&q2), 503));
     let r = call(serde_json::json!({"kind": "routing.queue", "id": q2}), Some("door-token")).await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "UNAVAILABLE");
-    emu.inject_fault(fail(q3.clone(), 429, Some(3)));
+    emu.inject_fault(Fault { retry_after_secs: Some(3), ..failing(queue_path(&q3), 429) });
     let r = call(serde_json::json!({"kind": "routing.queue", "id": q3}), Some("door-token")).await.unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "RESOURCE_EXHAUSTED");
     emu.clear_faults();
-    cx.stop().await;
+    s.stop().await;
 }
 
 /// Kill the master that serves the bus channel: after failover the bus
 /// resubscribes and Watch streams keep delivering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_redis_master_failover() {
-    let cluster = RedisCluster::start().expect("private cluster");
-    let env = unique_env("failover");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let backend = Backend::Redis(cluster.url.clone());
-    let a = Instance::start(config(&env, &backend, &emu)).await;
-    let b = Instance::start(config(&env, &backend, &emu)).await;
-    let mut stream =
-        watch(&b, WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    let mut s = Scenario::new("failover").private_cluster().instances(2).start().await;
+    let (a, b, env, cluster) = (&s.instances[0], &s.instances[1], &s.env, s.cluster());
+    let mut stream = b.watch(WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
     let key = format!("{env}:routing.queue:x:full");
     a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
     assert!(wait_event(&mut stream, Type::Invalidated, &key, Duration::from_secs(5)).await.is_some());
@@ -585,6 +481,5 @@ async fn watch_survives_a_redis_master_failover() {
     assert!(delivered, "watch stream delivers again after failover");
     assert!(lagged, "the watcher was told events may have been lost (LAGGED)");
     cluster.restart_node(owner).unwrap();
-    a.stop().await;
-    b.stop().await;
+    s.stop().await;
 }

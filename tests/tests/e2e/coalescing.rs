@@ -5,35 +5,16 @@
 use std::time::{Duration, Instant};
 
 use cxcache::proto::v1::{Freshness, GetRequest, Source};
-use genesys_emulator::{queue_id, EmulatorConfig, EmulatorHandle, Fault};
+use genesys_emulator::{queue_id, Fault};
 use harness::*;
 use tonic::Code;
 
 const QUEUE_ROUTE: &str = "GET /api/v2/routing/queues/{id}";
 
-fn slow(prefix: String, ms: u64) -> Fault {
-    Fault {
-        path_prefix: prefix,
-        status: None,
-        retry_after_secs: None,
-        latency: Some(Duration::from_millis(ms)),
-        hold: false,
-        count: 0,
-    }
-}
-
-/// Every upstream answer under `prefix` held open until released.
-fn held(prefix: String) -> Fault {
-    Fault { path_prefix: prefix, status: None, retry_after_secs: None, latency: None, hold: true, count: 0 }
-}
-
 /// An embedded-store instance whose config entries are fresh for `ttl_ms`
 /// exactly (no jitter), so a test can step past expiry.
-fn short_ttl(env: &str, emu: &EmulatorHandle, ttl_ms: u64) -> cxcache::config::Config {
-    let mut c = config(env, &Backend::Memory, emu);
-    c.cache.ttl.config = Duration::from_millis(ttl_ms);
-    c.cache.ttl.jitter = 0.0;
-    c
+fn short_ttl(name: &str, ttl_ms: u64) -> Scenario {
+    Scenario::new(name).exact_ttl(Duration::from_millis(ttl_ms))
 }
 
 fn age_ms(got: &cxcache::proto::v1::GetResponse) -> i64 {
@@ -43,23 +24,11 @@ fn age_ms(got: &cxcache::proto::v1::GetResponse) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_gets_for_one_cold_key_over_three_instances_make_one_call() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("stampede");
-    let emu = emulator(EmulatorConfig::default()).await;
-    let id = queue_id(11);
-    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 400));
-    let backend = Backend::Redis(url);
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(Instance::start(config(&env, &backend, &emu)).await);
-    }
     // Several connections per instance, 1000 calls in all, started together.
-    let mut clients = Vec::new();
-    for inst in &instances {
-        for _ in 0..4 {
-            clients.push(inst.new_client().await);
-        }
-    }
+    let mut s = Scenario::new("stampede").cluster().instances(3).clients(4).start().await;
+    let (clients, emu) = (&s.clients, s.emu());
+    let id = queue_id(11);
+    emu.inject_fault(slow(queue_path(&id), 400));
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
     let mut calls = Vec::new();
     for i in 0..1000 {
@@ -81,24 +50,22 @@ async fn a_thousand_gets_for_one_cold_key_over_three_instances_make_one_call() {
     assert_eq!(values.len(), 1, "all 1000 got the same bytes");
     assert_eq!(sources.get(&Source::Upstream), Some(&1), "{sources:?}");
     println!("stampede sources: {sources:?}");
-    for inst in instances {
-        inst.stop().await;
-    }
+    s.stop().await;
 }
 
 /// A fetch slower than the lease TTL keeps its lease renewed: an instance
 /// asking meanwhile waits for it instead of fetching again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_slower_than_the_lease_keeps_it() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("renew");
-    let emu = emulator(EmulatorConfig::default()).await;
+    let mut s = Scenario::new("renew")
+        .cluster()
+        .instances(2)
+        .configure(|c| c.cache.lease_ttl = Duration::from_millis(600))
+        .start()
+        .await;
+    let (a, b, emu) = (&s.instances[0], &s.instances[1], s.emu());
     let id = queue_id(17);
-    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 2500));
-    let backend = Backend::Redis(url);
-    let mut c = config(&env, &backend, &emu);
-    c.cache.lease_ttl = Duration::from_millis(600);
-    let (a, b) = (Instance::start(c.clone()).await, Instance::start(c).await);
+    emu.inject_fault(slow(queue_path(&id), 2500));
     let mut first = a.new_client().await;
     let req = get_queue(&id);
     let first = tokio::spawn(async move { first.get(req).await.map(|r| r.into_inner()) });
@@ -109,23 +76,24 @@ async fn a_fetch_slower_than_the_lease_keeps_it() {
     assert_eq!(first.source(), Source::Upstream);
     assert_eq!(second.source(), Source::Coalesced, "B waited for A's fetch");
     assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "one upstream call");
-    a.stop().await;
-    b.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("hot");
     let id = queue_id(12);
-    let mut c = short_ttl(&env, &emu, 500);
-    c.cache.stale_while_revalidate = Duration::from_secs(5);
-    c.cache.early_refresh_beta = 0.0;
-    let cx = Instance::start(c).await;
+    let mut s = short_ttl("hot", 500)
+        .configure(|c| {
+            c.cache.stale_while_revalidate = Duration::from_secs(5);
+            c.cache.early_refresh_beta = 0.0;
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
     cx.get(get_queue(&id)).await.unwrap();
     // From now on every upstream fetch takes 600 ms: a caller that waited
     // for one would show it.
-    emu.inject_fault(slow(format!("/api/v2/routing/queues/{id}"), 600));
+    emu.inject_fault(slow(queue_path(&id), 600));
     let started = Instant::now();
     let mut worst = Duration::ZERO;
     let mut stale = 0;
@@ -143,27 +111,22 @@ async fn a_hot_key_across_expiry_costs_one_call_per_ttl_and_nobody_waits() {
     assert!(stale > 0, "expiry was crossed");
     assert!(worst < Duration::from_millis(400), "a caller waited {worst:?}");
     println!("hot key: {calls} upstream calls in 2.3 s, worst latency {worst:?}, {stale} stale answers");
-    cx.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_if_error_within_max_staleness_then_the_error() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("sie");
+    let mut s = short_ttl("sie", 300)
+        .configure(|c| {
+            c.cache.max_staleness = Duration::from_millis(1200);
+            c.upstream.retry.max_attempts = 1;
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
     let id = queue_id(13);
-    let mut c = short_ttl(&env, &emu, 300);
-    c.cache.max_staleness = Duration::from_millis(1200);
-    c.upstream.retry.max_attempts = 1;
-    let cx = Instance::start(c).await;
     let first = cx.get(get_queue(&id)).await.unwrap();
-    emu.inject_fault(Fault {
-        path_prefix: "/api/".into(),
-        status: Some(503),
-        retry_after_secs: None,
-        latency: None,
-        hold: false,
-        count: 0,
-    });
+    emu.inject_fault(failing("/api/", 503));
     tokio::time::sleep(Duration::from_millis(400)).await;
     // A caller whose max_age the stored value exceeds gets the error, not it.
     let strict = GetRequest {
@@ -181,28 +144,23 @@ async fn stale_if_error_within_max_staleness_then_the_error() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let err = cx.get(get_queue(&id)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "beyond max staleness: {err:?}");
-    cx.stop().await;
+    s.stop().await;
 }
 
 /// The emulator process gone altogether (connection refused): the stored
 /// value is served stale with its age; past max staleness, UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_serves_stale_then_unavailable() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("down");
+    let mut s = short_ttl("down", 300)
+        .configure(|c| c.cache.max_staleness = Duration::from_millis(1500))
+        .start()
+        .await;
+    let cx = s.cx();
     let id = queue_id(19);
-    let mut c = short_ttl(&env, &emu, 300);
-    c.cache.max_staleness = Duration::from_millis(1500);
-    let cx = Instance::start(c).await;
     let first = cx.get(get_queue(&id)).await.unwrap();
-    emu.shutdown().await;
+    s.emu().clone().shutdown().await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let within = |limit: Duration| {
-        let mut req = tonic::Request::new(get_queue(&id));
-        req.set_timeout(limit);
-        let mut client = cx.client.clone();
-        async move { client.get(req).await.map(|r| r.into_inner()) }
-    };
+    let within = |limit: Duration| cx.get_within(get_queue(&id), limit);
     let stale = within(Duration::from_secs(3)).await.expect("stale while the upstream is down");
     assert_eq!(stale.source(), Source::Stale);
     assert_eq!(stale.value, first.value);
@@ -210,42 +168,42 @@ async fn upstream_down_serves_stale_then_unavailable() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let err = within(Duration::from_secs(3)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "beyond max staleness: {err:?}");
-    cx.stop().await;
+    s.stop().await;
 }
 
 /// A hung upstream does not eat the caller's deadline when a stale value
 /// exists: the value is served stale well within it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_upstream_serves_stale_within_the_deadline() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("hung");
+    let mut s = short_ttl("hung", 300)
+        .configure(|c| {
+            c.cache.stale_while_revalidate = Duration::ZERO;
+            c.cache.max_staleness = Duration::from_secs(30);
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
     let id = queue_id(18);
-    let mut c = short_ttl(&env, &emu, 300);
-    c.cache.stale_while_revalidate = Duration::ZERO;
-    c.cache.max_staleness = Duration::from_secs(30);
-    let cx = Instance::start(c).await;
     let first = cx.get(get_queue(&id)).await.unwrap();
-    emu.inject_fault(held(format!("/api/v2/routing/queues/{id}")));
+    emu.inject_fault(held(queue_path(&id)));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let mut req = tonic::Request::new(get_queue(&id));
-    req.set_timeout(Duration::from_secs(2));
     let t = Instant::now();
-    let got = cx.client.clone().get(req).await.expect("stale, not DEADLINE_EXCEEDED").into_inner();
+    let got =
+        cx.get_within(get_queue(&id), Duration::from_secs(2)).await.expect("stale, not DEADLINE_EXCEEDED");
     assert_eq!(got.source(), Source::Stale);
     assert_eq!(got.value, first.value);
     assert!(t.elapsed() < Duration::from_secs(2), "answered in {:?}", t.elapsed());
     assert_eq!(emu.held_count(), 1, "the refresh was under way upstream");
     emu.release_held();
     emu.clear_faults();
-    cx.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_304_revalidation_extends_the_ttl_without_a_body() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("etag");
+    let mut s = short_ttl("etag", 300).start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     let id = queue_id(14);
-    let cx = Instance::start(short_ttl(&env, &emu, 300)).await;
     let first = cx.get(get_queue(&id)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let again = cx.get(get_queue(&id)).await.unwrap();
@@ -263,16 +221,13 @@ async fn a_304_revalidation_extends_the_ttl_without_a_body() {
     let changed = cx.get(get_queue(&id)).await.unwrap();
     assert_eq!(changed.source(), Source::Upstream);
     assert_ne!(changed.value, first.value);
-    cx.stop().await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
-    let emu = emulator(EmulatorConfig::default()).await;
-    let env = unique_env("l1");
-    let mut c = config(&env, &Backend::Memory, &emu);
-    c.cache.l1.max_bytes = 1 << 20;
-    let cx = Instance::start(c).await;
+    let mut s = Scenario::new("l1").configure(|c| c.cache.l1.max_bytes = 1 << 20).start().await;
+    let cx = s.cx();
     let id = queue_id(15);
     cx.get(get_queue(&id)).await.unwrap();
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Store);
@@ -291,7 +246,7 @@ async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
     }
     let bytes = cx.running.as_ref().unwrap().l1_bytes();
     assert!(bytes > 0 && bytes <= 1 << 20, "L1 holds {bytes} bytes");
-    cx.stop().await;
+    s.stop().await;
 }
 
 /// The instance holding the lease dies mid-fetch (the emulator holds its
@@ -299,21 +254,22 @@ async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
 /// no waiter hangs past its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lease_holder_is_taken_over() {
-    let (url, _guard) = redis_url();
-    let env = unique_env("takeover");
-    let emu = emulator(EmulatorConfig::default()).await;
+    let s = Scenario::new("takeover")
+        .cluster()
+        .instances(0)
+        .configure(|c| c.cache.lease_ttl = Duration::from_secs(3))
+        .start()
+        .await;
+    let emu = s.emu();
     let id = queue_id(16);
     // Only the first answer is held (the dead holder's).
-    emu.inject_fault(Fault { count: 1, ..held(format!("/api/v2/routing/queues/{id}")) });
+    emu.inject_fault(Fault { count: 1, ..held(queue_path(&id)) });
     let envs = [
         // Long enough that the quick waiter below surely finds it held.
         ("CXCACHE_CACHE__LEASE_TTL", "3s"),
         ("CXCACHE_CACHE__L1__ENABLED", "false"),
     ];
-    let base = emu.base_url();
-    let mut args = process_args(&env, &base);
-    args.extend(["--redis-url".to_string(), url.clone()]);
-    let mut holder = ProcessInstance::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &envs);
+    let mut holder = s.process(&[], &envs);
     let mut holder_client = connect(holder.grpc_addr).await;
     let req = get_queue(&id);
     let pending = tokio::spawn(async move { holder_client.get(req).await });
@@ -324,21 +280,15 @@ async fn a_dead_lease_holder_is_taken_over() {
     holder.kill();
     let _ = pending.await;
 
-    let mut c = config(&env, &Backend::Redis(url), &emu);
-    c.cache.lease_ttl = Duration::from_secs(3);
-    let other = Instance::start(c).await;
+    let other = s.start_instance().await;
     // A waiter with a short deadline gives up in time rather than hanging.
-    let mut quick = tonic::Request::new(get_queue(&id));
-    quick.set_timeout(Duration::from_millis(300));
     let t = Instant::now();
-    let err = other.client.clone().get(quick).await.unwrap_err();
+    let err = other.get_within(get_queue(&id), Duration::from_millis(300)).await.unwrap_err();
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
     assert!(t.elapsed() < Duration::from_secs(2), "gave up in {:?}", t.elapsed());
     assert!(emu.counters().route(QUEUE_ROUTE) == 0, "the quick waiter did not fetch itself");
     // A patient one gets the value once the dead holder's lease lapses.
-    let mut patient = tonic::Request::new(get_queue(&id));
-    patient.set_timeout(Duration::from_secs(10));
-    let got = other.client.clone().get(patient).await.expect("taken over").into_inner();
+    let got = other.get_within(get_queue(&id), Duration::from_secs(10)).await.expect("taken over");
     assert!(matches!(got.source(), Source::Upstream | Source::Coalesced), "{:?}", got.source());
     // The emulator counts a call when it answers: the dead holder's call
     // never was (its client is gone); the takeover is the one answered call.

@@ -4,9 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cxcache::config::Config;
 use cxcache::proto::v1::{GetRequest, Source};
-use genesys_emulator::{EmulatorConfig, EmulatorHandle};
+use genesys_emulator::EmulatorConfig;
 use harness::*;
 use serde_json::{json, Value};
 
@@ -22,11 +21,15 @@ fn job(interval: &str) -> GetRequest {
     }
 }
 
-fn job_config(env: &str, emu: &EmulatorHandle, poll_initial_ms: u64, poll_max_ms: u64) -> Config {
-    let mut c = config(env, &Backend::Memory, emu);
-    c.upstream.jobs.poll_initial = Duration::from_millis(poll_initial_ms);
-    c.upstream.jobs.poll_max = Duration::from_millis(poll_max_ms);
-    c
+/// An instance polling jobs from `poll_initial_ms` up to `poll_max_ms`, in
+/// front of an emulator whose jobs take `time_scale` × 20 s.
+fn jobs(name: &str, time_scale: f64, poll_initial_ms: u64, poll_max_ms: u64) -> Scenario {
+    Scenario::new(name).emulator(EmulatorConfig { time_scale, ..EmulatorConfig::default() }).configure(
+        move |c| {
+            c.upstream.jobs.poll_initial = Duration::from_millis(poll_initial_ms);
+            c.upstream.jobs.poll_max = Duration::from_millis(poll_max_ms);
+        },
+    )
 }
 
 /// Six hourly buckets × three queues = 18 rows; the emulator cuts every job
@@ -35,9 +38,9 @@ fn job_config(env: &str, emu: &EmulatorHandle, poll_initial_ms: u64, poll_max_ms
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_job_is_split_rerun_and_merged() {
     // Jobs run 20 s × 0.025 = 500 ms.
-    let emu = emulator(EmulatorConfig { time_scale: 0.025, ..EmulatorConfig::default() }).await;
+    let mut s = jobs("jobsplit", 0.025, 20, 100).start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     emu.set_job_row_limit(Some(10));
-    let cx = Instance::start(job_config(&unique_env("jobsplit"), &emu, 20, 100)).await;
     let req = job("2024-03-01T00:00:00Z/2024-03-01T06:00:00Z");
     let got = cx.get(req.clone()).await.unwrap();
     assert_eq!(got.source(), Source::Upstream);
@@ -75,8 +78,7 @@ async fn a_truncated_job_is_split_rerun_and_merged() {
     let err = cx.get(job("2024-03-02T00:00:00Z/2024-03-02T01:00:00Z")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("expected rows"), "{}", err.message());
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// Polls follow 1, 2, 4, 8, 15, 15 (scaled: 1 unit = 50 ms) until the job,
@@ -84,8 +86,8 @@ async fn a_truncated_job_is_split_rerun_and_merged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_doubles_from_one_to_a_cap_of_fifteen() {
     // Jobs run 20 s × 0.125 = 2.5 s.
-    let emu = emulator(EmulatorConfig { time_scale: 0.125, ..EmulatorConfig::default() }).await;
-    let cx = Instance::start(job_config(&unique_env("jobpoll"), &emu, 50, 750)).await;
+    let mut s = jobs("jobpoll", 0.125, 50, 750).start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     let got = cx.get(job("2024-03-03T00:00:00Z/2024-03-03T02:00:00Z")).await.unwrap();
     let v: Value = serde_json::from_slice(&got.value).unwrap();
     assert_eq!(v["total"], 6);
@@ -104,29 +106,29 @@ async fn polling_doubles_from_one_to_a_cap_of_fifteen() {
         assert!(*gap >= want && *gap < want + 200, "poll gaps {gaps:?} should follow {expected:?}");
     }
     assert!(gaps[6..].iter().all(|g| *g >= 750), "capped at 15 units: {gaps:?}");
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// Tokens that expire every second are refreshed while a 2.5 s job is
 /// polled: no poll is sent with an expired token, the job completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_outlives_its_tokens() {
-    let emu = emulator(EmulatorConfig {
-        time_scale: 0.125,
-        token_ttl: Duration::from_secs(1),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let cx = Instance::start(job_config(&unique_env("jobtoken"), &emu, 50, 250)).await;
+    let mut s = jobs("jobtoken", 0.125, 50, 250)
+        .emulator(EmulatorConfig {
+            time_scale: 0.125,
+            token_ttl: Duration::from_secs(1),
+            ..EmulatorConfig::default()
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
     let got = cx.get(job("2024-03-04T00:00:00Z/2024-03-04T02:00:00Z")).await.expect("job completed");
     assert_eq!(got.source(), Source::Upstream);
     let c = emu.counters();
     assert_eq!(c.by_status.get(&401), None, "no poll used an expired token: {c:?}");
     assert!(c.route("POST /oauth/token") >= 3, "tokens refreshed during the poll: {c:?}");
     assert!(c.route(STATUS_ROUTE) >= 5, "polled for the whole job: {c:?}");
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
 
 /// A job still running when its caller's deadline passes is cancelled
@@ -135,12 +137,13 @@ async fn a_long_poll_outlives_its_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_job_is_cancelled_upstream() {
     // Jobs run 20 s unscaled: far past the caller's deadline.
-    let emu = emulator(EmulatorConfig { time_scale: 1.0, ..EmulatorConfig::default() }).await;
-    let cx = Instance::start(job_config(&unique_env("jobcancel"), &emu, 50, 250)).await;
-    let mut req = tonic::Request::new(job("2024-03-05T00:00:00Z/2024-03-05T02:00:00Z"));
-    req.set_timeout(Duration::from_millis(800));
+    let mut s = jobs("jobcancel", 1.0, 50, 250).start().await;
+    let (cx, emu) = (s.cx(), s.emu());
     let started = std::time::Instant::now();
-    let err = cx.client.clone().get(req).await.unwrap_err();
+    let err = cx
+        .get_within(job("2024-03-05T00:00:00Z/2024-03-05T02:00:00Z"), Duration::from_millis(800))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "answered in {:?}", started.elapsed());
     assert_eq!(emu.jobs_submitted(), 1);
@@ -148,6 +151,5 @@ async fn an_abandoned_job_is_cancelled_upstream() {
         wait_until(Duration::from_secs(5), || emu.jobs_cancelled() == 1).await,
         "the job was not cancelled"
     );
-    cx.stop().await;
-    emu.shutdown().await;
+    s.stop().await;
 }
