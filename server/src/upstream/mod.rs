@@ -11,6 +11,7 @@
 //! [`Error`], so nothing failed can be stored by the layers above.
 
 mod headers;
+mod health;
 mod jobs;
 mod paging;
 mod ratelimit;
@@ -328,7 +329,7 @@ impl Upstream {
             Ok(gate) => gate,
             Err(_) => {
                 UpstreamStats::bump(&self.stats.quota_exhausted);
-                let next = self.tokens.rank(Instant::now()).next_ready;
+                let next = self.tokens.rank(Instant::now(), None).next_ready;
                 let retry_after = next
                     .map(|t| t.saturating_duration_since(Instant::now()))
                     .unwrap_or_default()
@@ -340,9 +341,9 @@ impl Upstream {
         let mut last_err = None;
         loop {
             let now = Instant::now();
-            let ranking = self.tokens.rank(now);
+            let ranking = self.tokens.rank(now, None);
             if ranking.all_parked {
-                return Err(last_err.unwrap_or_else(|| self.tokens.parked_error(now)));
+                return Err(last_err.unwrap_or_else(|| self.tokens.parked_error(now, None)));
             }
             let mut next_ready = ranking.next_ready;
             for slot in ranking.ready {
@@ -371,8 +372,8 @@ impl Upstream {
                 // Nothing throttled, nothing usable: every usable slot failed
                 // to get a token (or just got parked).
                 let now = Instant::now();
-                if self.tokens.rank(now).all_parked {
-                    return Err(self.tokens.parked_error(now));
+                if self.tokens.rank(now, None).all_parked {
+                    return Err(self.tokens.parked_error(now, None));
                 }
                 return Err(last_err.unwrap_or_else(|| Error::Unavailable {
                     message: "no upstream token available".into(),
