@@ -129,6 +129,11 @@ impl TokenPool {
         &self.slots[slot].limiter_key
     }
 
+    /// The slot of the credential `client_id`.
+    pub fn slot_of(&self, client_id: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.credential.client_id == client_id)
+    }
+
     pub fn allowed(&self, slot: usize) -> u32 {
         self.health.lock()[slot].allowed()
     }
