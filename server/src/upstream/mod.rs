@@ -11,6 +11,7 @@
 //! [`Error`], so nothing failed can be stored by the layers above.
 
 mod headers;
+mod health;
 mod jobs;
 mod paging;
 mod ratelimit;
@@ -98,6 +99,35 @@ pub struct Upstream {
     gate: tokio::sync::Mutex<()>,
 }
 
+/// One HTTP request for [`Upstream::attempt`]: a cache fetch ([`Call`]) or
+/// a platform call.
+struct Request<'a> {
+    method: reqwest::Method,
+    path: &'a str,
+    query: &'a [(String, String)],
+    /// JSON.
+    body: Option<Bytes>,
+    validators: Option<&'a Validators>,
+    /// Only this slot's credential (APIs tied to one OAuth client).
+    pin: Option<usize>,
+}
+
+impl<'a> Request<'a> {
+    fn of(call: &'a Call) -> Request<'a> {
+        Request {
+            method: match call.method {
+                Method::Get => reqwest::Method::GET,
+                Method::Post => reqwest::Method::POST,
+            },
+            path: &call.path,
+            query: &call.query,
+            body: call.body.clone(),
+            validators: call.validators.as_ref(),
+            pin: None,
+        }
+    }
+}
+
 /// How one attempt failed: worth retrying or not.
 enum Failure {
     /// Final: no retry can help (caller error, no quota within the deadline).
@@ -162,9 +192,11 @@ impl Upstream {
 
     /// One platform call with JSON in and out, made with the token of
     /// `client_id` (None: the first credential), for APIs tied to one
-    /// client such as Notification API channels. Spends that token's budget
-    /// like any call (waiting at most `upstream.max_wait`); no retries: the
-    /// caller decides.
+    /// client such as Notification API channels. It takes the same path as
+    /// every call ([`Upstream::attempt`]): that token's budget (waiting at
+    /// most `upstream.max_wait`), one refresh after a 401, rate-limit
+    /// headers and 429s learnt, metrics and counters. One attempt, no
+    /// retries: the caller decides.
     pub async fn platform_json(
         &self,
         client_id: Option<&str>,
@@ -175,53 +207,35 @@ impl Upstream {
         let slot = match client_id {
             None if !self.tokens.is_empty() => 0,
             None => return Err(Error::Unauthenticated("no upstream credentials configured".into())),
-            Some(id) => (0..self.tokens.len())
-                .find(|&s| self.tokens.client_id(s) == id)
+            Some(id) => self
+                .tokens
+                .slot_of(id)
                 .ok_or_else(|| Error::Unauthenticated(format!("no upstream credential {id:?}")))?,
         };
-        let give_up = Instant::now() + self.settings.max_wait;
-        loop {
-            let key = self.tokens.limiter_key(slot);
-            match self.limiter.acquire(key, self.tokens.allowed(slot), &self.stats).await {
-                Verdict::Allowed { .. } => break,
-                Verdict::Wait(wait) if Instant::now() + wait < give_up => tokio::time::sleep(wait).await,
-                Verdict::Wait(retry_after) => return Err(Error::RateLimited { retry_after }),
-            }
-        }
-        let lease = self.tokens.token(slot).await?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(&lease.token)
-            .header("accept", "application/json");
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.map_err(|e| Error::Unavailable {
-            message: format!("upstream unreachable: {}", without_url(&e)),
-            retry_after: None,
-        })?;
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED {
-            self.tokens.unauthorized(&lease);
-        }
-        if !status.is_success() {
-            return Err(map_status(status, resp.headers(), path));
-        }
-        let body = self.read_body(resp).await?;
-        if body.is_empty() {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map(Bytes::from))
+            .transpose()
+            .map_err(|e| Error::Internal(format!("{path}: request body: {e}")))?;
+        let request = Request { method, path, query: &[], body, validators: None, pin: Some(slot) };
+        let fetched = match self.attempt(&request, None).await {
+            Ok(f) => f,
+            Err(Failure::Final(e) | Failure::Retry(e, _)) => return Err(e),
+        };
+        if fetched.body.is_empty() {
             return Ok(serde_json::Value::Null); // 202/204 without a body
         }
-        serde_json::from_slice(&body).map_err(|e| Error::BadUpstream(format!("{path}: not JSON: {e}")))
+        serde_json::from_slice(&fetched.body)
+            .map_err(|e| Error::BadUpstream(format!("{path}: not JSON: {e}")))
     }
 
     /// One API call with retries: 429 (on another token, or once the
     /// `Retry-After` passed), 5xx and timeouts with backoff, all inside the
     /// deadline; other 4xx fail at once.
     async fn call(&self, call: &Call, deadline: Option<Instant>) -> Result<Fetched> {
+        let request = Request::of(call);
         let mut retry = 0;
         loop {
-            let (err, exact) = match self.attempt(call, deadline).await {
+            let (err, exact) = match self.attempt(&request, deadline).await {
                 Ok(f) => return Ok(f),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Retry(e, exact)) => (e, exact),
@@ -244,13 +258,17 @@ impl Upstream {
         }
     }
 
-    /// One attempt: a token with budget, one HTTP call (plus one more with a
-    /// fresh token after a 401).
+    /// One attempt, the one way any request reaches the platform: a token
+    /// with budget, one HTTP call (plus one more with a fresh token after a
+    /// 401), its answer observed (rate-limit headers, 429 rests, 401/403
+    /// strikes) and counted (metrics).
     #[tracing::instrument(level = "debug", name = "upstream.call", skip_all, fields(path = %call.path))]
-    async fn attempt(&self, call: &Call, deadline: Option<Instant>) -> Result<Fetched, Failure> {
+    async fn attempt(&self, call: &Request<'_>, deadline: Option<Instant>) -> Result<Fetched, Failure> {
         let mut auth_retries = 0;
+        // A pinned call has one credential to refresh; others may move on.
+        let auth_budget = if call.pin.is_some() { 1 } else { self.tokens.len() + 1 };
         loop {
-            let lease = self.acquire(deadline).await.map_err(Failure::Final)?;
+            let lease = self.acquire(deadline, call.pin).await.map_err(Failure::Final)?;
             let (started, client_id) = (Instant::now(), self.tokens.client_id(lease.slot));
             let resp = self
                 .send(call, &lease, deadline)
@@ -271,10 +289,10 @@ impl Upstream {
                 // one (or another credential is used if this one is parked).
                 self.tokens.unauthorized(&lease);
                 auth_retries += 1;
-                if auth_retries <= self.tokens.len() + 1 {
+                if auth_retries <= auth_budget {
                     continue;
                 }
-                return Err(Failure::Final(map_status(status, resp.headers(), &call.path)));
+                return Err(Failure::Final(map_status(status, resp.headers(), call.path)));
             }
             if status == StatusCode::FORBIDDEN {
                 self.tokens.forbidden(lease.slot);
@@ -291,7 +309,7 @@ impl Upstream {
                 });
             }
             if !status.is_success() {
-                let err = map_status(status, resp.headers(), &call.path);
+                let err = map_status(status, resp.headers(), call.path);
                 return Err(if rested {
                     // The token rests for exactly Retry-After; retry at once
                     // on another token (or wait for one within the deadline).
@@ -316,8 +334,9 @@ impl Upstream {
     /// A token whose budget has room for one more call. Waits for budget
     /// only while the wait ends before the deadline (or, without one,
     /// within `upstream.max_wait`); else fails fast with
-    /// [`Error::RateLimited`] saying when to retry.
-    async fn acquire(&self, deadline: Option<Instant>) -> Result<Lease> {
+    /// [`Error::RateLimited`] saying when to retry. `pin`: only that slot's
+    /// token will do.
+    async fn acquire(&self, deadline: Option<Instant>, pin: Option<usize>) -> Result<Lease> {
         if self.tokens.is_empty() {
             return Err(Error::Unauthenticated("no upstream credentials configured".into()));
         }
@@ -328,7 +347,7 @@ impl Upstream {
             Ok(gate) => gate,
             Err(_) => {
                 UpstreamStats::bump(&self.stats.quota_exhausted);
-                let next = self.tokens.rank(Instant::now()).next_ready;
+                let next = self.tokens.rank(Instant::now(), pin).next_ready;
                 let retry_after = next
                     .map(|t| t.saturating_duration_since(Instant::now()))
                     .unwrap_or_default()
@@ -340,9 +359,9 @@ impl Upstream {
         let mut last_err = None;
         loop {
             let now = Instant::now();
-            let ranking = self.tokens.rank(now);
+            let ranking = self.tokens.rank(now, pin);
             if ranking.all_parked {
-                return Err(last_err.unwrap_or_else(|| self.tokens.parked_error(now)));
+                return Err(last_err.unwrap_or_else(|| self.tokens.parked_error(now, pin)));
             }
             let mut next_ready = ranking.next_ready;
             for slot in ranking.ready {
@@ -371,8 +390,8 @@ impl Upstream {
                 // Nothing throttled, nothing usable: every usable slot failed
                 // to get a token (or just got parked).
                 let now = Instant::now();
-                if self.tokens.rank(now).all_parked {
-                    return Err(self.tokens.parked_error(now));
+                if self.tokens.rank(now, pin).all_parked {
+                    return Err(self.tokens.parked_error(now, pin));
                 }
                 return Err(last_err.unwrap_or_else(|| Error::Unavailable {
                     message: "no upstream token available".into(),
@@ -393,14 +412,16 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, call: &Call, lease: &Lease, deadline: Option<Instant>) -> Result<reqwest::Response> {
+    async fn send(
+        &self,
+        call: &Request<'_>,
+        lease: &Lease,
+        deadline: Option<Instant>,
+    ) -> Result<reqwest::Response> {
         let url = format!("{}{}", self.base_url, call.path);
-        let mut req = match call.method {
-            Method::Get => self.http.get(&url),
-            Method::Post => self.http.post(&url),
-        };
-        req = req.bearer_auth(&lease.token).query(&call.query).header("accept", "application/json");
-        if let Some(v) = &call.validators {
+        let mut req = self.http.request(call.method.clone(), &url);
+        req = req.bearer_auth(&lease.token).query(call.query).header("accept", "application/json");
+        if let Some(v) = call.validators {
             if let Some(etag) = &v.etag {
                 req = req.header("if-none-match", etag);
             }
@@ -468,7 +489,84 @@ fn map_status(status: StatusCode, headers: &HeaderMap, path: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Credential, Secret};
     use reqwest::header::{HeaderValue, RETRY_AFTER};
+
+    /// A platform on 127.0.0.1: tokens named after their client, and a
+    /// channels endpoint that answers 429 (`Retry-After: 30`) and records
+    /// the bearer of each call.
+    async fn throttling_platform() -> (String, Arc<parking_lot::Mutex<Vec<String>>>) {
+        use axum::http::{HeaderMap as Headers, StatusCode as Status};
+        use base64::Engine;
+        let bearers: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        let seen = bearers.clone();
+        let app = axum::Router::new()
+            .route(
+                "/oauth/token",
+                axum::routing::post(|h: Headers| async move {
+                    let basic = h["authorization"].to_str().unwrap().trim_start_matches("Basic ").to_string();
+                    let decoded = base64::engine::general_purpose::STANDARD.decode(basic).unwrap();
+                    let client = String::from_utf8(decoded).unwrap().split(':').next().unwrap().to_string();
+                    axum::Json(serde_json::json!({ "access_token": format!("token-of-{client}"), "expires_in": 3600 }))
+                }),
+            )
+            .route(
+                "/api/v2/notifications/channels",
+                axum::routing::post(move |h: Headers| async move {
+                    seen.lock().push(h["authorization"].to_str().unwrap().to_string());
+                    (Status::TOO_MANY_REQUESTS, [("retry-after", "30")], "{}")
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, bearers)
+    }
+
+    fn two_credentials() -> UpstreamSettings {
+        UpstreamSettings {
+            credentials: (0..2)
+                .map(|i| Credential { client_id: format!("c{i}"), client_secret: Secret::new("s") })
+                .collect(),
+            ..UpstreamSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_platform_call_429_rests_its_pinned_credential_and_is_counted() {
+        let (url, bearers) = throttling_platform().await;
+        let up = Upstream::new(&url, two_credentials(), None).unwrap();
+        let channels = "/api/v2/notifications/channels";
+        let body = serde_json::json!({});
+        let first = up.platform_json(Some("c1"), reqwest::Method::POST, channels, Some(&body)).await;
+        match first {
+            Err(Error::RateLimited { retry_after }) => assert_eq!(retry_after, Duration::from_secs(30)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*bearers.lock(), ["Bearer token-of-c1"], "the call used the requested client's token");
+        let stats = up.stats();
+        assert_eq!((stats.calls, stats.responses_429), (1, 1));
+        let states = up.credentials();
+        assert!(states[1].resting && !states[1].parked, "{states:?}");
+        assert!(!states[0].resting, "the other credential is untouched: {states:?}");
+        // Rested for 30 s, past upstream.max_wait: the next call on that
+        // client fails fast, without reaching the platform.
+        let again = up.platform_json(Some("c1"), reqwest::Method::POST, channels, Some(&body)).await;
+        assert!(
+            matches!(again, Err(Error::RateLimited { retry_after }) if retry_after > Duration::from_secs(25))
+        );
+        assert_eq!(bearers.lock().len(), 1);
+        assert_eq!(up.stats().calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_platform_call_for_an_unknown_client_fails_without_a_request() {
+        let (url, bearers) = throttling_platform().await;
+        let up = Upstream::new(&url, two_credentials(), None).unwrap();
+        let err = up.platform_json(Some("nobody"), reqwest::Method::DELETE, "/x", None).await.unwrap_err();
+        assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+        assert!(bearers.lock().is_empty());
+    }
 
     #[test]
     fn statuses_map_to_errors() {

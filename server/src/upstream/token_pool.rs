@@ -9,6 +9,9 @@
 //! refused too, is parked for `upstream.credential_park` with a warning and a
 //! counter while the others carry on. A 429 or spent headers rest a token
 //! until its window allows it again. Secrets never appear in logs or errors.
+//!
+//! Those rules live in [`health`](super::health), a pure function of time;
+//! this pool does the fetching, caching, locking, logging and counting.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,16 +23,14 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::headers::RateHeaders;
+pub use super::health::Ranking;
+use super::health::{self, Health, Outcome, ParkReason};
 use super::stats::UpstreamStats;
 use crate::config::Credential;
 use crate::error::{Error, Result};
 
 /// Share of a token's lifetime after which it is replaced.
 const REFRESH_AT: f64 = 0.8;
-/// Consecutive token-endpoint failures after which a credential is parked.
-const TOKEN_FAILURES_TO_PARK: u32 = 3;
-/// Consecutive 403 answers after which a credential is parked.
-const FORBIDDEN_TO_PARK: u32 = 3;
 
 #[derive(Clone)]
 struct Token {
@@ -39,25 +40,6 @@ struct Token {
     usable_until: Instant,
 }
 
-#[derive(Default)]
-struct Health {
-    /// Parked (credential refused or failing) until then.
-    parked_until: Option<Instant>,
-    park_reason: String,
-    /// Rested (429, spent window) until then.
-    rest_until: Option<Instant>,
-    /// The shared limiter said no call fits before then.
-    ready_at: Option<Instant>,
-    /// Calls left in the platform's window, from the last response headers.
-    remaining: Option<u32>,
-    /// The budget per window (configured, or learned from headers).
-    allowed: u32,
-    token_failures: u32,
-    /// 401s since the last success: the second one means even a fresh token was refused.
-    auth_strikes: u32,
-    forbidden: u32,
-}
-
 struct Slot {
     credential: Credential,
     limiter_key: String,
@@ -65,7 +47,6 @@ struct Slot {
     /// Serializes token fetches of one credential.
     refreshing: tokio::sync::Mutex<()>,
     background: AtomicBool,
-    health: Mutex<Health>,
 }
 
 /// A bearer token handed to a request, with the slot it came from.
@@ -83,16 +64,6 @@ pub struct CredentialState {
     pub resting: bool,
 }
 
-/// Which slots may take a call now.
-pub struct Ranking {
-    /// Usable now, healthiest first.
-    pub ready: Vec<usize>,
-    /// When the next rested or throttled slot becomes usable.
-    pub next_ready: Option<Instant>,
-    /// Every credential is parked (refused or failing): quota is not the problem.
-    pub all_parked: bool,
-}
-
 /// Fetches tokens; cheap to clone into background refreshes.
 #[derive(Clone)]
 struct TokenSource {
@@ -108,8 +79,10 @@ struct TokenReply {
 
 pub struct TokenPool {
     slots: Vec<Arc<Slot>>,
+    /// The health of every slot, by slot index (one short lock: ranking
+    /// reads them all at once).
+    health: Arc<Mutex<Vec<Health>>>,
     source: TokenSource,
-    park_for: Duration,
     stats: Arc<UpstreamStats>,
     turn: AtomicUsize,
 }
@@ -123,6 +96,7 @@ impl TokenPool {
         park_for: Duration,
         stats: Arc<UpstreamStats>,
     ) -> Self {
+        let health = Arc::new(Mutex::new(vec![Health::new(allowed, park_for); credentials.len()]));
         let slots = credentials
             .into_iter()
             .map(|credential| {
@@ -132,17 +106,10 @@ impl TokenPool {
                     token: Mutex::new(None),
                     refreshing: Default::default(),
                     background: AtomicBool::new(false),
-                    health: Mutex::new(Health { allowed, ..Health::default() }),
                 })
             })
             .collect();
-        TokenPool {
-            slots,
-            source: TokenSource { http, token_url },
-            park_for,
-            stats,
-            turn: AtomicUsize::new(0),
-        }
+        TokenPool { slots, health, source: TokenSource { http, token_url }, stats, turn: AtomicUsize::new(0) }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,67 +129,59 @@ impl TokenPool {
         &self.slots[slot].limiter_key
     }
 
+    /// The slot of the credential `client_id`.
+    pub fn slot_of(&self, client_id: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.credential.client_id == client_id)
+    }
+
     pub fn allowed(&self, slot: usize) -> u32 {
-        self.slots[slot].health.lock().allowed
+        self.health.lock()[slot].allowed()
     }
 
     /// The slots that may take a call at `now`, most budget left first
-    /// (ties taken in turn, so equal tokens share the load).
-    pub fn rank(&self, now: Instant) -> Ranking {
-        let n = self.slots.len();
+    /// (ties taken in turn, so equal tokens share the load). `pin`: only
+    /// that slot is considered (calls tied to one credential).
+    pub fn rank(&self, now: Instant, pin: Option<usize>) -> Ranking {
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut ready = Vec::new();
-        let mut next_ready: Option<Instant> = None;
-        let mut parked = 0;
-        for i in 0..n {
-            let slot = (start + i) % n;
-            let h = self.slots[slot].health.lock();
-            if h.parked_until.is_some_and(|t| now < t) {
-                parked += 1;
-                continue;
+        let h = self.health.lock();
+        match pin {
+            None => health::rank(&h, now, start),
+            Some(slot) => {
+                let mut r = health::rank(&h[slot..=slot], now, 0);
+                r.ready = r.ready.into_iter().map(|_| slot).collect();
+                r
             }
-            let blocked_until = [h.rest_until, h.ready_at].into_iter().flatten().filter(|t| now < *t).max();
-            match blocked_until {
-                Some(t) => next_ready = Some(next_ready.map_or(t, |n| n.min(t))),
-                None => ready.push((slot, h.remaining.unwrap_or(h.allowed))),
-            }
-        }
-        // Stable sort keeps the rotation among equals.
-        ready.sort_by_key(|(_, remaining)| std::cmp::Reverse(*remaining));
-        Ranking {
-            ready: ready.into_iter().map(|(s, _)| s).collect(),
-            next_ready,
-            all_parked: n > 0 && parked == n,
         }
     }
 
-    /// Why every credential is parked, and when the first comes back.
-    pub fn parked_error(&self, now: Instant) -> Error {
-        let mut reasons = Vec::new();
-        let mut back = None;
-        for s in &self.slots {
-            let h = s.health.lock();
-            if let Some(until) = h.parked_until {
-                let left = until.saturating_duration_since(now);
-                back = Some(back.map_or(left, |b: Duration| b.min(left)));
-                reasons.push(format!("{}: {}", s.credential.client_id, h.park_reason));
-            }
-        }
+    /// Why every credential (or the `pin`ned one) is parked, and when the
+    /// first comes back.
+    pub fn parked_error(&self, now: Instant, pin: Option<usize>) -> Error {
+        let h = self.health.lock();
+        let range = pin.map_or(0..self.slots.len(), |s| s..s + 1);
+        let reasons: Vec<String> = range
+            .clone()
+            .filter(|&i| h[i].parked_until().is_some())
+            .map(|i| {
+                let reason = h[i].park_reason().map(ToString::to_string).unwrap_or_default();
+                format!("{}: {reason}", self.slots[i].credential.client_id)
+            })
+            .collect();
         Error::Unauthenticated(format!(
             "every upstream credential is parked ({}); retried in {:?}",
             reasons.join("; "),
-            back.unwrap_or_default()
+            health::earliest_return(&h[range], now)
         ))
     }
 
     /// The limiter allowed a call on `slot`.
     pub fn note_allowed(&self, slot: usize) {
-        self.slots[slot].health.lock().ready_at = None;
+        self.health.lock()[slot].limiter_allowed();
     }
 
     /// The limiter said `slot` has no call before `at`.
     pub fn note_throttled(&self, slot: usize, at: Instant) {
-        self.slots[slot].health.lock().ready_at = Some(at);
+        self.health.lock()[slot].limiter_throttled(at);
     }
 
     /// A token for `slot`: the current one, refreshed in the background past
@@ -245,7 +204,7 @@ impl TokenPool {
         if let Some(t) = s.token.lock().clone().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(Lease { slot, token: t.value });
         }
-        let token = fetch_into(s, &self.source, &self.stats, self.park_for).await?;
+        let token = fetch_into(s, &self.health, slot, &self.source, &self.stats).await?;
         Ok(Lease { slot, token })
     }
 
@@ -256,12 +215,12 @@ impl TokenPool {
         }
         let source = self.source.clone();
         let stats = self.stats.clone();
-        let park_for = self.park_for;
+        let health = self.health.clone();
         tokio::spawn(async move {
             {
                 let _guard = s.refreshing.lock().await;
                 let due = s.token.lock().as_ref().is_none_or(|t| Instant::now() >= t.refresh_at);
-                if due && fetch_into(&s, &source, &stats, park_for).await.is_ok() {
+                if due && fetch_into(&s, &health, slot, &source, &stats).await.is_ok() {
                     UpstreamStats::bump(&stats.token_refreshes);
                 }
             }
@@ -284,150 +243,113 @@ impl TokenPool {
             *current = None;
         }
         UpstreamStats::bump(&self.stats.tokens_rejected);
-        let strikes = {
-            let mut h = s.health.lock();
-            h.auth_strikes += 1;
-            h.auth_strikes
-        };
-        if strikes >= 2 {
-            park(s, &self.stats, self.park_for, "the API refused a freshly fetched token (401)".into());
-            return true;
-        }
-        false
+        let parked = self.health.lock()[lease.slot].unauthorized(Instant::now());
+        parked.map(|reason| parked_now(s, &self.stats, &self.health, lease.slot, reason)).is_some()
     }
 
     /// The API answered 403: permissions of one resource, usually; several
     /// in a row on one credential mean the credential itself lacks access.
     pub fn forbidden(&self, slot: usize) {
-        let s = &self.slots[slot];
-        let n = {
-            let mut h = s.health.lock();
-            h.forbidden += 1;
-            h.forbidden
-        };
-        if n >= FORBIDDEN_TO_PARK {
-            park(s, &self.stats, self.park_for, format!("{n} API answers 403 in a row"));
+        let parked = self.health.lock()[slot].forbidden(Instant::now());
+        if let Some(reason) = parked {
+            parked_now(&self.slots[slot], &self.stats, &self.health, slot, reason);
         }
     }
 
     /// The API accepted a call made with `slot`.
     pub fn succeeded(&self, slot: usize) {
-        let mut h = self.slots[slot].health.lock();
-        h.auth_strikes = 0;
-        h.forbidden = 0;
+        self.health.lock()[slot].succeeded();
     }
 
     /// Learns from a response's rate-limit headers: the budget, what is
-    /// left, and whether to rest the token. A 429 that spent the token's own
-    /// budget (headers say nothing is left, or say nothing at all) rests it
-    /// for exactly `Retry-After`; a nearly spent window rests it until it
-    /// resets. Returns whether a 429 rested the token; a 429 while the token
-    /// still has budget comes from another limit (endpoint, org) and leaves
-    /// the token in use.
+    /// left, and whether to rest the token (rules in [`health`]). Returns
+    /// whether a 429 rested the token; a 429 while the token still has
+    /// budget comes from another limit (endpoint, org) and leaves the token
+    /// in use.
     pub fn observe(&self, slot: usize, headers: &RateHeaders, status: u16, nearly_spent: u32) -> bool {
-        let s = &self.slots[slot];
-        let now = Instant::now();
-        let mut h = s.health.lock();
-        if let Some(allowed) = headers.allowed.filter(|a| *a > 0 && *a != h.allowed) {
-            tracing::info!(
-                client_id = %s.credential.client_id,
-                from = h.allowed,
-                to = allowed,
-                "upstream reports a different rate-limit budget; following it"
-            );
-            h.allowed = allowed;
-        }
-        if headers.remaining.is_some() {
-            h.remaining = headers.remaining;
+        let client_id = &self.slots[slot].credential.client_id;
+        let seen = self.health.lock()[slot].observe(Instant::now(), headers, status, nearly_spent);
+        if let Some((from, to)) = seen.budget_changed {
+            tracing::info!(%client_id, from, to, "upstream reports a different rate-limit budget; following it");
         }
         if status == 429 {
             UpstreamStats::bump(&self.stats.responses_429);
-            if headers.remaining.is_none_or(|left| left == 0 || left < nearly_spent) {
-                let rest = headers.retry_after.or(headers.reset).unwrap_or(Duration::from_secs(1));
-                h.rest_until = Some(now + rest);
-                h.remaining = Some(0);
-                tracing::warn!(client_id = %s.credential.client_id, ?rest, "upstream answered 429; token rested");
-                return true;
+        }
+        match seen.outcome {
+            Outcome::Rested429(rest) => {
+                tracing::warn!(%client_id, ?rest, "upstream answered 429; token rested");
             }
-            tracing::warn!(
-                client_id = %s.credential.client_id,
+            Outcome::Kept429 => tracing::warn!(
+                %client_id,
                 retry_after = ?headers.retry_after,
                 "upstream answered 429 although the token has budget left (another limit); token kept"
-            );
-        } else if let (Some(left), Some(reset)) = (headers.remaining, headers.reset) {
-            if left < nearly_spent && h.rest_until.is_none_or(|t| t <= now) {
-                h.rest_until = Some(now + reset);
+            ),
+            Outcome::NearlySpent { left, reset } => {
                 UpstreamStats::bump(&self.stats.tokens_rested);
-                tracing::debug!(client_id = %s.credential.client_id, left, ?reset, "token nearly spent; rested");
+                tracing::debug!(%client_id, left, ?reset, "token nearly spent; rested");
             }
+            Outcome::Nothing => {}
         }
-        false
+        seen.rested_by_429()
     }
 
     /// Every credential's state.
     pub fn states(&self) -> Vec<CredentialState> {
         let now = Instant::now();
+        let h = self.health.lock();
         self.slots
             .iter()
-            .map(|s| {
-                let h = s.health.lock();
-                CredentialState {
-                    client_id: s.credential.client_id.clone(),
-                    parked: h.parked_until.is_some_and(|t| now < t),
-                    resting: h.rest_until.is_some_and(|t| now < t),
-                }
+            .zip(h.iter())
+            .map(|(s, h)| CredentialState {
+                client_id: s.credential.client_id.clone(),
+                parked: h.is_parked(now),
+                resting: h.is_resting(now),
             })
             .collect()
     }
 }
 
-/// Fetches a token for `s` and installs it; failures count towards parking.
+/// Fetches a token for `s` (slot `slot`) and installs it; failures count
+/// towards parking.
 async fn fetch_into(
     s: &Slot,
+    health: &Mutex<Vec<Health>>,
+    slot: usize,
     source: &TokenSource,
     stats: &UpstreamStats,
-    park_for: Duration,
 ) -> Result<String> {
     match source.fetch(&s.credential).await {
         Ok(token) => {
             UpstreamStats::bump(&stats.token_fetches);
             let value = token.value.clone();
             *s.token.lock() = Some(token);
-            let mut h = s.health.lock();
-            h.token_failures = 0;
-            h.parked_until = None;
+            health.lock()[slot].token_fetched();
             Ok(value)
         }
         Err(e) => {
-            let failures = {
-                let mut h = s.health.lock();
-                h.token_failures += 1;
-                h.token_failures
-            };
-            if matches!(e, Error::Unauthenticated(_)) {
-                park(s, stats, park_for, "the token endpoint refused the credential".into());
-            } else if failures >= TOKEN_FAILURES_TO_PARK {
-                park(s, stats, park_for, format!("{failures} token requests in a row failed: {e}"));
+            let refused = matches!(e, Error::Unauthenticated(_));
+            let parked = health.lock()[slot].token_failed(Instant::now(), refused, &e.to_string());
+            if let Some(reason) = parked {
+                parked_now(s, stats, health, slot, reason);
             }
             Err(e)
         }
     }
 }
 
-fn park(s: &Slot, stats: &UpstreamStats, park_for: Duration, reason: String) {
+/// `s` was just parked: its token goes, with a warning and a count.
+fn parked_now(s: &Slot, stats: &UpstreamStats, health: &Mutex<Vec<Health>>, slot: usize, reason: ParkReason) {
     *s.token.lock() = None;
-    let mut h = s.health.lock();
-    h.parked_until = Some(Instant::now() + park_for);
-    h.auth_strikes = 0;
-    h.forbidden = 0;
-    h.token_failures = 0;
+    let park_for = health.lock()[slot]
+        .parked_until()
+        .map(|t| t.saturating_duration_since(Instant::now()))
+        .unwrap_or_default();
     tracing::warn!(
         client_id = %s.credential.client_id,
         %reason,
         ?park_for,
         "upstream credential parked; the other credentials carry on"
     );
-    h.park_reason = reason;
     UpstreamStats::bump(&stats.credentials_parked);
     crate::metrics::credential_parked(&s.credential.client_id);
 }
@@ -531,7 +453,7 @@ mod tests {
         p.observe(0, &h(10, 100), 200, 1);
         p.observe(1, &h(90, 100), 200, 1);
         p.observe(2, &h(50, 100), 200, 1);
-        assert_eq!(p.rank(Instant::now()).ready, vec![1, 2, 0]);
+        assert_eq!(p.rank(Instant::now(), None).ready, vec![1, 2, 0]);
         // A 429 while the headers show budget left: another limit, token kept.
         let other = RateHeaders {
             remaining: Some(80),
@@ -539,14 +461,14 @@ mod tests {
             ..Default::default()
         };
         assert!(!p.observe(1, &other, 429, 1));
-        assert_eq!(p.rank(Instant::now()).ready, vec![1, 2, 0]);
+        assert_eq!(p.rank(Instant::now(), None).ready, vec![1, 2, 0]);
         let retry = RateHeaders {
             remaining: Some(0),
             retry_after: Some(Duration::from_secs(2)),
             ..Default::default()
         };
         assert!(p.observe(1, &retry, 429, 1));
-        let r = p.rank(Instant::now());
+        let r = p.rank(Instant::now(), None);
         assert_eq!(r.ready, vec![2, 0]);
         let back = r.next_ready.unwrap() - Instant::now();
         assert!(back > Duration::from_millis(1900) && back <= Duration::from_secs(2), "{back:?}");
@@ -558,19 +480,19 @@ mod tests {
             ..Default::default()
         };
         p.observe(2, &spent, 200, 2);
-        assert_eq!(p.rank(Instant::now()).ready, vec![0]);
-        assert!(!p.rank(Instant::now()).all_parked);
+        assert_eq!(p.rank(Instant::now(), None).ready, vec![0]);
+        assert!(!p.rank(Instant::now(), None).all_parked);
     }
 
     #[tokio::test]
     async fn unreachable_token_endpoint_parks_after_repeated_failures() {
         let p = pool(1);
-        for _ in 0..TOKEN_FAILURES_TO_PARK {
+        for _ in 0..health::TOKEN_FAILURES_TO_PARK {
             assert!(matches!(p.token(0).await, Err(Error::Unavailable { .. })));
         }
-        let r = p.rank(Instant::now());
+        let r = p.rank(Instant::now(), None);
         assert!(r.all_parked && r.ready.is_empty());
-        let msg = p.parked_error(Instant::now()).to_string();
+        let msg = p.parked_error(Instant::now(), None).to_string();
         assert!(msg.contains("c0") && !msg.contains("\"s\""), "{msg}");
         assert_eq!(p.stats.snapshot().credentials_parked, 1);
     }
