@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # grpcurl against a running cxcache binary, through server reflection only
-# (no proto file): list, describe, health, Get, an INVALID_ARGUMENT with its
-# details, then SIGTERM and a clean exit.
+# (no proto file): list, describe, health, Get (bytes and JSON), --check-config,
+# an INVALID_ARGUMENT with its details, then SIGTERM and a clean exit.
 #   tests/grpcurl.sh [path/to/cxcache]
 set -euo pipefail
 bin=${1:-target/debug/cxcache}
@@ -32,6 +32,13 @@ check "describe GetRequest" "$g $addr describe cxcache.v1.GetRequest" "body_json
 check "health" "$g -d '{\"service\":\"cxcache.v1.Cache\"}' $addr grpc.health.v1.Health/Check" "SERVING"
 check "get list" "$g -d '{\"kind\":\"routing.queues\"}' $addr cxcache.v1.Cache/Get" "SOURCE_UPSTREAM"
 check "get list again" "$g -d '{\"kind\":\"routing.queues\"}' $addr cxcache.v1.Cache/Get" "SOURCE_STORE"
+# The resource itself as JSON (value_format), e.g. the list's entities and the
+# first queue by id, with names readable in grpcurl's output.
+check "get list as JSON" "$g -d '{\"kind\":\"routing.queues\",\"value_format\":\"VALUE_FORMAT_JSON\"}' $addr cxcache.v1.Cache/Get" "\"entities\": ["
+qid=$($g -d '{"kind":"routing.queues","value_format":"VALUE_FORMAT_JSON"}' $addr cxcache.v1.Cache/Get | grep -m1 -o '"id": "[^"]*"' | cut -d'"' -f4)
+check "get queue as JSON" "$g -d '{\"kind\":\"routing.queue\",\"id\":\"$qid\",\"value_format\":\"VALUE_FORMAT_JSON\"}' $addr cxcache.v1.Cache/Get" "\"id\": \"$qid\""
+check "check-config" "$bin --check-config" "configuration valid"
+check "check-config refuses a bad config" "$bin --check-config --env 'bad env'; echo rc=\$?" "rc=2"
 check "invalid argument" "$g -d '{\"kind\":\"routing.queue\"}' $addr cxcache.v1.Cache/Get" "\"field\": \"id\""
 
 kill -TERM $pid

@@ -22,6 +22,17 @@ impl FieldViolation {
     }
 }
 
+/// What the upstream said when it refused a request (its JSON error body's
+/// `code` and `message`, Genesys style).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub path: String,
+    pub status: u16,
+    /// The platform's error code (`bad.request`, …); empty when it gave none.
+    pub code: String,
+    pub message: String,
+}
+
 /// Why a request could not be answered.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -53,6 +64,11 @@ pub enum Error {
     /// non-JSON body, list over the entry limit).
     #[error("upstream answer rejected: {0}")]
     BadUpstream(String),
+
+    /// The upstream refused the request with a 4xx we pass on (a bad
+    /// analytics query, say), with what it said was wrong.
+    #[error("upstream answered {}: {}", .0.status, .0.message)]
+    Rejected(Rejection),
 
     /// The caller's deadline passed while waiting.
     #[error("deadline exceeded: {0}")]
@@ -129,6 +145,9 @@ impl Error {
             Error::RateLimited { .. } => (Code::ResourceExhausted, 429),
             Error::Unavailable { .. } | Error::Store(_) => (Code::Unavailable, 503),
             Error::BadUpstream(_) => (Code::FailedPrecondition, 502),
+            // The request built from the caller's input was refused: the
+            // caller's to fix, so 400 on HTTP.
+            Error::Rejected(_) => (Code::FailedPrecondition, 400),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, 504),
             Error::Internal(_) => (Code::Internal, 500),
         }

@@ -22,6 +22,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if flags.check_config {
+        return match config.to_redacted_toml() {
+            Ok(text) => {
+                println!("# cxcache: configuration valid; effective settings (secrets redacted):\n{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cxcache: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let telemetry = match cxcache::telemetry::init(config.log_format, &config.telemetry) {
         Ok(t) => t,
         Err(e) => {

@@ -48,6 +48,10 @@ pub const COALESCED_TOTAL: &str = "cxcache_coalesced_total";
 pub const COALESCED_WAITERS: &str = "cxcache_coalesced_waiters";
 /// Open Watch streams.
 pub const WATCH_SUBSCRIBERS: &str = "cxcache_watch_subscribers";
+/// LAGGED events sent to Watch subscribers (they must resync).
+pub const WATCH_LAGGED: &str = "cxcache_watch_lagged_total";
+/// 1 while the shared store is in use, 0 while it is skipped after a failure.
+pub const STORE_AVAILABLE: &str = "cxcache_store_available";
 /// Bytes held by the in-process tier.
 pub const L1_BYTES: &str = "cxcache_l1_bytes";
 /// 1 while this instance holds the fleet's notification listener lease.
@@ -126,6 +130,8 @@ fn describe() {
     describe_counter!(COALESCED_TOTAL, "Callers that joined a fetch already under way");
     describe_gauge!(COALESCED_WAITERS, "Callers waiting on a fetch another caller started");
     describe_gauge!(WATCH_SUBSCRIBERS, "Open Watch streams");
+    describe_counter!(WATCH_LAGGED, "LAGGED events sent to Watch subscribers (each must resync)");
+    describe_gauge!(STORE_AVAILABLE, "1 while the shared store is in use, 0 while skipped after a failure");
     describe_gauge!(L1_BYTES, Unit::Bytes, "Bytes held by the in-process tier");
     describe_gauge!("cxcache_build_info", "Always 1; the version label names the running build");
     describe_gauge!(NOTIFY_LEADER, "1 while this instance holds the notification listener lease");
@@ -216,6 +222,16 @@ pub fn coalesced_waiter() -> GaugeGuard {
 /// Open Watch streams (read from the watch module at scrape time).
 pub fn watch_subscribers(open: i64) {
     gauge!(WATCH_SUBSCRIBERS).set(open as f64);
+}
+
+/// A Watch subscriber was told it lagged.
+pub fn watch_lagged() {
+    counter!(WATCH_LAGGED).increment(1);
+}
+
+/// Whether the shared store is in use (read at scrape time).
+pub fn store_available(available: bool) {
+    gauge!(STORE_AVAILABLE).set(if available { 1.0 } else { 0.0 });
 }
 
 /// Current size of the in-process tier (0 when it is off).

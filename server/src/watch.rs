@@ -155,6 +155,7 @@ impl Outbox {
             Ok(()) => {
                 self.seq += 1;
                 self.lagging = false;
+                crate::metrics::watch_lagged();
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => Ok(()),

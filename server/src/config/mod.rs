@@ -67,6 +67,12 @@ pub struct Flags {
     #[arg(long, env = "CXCACHE_LOG_FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// Load and validate the configuration (file, environment, flags;
+    /// catalog included), print the effective config with secrets redacted,
+    /// and exit: 0 valid, 2 invalid. Binds nothing, connects nothing.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
 }
 
 /// Environment variables handled by [`Flags`] (so the generic env layer skips them).
@@ -189,6 +195,14 @@ impl Config {
         Ok(config)
     }
 
+    /// The effective configuration as TOML, every secret (credential
+    /// secrets, door secrets and tokens, Redis passwords) replaced by `***`.
+    pub fn to_redacted_toml(&self) -> Result<String, String> {
+        let mut value = toml::Value::try_from(self).map_err(|e| format!("config as TOML: {e}"))?;
+        redact(&mut value);
+        toml::to_string_pretty(&value).map_err(|e| format!("config as TOML: {e}"))
+    }
+
     fn apply_flags(&mut self, flags: &Flags) {
         if let Some(url) = &flags.redis_url {
             self.redis.url = Some(url.clone()).filter(|u| !u.is_empty());
@@ -218,6 +232,9 @@ impl Config {
                 problems
                     .push(format!("redis.url {:?}: expected redis:// or redis-cluster://", redacted(url)));
             }
+        }
+        if let Err(e) = crate::catalog::Catalog::with_presets(&self.catalog) {
+            problems.push(format!("catalog: {e}"));
         }
         if cfg!(not(feature = "emulator")) && self.upstream.base_url.is_none() {
             problems.push(
@@ -297,6 +314,25 @@ impl Config {
 }
 
 /// `url` with any password replaced, for logs and errors.
+/// Field names whose values are secrets, wherever they appear.
+const SECRET_FIELDS: &[&str] = &["client_secret", "secret", "token", "password"];
+
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (name, v) in table.iter_mut() {
+                match v {
+                    toml::Value::String(s) if SECRET_FIELDS.contains(&name.as_str()) => *s = "***".into(),
+                    toml::Value::String(s) if name == "url" => *s = redacted(s),
+                    _ => redact(v),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
@@ -312,6 +348,34 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_config_is_printed_without_secrets() {
+        let mut c = Config::default();
+        c.upstream.base_url = Some("https://api.mypurecloud.com".into());
+        c.upstream.credentials =
+            vec![Credential { client_id: "svc-a".into(), client_secret: Secret::new("s3cret-a") }];
+        c.webhook.secret = Some(Secret::new("s3cret-hook"));
+        c.data_action.token = Some(Secret::new("s3cret-token"));
+        c.redis.url = Some("redis://:s3cret-redis@redis:6379".into());
+        let text = c.to_redacted_toml().unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("svc-a") && text.contains("***"), "{text}");
+        assert!(text.contains("api.mypurecloud.com"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_catalog_entry_is_a_config_error() {
+        let text = r#"
+            [catalog."x.broken"]
+            method = "GET"
+            path = "api/v2/things/{id}"
+            ttl_class = "config"
+        "#;
+        let c: Config = toml::from_str(text).expect("parses");
+        let err = c.validate().expect_err("a path without a leading '/' is refused");
+        assert!(err.contains("catalog kind x.broken: path must start with '/'"), "{err}");
+    }
 
     #[test]
     fn redis_passwords_never_reach_messages() {

@@ -50,16 +50,22 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
         }
         None => None,
     };
-    let served = cache.get(&request.into_inner(), deadline).await?;
+    let req = request.into_inner();
+    let served = cache.get(&req, deadline).await?;
     tracing::Span::current().record("source", served.source.label());
-    Ok(Response::new(to_response(served)))
+    let as_json = req.value_format == v1::ValueFormat::Json as i32;
+    Ok(Response::new(to_response(served, as_json)))
 }
 
-pub fn to_response(served: Served) -> GetResponse {
+/// The reply: the value as canonical JSON bytes, or (asked for) as
+/// structured JSON.
+pub fn to_response(served: Served, as_json: bool) -> GetResponse {
     let now = now_ms();
     let e = &served.entry;
+    let json = as_json.then(|| serde_json::from_slice(&e.value).map(json_value).unwrap_or_default());
     GetResponse {
-        value: e.value.clone(),
+        value: if as_json { Default::default() } else { e.value.clone() },
+        json,
         source: proto_source(served.source) as i32,
         age: Some(duration(e.age(now))),
         ttl_remaining: Some(duration(e.ttl_remaining(now))),
@@ -81,4 +87,39 @@ fn proto_source(s: Source) -> v1::Source {
 
 fn duration(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// serde_json's value as protobuf's `google.protobuf.Value`.
+fn json_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(items) => {
+            Kind::ListValue(prost_types::ListValue { values: items.into_iter().map(json_value).collect() })
+        }
+        J::Object(fields) => Kind::StructValue(prost_types::Struct {
+            fields: fields.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_keep_their_structure() {
+        let v = json_value(serde_json::json!({"name": "Sales", "n": 2, "tags": ["a", null], "ok": true}));
+        let Some(prost_types::value::Kind::StructValue(s)) = v.kind else { panic!("{v:?}") };
+        assert_eq!(s.fields["name"].kind, Some(prost_types::value::Kind::StringValue("Sales".into())));
+        assert_eq!(s.fields["n"].kind, Some(prost_types::value::Kind::NumberValue(2.0)));
+        assert_eq!(s.fields["ok"].kind, Some(prost_types::value::Kind::BoolValue(true)));
+        let Some(prost_types::value::Kind::ListValue(l)) = &s.fields["tags"].kind else { panic!() };
+        assert_eq!(l.values[1].kind, Some(prost_types::value::Kind::NullValue(0)));
+    }
 }

@@ -2,6 +2,8 @@
 //! from [`Error::classify`]; field violations travel as
 //! `google.rpc.BadRequest` and retry hints as `google.rpc.RetryInfo`.
 
+use std::collections::HashMap;
+
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -18,7 +20,13 @@ impl From<Error> for Status {
         if let Some(after) = err.retry_after() {
             details.set_retry_info(Some(after));
         }
-        if err.violations().is_empty() && err.retry_after().is_none() {
+        if let Error::Rejected(r) = &err {
+            let reason = if r.code.is_empty() { format!("HTTP_{}", r.status) } else { r.code.clone() };
+            let metadata: HashMap<String, String> =
+                [("status".to_string(), r.status.to_string()), ("message".into(), r.message.clone())].into();
+            details.set_error_info(reason, "cxcache.upstream", metadata);
+        }
+        if err.violations().is_empty() && err.retry_after().is_none() && !matches!(err, Error::Rejected(_)) {
             Status::new(code, message)
         } else {
             Status::with_error_details(code, message, details)
@@ -50,5 +58,19 @@ mod tests {
             Status::from(Error::DeadlineExceeded("late".into())).code(),
             tonic::Code::DeadlineExceeded
         );
+
+        let rejected = Error::Rejected(crate::error::Rejection {
+            path: "/api/v2/analytics/conversations/aggregates/query".into(),
+            status: 400,
+            code: "bad.request".into(),
+            message: "interval is required".into(),
+        });
+        let s = Status::from(rejected);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(s.message().contains("interval is required"), "{}", s.message());
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("bad.request", "cxcache.upstream"));
+        assert_eq!(info.metadata["status"], "400");
+        assert_eq!(info.metadata["message"], "interval is required");
     }
 }

@@ -72,6 +72,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
             max_age: Some(prost_types::Duration { seconds: s as i64, nanos: 0 }),
             ..Default::default()
         }),
+        ..Default::default()
     };
     match state.cache.get(&get, None).await {
         Ok(served) => {

@@ -49,6 +49,7 @@ async fn prometheus(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
     crate::metrics::l1_size(state.cache.tiers().l1_bytes());
+    crate::metrics::store_available(state.cache.tiers().store_available());
     crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
     for c in state.upstream.credentials() {
         crate::metrics::credential_state(&c.client_id, c.parked);

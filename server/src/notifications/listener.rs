@@ -71,7 +71,7 @@ pub enum End {
 }
 
 /// One channel the listener holds.
-struct Slot {
+struct ChannelSlot {
     n: u64,
     channel: Created,
     /// Topics this channel should carry.
@@ -92,7 +92,7 @@ struct Slot {
 pub struct Tenure<'a> {
     ctx: &'a Ctx,
     api: Api,
-    slots: Vec<Slot>,
+    slots: Vec<ChannelSlot>,
     next_slot: u64,
     next_conn: u64,
     tx: socket::Reports,
@@ -272,7 +272,7 @@ impl<'a> Tenure<'a> {
         self.slots.iter().any(|s| s.want.contains(topic))
     }
 
-    fn slot(&mut self, n: u64) -> Option<&mut Slot> {
+    fn slot(&mut self, n: u64) -> Option<&mut ChannelSlot> {
         self.slots.iter_mut().find(|s| s.n == n)
     }
 
@@ -493,7 +493,7 @@ impl<'a> Tenure<'a> {
                 Ok((channel, sock)) => {
                     let replace_at = self.replace_at(&channel);
                     tracing::info!(channel = %channel.id, topics = want.len(), "notification channel opened");
-                    self.slots.push(Slot {
+                    self.slots.push(ChannelSlot {
                         n,
                         channel,
                         want,

@@ -33,7 +33,7 @@ use crate::config::UpstreamSettings;
 use crate::error::{Error, Result};
 use ratelimit::{Limiter, Verdict};
 use retry::Backoff;
-use token_pool::{without_url, Lease, TokenPool};
+use token_pool::{without_url, Grant, TokenPool};
 
 pub use headers::retry_after;
 pub use jobs::check_job_body;
@@ -268,10 +268,10 @@ impl Upstream {
         // A pinned call has one credential to refresh; others may move on.
         let auth_budget = if call.pin.is_some() { 1 } else { self.tokens.len() + 1 };
         loop {
-            let lease = self.acquire(deadline, call.pin).await.map_err(Failure::Final)?;
-            let (started, client_id) = (Instant::now(), self.tokens.client_id(lease.slot));
+            let grant = self.acquire(deadline, call.pin).await.map_err(Failure::Final)?;
+            let (started, client_id) = (Instant::now(), self.tokens.client_id(grant.slot));
             let resp = self
-                .send(call, &lease, deadline)
+                .send(call, &grant, deadline)
                 .await
                 .inspect_err(|_| crate::metrics::upstream_unreachable(client_id, started.elapsed()))
                 .map_err(|e| Failure::Retry(e, None))?;
@@ -279,15 +279,15 @@ impl Upstream {
             let rate = headers::parse(resp.headers());
             crate::metrics::upstream_answered(client_id, status.as_u16(), started.elapsed(), rate.remaining);
             let rested = self.tokens.observe(
-                lease.slot,
+                grant.slot,
                 &rate,
                 status.as_u16(),
                 self.settings.rate_limit.nearly_spent,
             );
             if status == StatusCode::UNAUTHORIZED {
-                // Refresh once: drop the token; the next lease fetches a new
+                // Refresh once: drop the token; the next grant fetches a new
                 // one (or another credential is used if this one is parked).
-                self.tokens.unauthorized(&lease);
+                self.tokens.unauthorized(&grant);
                 auth_retries += 1;
                 if auth_retries <= auth_budget {
                     continue;
@@ -295,9 +295,9 @@ impl Upstream {
                 return Err(Failure::Final(map_status(status, resp.headers(), call.path)));
             }
             if status == StatusCode::FORBIDDEN {
-                self.tokens.forbidden(lease.slot);
+                self.tokens.forbidden(grant.slot);
             } else if status.is_success() {
-                self.tokens.succeeded(lease.slot);
+                self.tokens.succeeded(grant.slot);
             }
             if status == StatusCode::NOT_MODIFIED && call.validators.is_some() {
                 let h = resp.headers();
@@ -309,7 +309,14 @@ impl Upstream {
                 });
             }
             if !status.is_success() {
-                let err = map_status(status, resp.headers(), call.path);
+                let mut err = map_status(status, resp.headers(), call.path);
+                if let Error::BadUpstream(_) = err {
+                    if status.is_client_error() {
+                        // Pass on what the platform said was wrong.
+                        let body = self.read_body(resp).await.unwrap_or_default();
+                        err = Error::Rejected(rejection(call.path, status.as_u16(), &body));
+                    }
+                }
                 return Err(if rested {
                     // The token rests for exactly Retry-After; retry at once
                     // on another token (or wait for one within the deadline).
@@ -336,7 +343,7 @@ impl Upstream {
     /// within `upstream.max_wait`); else fails fast with
     /// [`Error::RateLimited`] saying when to retry. `pin`: only that slot's
     /// token will do.
-    async fn acquire(&self, deadline: Option<Instant>, pin: Option<usize>) -> Result<Lease> {
+    async fn acquire(&self, deadline: Option<Instant>, pin: Option<usize>) -> Result<Grant> {
         if self.tokens.is_empty() {
             return Err(Error::Unauthenticated("no upstream credentials configured".into()));
         }
@@ -365,8 +372,8 @@ impl Upstream {
             }
             let mut next_ready = ranking.next_ready;
             for slot in ranking.ready {
-                let lease = match self.tokens.token(slot).await {
-                    Ok(lease) => lease,
+                let grant = match self.tokens.token(slot).await {
+                    Ok(grant) => grant,
                     Err(e) => {
                         last_err = Some(e);
                         continue;
@@ -377,7 +384,7 @@ impl Upstream {
                     Verdict::Allowed { .. } => {
                         self.tokens.note_allowed(slot);
                         UpstreamStats::bump(&self.stats.calls);
-                        return Ok(lease);
+                        return Ok(grant);
                     }
                     Verdict::Wait(wait) => {
                         let at = Instant::now() + wait;
@@ -415,12 +422,12 @@ impl Upstream {
     async fn send(
         &self,
         call: &Request<'_>,
-        lease: &Lease,
+        grant: &Grant,
         deadline: Option<Instant>,
     ) -> Result<reqwest::Response> {
         let url = format!("{}{}", self.base_url, call.path);
         let mut req = self.http.request(call.method.clone(), &url);
-        req = req.bearer_auth(&lease.token).query(call.query).header("accept", "application/json");
+        req = req.bearer_auth(&grant.token).query(call.query).header("accept", "application/json");
         if let Some(v) = call.validators {
             if let Some(etag) = &v.etag {
                 req = req.header("if-none-match", etag);
@@ -484,6 +491,25 @@ fn map_status(status: StatusCode, headers: &HeaderMap, path: &str) -> Error {
         },
         _ => Error::BadUpstream(format!("{path}: upstream answered {code}")),
     }
+}
+
+/// What a 4xx answer's JSON body says (`code`, `message`; Genesys style),
+/// or its status alone.
+fn rejection(path: &str, status: u16, body: &[u8]) -> crate::error::Rejection {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |name: &str| json.get(name).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    let mut message = text("message");
+    if message.is_empty() {
+        message = format!("{path}: upstream answered {status}");
+    }
+    if message.len() > 1024 {
+        let mut end = 1024;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    crate::error::Rejection { path: path.to_string(), status, code: text("code"), message }
 }
 
 #[cfg(test)]
@@ -566,6 +592,14 @@ mod tests {
         let err = up.platform_json(Some("nobody"), reqwest::Method::DELETE, "/x", None).await.unwrap_err();
         assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
         assert!(bearers.lock().is_empty());
+    }
+
+    #[test]
+    fn a_4xx_body_says_what_was_wrong() {
+        let r = rejection("/q", 400, br#"{"message":"interval is required","code":"bad.request","status":400}"#);
+        assert_eq!((r.status, r.code.as_str(), r.message.as_str()), (400, "bad.request", "interval is required"));
+        let r = rejection("/q", 409, b"not json");
+        assert_eq!((r.code.as_str(), r.message.as_str()), ("", "/q: upstream answered 409"));
     }
 
     #[test]

@@ -51,7 +51,7 @@ struct Slot {
 
 /// A bearer token handed to a request, with the slot it came from.
 #[derive(Clone)]
-pub struct Lease {
+pub struct Grant {
     pub slot: usize,
     pub token: String,
 }
@@ -187,25 +187,25 @@ impl TokenPool {
     /// A token for `slot`: the current one, refreshed in the background past
     /// 80 % of its lifetime, or a fresh one when there is none (or it is
     /// about to expire).
-    pub async fn token(&self, slot: usize) -> Result<Lease> {
+    pub async fn token(&self, slot: usize) -> Result<Grant> {
         let s = &self.slots[slot];
         let now = Instant::now();
         if let Some(t) = s.token.lock().clone() {
             if now < t.refresh_at {
-                return Ok(Lease { slot, token: t.value });
+                return Ok(Grant { slot, token: t.value });
             }
             if now < t.usable_until {
                 self.refresh_in_background(slot);
-                return Ok(Lease { slot, token: t.value });
+                return Ok(Grant { slot, token: t.value });
             }
         }
         let _guard = s.refreshing.lock().await;
         // Another request may have fetched one while we waited.
         if let Some(t) = s.token.lock().clone().filter(|t| Instant::now() < t.refresh_at) {
-            return Ok(Lease { slot, token: t.value });
+            return Ok(Grant { slot, token: t.value });
         }
         let token = fetch_into(s, &self.health, slot, &self.source, &self.stats).await?;
-        Ok(Lease { slot, token })
+        Ok(Grant { slot, token })
     }
 
     fn refresh_in_background(&self, slot: usize) {
@@ -228,14 +228,14 @@ impl TokenPool {
         });
     }
 
-    /// The API answered 401 to `lease`: drop the token so the next call on
+    /// The API answered 401 to `grant`: drop the token so the next call on
     /// this credential fetches a fresh one. A second 401 in a row (a fresh
     /// token refused too) parks the credential. Returns whether it was parked.
-    pub fn unauthorized(&self, lease: &Lease) -> bool {
-        let s = &self.slots[lease.slot];
+    pub fn unauthorized(&self, grant: &Grant) -> bool {
+        let s = &self.slots[grant.slot];
         {
             let mut current = s.token.lock();
-            if current.as_ref().is_none_or(|t| t.value != lease.token) {
+            if current.as_ref().is_none_or(|t| t.value != grant.token) {
                 // Already dropped (a concurrent call got the 401 first) or
                 // replaced: not a new strike against the credential.
                 return false;
@@ -243,8 +243,8 @@ impl TokenPool {
             *current = None;
         }
         UpstreamStats::bump(&self.stats.tokens_rejected);
-        let parked = self.health.lock()[lease.slot].unauthorized(Instant::now());
-        parked.map(|reason| parked_now(s, &self.stats, &self.health, lease.slot, reason)).is_some()
+        let parked = self.health.lock()[grant.slot].unauthorized(Instant::now());
+        parked.map(|reason| parked_now(s, &self.stats, &self.health, grant.slot, reason)).is_some()
     }
 
     /// The API answered 403: permissions of one resource, usually; several

@@ -41,6 +41,33 @@ fn delta(before: &Scrape, after: &Scrape, series: &str) -> f64 {
     value(after, series) - value(before, series)
 }
 
+/// Gets through the HTTP data-action door are counted like gRPC Gets (the
+/// cache counts them, whichever door they came through).
+#[tokio::test]
+async fn data_action_gets_are_counted_like_grpc_gets() {
+    let mut s = Scenario::new("da-metrics").alone().start().await;
+    let cx = s.cx();
+    let (before, _) = scrape(cx.http_addr).await;
+    let url = format!("http://{}/data-action", cx.http_addr);
+    let http = reqwest::Client::new();
+    let id = queue_id(3);
+    for _ in 0..3 {
+        let body = serde_json::json!({"kind": "routing.queue", "id": id});
+        assert_eq!(http.post(&url).json(&body).send().await.unwrap().status(), 200);
+    }
+    let no_id = serde_json::json!({"kind": "routing.queue"});
+    assert_eq!(http.post(&url).json(&no_id).send().await.unwrap().status(), 400);
+    let (after, text) = scrape(cx.http_addr).await;
+    let kind = r#"kind="routing.queue""#;
+    let served: f64 = ["upstream", "store", "l1"]
+        .iter()
+        .map(|src| delta(&before, &after, &format!(r#"cxcache_get_total{{{kind},source="{src}"}}"#)))
+        .sum();
+    assert_eq!(served, 3.0, "{text}");
+    assert_eq!(delta(&before, &after, r#"cxcache_get_errors_total{code="INVALID_ARGUMENT"}"#), 1.0, "{text}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_move_with_hits_misses_coalescing_and_429() {
     let mut s = Scenario::new("metrics").alone().start().await;
