@@ -175,6 +175,14 @@ impl Scenario {
     /// Waits for the test's turn, then starts the cluster (if any), the
     /// emulator, the instances and their clients, each awaited by readiness.
     pub async fn start(self) -> Scene {
+        // CXCACHE_TEST_LOG=<filter> (e.g. cxcache=debug) prints the
+        // in-process servers' logs, for debugging a failing test.
+        if let Ok(filter) = std::env::var("CXCACHE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let turn = Turn::take(self.alone).await;
         let (backend, shared_cluster, private_cluster) = match self.store {
             Store::Memory => (Backend::Memory, None, None),

@@ -37,7 +37,7 @@ use crate::keys;
 use crate::store::Store;
 use crate::tiers::LocalCopies;
 
-pub use validate::validate;
+pub use validate::{validate, MAX_PATTERNS};
 
 /// Purges run this many store scripts at once.
 const PURGE_CONCURRENCY: usize = 32;

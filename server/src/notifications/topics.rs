@@ -18,8 +18,10 @@ use crate::invalidation::Purge;
 use crate::keys;
 use crate::store::Store;
 
-/// Tags purged per call when a gap covers many topics.
-const TAGS_PER_PURGE: usize = 500;
+/// Tags purged per call when a gap covers many topics: as many as one
+/// purge may name (was 500, which the invalidation layer refused, so gaps
+/// over more than 100 entities purged nothing).
+const TAGS_PER_PURGE: usize = crate::invalidation::MAX_PATTERNS;
 
 /// The entity a topic stands for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -205,5 +207,20 @@ mod tests {
             kinds.event_purge(&mappings, "p", "v2.users.u1.routingStatus", &serde_json::json!({})).unwrap();
         assert_eq!(p.tags, vec!["user-routing-status:u1"]);
         assert!(kinds.event_purge(&mappings, "p", "v2.other.thing", &serde_json::json!({})).is_none());
+    }
+
+    /// A gap over many entities must still purge them all: every purge it
+    /// plans is one the invalidation layer accepts (at most 100 tags).
+    #[test]
+    fn gap_purges_over_many_entities_stay_within_the_purge_limits() {
+        let kinds = TopicKinds::new(&Catalog::with_presets(&Map::new()).unwrap());
+        let targets: Vec<Target> =
+            (0..2500).map(|n| Target { kind: "routing.queue".into(), id: format!("q{n}") }).collect();
+        let purges = kinds.gap_purges("p", &targets, "test");
+        let tags: usize = purges.iter().map(|p| p.tags.len()).sum();
+        assert_eq!(tags, 2500);
+        for p in &purges {
+            crate::invalidation::validate("p", p).expect("a purge the invalidation layer accepts");
+        }
     }
 }

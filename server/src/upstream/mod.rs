@@ -349,8 +349,17 @@ impl Upstream {
         }
         let give_up = deadline.unwrap_or_else(|| Instant::now() + self.settings.max_wait);
         // Queue for the gate, but leave time to answer before the deadline.
+        // Pinned platform calls (Notification API channels: few, and the
+        // listener's lease renewal waits on them) do not queue behind the
+        // cache's fetch backlog; they still take budget from the limiter.
         let queue_until = give_up - (give_up.saturating_duration_since(Instant::now()) / 20);
-        let _gate = match tokio::time::timeout_at(queue_until, self.gate.lock()).await {
+        let gate = async {
+            match pin {
+                Some(_) => None,
+                None => Some(self.gate.lock().await),
+            }
+        };
+        let _gate = match tokio::time::timeout_at(queue_until, gate).await {
             Ok(gate) => gate,
             Err(_) => {
                 UpstreamStats::bump(&self.stats.quota_exhausted);
