@@ -1,6 +1,8 @@
 //! One listener per fleet: a lease in the store, renewed while held. When
 //! its holder dies, the lease runs out (`notifications.lease_ttl`) and
-//! another instance takes it.
+//! another instance takes it. The renewal runs in a task of its own
+//! ([`Leadership::keep`]): slow work of the listener (a reconcile of
+//! thousands of topics, a large purge) must not let a live lease lapse.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,6 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::error::Result;
 use crate::store::Store;
 
 /// A held listener lease.
@@ -46,10 +47,51 @@ pub async fn campaign(
     }
 }
 
+/// Keeps a lease renewed (every third of its TTL) until dropped; says when
+/// it was lost.
+pub struct Keeper {
+    lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    /// Resolves once the lease was lost, or could not be renewed within its TTL.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Leadership {
-    /// Extends the lease; false when it was lost (another holds it now).
-    pub async fn renew(&self) -> Result<bool> {
-        self.store.renew_lease(&self.key, self.token, self.ttl).await
+    /// Starts renewing the lease in the background.
+    pub fn keep(&self) -> Keeper {
+        let (tx, lost) = watch::channel(false);
+        let (store, key, ttl, token) = (self.store.clone(), self.key.clone(), self.ttl, self.token);
+        let task = tokio::spawn(async move {
+            let mut renewed = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match store.renew_lease(&key, token, ttl).await {
+                    Ok(true) => renewed = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::warn!("notification listener lease lost");
+                        break;
+                    }
+                    Err(e) if renewed.elapsed() >= ttl => {
+                        tracing::warn!(error = %e, "notification listener lease not renewed in time");
+                        break;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "lease renewal failed; retrying"),
+                }
+            }
+            let _ = tx.send(true);
+        });
+        Keeper { lost, task }
     }
 
     /// Lets another instance take over at once.

@@ -183,15 +183,14 @@ impl<'a> Tenure<'a> {
                 tracing::warn!(error = %e, "takeover purge failed");
             }
         }
-        let renew_every = lease.ttl / 3;
-        let mut renew_at = Instant::now() + renew_every;
-        let mut renewed = Instant::now();
+        let mut keeper = lease.keep();
         loop {
             self.publish_status(true);
             self.record_channels().await;
-            let wake = self.next_wake().min(renew_at);
+            let wake = self.next_wake();
             tokio::select! {
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return End::Shutdown,
+                _ = keeper.lost() => return End::LeaseLost,
                 Some((slot, conn, report)) = self.rx.recv() => self.on_report(slot, conn, report).await,
                 msg = bus.recv() => match msg {
                     Ok(BusMessage::Event(e)) if e.kind == EventKind::Updated => {
@@ -204,25 +203,7 @@ impl<'a> Tenure<'a> {
                     Err(broadcast::error::RecvError::Lagged(_)) => self.reconcile_at = Instant::now(),
                     _ => {}
                 },
-                _ = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    if now >= renew_at {
-                        match lease.renew().await {
-                            Ok(true) => renewed = now,
-                            Ok(false) => {
-                                tracing::warn!("notification listener lease lost");
-                                return End::LeaseLost;
-                            }
-                            Err(e) if now.duration_since(renewed) >= lease.ttl => {
-                                tracing::warn!(error = %e, "notification listener lease not renewed in time");
-                                return End::LeaseLost;
-                            }
-                            Err(e) => tracing::debug!(error = %e, "lease renewal failed; retrying"),
-                        }
-                        renew_at = Instant::now() + renew_every;
-                    }
-                    self.tick().await;
-                }
+                _ = tokio::time::sleep_until(wake) => self.tick().await,
             }
         }
     }

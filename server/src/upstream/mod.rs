@@ -506,7 +506,8 @@ fn map_status(status: StatusCode, headers: &HeaderMap, path: &str) -> Error {
 /// or its status alone.
 fn rejection(path: &str, status: u16, body: &[u8]) -> crate::error::Rejection {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let text = |name: &str| json.get(name).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+    let text =
+        |name: &str| json.get(name).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
     let mut message = text("message");
     if message.is_empty() {
         message = format!("{path}: upstream answered {status}");
@@ -605,8 +606,12 @@ mod tests {
 
     #[test]
     fn a_4xx_body_says_what_was_wrong() {
-        let r = rejection("/q", 400, br#"{"message":"interval is required","code":"bad.request","status":400}"#);
-        assert_eq!((r.status, r.code.as_str(), r.message.as_str()), (400, "bad.request", "interval is required"));
+        let r =
+            rejection("/q", 400, br#"{"message":"interval is required","code":"bad.request","status":400}"#);
+        assert_eq!(
+            (r.status, r.code.as_str(), r.message.as_str()),
+            (400, "bad.request", "interval is required")
+        );
         let r = rejection("/q", 409, b"not json");
         assert_eq!((r.code.as_str(), r.message.as_str()), ("", "/q: upstream answered 409"));
     }
