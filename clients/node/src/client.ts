@@ -16,9 +16,9 @@ import {
   sourceToJSON,
   WatchEvent as PbWatchEvent,
   watchEvent_TypeToJSON,
-} from "./gen/cxcache/v1/cache";
-import { Duration } from "./gen/google/protobuf/duration";
-import { CacheError, toCacheError } from "./errors";
+} from "./gen/cxcache/v1/cache.js";
+import { Duration } from "./gen/google/protobuf/duration.js";
+import { CacheError, toCacheError } from "./errors.js";
 
 /** Where a Get reply's value came from (cxcache.v1.Source without the prefix). */
 export type Source = "UNSPECIFIED" | "L1" | "STORE" | "UPSTREAM" | "STALE" | "COALESCED" | "REVALIDATED";

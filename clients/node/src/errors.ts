@@ -1,5 +1,5 @@
 import { Metadata, status as Status } from "@grpc/grpc-js";
-import { Any } from "./gen/google/protobuf/any";
+import { Any } from "./gen/google/protobuf/any.js";
 import {
   BadRequest,
   DebugInfo,
@@ -11,8 +11,8 @@ import {
   RequestInfo,
   ResourceInfo,
   RetryInfo,
-} from "./gen/google/rpc/error_details";
-import { Status as RpcStatus } from "./gen/google/rpc/status";
+} from "./gen/google/rpc/error_details.js";
+import { Status as RpcStatus } from "./gen/google/rpc/status.js";
 
 export const DETAILS_KEY = "grpc-status-details-bin";
 

@@ -10,7 +10,7 @@ export {
   type Source,
   type WatchEvent,
   type WatchOptions,
-} from "./client";
+} from "./client.js";
 export {
   CacheError,
   CancelledError,
@@ -27,5 +27,6 @@ export {
   toCacheError,
   type ErrorDetail,
   type FieldViolation,
-} from "./errors";
+} from "./errors.js";
 export { status } from "@grpc/grpc-js";
+export { VERSION } from "./gen/version.js";

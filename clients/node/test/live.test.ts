@@ -11,7 +11,7 @@ import {
   ResourceExhaustedError,
   type Source,
   type WatchEvent,
-} from "../src";
+} from "../src/index.js";
 
 const ADDR = process.env.CXCACHE_ADDR;
 const EMULATOR = process.env.CXCACHE_EMULATOR_URL?.replace(/\/$/, "");

@@ -14,11 +14,11 @@ import {
   ResourceExhaustedError,
   UnavailableError,
   type WatchEvent,
-} from "../src";
-import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type } from "../src/gen/cxcache/v1/cache";
-import { Any } from "../src/gen/google/protobuf/any";
-import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details";
-import { Status } from "../src/gen/google/rpc/status";
+} from "../src/index.js";
+import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type } from "../src/gen/cxcache/v1/cache.js";
+import { Any } from "../src/gen/google/protobuf/any.js";
+import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
+import { Status } from "../src/gen/google/rpc/status.js";
 
 function pack(type: string, bytes: Uint8Array): Any {
   return { typeUrl: `type.googleapis.com/${type}`, value: Buffer.from(bytes) };
