@@ -1,12 +1,17 @@
 export {
   CacheClient,
   WatchStream,
+  abortableSleep,
+  backoffDelay,
+  guard,
   type CallSettings,
   type ClientOptions,
   type EventType,
   type GetOptions,
   type GetResult,
   type InvalidateOptions,
+  type ReconnectOptions,
+  type RetryOptions,
   type Source,
   type WatchEvent,
   type WatchOptions,
@@ -24,9 +29,13 @@ export {
   UnauthenticatedError,
   UnavailableError,
   UnimplementedError,
+  UPSTREAM_DOMAIN,
+  ValueParseError,
   toCacheError,
   type ErrorDetail,
+  type ErrorInfoDetail,
   type FieldViolation,
+  type UpstreamError,
 } from "./errors.js";
 export { status } from "@grpc/grpc-js";
 export { VERSION } from "./gen/version.js";
