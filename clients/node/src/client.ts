@@ -386,31 +386,34 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
   private attach(call: ClientReadableStream<PbWatchEvent>): void {
     this.call = call;
     let settled = false;
-    call.on("metadata", () => {
-      // Let a status that came with the headers (trailers-only refusal) land first.
-      setImmediate(() => {
-        if (this.call !== call || settled || this.cancelled) return;
-        this.isReady = true;
-        this.failures = 0;
-        if (this.everReady) {
-          this.reconnects++;
-          this.queue.push({
-            type: "RESYNC",
-            key: "",
-            prefix: "",
-            tag: "",
-            kind: "",
-            reason: `reconnected after ${this.lastError?.message ?? "a broken stream"}`,
-            time: new Date(),
-            sequence: 0,
-          });
-        }
-        this.everReady = true;
-        this.wake();
-      });
-    });
+    let accepted = false;
+    // The subscription counts as accepted with its first event, or one turn after the
+    // headers (letting a status that came with them, a trailers-only refusal, land first).
+    const accept = () => {
+      if (accepted || this.call !== call || settled || this.cancelled) return;
+      accepted = true;
+      this.isReady = true;
+      this.failures = 0;
+      if (this.everReady) {
+        this.reconnects++;
+        this.queue.push({
+          type: "RESYNC",
+          key: "",
+          prefix: "",
+          tag: "",
+          kind: "",
+          reason: `reconnected after ${this.lastError?.message ?? "a broken stream"}`,
+          time: new Date(),
+          sequence: 0,
+        });
+      }
+      this.everReady = true;
+      this.wake();
+    };
+    call.on("metadata", () => setImmediate(accept));
     call.on("data", (ev: PbWatchEvent) => {
       if (this.call !== call || this.cancelled) return;
+      accept();
       this.queue.push(toWatchEvent(ev));
       if (this.queue.length >= HIGH_WATER) call.pause();
       this.wake();
@@ -613,6 +616,7 @@ export class CacheClient {
     const deadline = timeoutMs === undefined ? undefined : start + timeoutMs;
     const trace = this.tracing ? await traceHeaders() : {};
     const policy = this.retryPolicy(settings.retry);
+    let waitedMs = 0;
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.attempt(method, req, this.metadata(settings.metadata, trace, settings.waitForReady), deadline, settings.signal);
@@ -621,10 +625,13 @@ export class CacheClient {
         e.attempts = attempt;
         if (!policy || !(e instanceof CacheError) || attempt >= policy.maxAttempts || !policy.retryOn.includes(e.code)) throw e;
         const delayMs = backoffDelay(attempt, policy, policy.random ?? Math.random, e.retryAfterMs);
-        const resumeAt = Date.now() + delayMs;
-        // Retry only if the wait ends inside the deadline and the time budget.
-        if ((deadline !== undefined && resumeAt >= deadline) || resumeAt - start > policy.maxElapsedMs) throw e;
+        const now = Date.now();
+        // Retry only if the wait ends inside the deadline and the time budget (the
+        // budget counts the planned waits too, whatever the sleep function does).
+        if (deadline !== undefined && now + delayMs >= deadline) throw e;
+        if (Math.max(now - start, waitedMs) + delayMs > policy.maxElapsedMs) throw e;
         policy.onRetry?.({ attempt, error: e, delayMs });
+        waitedMs += delayMs;
         await (policy.sleep ?? abortableSleep)(delayMs, settings.signal);
         if (settings.signal?.aborted) throw new CancelledError(Status.CANCELLED, "aborted while waiting to retry");
       }
