@@ -87,6 +87,34 @@ describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CX
     assert.ok(second.ttlRemainingMs > 0 && second.ageMs >= 0);
   });
 
+  test("a second Get comes from STORE, the next from L1", async () => {
+    await client.invalidate({ tags: [`queue:${queue()}`], reason: "node client test" });
+    const sources: Source[] = [];
+    for (let i = 0; i < 3; i++) sources.push((await client.get("routing.queue", { id: queue() })).source);
+    assert.deepEqual(sources, ["UPSTREAM", "STORE", "L1"]);
+  });
+
+  test("an upstream 4xx carries the platform's error when the server relays ErrorInfo", async (t) => {
+    await assert.rejects(client.get("routing.queue", { id: randomUUID() }), (e: unknown) => {
+      assert.ok(e instanceof NotFoundError);
+      if (!e.upstream) {
+        t.skip("server sends no ErrorInfo with domain cxcache.upstream yet");
+        return true;
+      }
+      assert.ok(e.upstreamMessage, "upstreamMessage is empty");
+      assert.equal(e.upstreamStatus, 404);
+      assert.ok(e.upstreamCode);
+      return true;
+    });
+  });
+
+  test("a trace context is accepted (traceparent metadata)", async () => {
+    const r = await client.get("routing.queues", {
+      metadata: { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" },
+    });
+    assert.ok(r.key);
+  });
+
   test("forceRefresh goes upstream", async () => {
     await client.get("routing.queue", { id: queue() });
     const before = await queueGets();
