@@ -18,7 +18,7 @@ import {
   watchEvent_TypeToJSON,
 } from "./gen/cxcache/v1/cache.js";
 import { Duration } from "./gen/google/protobuf/duration.js";
-import { CacheError, CancelledError, toCacheError, ValueParseError } from "./errors.js";
+import { CacheError, CancelledError, toCacheError, UnavailableError, ValueParseError } from "./errors.js";
 import { traceHeaders, traceHeadersSync, warmTracing } from "./tracing.js";
 
 /** Where a Get reply's value came from (cxcache.v1.Source without the prefix). */
@@ -347,7 +347,7 @@ const HIGH_WATER = 256;
  * `for await` loop early) ends it; iteration then finishes without an error.
  *
  * When the stream breaks with a retryable status (UNAVAILABLE etc., see
- * ReconnectOptions) it resubscribes by itself with exponential backoff + jitter
+ * ReconnectOptions), or the server ends it (it does so when shutting down), it resubscribes by itself with exponential backoff + jitter
  * (honouring RetryInfo); once the new subscription is accepted it yields a
  * `RESYNC` event, because events may have been missed in the gap. A stream that
  * cannot be re-established (attempts spent, deadline, non-retryable status) throws
@@ -433,14 +433,16 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
   private ended(call: ClientReadableStream<PbWatchEvent>, err: ServiceError | undefined): void {
     if (this.call !== call) return;
     this.isReady = false;
-    if (this.cancelled || !err) {
+    const p = this.policy;
+    if (this.cancelled || (!err && !p)) {
       this.finished = true;
       this.wake();
       return;
     }
-    const e = toCacheError(err, this.hadDeadline);
-    const p = this.policy;
-    if (p && p.retryOn.includes(e.code) && this.failures < p.maxAttempts) {
+    // A Watch has no end: a server that ends it with OK is going away (tonic does so on
+    // shutdown), so a reconnecting stream treats that as a break too.
+    const e = err ? toCacheError(err, this.hadDeadline) : new UnavailableError(Status.UNAVAILABLE, "the server ended the stream");
+    if (p && (!err || p.retryOn.includes(e.code)) && this.failures < p.maxAttempts) {
       this.failures++;
       const delay = backoffDelay(this.failures, p, p.random ?? Math.random, e.retryAfterMs);
       if (this.deadline === undefined || Date.now() + delay < this.deadline) {

@@ -468,6 +468,17 @@ describe("client behaviours", () => {
       assert.deepEqual(delays, [125]); // 250 ms base, equal jitter at random=0
     });
 
+    test("a stream the server ends (shutdown) is resubscribed too", async () => {
+      const tk = token();
+      const s = client.watch({ prefixes: [`end:${tk}`], reconnect: { sleep: async () => undefined, maxAttempts: 2 } });
+      await assert.rejects(async () => {
+        for await (const _ of s) {
+          /* none */
+        }
+      }, (e: unknown) => e instanceof UnavailableError && /ended the stream/.test(e.message));
+      assert.equal(watchOpens.get(tk), 3);
+    });
+
     test("reconnect: false ends the iteration with the error", async () => {
       await assert.rejects(async () => {
         for await (const _ of client.watch({ prefixes: [`flap:${token()}`], reconnect: false })) {

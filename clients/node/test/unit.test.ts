@@ -270,7 +270,7 @@ describe("CacheClient against a fake server", () => {
 
   test("watch is an async iterator of events", async () => {
     const events: WatchEvent[] = [];
-    for await (const ev of client.watch({ keys: ["k1", "k2"], prefixes: ["lag"], timeoutMs: 5000 })) events.push(ev);
+    for await (const ev of client.watch({ keys: ["k1", "k2"], prefixes: ["lag"], timeoutMs: 5000, reconnect: false })) events.push(ev);
     assert.deepEqual(
       events.map((e) => [e.type, e.key, e.sequence]),
       [
