@@ -16,42 +16,113 @@ import {
   sourceToJSON,
   WatchEvent as PbWatchEvent,
   watchEvent_TypeToJSON,
-} from "./gen/cxcache/v1/cache";
-import { Duration } from "./gen/google/protobuf/duration";
-import { CacheError, toCacheError } from "./errors";
+} from "./gen/cxcache/v1/cache.js";
+import { Duration } from "./gen/google/protobuf/duration.js";
+import { CacheError, CancelledError, toCacheError, UnavailableError, ValueParseError } from "./errors.js";
+import { traceHeaders, traceHeadersSync, warmTracing } from "./tracing.js";
 
 /** Where a Get reply's value came from (cxcache.v1.Source without the prefix). */
 export type Source = "UNSPECIFIED" | "L1" | "STORE" | "UPSTREAM" | "STALE" | "COALESCED" | "REVALIDATED";
 
 /** cxcache.v1.WatchEvent.Type without the prefix. */
-export type EventType = "UNSPECIFIED" | "INVALIDATED" | "UPDATED" | "LAGGED";
+/** cxcache.v1.WatchEvent.Type without the prefix, plus RESYNC: emitted by this client after it reconnected. */
+export type EventType = "UNSPECIFIED" | "INVALIDATED" | "UPDATED" | "LAGGED" | "RESYNC";
+
+/** Retry policy for unary calls (get, invalidate). */
+export interface RetryOptions {
+  /** Total attempts including the first (default 4; 1 disables retrying). */
+  maxAttempts?: number;
+  /** Backoff before the 2nd attempt (default 100 ms); it grows by `multiplier` per attempt. */
+  initialBackoffMs?: number;
+  /** Cap on one backoff (default 5000 ms). */
+  maxBackoffMs?: number;
+  /** Backoff growth factor (default 2). */
+  multiplier?: number;
+  /**
+   * Budget for the whole call, attempts and waits together (default 30000 ms). The
+   * call's deadline (timeoutMs) bounds it too: no retry is started, nor a wait
+   * begun, that cannot finish before the deadline.
+   */
+  maxElapsedMs?: number;
+  /** Status codes that are retried (default UNAVAILABLE and RESOURCE_EXHAUSTED). */
+  retryOn?: Status[];
+  /** Called before each wait: the failed attempt's number, its error and the wait. */
+  onRetry?: (info: { attempt: number; error: CacheError; delayMs: number }) => void;
+  /** Test hook: how to wait (default setTimeout, cut short by the call's signal). */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /** Test hook: a number in [0, 1) for jitter (default Math.random). */
+  random?: () => number;
+}
+
+/** How a Watch reconnects after its stream breaks. */
+export interface ReconnectOptions {
+  /** Reconnect attempts in a row, without a successful one between, before giving up (default Infinity; 0 = never). */
+  maxAttempts?: number;
+  /** First backoff (default 250 ms), growing by `multiplier` per consecutive failure. */
+  initialBackoffMs?: number;
+  /** Cap on one backoff (default 10000 ms). */
+  maxBackoffMs?: number;
+  /** Backoff growth factor (default 2). */
+  multiplier?: number;
+  /** Status codes that trigger a reconnect (default UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, INTERNAL). */
+  retryOn?: Status[];
+  /** Test hook: how to wait (default setTimeout, cut short by cancel()). */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /** Test hook: a number in [0, 1) for jitter (default Math.random). */
+  random?: () => number;
+}
 
 export interface ClientOptions {
-  /** Channel credentials; plaintext (insecure) when omitted. */
+  /** Channel credentials (grpc-js `credentials.createSsl(...)` etc.); plaintext (insecure) when omitted. */
   credentials?: ChannelCredentials;
-  /** Options passed to the grpc-js channel. */
+  /** Options passed to the grpc-js channel, e.g. `{ "grpc.keepalive_time_ms": 30000 }`. */
   channelOptions?: Partial<GrpcClientOptions>;
   /** Deadline applied to get/invalidate calls without their own timeoutMs. */
   defaultTimeoutMs?: number;
   /** Metadata sent with every call. */
   metadata?: Record<string, string>;
+  /** Retry policy for get/invalidate (on by default; `false` turns it off). */
+  retry?: RetryOptions | false;
+  /** Reconnect policy for watches (on by default; `false` turns it off). */
+  reconnect?: ReconnectOptions | false;
+  /**
+   * Wait for the channel to connect instead of failing fast with UNAVAILABLE while
+   * it is connecting or in backoff (gRPC wait-for-ready); bounded by the deadline.
+   * Default false. Per-call `waitForReady` overrides it.
+   */
+  waitForReady?: boolean;
+  /**
+   * Inject W3C trace context (`traceparent`, plus whatever the registered
+   * propagator writes) into each call's metadata when `@opentelemetry/api` is
+   * installed (default true; without the package nothing happens).
+   */
+  tracing?: boolean;
 }
 
 export interface CallSettings {
-  /** Per-call deadline in milliseconds. */
+  /** Per-call deadline in milliseconds; covers all retries of the call. */
   timeoutMs?: number;
-  /** Aborting cancels the call (it then rejects with CancelledError). */
+  /** Aborting cancels the call, and any wait between retries (it then rejects with CancelledError). */
   signal?: AbortSignal;
+  /** Per-call retry policy, merged over the client's; `false` turns retrying off for this call. */
+  retry?: RetryOptions | false;
+  /** Per-call wait-for-ready (see ClientOptions.waitForReady). */
+  waitForReady?: boolean;
+  /** Extra metadata for this call (added to ClientOptions.metadata). */
+  metadata?: Record<string, string>;
 }
 
-export interface GetOptions extends CallSettings {
+export interface GetOptions<T = unknown> extends CallSettings {
   /** Entity id, required when the kind's path has an {id}. */
   id?: string;
   /** Named projection declared by the kind. */
   variant?: string;
   /** Query parameters (values are sent as strings). */
   params?: Record<string, string | number | boolean>;
-  /** Request body for query-style kinds: objects are JSON-encoded, strings sent as-is. */
+  /**
+   * Request body for query-style kinds (POST queries): objects are JSON-encoded,
+   * strings and Buffers sent as-is (they must be JSON).
+   */
   body?: unknown;
   /** Accept a cached value only if at most this old. */
   maxAgeMs?: number;
@@ -59,10 +130,16 @@ export interface GetOptions extends CallSettings {
   allowStale?: boolean;
   /** Skip the cache and fetch upstream. */
   forceRefresh?: boolean;
+  /**
+   * Turns the decoded JSON into a T, throwing if it is not one (a schema
+   * validator's parse, or `guard(isT)`); the call then rejects with
+   * ValueParseError. Without it the value is `unknown`.
+   */
+  parse?: (value: unknown) => T;
 }
 
 export interface GetResult<T = unknown> {
-  /** The parsed JSON value. */
+  /** The parsed JSON value (the output of `parse` when given, else `unknown`). */
   value: T;
   /** Canonical JSON bytes as sent by the server. */
   raw: Buffer;
@@ -81,15 +158,30 @@ export interface InvalidateOptions extends CallSettings {
   reason?: string;
 }
 
-export interface WatchOptions extends CallSettings {
+export interface WatchOptions {
   keys?: string[];
   prefixes?: string[];
   kinds?: string[];
   /** Tags such as `queue:<id>`: events for every key carrying one. */
   tags?: string[];
+  /** Deadline for the whole subscription, reconnects included. */
+  timeoutMs?: number;
+  /** Aborting cancels the subscription (like cancel()). */
+  signal?: AbortSignal;
+  /** Reconnect policy, merged over the client's; `false` ends the stream on the first break. */
+  reconnect?: ReconnectOptions | false;
+  /** Wait-for-ready for each (re)connect (see ClientOptions.waitForReady). */
+  waitForReady?: boolean;
+  /** Extra metadata for this subscription. */
+  metadata?: Record<string, string>;
 }
 
 export interface WatchEvent {
+  /**
+   * INVALIDATED / UPDATED: the key changed. LAGGED (from the server) and RESYNC (from
+   * this client, after it reconnected a broken stream): events may have been missed,
+   * so treat everything the subscription covers as possibly stale.
+   */
   type: EventType;
   key: string;
   prefix: string;
@@ -98,6 +190,66 @@ export interface WatchEvent {
   reason: string;
   time: Date | undefined;
   sequence: number;
+}
+
+/** Turn a type guard into a `parse` function for get(): throws TypeError when the guard rejects. */
+export function guard<T>(isT: (value: unknown) => value is T, what = "the expected type"): (value: unknown) => T {
+  return (value: unknown): T => {
+    if (!isT(value)) throw new TypeError(`value is not ${what}`);
+    return value;
+  };
+}
+
+const DEFAULT_RETRY = {
+  maxAttempts: 4,
+  initialBackoffMs: 100,
+  maxBackoffMs: 5000,
+  multiplier: 2,
+  maxElapsedMs: 30_000,
+  retryOn: [Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED] as Status[],
+};
+
+const DEFAULT_RECONNECT = {
+  maxAttempts: Infinity,
+  initialBackoffMs: 250,
+  maxBackoffMs: 10_000,
+  multiplier: 2,
+  retryOn: [Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.ABORTED, Status.INTERNAL] as Status[],
+};
+
+/** setTimeout as a promise; rejects with CancelledError when the signal aborts. */
+export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(new CancelledError(Status.CANCELLED, "aborted"));
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(new CancelledError(Status.CANCELLED, "aborted while waiting to retry"));
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * The wait before retry number `failures` (1 = after the first failure):
+ * exponential backoff with "equal jitter" (half fixed, half random), or the
+ * server's RetryInfo delay when it sent one (never shorter, plus up to 10% jitter).
+ */
+export function backoffDelay(
+  failures: number,
+  p: { initialBackoffMs: number; maxBackoffMs: number; multiplier: number },
+  random: () => number,
+  serverDelayMs?: number,
+): number {
+  if (serverDelayMs !== undefined) return Math.round(serverDelayMs * (1 + 0.1 * random()));
+  const base = Math.min(p.maxBackoffMs, p.initialBackoffMs * Math.pow(p.multiplier, failures - 1));
+  return Math.round(base / 2 + (base / 2) * random());
 }
 
 function durationMs(d: Duration | undefined): number {
@@ -114,10 +266,30 @@ function stripPrefix(name: string, prefix: string): string {
   return name.startsWith(prefix) ? name.slice(prefix.length) : "UNSPECIFIED";
 }
 
-export function toGetResult<T>(resp: GetResponse): GetResult<T> {
+/**
+ * Decode a GetResponse. The value is the decoded JSON passed through `parse` when
+ * given; JSON or parse failures throw ValueParseError.
+ */
+export function toGetResult<T = unknown>(resp: GetResponse, kind = "", parse?: (value: unknown) => T): GetResult<T> {
   const raw = Buffer.from(resp.value);
+  let json: unknown;
+  try {
+    json = raw.length ? JSON.parse(raw.toString("utf8")) : null;
+  } catch (e) {
+    throw new ValueParseError(`${kind}: the value is not JSON`, kind, resp.key, raw, e);
+  }
+  let value: T;
+  if (parse) {
+    try {
+      value = parse(json);
+    } catch (e) {
+      throw new ValueParseError(`${kind}: ${(e as Error)?.message ?? String(e)}`, kind, resp.key, raw, e);
+    }
+  } else {
+    value = json as T; // T defaults to unknown: get() offers no other T without parse
+  }
   return {
-    value: (raw.length ? JSON.parse(raw.toString("utf8")) : null) as T,
+    value,
     raw,
     source: stripPrefix(sourceToJSON(resp.source), "SOURCE_") as Source,
     key: resp.key,
@@ -166,38 +338,133 @@ export function buildGetRequest(kind: string, o: GetOptions = {}): GetRequest {
   };
 }
 
+type ReconnectPolicy = typeof DEFAULT_RECONNECT & Pick<ReconnectOptions, "sleep" | "random">;
+
+const HIGH_WATER = 256;
+
 /**
  * One Watch subscription: an async iterable of events. `cancel()` (or leaving a
  * `for await` loop early) ends it; iteration then finishes without an error.
+ *
+ * When the stream breaks with a retryable status (UNAVAILABLE etc., see
+ * ReconnectOptions), or the server ends it (it does so when shutting down), it resubscribes by itself with exponential backoff + jitter
+ * (honouring RetryInfo); once the new subscription is accepted it yields a
+ * `RESYNC` event, because events may have been missed in the gap. A stream that
+ * cannot be re-established (attempts spent, deadline, non-retryable status) throws
+ * the last CacheError from the iteration.
  */
 export class WatchStream implements AsyncIterable<WatchEvent> {
-  private cancelled = false;
-  private headers = false;
+  private call: ClientReadableStream<PbWatchEvent> | undefined;
+  private queue: WatchEvent[] = [];
   private failure: CacheError | undefined;
-  private ended = false;
+  private finished = false;
+  private cancelled = false;
+  private isReady = false;
+  private everReady = false;
+  private failures = 0;
+  private lastError: CacheError | undefined;
+  private readonly sleepAbort = new AbortController();
   private waiters: Array<() => void> = [];
+  /** How many times the stream was re-established. */
+  reconnects = 0;
 
+  /** @internal use CacheClient.watch() */
   constructor(
-    private readonly call: ClientReadableStream<PbWatchEvent>,
+    private readonly open: () => ClientReadableStream<PbWatchEvent>,
     private readonly hadDeadline = false,
+    private readonly policy: ReconnectPolicy | undefined = undefined,
+    private readonly deadline: number | undefined = undefined,
   ) {
-    call.on("metadata", () => {
-      this.headers = true;
+    this.attach(open());
+  }
+
+  /** True while the current subscription is accepted by the server (the ready signal; see waitReady). */
+  get ready(): boolean {
+    return this.isReady;
+  }
+
+  private attach(call: ClientReadableStream<PbWatchEvent>): void {
+    this.call = call;
+    let settled = false;
+    let accepted = false;
+    // The subscription counts as accepted with its first event, or one turn after the
+    // headers (letting a status that came with them, a trailers-only refusal, land first).
+    const accept = () => {
+      if (accepted || this.call !== call || settled || this.cancelled) return;
+      accepted = true;
+      this.isReady = true;
+      this.failures = 0;
+      if (this.everReady) {
+        this.reconnects++;
+        this.queue.push({
+          type: "RESYNC",
+          key: "",
+          prefix: "",
+          tag: "",
+          kind: "",
+          reason: `reconnected after ${this.lastError?.message ?? "a broken stream"}`,
+          time: new Date(),
+          sequence: 0,
+        });
+      }
+      this.everReady = true;
+      this.wake();
+    };
+    call.on("metadata", () => setImmediate(accept));
+    call.on("data", (ev: PbWatchEvent) => {
+      if (this.call !== call || this.cancelled) return;
+      accept();
+      this.queue.push(toWatchEvent(ev));
+      if (this.queue.length >= HIGH_WATER) call.pause();
       this.wake();
     });
     call.on("error", (err: ServiceError) => {
-      if (!(this.cancelled && err.code === Status.CANCELLED)) this.failure = toCacheError(err, this.hadDeadline);
-      this.ended = true;
-      this.wake();
+      if (settled) return;
+      settled = true;
+      this.ended(call, err);
     });
     call.on("status", () => {
-      this.ended = true;
-      this.wake();
+      if (settled) return;
+      settled = true;
+      this.ended(call, undefined);
     });
   }
 
+  private ended(call: ClientReadableStream<PbWatchEvent>, err: ServiceError | undefined): void {
+    if (this.call !== call) return;
+    this.isReady = false;
+    const p = this.policy;
+    if (this.cancelled || (!err && !p)) {
+      this.finished = true;
+      this.wake();
+      return;
+    }
+    // A Watch has no end: a server that ends it with OK is going away (tonic does so on
+    // shutdown), so a reconnecting stream treats that as a break too.
+    const e = err ? toCacheError(err, this.hadDeadline) : new UnavailableError(Status.UNAVAILABLE, "the server ended the stream");
+    if (p && (!err || p.retryOn.includes(e.code)) && this.failures < p.maxAttempts) {
+      this.failures++;
+      const delay = backoffDelay(this.failures, p, p.random ?? Math.random, e.retryAfterMs);
+      if (this.deadline === undefined || Date.now() + delay < this.deadline) {
+        this.lastError = e;
+        (p.sleep ?? abortableSleep)(delay, this.sleepAbort.signal).then(
+          () => {
+            if (!this.cancelled) this.attach(this.open());
+          },
+          () => {
+            /* cancelled while waiting */
+          },
+        );
+        return;
+      }
+    }
+    e.attempts = this.failures + 1;
+    this.failure = e;
+    this.finished = true;
+    this.wake();
+  }
+
   private wake(): void {
-    // Let a status that arrived with the headers (trailers-only reply) land first.
     setImmediate(() => {
       const ws = this.waiters;
       this.waiters = [];
@@ -206,23 +473,20 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
   }
 
   /**
-   * Resolves true once the server has accepted the subscription (response headers
-   * received), false on timeout or cancel; rejects with the call's CacheError when
-   * the server refused it (e.g. UnimplementedError, InvalidArgumentError).
+   * The Watch-ready signal: resolves true once the server has accepted the
+   * subscription (response headers received; while reconnecting, once it is
+   * accepted again), false on timeout, cancel or a stream that ended; rejects with
+   * the CacheError when the server refused it (e.g. UnimplementedError,
+   * InvalidArgumentError) or reconnecting gave up.
    */
   waitReady(timeoutMs?: number): Promise<boolean> {
     return new Promise<boolean>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const check = (): boolean => {
-        if (this.failure) {
-          reject(this.failure);
-        } else if (this.cancelled || this.ended) {
-          resolve(this.headers && !this.cancelled);
-        } else if (this.headers) {
-          resolve(true);
-        } else {
-          return false;
-        }
+        if (this.failure) reject(this.failure);
+        else if (this.isReady) resolve(true);
+        else if (this.cancelled || this.finished) resolve(false);
+        else return false;
         if (timer) clearTimeout(timer);
         return true;
       };
@@ -235,43 +499,62 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
           resolve(false);
         }, timeoutMs);
       }
-      // Give a trailers-only reply that is already buffered a chance to land.
-      if (this.headers || this.ended) setImmediate(wait);
-      else wait();
+      setImmediate(wait);
     });
   }
 
   cancel(): void {
     if (!this.cancelled) {
       this.cancelled = true;
-      this.call.cancel();
+      this.finished = true;
+      this.isReady = false;
+      this.queue = [];
+      this.sleepAbort.abort();
+      this.call?.cancel();
       this.wake();
     }
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<WatchEvent> {
     try {
-      for await (const ev of this.call as AsyncIterable<PbWatchEvent>) {
-        yield toWatchEvent(ev);
+      for (;;) {
+        const ev = this.queue.shift();
+        if (ev) {
+          if (this.queue.length < HIGH_WATER / 2 && this.call?.isPaused()) this.call.resume();
+          yield ev;
+          continue;
+        }
+        if (this.failure) throw this.failure;
+        if (this.finished) return;
+        await new Promise<void>((r) => this.waiters.push(r));
       }
-    } catch (err) {
-      if (this.cancelled && (err as ServiceError).code === Status.CANCELLED) return;
-      throw toCacheError(err, this.hadDeadline);
     } finally {
-      if (!this.ended) this.cancel();
+      if (!this.finished) this.cancel();
     }
   }
 }
 
+type UnaryMethod<Req, Res> = (
+  req: Req,
+  md: Metadata,
+  opts: Partial<CallOptions>,
+  cb: (err: ServiceError | null, res: Res) => void,
+) => { cancel(): void };
+
 /**
  * Promise-based client for cxcache.v1.Cache. Failed calls reject with a
- * CacheError subclass carrying field violations / retry delay from the
- * google.rpc status details.
+ * CacheError subclass carrying field violations, the retry delay and the
+ * platform's error from the google.rpc status details. get/invalidate retry
+ * UNAVAILABLE and RESOURCE_EXHAUSTED (see RetryOptions); watches reconnect.
  */
 export class CacheClient {
   private readonly stub: GeneratedCacheClient;
   private readonly defaultTimeoutMs: number | undefined;
   private readonly baseMetadata: Record<string, string>;
+  private readonly retry: RetryOptions | false;
+  private readonly reconnect: ReconnectOptions | false;
+  private readonly waitForReady: boolean;
+  private readonly tracing: boolean;
 
   constructor(target = "127.0.0.1:50051", options: ClientOptions = {}) {
     this.stub = new GeneratedCacheClient(
@@ -281,54 +564,92 @@ export class CacheClient {
     );
     this.defaultTimeoutMs = options.defaultTimeoutMs;
     this.baseMetadata = options.metadata ?? {};
+    this.retry = options.retry ?? {};
+    this.reconnect = options.reconnect ?? {};
+    this.waitForReady = options.waitForReady ?? false;
+    this.tracing = options.tracing ?? true;
+    if (this.tracing) warmTracing();
   }
 
-  private metadata(): Metadata {
-    const md = new Metadata();
+  private metadata(extra: Record<string, string> | undefined, trace: Record<string, string>, waitForReady: boolean | undefined): Metadata {
+    const md = new Metadata({ waitForReady: waitForReady ?? this.waitForReady });
     for (const [k, v] of Object.entries(this.baseMetadata)) md.set(k, v);
+    for (const [k, v] of Object.entries(extra ?? {})) md.set(k, v);
+    for (const [k, v] of Object.entries(trace)) if (!md.get(k).length) md.set(k, v);
     return md;
   }
 
-  private callOptions(timeoutMs: number | undefined): Partial<CallOptions> {
-    return timeoutMs === undefined ? {} : { deadline: new Date(Date.now() + timeoutMs) };
+  private retryPolicy(perCall: RetryOptions | false | undefined): (typeof DEFAULT_RETRY & RetryOptions) | undefined {
+    if (perCall === false || this.retry === false) return undefined;
+    return { ...DEFAULT_RETRY, ...this.retry, ...(perCall ?? {}) };
   }
 
-  private unary<Req, Res>(
-    method: (
-      req: Req,
-      md: Metadata,
-      opts: Partial<CallOptions>,
-      cb: (err: ServiceError | null, res: Res) => void,
-    ) => { cancel(): void },
+  private attempt<Req, Res>(
+    method: UnaryMethod<Req, Res>,
     req: Req,
-    settings: CallSettings,
+    md: Metadata,
+    deadline: number | undefined,
+    signal: AbortSignal | undefined,
   ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
-      if (settings.signal?.aborted) {
-        reject(new CacheError(Status.CANCELLED, "aborted before start") as CacheError);
+      if (signal?.aborted) {
+        reject(new CancelledError(Status.CANCELLED, "aborted before start"));
         return;
       }
-      const timeoutMs = settings.timeoutMs ?? this.defaultTimeoutMs;
       const call = method.call(
         this.stub,
         req,
-        this.metadata(),
-        this.callOptions(timeoutMs),
+        md,
+        deadline === undefined ? {} : { deadline: new Date(deadline) },
         (err, res) => {
-          settings.signal?.removeEventListener("abort", onAbort);
-          if (err) reject(toCacheError(err, timeoutMs !== undefined));
+          signal?.removeEventListener("abort", onAbort);
+          if (err) reject(toCacheError(err, deadline !== undefined));
           else resolve(res);
         },
       );
       const onAbort = () => call.cancel();
-      settings.signal?.addEventListener("abort", onAbort, { once: true });
+      signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
 
-  /** Get one catalog resource. */
-  async get<T = unknown>(kind: string, options: GetOptions = {}): Promise<GetResult<T>> {
+  private async unary<Req, Res>(method: UnaryMethod<Req, Res>, req: Req, settings: CallSettings): Promise<Res> {
+    const start = Date.now();
+    const timeoutMs = settings.timeoutMs ?? this.defaultTimeoutMs;
+    const deadline = timeoutMs === undefined ? undefined : start + timeoutMs;
+    const trace = this.tracing ? await traceHeaders() : {};
+    const policy = this.retryPolicy(settings.retry);
+    let waitedMs = 0;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.attempt(method, req, this.metadata(settings.metadata, trace, settings.waitForReady), deadline, settings.signal);
+      } catch (err) {
+        const e = err as CacheError;
+        e.attempts = attempt;
+        if (!policy || !(e instanceof CacheError) || attempt >= policy.maxAttempts || !policy.retryOn.includes(e.code)) throw e;
+        const delayMs = backoffDelay(attempt, policy, policy.random ?? Math.random, e.retryAfterMs);
+        const now = Date.now();
+        // Retry only if the wait ends inside the deadline and the time budget (the
+        // budget counts the planned waits too, whatever the sleep function does).
+        if (deadline !== undefined && now + delayMs >= deadline) throw e;
+        if (Math.max(now - start, waitedMs) + delayMs > policy.maxElapsedMs) throw e;
+        policy.onRetry?.({ attempt, error: e, delayMs });
+        waitedMs += delayMs;
+        await (policy.sleep ?? abortableSleep)(delayMs, settings.signal);
+        if (settings.signal?.aborted) throw new CancelledError(Status.CANCELLED, "aborted while waiting to retry");
+      }
+    }
+  }
+
+  /**
+   * Get one catalog resource. With `parse` the value is checked and typed by it
+   * (`get(kind, { parse: (v): T => ... })`, or `parse: guard(isT)`); without it the
+   * value is `unknown`. There is no unchecked `get<T>()`.
+   */
+  get<T>(kind: string, options: GetOptions<T> & { parse: (value: unknown) => T }): Promise<GetResult<T>>;
+  get(kind: string, options?: GetOptions<unknown>): Promise<GetResult<unknown>>;
+  async get<T>(kind: string, options: GetOptions<T> = {}): Promise<GetResult<T>> {
     const resp = await this.unary<GetRequest, GetResponse>(this.stub.get, buildGetRequest(kind, options), options);
-    return toGetResult<T>(resp);
+    return toGetResult<T>(resp, kind, options.parse);
   }
 
   /** Purge entries by key, prefix or tag; resolves to the number purged. */
@@ -348,17 +669,25 @@ export class CacheClient {
 
   /** Subscribe to events; iterate the returned stream with `for await`. */
   watch(options: WatchOptions = {}): WatchStream {
-    const call = this.stub.watch(
-      {
-        keys: options.keys ?? [],
-        prefixes: options.prefixes ?? [],
-        kinds: options.kinds ?? [],
-        tags: options.tags ?? [],
-      },
-      this.metadata(),
-      this.callOptions(options.timeoutMs),
-    );
-    const stream = new WatchStream(call, options.timeoutMs !== undefined);
+    const req = {
+      keys: options.keys ?? [],
+      prefixes: options.prefixes ?? [],
+      kinds: options.kinds ?? [],
+      tags: options.tags ?? [],
+    };
+    const deadline = options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs;
+    const trace = this.tracing ? traceHeadersSync() : {};
+    const open = () =>
+      this.stub.watch(
+        req,
+        this.metadata(options.metadata, trace, options.waitForReady),
+        deadline === undefined ? {} : { deadline: new Date(deadline) },
+      );
+    const policy =
+      options.reconnect === false || this.reconnect === false
+        ? undefined
+        : { ...DEFAULT_RECONNECT, ...this.reconnect, ...(options.reconnect ?? {}) };
+    const stream = new WatchStream(open, deadline !== undefined, policy, deadline);
     options.signal?.addEventListener("abort", () => stream.cancel(), { once: true });
     return stream;
   }

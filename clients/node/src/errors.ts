@@ -1,5 +1,5 @@
 import { Metadata, status as Status } from "@grpc/grpc-js";
-import { Any } from "./gen/google/protobuf/any";
+import { Any } from "./gen/google/protobuf/any.js";
 import {
   BadRequest,
   DebugInfo,
@@ -11,15 +11,44 @@ import {
   RequestInfo,
   ResourceInfo,
   RetryInfo,
-} from "./gen/google/rpc/error_details";
-import { Status as RpcStatus } from "./gen/google/rpc/status";
+} from "./gen/google/rpc/error_details.js";
+import { Status as RpcStatus } from "./gen/google/rpc/status.js";
 
 export const DETAILS_KEY = "grpc-status-details-bin";
 
 /** One google.rpc.BadRequest field violation. */
 export interface FieldViolation {
+  /** The request field at fault, e.g. "kind", "id", "params.pageSize". */
   field: string;
+  /** Human-readable description of what is wrong with it. */
   description: string;
+  /** Machine-readable reason, when the server sends one ("" otherwise). */
+  reason: string;
+}
+
+/** A google.rpc.ErrorInfo detail. */
+export interface ErrorInfoDetail {
+  reason: string;
+  domain: string;
+  metadata: Record<string, string>;
+}
+
+/** ErrorInfo domain the server uses for errors that come from the platform (Genesys Cloud). */
+export const UPSTREAM_DOMAIN = "cxcache.upstream";
+
+/**
+ * The platform's own error, when the server relays an upstream 4xx/5xx as a
+ * google.rpc.ErrorInfo with domain "cxcache.upstream".
+ */
+export interface UpstreamError {
+  /** The platform's error code (ErrorInfo.reason), e.g. "not.found". */
+  code: string;
+  /** The platform's HTTP status (ErrorInfo.metadata.status), when present and numeric. */
+  status: number | undefined;
+  /** The platform's error message (ErrorInfo.metadata.message). */
+  message: string;
+  /** All ErrorInfo.metadata entries. */
+  metadata: Record<string, string>;
 }
 
 /** A google.rpc detail message, decoded when its type is known. */
@@ -57,8 +86,16 @@ export class CacheError extends Error {
   readonly fieldViolations: FieldViolation[];
   /** From a google.rpc.RetryInfo detail: how long to wait before retrying. */
   readonly retryAfterMs: number | undefined;
+  /** Field violations grouped by field name: `fieldErrors.kind` -> ["unknown kind 'x'"]. */
+  readonly fieldErrors: Readonly<Record<string, string[]>>;
+  /** The first google.rpc.ErrorInfo detail, if any. */
+  readonly errorInfo: ErrorInfoDetail | undefined;
+  /** The platform's error when the server relayed one (ErrorInfo domain "cxcache.upstream"). */
+  readonly upstream: UpstreamError | undefined;
   /** Response trailers. */
   readonly metadata: Metadata | undefined;
+  /** How many attempts the call made (more than 1 when it was retried). */
+  attempts = 1;
 
   constructor(
     code: Status,
@@ -67,6 +104,7 @@ export class CacheError extends Error {
       errorDetails?: ErrorDetail[];
       fieldViolations?: FieldViolation[];
       retryAfterMs?: number;
+      errorInfo?: ErrorInfoDetail;
       metadata?: Metadata;
       cause?: unknown;
     } = {},
@@ -81,6 +119,57 @@ export class CacheError extends Error {
     this.fieldViolations = init.fieldViolations ?? [];
     this.retryAfterMs = init.retryAfterMs;
     this.metadata = init.metadata;
+    const byField: Record<string, string[]> = {};
+    for (const v of this.fieldViolations) (byField[v.field] ??= []).push(v.description);
+    this.fieldErrors = byField;
+    const infos = this.errorDetails.filter((d) => d.type === "google.rpc.ErrorInfo").map((d) => d.message as ErrorInfo);
+    const info = init.errorInfo ?? infos[0];
+    this.errorInfo = info && { reason: info.reason, domain: info.domain, metadata: { ...info.metadata } };
+    const up = infos.find((i) => i.domain === UPSTREAM_DOMAIN) ?? (info?.domain === UPSTREAM_DOMAIN ? info : undefined);
+    if (up) {
+      const st = Number(up.metadata.status);
+      this.upstream = {
+        code: up.reason,
+        status: up.metadata.status !== undefined && Number.isFinite(st) ? st : undefined,
+        message: up.metadata.message ?? "",
+        metadata: { ...up.metadata },
+      };
+    }
+  }
+
+  /** The platform's error message (shortcut for `upstream?.message`). */
+  get upstreamMessage(): string | undefined {
+    return this.upstream?.message;
+  }
+
+  /** The platform's error code (shortcut for `upstream?.code`). */
+  get upstreamCode(): string | undefined {
+    return this.upstream?.code;
+  }
+
+  /** The platform's HTTP status (shortcut for `upstream?.status`). */
+  get upstreamStatus(): number | undefined {
+    return this.upstream?.status;
+  }
+}
+
+/**
+ * A Get succeeded but its value could not be turned into the caller's type: the
+ * bytes were not JSON, or the `parse` callback threw (it is the `cause`).
+ */
+export class ValueParseError extends Error {
+  constructor(
+    message: string,
+    /** The kind that was requested. */
+    readonly kind: string,
+    /** The reply's cache key. */
+    readonly key: string,
+    /** The reply's raw JSON bytes. */
+    readonly raw: Buffer,
+    cause?: unknown,
+  ) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = "ValueParseError";
   }
 }
 
@@ -171,7 +260,7 @@ export function toCacheError(err: unknown, hadDeadline = false): CacheError {
   for (const d of errorDetails) {
     if (d.type === "google.rpc.BadRequest") {
       for (const v of (d.message as BadRequest).fieldViolations) {
-        fieldViolations.push({ field: v.field, description: v.description });
+        fieldViolations.push({ field: v.field, description: v.description, reason: v.reason ?? "" });
       }
     } else if (d.type === "google.rpc.RetryInfo") {
       const delay = (d.message as RetryInfo).retryDelay;

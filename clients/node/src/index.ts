@@ -1,16 +1,21 @@
 export {
   CacheClient,
   WatchStream,
+  abortableSleep,
+  backoffDelay,
+  guard,
   type CallSettings,
   type ClientOptions,
   type EventType,
   type GetOptions,
   type GetResult,
   type InvalidateOptions,
+  type ReconnectOptions,
+  type RetryOptions,
   type Source,
   type WatchEvent,
   type WatchOptions,
-} from "./client";
+} from "./client.js";
 export {
   CacheError,
   CancelledError,
@@ -24,8 +29,13 @@ export {
   UnauthenticatedError,
   UnavailableError,
   UnimplementedError,
+  UPSTREAM_DOMAIN,
+  ValueParseError,
   toCacheError,
   type ErrorDetail,
+  type ErrorInfoDetail,
   type FieldViolation,
-} from "./errors";
+  type UpstreamError,
+} from "./errors.js";
 export { status } from "@grpc/grpc-js";
+export { VERSION } from "./gen/version.js";

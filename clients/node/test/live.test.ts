@@ -5,13 +5,14 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import {
   CacheClient,
+  guard,
   DeadlineExceededError,
   InvalidArgumentError,
   NotFoundError,
   ResourceExhaustedError,
   type Source,
   type WatchEvent,
-} from "../src";
+} from "../src/index.js";
 
 const ADDR = process.env.CXCACHE_ADDR;
 const EMULATOR = process.env.CXCACHE_EMULATOR_URL?.replace(/\/$/, "");
@@ -43,6 +44,12 @@ interface Queue {
   id: string;
   [k: string]: unknown;
 }
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const isQueue = (v: unknown): v is Queue => isObject(v) && typeof v.id === "string";
+const asQueueList = (v: unknown): { entities: Queue[] } => {
+  if (!isObject(v) || !Array.isArray(v.entities) || !v.entities.every(isQueue)) throw new TypeError("not a queue list");
+  return { entities: v.entities };
+};
 
 describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CXCACHE_EMULATOR_URL (clients/run-tests.sh)" : false }, () => {
   let client: CacheClient;
@@ -52,7 +59,7 @@ describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CX
   before(async () => {
     client = new CacheClient(ADDR!, { defaultTimeoutMs: 10_000 });
     await clearFaults();
-    const list = await client.get<{ entities: Queue[] }>("routing.queues");
+    const list = await client.get("routing.queues", { parse: asQueueList });
     ids = list.value.entities.map((e) => e.id);
     assert.ok(ids.length > 0, "routing.queues returned no entities");
   });
@@ -60,7 +67,7 @@ describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CX
   after(() => client?.close());
 
   test("list queues", async () => {
-    const r = await client.get<{ entities: Queue[] }>("routing.queues");
+    const r = await client.get("routing.queues", { parse: asQueueList });
     assert.ok(Array.isArray(r.value.entities) && r.value.entities.every((e) => e.id));
     assert.ok(r.key);
   });
@@ -69,8 +76,8 @@ describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CX
     // Purged first, so the first Get is a miss even on a reused server.
     await client.invalidate({ tags: [`queue:${queue()}`], reason: "node client test" });
     const before = await queueGets();
-    const first = await client.get<Queue>("routing.queue", { id: queue() });
-    const second = await client.get<Queue>("routing.queue", { id: queue() });
+    const first = await client.get("routing.queue", { id: queue(), parse: guard(isQueue, "a queue") });
+    const second = await client.get("routing.queue", { id: queue(), parse: guard(isQueue, "a queue") });
     assert.equal((await queueGets()) - before, 1);
     assert.equal(first.source, "UPSTREAM");
     assert.ok(CACHED.includes(second.source), second.source);
@@ -78,6 +85,34 @@ describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CX
     assert.deepEqual(first.raw, second.raw);
     assert.equal(first.value.id, queue());
     assert.ok(second.ttlRemainingMs > 0 && second.ageMs >= 0);
+  });
+
+  test("a second Get comes from STORE, the next from L1", async () => {
+    await client.invalidate({ tags: [`queue:${queue()}`], reason: "node client test" });
+    const sources: Source[] = [];
+    for (let i = 0; i < 3; i++) sources.push((await client.get("routing.queue", { id: queue() })).source);
+    assert.deepEqual(sources, ["UPSTREAM", "STORE", "L1"]);
+  });
+
+  test("an upstream 4xx carries the platform's error when the server relays ErrorInfo", async (t) => {
+    await assert.rejects(client.get("routing.queue", { id: randomUUID() }), (e: unknown) => {
+      assert.ok(e instanceof NotFoundError);
+      if (!e.upstream) {
+        t.skip("server sends no ErrorInfo with domain cxcache.upstream yet");
+        return true;
+      }
+      assert.ok(e.upstreamMessage, "upstreamMessage is empty");
+      assert.equal(e.upstreamStatus, 404);
+      assert.ok(e.upstreamCode);
+      return true;
+    });
+  });
+
+  test("a trace context is accepted (traceparent metadata)", async () => {
+    const r = await client.get("routing.queues", {
+      metadata: { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" },
+    });
+    assert.ok(r.key);
   });
 
   test("forceRefresh goes upstream", async () => {
@@ -89,8 +124,8 @@ describe("live cxcache", { skip: !ADDR || !EMULATOR ? "needs CXCACHE_ADDR and CX
   });
 
   test("variant summary is a projection with its own key", async () => {
-    const full = await client.get<Record<string, unknown>>("routing.queue", { id: queue() });
-    const summary = await client.get<Record<string, unknown>>("routing.queue", { id: queue(), variant: "summary" });
+    const full = await client.get("routing.queue", { id: queue(), parse: guard(isObject) });
+    const summary = await client.get("routing.queue", { id: queue(), variant: "summary", parse: guard(isObject) });
     assert.notEqual(summary.key, full.key);
     assert.ok(Object.keys(summary.value).length > 0);
     for (const k of Object.keys(summary.value)) assert.ok(k in full.value, `summary field ${k} not in full value`);

@@ -14,11 +14,11 @@ import {
   ResourceExhaustedError,
   UnavailableError,
   type WatchEvent,
-} from "../src";
-import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type } from "../src/gen/cxcache/v1/cache";
-import { Any } from "../src/gen/google/protobuf/any";
-import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details";
-import { Status } from "../src/gen/google/rpc/status";
+} from "../src/index.js";
+import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type } from "../src/gen/cxcache/v1/cache.js";
+import { Any } from "../src/gen/google/protobuf/any.js";
+import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
+import { Status } from "../src/gen/google/rpc/status.js";
 
 function pack(type: string, bytes: Uint8Array): Any {
   return { typeUrl: `type.googleapis.com/${type}`, value: Buffer.from(bytes) };
@@ -156,7 +156,8 @@ describe("CacheClient against a fake server", () => {
   });
 
   test("get encodes the request and decodes the result", async () => {
-    const r = await client.get<Record<string, unknown>>("echo", {
+    const r = await client.get("echo", {
+      parse: (v) => v as Record<string, unknown>,
       id: "q1",
       variant: "summary",
       params: { pageSize: 25, expand: true },
@@ -181,7 +182,7 @@ describe("CacheClient against a fake server", () => {
   });
 
   test("get without freshness options sends none", async () => {
-    const r = await client.get<{ freshness: unknown; bodyJson: string }>("echo", { body: '{"raw":true}' });
+    const r = await client.get("echo", { body: '{"raw":true}', parse: (v) => v as { freshness: unknown; bodyJson: string } });
     assert.equal(r.value.freshness, null);
     assert.equal(r.value.bodyJson, '{"raw":true}');
   });
@@ -198,7 +199,8 @@ describe("CacheClient against a fake server", () => {
       assert.equal(e.code, status.INVALID_ARGUMENT);
       assert.equal(e.codeName, "INVALID_ARGUMENT");
       assert.equal(e.details, "unknown kind");
-      assert.deepEqual(e.fieldViolations, [{ field: "kind", description: "unknown kind 'bad'" }]);
+      assert.deepEqual(e.fieldViolations, [{ field: "kind", description: "unknown kind 'bad'", reason: "" }]);
+      assert.deepEqual(e.fieldErrors, { kind: ["unknown kind 'bad'"] });
       assert.equal(e.retryAfterMs, undefined);
       return true;
     });
@@ -268,7 +270,7 @@ describe("CacheClient against a fake server", () => {
 
   test("watch is an async iterator of events", async () => {
     const events: WatchEvent[] = [];
-    for await (const ev of client.watch({ keys: ["k1", "k2"], prefixes: ["lag"], timeoutMs: 5000 })) events.push(ev);
+    for await (const ev of client.watch({ keys: ["k1", "k2"], prefixes: ["lag"], timeoutMs: 5000, reconnect: false })) events.push(ev);
     assert.deepEqual(
       events.map((e) => [e.type, e.key, e.sequence]),
       [
