@@ -13,8 +13,8 @@ import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
 
 /**
- * One logical Watch subscription over one or more gRPC calls: a call lost with UNAVAILABLE is
- * replaced after a backoff (per the reconnect policy) and a resubscribed LAGGED event is delivered
+ * One logical Watch subscription over one or more gRPC calls: a call lost with UNAVAILABLE (or
+ * ended by the server, which cxcache does only on shutdown) is replaced after a backoff (per the reconnect policy) and a resubscribed LAGGED event is delivered
  * once the new call is accepted.
  */
 final class WatchCore {
@@ -125,12 +125,22 @@ final class WatchCore {
         return;
       }
       current = null;
-      if (status.isOk() || (cancelled && status.getCode() == Status.Code.CANCELLED)) {
+      if (cancelled && (status.isOk() || status.getCode() == Status.Code.CANCELLED)) {
         finish(null);
         return;
       }
-      error = CacheException.from(status.asRuntimeException(trailers), options.getDeadline() != null);
-      if (!cancelled && status.getCode() == Status.Code.UNAVAILABLE && !reconnect.isDisabled()) {
+      // cxcache ends a Watch with OK only when it shuts down: with reconnection on, that is a
+      // lost stream like UNAVAILABLE; with it off, the normal end of the iteration.
+      boolean lost = status.getCode() == Status.Code.UNAVAILABLE || status.isOk();
+      if (status.isOk() && reconnect.isDisabled()) {
+        finish(null);
+        return;
+      }
+      error = status.isOk()
+          ? CacheException.from(Status.UNAVAILABLE.withDescription("watch stream ended by the server")
+              .asRuntimeException(), false)
+          : CacheException.from(status.asRuntimeException(trailers), options.getDeadline() != null);
+      if (!cancelled && lost && !reconnect.isDisabled()) {
         long now = System.nanoTime();
         if (failures == 0) {
           outageStart = now;

@@ -262,7 +262,7 @@ class CacheClientTest {
       assertFalse(s.hasNext(Duration.ofSeconds(5)));
       assertTrue(s.isFinished());
     }
-    try (WatchStream s = client.watch(WatchQuery.create().keys("only"))) {
+    try (WatchStream s = client.watch(WatchQuery.create().keys("only").reconnect(RetryPolicy.disabled()))) {
       assertEquals("only", s.poll(Duration.ofSeconds(5)).key());
       assertFalse(s.hasNext(Duration.ofSeconds(5)));
       assertTrue(s.isFinished());
@@ -349,7 +349,7 @@ class CacheClientTest {
   @Test
   void watchIterator() {
     List<WatchEvent> events = new ArrayList<>();
-    try (WatchStream s = client.watch(WatchQuery.create().keys("k1", "k2").prefixes("lag"))) {
+    try (WatchStream s = client.watch(WatchQuery.create().keys("k1", "k2").prefixes("lag").reconnect(RetryPolicy.disabled()))) {
       s.forEachRemaining(events::add);
       assertTrue(s.isFinished());
     }

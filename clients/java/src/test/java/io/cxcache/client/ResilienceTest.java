@@ -114,6 +114,9 @@ class ResilienceTest {
       if (p[0].equals("drop") && n == 1) {
         fail(obs, Code.UNAVAILABLE, 0);
       }
+      if (p[0].equals("end") && n == 1) {
+        obs.onCompleted(); // what cxcache does to its watches when it shuts down
+      }
       // otherwise stays open until cancelled
     }
   }
@@ -297,6 +300,22 @@ class ResilienceTest {
       assertFalse(s.isFinished());
       s.cancel();
       assertFalse(s.hasNext());
+      assertTrue(s.isFinished());
+    }
+  }
+
+  @Test
+  void watchEndedByTheServerIsResubscribedToo() {
+    try (CacheClient c = client(FAST);
+         WatchStream s = c.watch(WatchQuery.create().prefixes("end:a").reconnect(FAST_RECONNECT))) {
+      assertEquals("attempt-1", s.next().key());
+      assertTrue(s.next().isResubscribed());
+      assertEquals("attempt-2", s.next().key());
+    }
+    try (CacheClient c = client(FAST);
+         WatchStream s = c.watch(WatchQuery.create().prefixes("end:b").reconnect(RetryPolicy.disabled()))) {
+      assertEquals("attempt-1", s.next().key());
+      assertFalse(s.hasNext()); // without reconnection the server's end is the end of the iteration
       assertTrue(s.isFinished());
     }
   }
