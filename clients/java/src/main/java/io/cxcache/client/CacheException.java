@@ -3,12 +3,14 @@ package io.cxcache.client;
 import com.google.protobuf.Any;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
+import com.google.rpc.ErrorInfo;
 import com.google.rpc.RetryInfo;
 import io.grpc.Status;
 import io.grpc.protobuf.StatusProto;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 
 /**
@@ -20,28 +22,94 @@ import java.util.Optional;
 public class CacheException extends RuntimeException {
   private static final long serialVersionUID = 1L;
 
-  /** One google.rpc.BadRequest field violation. */
+  /**
+   * One google.rpc.BadRequest field violation.
+   *
+   * @param field the request field, named as in the proto: kind, id, variant, params[NAME],
+   *     body_json, freshness.max_age, keys[I], prefixes[I], tags[I]
+   * @param description what is wrong with it
+   */
   public record FieldViolation(String field, String description) {}
+
+  /**
+   * A google.rpc.ErrorInfo detail.
+   *
+   * @param reason machine-readable cause (for {@link #UPSTREAM_DOMAIN}: the platform's error code)
+   * @param domain who defines the reason
+   * @param metadata further key/value facts (unmodifiable)
+   */
+  public record ErrorDetail(String reason, String domain, Map<String, String> metadata) {
+    /** Copies {@code metadata}. */
+    public ErrorDetail {
+      metadata = metadata == null ? Map.of() : Map.copyOf(metadata);
+    }
+  }
+
+  /**
+   * The platform's own answer to an upstream 4xx, from an ErrorInfo detail of domain
+   * {@link #UPSTREAM_DOMAIN}.
+   *
+   * @param code the platform's error code (ErrorInfo reason), e.g. "not.found"
+   * @param httpStatus the upstream HTTP status (metadata "status"), 0 when not sent
+   * @param message the platform's error message (metadata "message"), empty when not sent
+   */
+  public record UpstreamError(String code, int httpStatus, String message) {}
+
+  /** ErrorInfo domain of details that describe the upstream platform's error answer. */
+  public static final String UPSTREAM_DOMAIN = "cxcache.upstream";
 
   private final Status.Code code;
   private final String statusMessage;
   private final transient List<Any> details;
   private final List<FieldViolation> fieldViolations;
   private final Duration retryDelay;
+  private final List<ErrorDetail> errorDetails;
 
   protected CacheException(
       Status.Code code, String statusMessage, List<Any> details, List<FieldViolation> fieldViolations,
       Duration retryDelay, Throwable cause) {
-    super(describe(code, statusMessage, fieldViolations, retryDelay), cause);
+    super(describe(code, statusMessage, fieldViolations, retryDelay, upstreamOf(errorDetails(details))),
+        cause);
     this.code = code;
     this.statusMessage = statusMessage;
     this.details = List.copyOf(details);
     this.fieldViolations = List.copyOf(fieldViolations);
     this.retryDelay = retryDelay;
+    this.errorDetails = errorDetails(details);
   }
 
-  private static String describe(
-      Status.Code code, String message, List<FieldViolation> violations, Duration retryDelay) {
+  private static List<ErrorDetail> errorDetails(List<Any> details) {
+    List<ErrorDetail> out = new ArrayList<>();
+    for (Any any : details) {
+      if (any.is(ErrorInfo.class)) {
+        try {
+          ErrorInfo info = any.unpack(ErrorInfo.class);
+          out.add(new ErrorDetail(info.getReason(), info.getDomain(), info.getMetadataMap()));
+        } catch (InvalidProtocolBufferException e) {
+          // skip the malformed detail
+        }
+      }
+    }
+    return List.copyOf(out);
+  }
+
+  private static UpstreamError upstreamOf(List<ErrorDetail> errorDetails) {
+    for (ErrorDetail d : errorDetails) {
+      if (UPSTREAM_DOMAIN.equals(d.domain())) {
+        int status = 0;
+        try {
+          status = Integer.parseInt(d.metadata().getOrDefault("status", "0").trim());
+        } catch (NumberFormatException e) {
+          // keep 0
+        }
+        return new UpstreamError(d.reason(), status, d.metadata().getOrDefault("message", ""));
+      }
+    }
+    return null;
+  }
+
+  private static String describe(Status.Code code, String message, List<FieldViolation> violations,
+      Duration retryDelay, UpstreamError upstream) {
     StringBuilder sb = new StringBuilder(code.name()).append(": ").append(message == null ? "" : message);
     if (!violations.isEmpty()) {
       sb.append(" [");
@@ -52,6 +120,19 @@ public class CacheException extends RuntimeException {
         sb.append(violations.get(i).field()).append(": ").append(violations.get(i).description());
       }
       sb.append(']');
+    }
+    if (upstream != null) {
+      sb.append(" (upstream");
+      if (upstream.httpStatus() != 0) {
+        sb.append(' ').append(upstream.httpStatus());
+      }
+      if (!upstream.code().isEmpty()) {
+        sb.append(' ').append(upstream.code());
+      }
+      if (!upstream.message().isEmpty()) {
+        sb.append(": ").append(upstream.message());
+      }
+      sb.append(')');
     }
     if (retryDelay != null) {
       sb.append(" (retry after ").append(retryDelay).append(')');
@@ -77,6 +158,29 @@ public class CacheException extends RuntimeException {
   /** Field violations from a google.rpc.BadRequest detail (empty when none). */
   public List<FieldViolation> fieldViolations() {
     return fieldViolations;
+  }
+
+  /** The violation reported for {@code field} (e.g. "id", "params[pageSize]"), if any. */
+  public Optional<FieldViolation> fieldViolation(String field) {
+    return fieldViolations.stream().filter(v -> v.field().equals(field)).findFirst();
+  }
+
+  /** All google.rpc.ErrorInfo details (empty when none). */
+  public List<ErrorDetail> errorDetails() {
+    return errorDetails;
+  }
+
+  /**
+   * The upstream platform's error (code, HTTP status, message) when the server forwarded one as an
+   * ErrorInfo of domain {@link #UPSTREAM_DOMAIN}, e.g. for a 404 or 400 from the platform.
+   */
+  public Optional<UpstreamError> upstreamError() {
+    return Optional.ofNullable(upstreamOf(errorDetails));
+  }
+
+  /** Shortcut for {@code upstreamError().map(UpstreamError::message)}. */
+  public Optional<String> upstreamMessage() {
+    return upstreamError().map(UpstreamError::message);
   }
 
   /** How long to wait before retrying, from a google.rpc.RetryInfo detail. */

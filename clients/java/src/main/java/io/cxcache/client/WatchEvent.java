@@ -5,6 +5,12 @@ import java.time.Instant;
 /**
  * One Watch event.
  *
+ * <p>When a watch reconnects after losing its stream (see {@link WatchQuery#reconnect(RetryPolicy)})
+ * the client delivers one event it makes itself: type {@link EventType#LAGGED}, reason
+ * {@link #RESUBSCRIBED}, sequence 0, empty key. Events may have been missed during the gap: treat
+ * everything watched as changed and resync, exactly as for a server's LAGGED. Sequence numbers of
+ * the new stream start again at 1.
+ *
  * @param type what happened
  * @param key the key concerned; empty for a prefix/tag purge reported once, and for LAGGED
  * @param prefix the prefix purged, when the event is for one
@@ -12,11 +18,28 @@ import java.time.Instant;
  * @param kind resource kind of the key, when known
  * @param reason the Invalidate reason, "webhook:&lt;event id&gt;", "stored", ...
  * @param time when it happened, or null when the server did not say
- * @param sequence per-stream sequence number starting at 1
+ * @param sequence per-stream sequence number starting at 1 (0 for the client's resubscribed event)
  */
 public record WatchEvent(
     EventType type, String key, String prefix, String tag, String kind, String reason,
     Instant time, long sequence) {
+
+  /** Reason of the LAGGED event the client delivers after it resubscribed. */
+  public static final String RESUBSCRIBED = "cxcache-client:resubscribed";
+
+  static WatchEvent resubscribed() {
+    return new WatchEvent(EventType.LAGGED, "", "", "", "", RESUBSCRIBED, Instant.now(), 0);
+  }
+
+  /** True for LAGGED events, from the server or the client's resubscription: resync. */
+  public boolean needsResync() {
+    return type == EventType.LAGGED;
+  }
+
+  /** True for the event the client delivers after it reconnected a lost stream. */
+  public boolean isResubscribed() {
+    return type == EventType.LAGGED && RESUBSCRIBED.equals(reason) && sequence == 0;
+  }
 
   static WatchEvent fromProto(io.cxcache.v1.WatchEvent e) {
     return new WatchEvent(

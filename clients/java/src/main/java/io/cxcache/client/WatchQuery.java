@@ -13,6 +13,7 @@ public final class WatchQuery {
   private final List<String> kinds = new ArrayList<>();
   private final List<String> tags = new ArrayList<>();
   private Duration timeout;
+  private RetryPolicy reconnect;
 
   private WatchQuery() {}
 
@@ -45,6 +46,22 @@ public final class WatchQuery {
   public WatchQuery timeout(Duration timeout) {
     this.timeout = timeout;
     return this;
+  }
+
+  /**
+   * How to reconnect when the stream is lost (UNAVAILABLE: server restart, network failure).
+   * Default: the client's watch policy ({@link CacheClient.Builder#watchReconnect(RetryPolicy)},
+   * itself {@link RetryPolicy#watchDefaults()} unless set). {@link RetryPolicy#disabled()} turns
+   * reconnection off: the stream then fails with {@link CacheException.Unavailable}. After a
+   * reconnect the client delivers one LAGGED event with reason {@link WatchEvent#RESUBSCRIBED}.
+   */
+  public WatchQuery reconnect(RetryPolicy policy) {
+    this.reconnect = policy;
+    return this;
+  }
+
+  RetryPolicy reconnect() {
+    return reconnect;
   }
 
   Duration timeout() {

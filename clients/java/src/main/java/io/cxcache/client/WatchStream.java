@@ -1,12 +1,8 @@
 package io.cxcache.client;
 
-import io.cxcache.v1.CacheGrpc;
-import io.cxcache.v1.WatchRequest;
 import io.grpc.CallOptions;
 import io.grpc.Channel;
-import io.grpc.ClientCall;
-import io.grpc.Metadata;
-import io.grpc.Status;
+import io.cxcache.v1.WatchRequest;
 import java.time.Duration;
 import java.util.Iterator;
 import java.util.NoSuchElementException;
@@ -19,63 +15,63 @@ import java.util.concurrent.TimeoutException;
 
 /**
  * One Watch subscription as a blocking {@link Iterator}. {@link #hasNext()} blocks until the next
- * event or the end of the stream; a failed stream throws its {@link CacheException}. Close it (or
- * {@link #cancel()}) to end the subscription; iteration then ends without an error. Events are
- * requested from the server one at a time as they are consumed (gRPC flow control), so a slow
- * consumer makes the server report LAGGED instead of buffering without bound here.
+ * event or the end of the stream ({@link #hasNext(Duration)} and {@link #poll(Duration)} wait at
+ * most a given time); a failed stream throws its {@link CacheException}. Close it (or {@link
+ * #cancel()}) to end the subscription; iteration then ends without an error. Events are requested
+ * from the server one at a time as they are consumed (gRPC flow control), so a slow consumer makes
+ * the server report LAGGED instead of buffering without bound here. A stream lost with UNAVAILABLE
+ * is resubscribed by itself (see {@link WatchQuery#reconnect(RetryPolicy)}) and then yields one
+ * LAGGED event with reason {@link WatchEvent#RESUBSCRIBED}.
  */
 public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
   private static final Object END = new Object();
 
-  private final ClientCall<WatchRequest, io.cxcache.v1.WatchEvent> call;
+  /** The client's own resubscribed event: consuming it asks the server for nothing. */
+  private record Synthetic(WatchEvent event) {}
+
+  private final WatchCore core;
   private final BlockingQueue<Object> queue = new LinkedBlockingQueue<>();
   private final CompletableFuture<Boolean> ready = new CompletableFuture<>();
-  private volatile boolean cancelled;
   private Object next;
   private boolean finished;
 
-  WatchStream(Channel channel, CallOptions options, WatchRequest request) {
-    call = channel.newCall(CacheGrpc.getWatchMethod(), options);
-    call.start(
-        new ClientCall.Listener<>() {
-          @Override
-          public void onHeaders(Metadata headers) {
-            ready.complete(true);
-          }
+  WatchStream(Channel channel, CallOptions options, WatchRequest request, RetryPolicy reconnect) {
+    core = new WatchCore(channel, options, request, reconnect, new WatchCore.Sink() {
+      @Override
+      public void ready() {
+        ready.complete(true);
+      }
 
-          @Override
-          public void onMessage(io.cxcache.v1.WatchEvent message) {
-            queue.add(WatchEvent.fromProto(message));
-          }
+      @Override
+      public void event(WatchEvent event, boolean synthetic) {
+        queue.add(synthetic ? new Synthetic(event) : event);
+      }
 
-          @Override
-          public void onClose(Status status, Metadata trailers) {
-            if (status.isOk() || (cancelled && status.getCode() == Status.Code.CANCELLED)) {
-              ready.complete(false);
-              queue.add(END);
-            } else {
-              CacheException e =
-                  CacheException.from(status.asRuntimeException(trailers), options.getDeadline() != null);
-              ready.completeExceptionally(e);
-              queue.add(e);
-            }
-          }
-        },
-        new Metadata());
-    call.sendMessage(request);
-    call.halfClose();
-    call.request(1);
+      @Override
+      public void end() {
+        ready.complete(false);
+        queue.add(END);
+      }
+
+      @Override
+      public void error(CacheException error) {
+        ready.completeExceptionally(error);
+        queue.add(error);
+      }
+    }, false);
+    core.start();
   }
 
   /**
    * Wait until the server has accepted the subscription (response headers received).
    *
+   * @param timeout how long to wait at most
    * @return true when accepted, false on timeout or when the stream ended first without error
    * @throws CacheException when the server refused the call (e.g. Unimplemented)
    */
   public boolean awaitReady(Duration timeout) {
     try {
-      return ready.get(timeout.toMillis(), TimeUnit.MILLISECONDS);
+      return ready.get(timeout.toNanos(), TimeUnit.NANOSECONDS);
     } catch (TimeoutException e) {
       return false;
     } catch (ExecutionException e) {
@@ -86,9 +82,9 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
     }
   }
 
-  private Object take(long timeoutMillis) throws InterruptedException {
+  private Object take(long timeoutNanos) throws InterruptedException {
     if (next == null) {
-      next = timeoutMillis < 0 ? queue.take() : queue.poll(timeoutMillis, TimeUnit.MILLISECONDS);
+      next = timeoutNanos < 0 ? queue.take() : queue.poll(timeoutNanos, TimeUnit.NANOSECONDS);
     }
     return next;
   }
@@ -97,24 +93,46 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
     Object item = next;
     next = null;
     if (item instanceof WatchEvent ev) {
-      call.request(1);
+      core.request();
       return ev;
     }
-    if (item instanceof CacheException e) {
-      finished = true;
-      throw e;
+    if (item instanceof Synthetic s) {
+      return s.event();
     }
     finished = true;
+    if (item instanceof CacheException e) {
+      throw e;
+    }
     return null;
   }
 
+  /** Blocks until an event is ready (true) or the stream ended (false); throws its failure. */
   @Override
   public boolean hasNext() {
+    return waitNext(-1);
+  }
+
+  /**
+   * Like {@link #hasNext()} but waits at most {@code timeout}.
+   *
+   * @param timeout how long to wait at most
+   * @return true when an event is ready for {@link #next()}; false on timeout or when the stream
+   *     has ended (tell them apart with {@link #isFinished()})
+   * @throws CacheException when the stream failed
+   */
+  public boolean hasNext(Duration timeout) {
+    return waitNext(Math.max(0, timeout.toNanos()));
+  }
+
+  private boolean waitNext(long timeoutNanos) {
     if (finished) {
       return false;
     }
     try {
-      Object item = take(-1);
+      Object item = take(timeoutNanos);
+      if (item == null) {
+        return false;
+      }
       if (item == END) {
         finished = true;
         next = null;
@@ -143,22 +161,12 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
    * The next event, waiting at most {@code timeout}; null on timeout or when the stream has ended
    * (see {@link #isFinished()}).
    *
+   * @param timeout how long to wait at most
+   * @return the event, or null
    * @throws CacheException when the stream failed
    */
   public WatchEvent poll(Duration timeout) {
-    if (finished) {
-      return null;
-    }
-    try {
-      Object item = take(timeout.toMillis());
-      if (item == null) {
-        return null;
-      }
-      return consume();
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-      return null;
-    }
+    return hasNext(timeout) ? consume() : null;
   }
 
   /** True once the stream has ended (normally, by cancel, or with an error already thrown). */
@@ -168,10 +176,7 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
 
   /** End the subscription. */
   public void cancel() {
-    if (!cancelled) {
-      cancelled = true;
-      call.cancel("cancelled by client", null);
-    }
+    core.cancel();
   }
 
   @Override

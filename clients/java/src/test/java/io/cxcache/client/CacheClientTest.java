@@ -7,6 +7,9 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.fasterxml.jackson.core.type.TypeReference;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
 import com.google.protobuf.Any;
 import com.google.protobuf.ByteString;
 import com.google.protobuf.Timestamp;
@@ -28,10 +31,12 @@ import io.grpc.inprocess.InProcessServerBuilder;
 import io.grpc.protobuf.StatusProto;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
+import java.io.UncheckedIOException;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
@@ -88,6 +93,17 @@ class CacheClientTest {
         case "down":
           rich(obs, Code.UNAVAILABLE, "upstream failing",
               RetryInfo.newBuilder().setRetryDelay(com.google.protobuf.Duration.newBuilder().setNanos(500_000_000)).build());
+          return;
+        case "upstream-404":
+          rich(obs, Code.NOT_FOUND, "upstream answered 404",
+              ErrorInfo.newBuilder().setReason("not.found").setDomain("cxcache.upstream")
+                  .putMetadata("status", "404").putMetadata("message", "Queue q9 was not found").build());
+          return;
+        case "bad-params":
+          rich(obs, Code.INVALID_ARGUMENT, "bad params", BadRequest.newBuilder()
+              .addFieldViolations(BadRequest.FieldViolation.newBuilder().setField("id").setDescription("required"))
+              .addFieldViolations(BadRequest.FieldViolation.newBuilder().setField("params[pageSize]").setDescription("not a number"))
+              .build());
           return;
         case "missing":
           obs.onError(Status.NOT_FOUND.withDescription("no such queue").asRuntimeException());
@@ -172,6 +188,87 @@ class CacheClientTest {
     assertTrue(r.json().startsWith("{\"id\":\"q1\""));
   }
 
+  /** A typed view of the echo JSON. */
+  record Echo(String id, String variant, boolean allowStale, long maxAgeMs) {}
+
+  @Test
+  void valueMapsJsonWithJackson() {
+    CacheResult r = client.get(GetQuery.of("echo").id("q1").variant("summary").maxAge(Duration.ofMillis(2500)));
+    Echo e = r.value(Echo.class); // unknown properties (params, body, ...) are ignored
+    assertEquals(new Echo("q1", "summary", false, 2500), e);
+    Map<String, Object> m = r.value(new TypeReference<Map<String, Object>>() {});
+    assertEquals("q1", m.get("id"));
+    assertEquals(true, m.get("hasFreshness"));
+    assertEquals("summary", r.value(new ObjectMapper(), JsonNode.class).get("variant").asText());
+    assertThrows(UncheckedIOException.class, () -> r.value(new TypeReference<List<String>>() {}));
+  }
+
+  @Test
+  void resultsAreImmutable() {
+    CacheResult r = client.get(GetQuery.of("echo").id("q1"));
+    String json = r.json();
+    byte[] copy = r.bytes();
+    copy[0] = 'X';
+    assertEquals(json, r.json());
+    assertEquals(json, r.raw().toStringUtf8());
+    assertThrows(UnsupportedOperationException.class, () -> r.tags().add("x"));
+    List<String> tags = new ArrayList<>(List.of("a"));
+    CacheResult made = new CacheResult(ByteString.copyFromUtf8("{}"), Source.L1, "k", Duration.ZERO, Duration.ZERO, tags);
+    tags.add("b");
+    assertEquals(List.of("a"), made.tags());
+    assertEquals(made, new CacheResult(ByteString.copyFromUtf8("{}"), Source.L1, "k", Duration.ZERO, Duration.ZERO, List.of("a")));
+  }
+
+  @Test
+  void upstreamErrorFromErrorInfo() {
+    CacheException.NotFound e = assertThrows(CacheException.NotFound.class, () -> client.get("upstream-404", ""));
+    CacheException.UpstreamError u = e.upstreamError().orElseThrow();
+    assertEquals("not.found", u.code());
+    assertEquals(404, u.httpStatus());
+    assertEquals("Queue q9 was not found", u.message());
+    assertEquals("Queue q9 was not found", e.upstreamMessage().orElseThrow());
+    assertEquals(List.of(new CacheException.ErrorDetail("not.found", "cxcache.upstream",
+        Map.of("status", "404", "message", "Queue q9 was not found"))), e.errorDetails());
+    assertTrue(e.getMessage().contains("upstream 404 not.found: Queue q9 was not found"), e.getMessage());
+    // an ErrorInfo of another domain is no upstream error
+    CacheException.ResourceExhausted q = assertThrows(CacheException.ResourceExhausted.class, () -> client.get("quota", ""));
+    assertTrue(q.upstreamError().isEmpty());
+    assertEquals("UPSTREAM_429", q.errorDetails().get(0).reason());
+    assertInstanceOf(CacheException.NotFound.class, client.getAsync(GetQuery.of("missing")).handle((v, t) -> t).join());
+  }
+
+  @Test
+  void fieldViolationsByName() {
+    CacheException.InvalidArgument e =
+        assertThrows(CacheException.InvalidArgument.class, () -> client.get("bad-params", ""));
+    assertEquals("required", e.fieldViolation("id").orElseThrow().description());
+    assertEquals("not a number", e.fieldViolation("params[pageSize]").orElseThrow().description());
+    assertTrue(e.fieldViolation("kind").isEmpty());
+    assertEquals(List.of("id", "params[pageSize]"),
+        e.fieldViolations().stream().map(CacheException.FieldViolation::field).toList());
+  }
+
+  @Test
+  void watchHasNextWithTimeout() {
+    try (WatchStream s = client.watch(WatchQuery.create().keys("k").prefixes("hang"))) {
+      assertTrue(s.hasNext(Duration.ofSeconds(5)));
+      assertTrue(s.hasNext(Duration.ZERO)); // the event stays until consumed
+      assertEquals("k", s.next().key());
+      long t0 = System.nanoTime();
+      assertFalse(s.hasNext(Duration.ofMillis(100)));
+      assertTrue(System.nanoTime() - t0 >= TimeUnit.MILLISECONDS.toNanos(90));
+      assertFalse(s.isFinished());
+      s.cancel();
+      assertFalse(s.hasNext(Duration.ofSeconds(5)));
+      assertTrue(s.isFinished());
+    }
+    try (WatchStream s = client.watch(WatchQuery.create().keys("only").reconnect(RetryPolicy.disabled()))) {
+      assertEquals("only", s.poll(Duration.ofSeconds(5)).key());
+      assertFalse(s.hasNext(Duration.ofSeconds(5)));
+      assertTrue(s.isFinished());
+    }
+  }
+
   @Test
   void noFreshnessUnlessAsked() {
     var v = client.get("echo", "x").value().getStructValue().getFieldsMap();
@@ -252,7 +349,7 @@ class CacheClientTest {
   @Test
   void watchIterator() {
     List<WatchEvent> events = new ArrayList<>();
-    try (WatchStream s = client.watch(WatchQuery.create().keys("k1", "k2").prefixes("lag"))) {
+    try (WatchStream s = client.watch(WatchQuery.create().keys("k1", "k2").prefixes("lag").reconnect(RetryPolicy.disabled()))) {
       s.forEachRemaining(events::add);
       assertTrue(s.isFinished());
     }

@@ -230,4 +230,39 @@ class LiveCacheTest {
       assertNotNull(inval.time());
     }
   }
+
+  /** The fields of a platform queue this test reads; the rest is ignored. */
+  record Queue(String id, String name) {}
+
+  @Test
+  void l_valueMapsATypedQueue() {
+    CacheResult r = client.get("routing.queue", queue(0));
+    Queue q = r.value(Queue.class);
+    assertEquals(queue(0), q.id());
+    assertNotNull(q.name());
+    Map<String, Object> m = r.value(new com.fasterxml.jackson.core.type.TypeReference<Map<String, Object>>() {});
+    assertEquals(queue(0), m.get("id"));
+  }
+
+  @Test
+  void m_repeatedGetsComeFromTheCacheTiers() {
+    String id = queue(9);
+    client.invalidate(InvalidateQuery.create().tags("queue:" + id).reason("java tiers test"));
+    List<Source> sources = new ArrayList<>();
+    for (int i = 0; i < 3; i++) {
+      sources.add(client.get("routing.queue", id).source());
+    }
+    System.out.println("java live: sources of three Gets after a purge: " + sources);
+    assertEquals(Source.UPSTREAM, sources.get(0));
+    assertTrue(sources.get(1).isCached() && sources.get(2).isCached(), sources.toString());
+  }
+
+  @Test
+  void n_notFoundExposesTheUpstreamErrorWhenSent() {
+    CacheException.NotFound e = assertThrows(CacheException.NotFound.class,
+        () -> client.get("routing.queue", UUID.randomUUID().toString()));
+    // the server forwards the platform's error as ErrorInfo(domain cxcache.upstream) when it can
+    e.upstreamError().ifPresent(u -> assertEquals(404, u.httpStatus(), u.toString()));
+    System.out.println("java live: NotFound upstreamError=" + e.upstreamError() + " message=" + e.getMessage());
+  }
 }
