@@ -64,7 +64,7 @@ need_promtool() {
   command -v promtool >/dev/null && return
   echo "installing promtool (apt-get install prometheus)"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq prometheus >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
   # The package starts a Prometheus server; only promtool is wanted.
   as_root systemctl stop prometheus 2>/dev/null || as_root service prometheus stop 2>/dev/null || true
 }
@@ -80,7 +80,7 @@ need_python() {
   python3 -c 'import yaml' 2>/dev/null && return
   echo "installing python3-yaml"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-yaml >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-yaml >/dev/null
 }
 
 need_grpcurl() {
