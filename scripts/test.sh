@@ -14,6 +14,11 @@ stage() { printf '\n=== %s ===\n' "$*"; }
 stage "install dependencies"
 bash scripts/install-deps.sh
 
+stage "one version source"
+version=$(cat VERSION)
+grep -q "^version = \"$version\"" Cargo.toml || { echo "Cargo.toml's workspace version is not VERSION ($version)" >&2; exit 1; }
+echo "version $version"
+
 stage "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -57,6 +62,27 @@ if [ -x clients/run-tests.sh ]; then
   stage "client suites (Python, Node, Java)"
   bash clients/run-tests.sh
 fi
+
+stage "live server for the deploy and packaging checks"
+scripts/live-server.sh start
+set -a
+# shellcheck disable=SC1091
+. target/live/env
+set +a
+trap 'scripts/live-server.sh stop || true; cleanup' EXIT
+
+stage "deploy: alert rules, dashboard, Helm chart, metrics cross-check"
+bash deploy/check.sh --metrics-url "http://$CXCACHE_HTTP_ADDR/metrics" --grpc-addr "$CXCACHE_ADDR"
+
+stage "clients installed from their built artifacts, outside the repository"
+for c in python node java; do
+  if [ -f "clients/$c/ci-install-check.sh" ]; then
+    echo "--- $c"
+    bash "clients/$c/ci-install-check.sh"
+  fi
+done
+scripts/live-server.sh stop
+trap cleanup EXIT
 
 if [ -x loadtest/run.sh ]; then
   stage "load test (short mode)"
