@@ -83,6 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         age: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
         ttl_remaining: Some(prost_types::Duration { seconds: 299, nanos: 0 }),
         tags: args.tag,
+        json: None,
     };
     // Reflection, so ghz and grpcurl need no proto file (as with cxcache);
     // ghz speaks v1alpha, grpcurl v1.
