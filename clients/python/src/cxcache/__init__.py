@@ -25,7 +25,15 @@ from ._errors import (
 )
 from ._types import EventType, GetResult, Source, WatchEvent
 
-__version__ = "0.1.0"
+try:  # written at build time from the repository's VERSION (see setup.py)
+    from ._version import __version__
+except ImportError:  # pragma: no cover - a source tree that was never built
+    try:
+        from importlib.metadata import version as _dist_version
+
+        __version__ = _dist_version("cxcache")
+    except Exception:
+        __version__ = "0+unknown"
 
 __all__ = [
     "AsyncCacheClient",
