@@ -9,11 +9,11 @@ import pytest
 
 from cxcache import (
     CacheClient,
-    DeadlineExceeded,
+    DeadlineExceededError,
     EventType,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
     Source,
 )
 
@@ -58,19 +58,19 @@ def test_variant_summary(client, queue_id):
 
 
 def test_unknown_kind_is_invalid_argument(client):
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         client.get("no.such.kind")
     assert "kind" in [f for f, _ in ei.value.field_violations], ei.value.field_violations
 
 
 def test_missing_id_is_invalid_argument(client):
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         client.get("routing.queue")
     assert "id" in [f for f, _ in ei.value.field_violations], ei.value.field_violations
 
 
 def test_unknown_queue_is_not_found(client):
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         client.get("routing.queue", id=str(uuid.uuid4()))
 
 
@@ -79,7 +79,7 @@ def test_upstream_429_is_resource_exhausted_with_retry_info(client, emulator):
     # retries), so make the upstream's Retry-After outlast this call's deadline.
     emulator.fault(path_prefix="/api/v2/routing/queues", status=429, retry_after_secs=3, count=1)
     try:
-        with pytest.raises(ResourceExhausted) as ei:
+        with pytest.raises(ResourceExhaustedError) as ei:
             client.get("routing.queue", id=str(uuid.uuid4()), timeout=1)
         assert ei.value.retry_after is not None and 0 < ei.value.retry_after <= 10, ei.value
     finally:
@@ -91,7 +91,7 @@ def test_upstream_latency_beyond_deadline(client, emulator):
     emulator.fault(path_prefix="/api/v2/routing/queues", latency_ms=1500, count=1)
     try:
         t0 = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceededError):
             client.get("routing.queue", id=str(uuid.uuid4()), timeout=0.3)
         assert time.monotonic() - t0 < 1.2
     finally:
