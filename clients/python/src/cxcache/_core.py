@@ -186,6 +186,7 @@ def trace_metadata() -> List[Tuple[str, str]]:
     ``opentelemetry-api`` is installed; otherwise nothing."""
     global _otel_inject, _otel_checked
     if not _otel_checked:
+        inject: Optional[Callable[..., Any]]
         try:
             from opentelemetry.propagate import inject
         except ImportError:
