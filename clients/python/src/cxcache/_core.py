@@ -11,6 +11,7 @@ wraps a Watch call; :class:`WatchStreamCore` is what their watch streams share.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import datetime as _dt
 import json
 import random
@@ -186,12 +187,11 @@ def trace_metadata() -> List[Tuple[str, str]]:
     ``opentelemetry-api`` is installed; otherwise nothing."""
     global _otel_inject, _otel_checked
     if not _otel_checked:
-        inject: Optional[Callable[..., Any]]
         try:
-            from opentelemetry.propagate import inject
+            _otel_inject = getattr(importlib.import_module("opentelemetry.propagate"), "inject", None)
         except ImportError:
-            inject = None
-        _otel_inject, _otel_checked = inject, True
+            _otel_inject = None
+        _otel_checked = True
     if _otel_inject is None:
         return []
     carrier: Dict[str, str] = {}
