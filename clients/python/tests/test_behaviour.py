@@ -168,10 +168,11 @@ def ev(key, seq):
 
 class FakeWatchCall(grpc.RpcError):
     """A sync Watch call: accepted (or refused with `refuse`), yields `events`, then
-    ends with `error` (an RpcError) or OK. With `gate`, waits for it before each event."""
+    ends with `error` (an RpcError) or OK. With `gate`, waits for it before each event;
+    with `hang`, stays open after the events until cancelled."""
 
-    def __init__(self, events=(), error=None, refuse=None, gate=None):
-        self.events, self.error, self.refuse, self.gate = list(events), error, refuse, gate
+    def __init__(self, events=(), error=None, refuse=None, gate=None, hang=False):
+        self.events, self.error, self.refuse, self.gate, self.hang = list(events), error, refuse, gate, hang
         self.cancelled = threading.Event()
 
     # the RpcError side (a refused call is its own error)
@@ -204,6 +205,9 @@ class FakeWatchCall(grpc.RpcError):
             if self.cancelled.is_set():
                 raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
             yield e
+        if self.hang:  # an open subscription with nothing more to say, until cancelled
+            self.cancelled.wait()
+            raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
         if self.error is not None:
             raise self.error
 
@@ -517,11 +521,11 @@ def test_watch_reconnects_and_reports_the_gap():
     watches = [
         lambda: FakeWatchCall([ev("a", 1)], error=FakeRpcError(UNAVAILABLE, "server went away")),
         lambda: FakeWatchCall(refuse=FakeRpcError(UNAVAILABLE, "still down")),
-        lambda: FakeWatchCall([ev("b", 1)]),
+        lambda: FakeWatchCall([ev("b", 1)], hang=True),
     ]
     client, channel, clock = sync_client(watches=watches)
     with client.watch(keys=["a", "b"]) as stream:
-        events = list(stream)
+        events = [next(stream) for _ in range(3)]
     assert [(e.type, e.key, e.resync) for e in events] == [
         (EventType.INVALIDATED, "a", False),
         (EventType.LAGGED, "", True),
@@ -562,7 +566,7 @@ def test_watch_gives_up_after_max_reconnects_and_not_on_other_codes():
 def test_watch_per_event_timeout():
     gate = threading.Event()
     client, _, _ = sync_client(watches=[lambda: FakeWatchCall([ev("a", 1)], gate=gate)])
-    stream = client.watch(keys="a", event_timeout=0.05)
+    stream = client.watch(keys="a", event_timeout=0.05, reconnect=False)
     with pytest.raises(TimeoutError):
         next(stream)
     with pytest.raises(TimeoutError):
@@ -571,6 +575,25 @@ def test_watch_per_event_timeout():
     assert stream.next_event(timeout=5).key == "a"  # the stream stayed usable
     with pytest.raises(StopIteration):
         stream.next_event(timeout=5)
+
+
+def test_watch_the_server_ended_is_resubscribed():
+    # cxcache ends a Watch (status OK) only when it shuts down: resubscribe, report the gap
+    gate = threading.Event()
+    watches = [lambda: FakeWatchCall([ev("a", 1)]), lambda: FakeWatchCall([ev("b", 1)], gate=gate)]
+    client, channel, clock = sync_client(watches=watches)
+    stream = client.watch(keys="a")
+    assert next(stream).key == "a"
+    resync = next(stream)
+    assert resync.type is EventType.LAGGED and resync.resync and "ended" in resync.reason
+    gate.set()
+    assert next(stream).key == "b" and len(channel.calls) == 2
+    stream.cancel()
+    # without reconnect, the end is the end
+    client, channel, _ = sync_client(watches=[lambda: FakeWatchCall([ev("a", 1)])])
+    assert [e.key for e in client.watch(keys="a", reconnect=False)] == ["a"]
+    client, channel, _ = sync_client(watches=[lambda: FakeWatchCall([ev("a", 1)])], retry=False)
+    assert [e.key for e in client.watch(keys="a")] == ["a"] and len(channel.calls) == 1
 
 
 def test_watch_cancel_during_wait_stops_iteration():
@@ -620,7 +643,12 @@ def test_async_watch_reconnects_and_reports_the_gap():
     async def main():
         client, channel, clock = async_client(watches=watches)
         stream = client.watch(keys=["a", "b"])
-        return [e async for e in stream], stream, clock
+        events = [await stream.__anext__() for _ in range(3)]
+        # the server then ends the subscription: resubscribed too (to the same fake)
+        ended = await stream.__anext__()
+        assert ended.resync and "ended" in ended.reason and stream.reconnects == 3
+        stream.cancel()
+        return events, stream, clock
 
     events, stream, clock = asyncio.run(main())
     assert [(e.type, e.key, e.resync) for e in events] == [
@@ -628,7 +656,7 @@ def test_async_watch_reconnects_and_reports_the_gap():
         (EventType.LAGGED, "", True),
         (EventType.INVALIDATED, "b", False),
     ]
-    assert stream.reconnects == 2 and len(clock.sleeps) == 2
+    assert len(clock.sleeps) == 3
 
     async def no_reconnect():
         client, _, _ = async_client(watches=watches[:1])

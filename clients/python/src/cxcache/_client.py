@@ -98,7 +98,11 @@ class WatchStream(WatchStreamCore, Iterator[WatchEvent]):
                 self._opener.subscribed()
                 continue
             if kind == _END:
-                raise StopIteration
+                if self._cancelled or not self._opener.reconnect_on_end:
+                    raise StopIteration
+                err = self._server_ended()
+                self._reconnect(err)
+                return self._resync_event(err)
             if isinstance(item, grpc.RpcError):
                 if self._ended_by_cancel(item.code()):  # type: ignore[attr-defined]
                     raise StopIteration
@@ -119,7 +123,9 @@ class WatchStream(WatchStreamCore, Iterator[WatchEvent]):
             self._opener.sleep(delay)
             if self._cancelled:
                 raise StopIteration
-            with self._lock:
+            with self._lock:  # cancel() takes the lock too: it ends this call or the next
+                if self._cancelled:
+                    raise StopIteration
                 self._call = self._opener.open()
                 self._queue = None
             self.reconnects += 1
@@ -227,7 +233,11 @@ class AsyncWatchStream(WatchStreamCore, AsyncIterator[WatchEvent]):
             await self._reconnect(error)
             return self._resync_event(error)
         if msg is grpc.aio.EOF:
-            raise StopAsyncIteration
+            if self._cancelled or not self._opener.reconnect_on_end:
+                raise StopAsyncIteration
+            error = self._server_ended()
+            await self._reconnect(error)
+            return self._resync_event(error)
         return self._event(msg)
 
     async def _reconnect(self, err: CacheError) -> None:

@@ -41,7 +41,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-from ._errors import CacheError, from_rpc_error
+from ._errors import CacheError, UnavailableError, from_rpc_error
 from ._types import EventType, GetResult, Seconds, Source, WatchEvent
 from .v1 import cache_pb2, cache_pb2_grpc
 
@@ -499,8 +499,9 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         watches). ``event_timeout`` (sync client) bounds each wait for the next event
         during iteration: TimeoutError when none came in time (the stream stays usable).
         With ``reconnect`` (the default) a subscription broken by one of the retry
-        policy's codes (UNAVAILABLE, RESOURCE_EXHAUSTED) is resubscribed with backoff,
-        and the stream then yields a synthetic ``LAGGED`` event with ``resync=True``:
+        policy's codes (UNAVAILABLE, RESOURCE_EXHAUSTED), or ended by the server (it
+        does so only when it shuts down), is resubscribed with backoff, and the stream
+        then yields a synthetic ``LAGGED`` event with ``resync=True``:
         events may have been missed, so re-read what you watch."""
         req = cache_pb2.WatchRequest(
             keys=_as_list(keys), prefixes=_as_list(prefixes), kinds=_as_list(kinds), tags=_as_list(tags)
@@ -548,6 +549,13 @@ class WatchOpener:
             limit += 1  # ``failures`` counts the break itself too
         return self.attempts.delay(err, limit, bound_elapsed=False)
 
+    @property
+    def reconnect_on_end(self) -> bool:
+        """Whether a subscription the server ended (OK, as cxcache does when it shuts
+        down: a Watch has no other end) is resubscribed."""
+        p = self.attempts.policy
+        return p.watch_max_reconnects != 0 and grpc.StatusCode.UNAVAILABLE in p.codes
+
     def subscribed(self) -> None:
         """A (re)subscription was accepted: the next break starts a new backoff."""
         self.attempts.failures = 0
@@ -581,6 +589,10 @@ class WatchStreamCore:
     @staticmethod
     def _event(msg: cache_pb2.WatchEvent) -> WatchEvent:
         return watch_event(msg)
+
+    @staticmethod
+    def _server_ended() -> CacheError:
+        return UnavailableError("the server ended the subscription (it shuts down or restarts)")
 
     @staticmethod
     def _resync_event(err: CacheError) -> WatchEvent:
