@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from cxcache import (
+    CacheError,
     CacheClient,
     DeadlineExceededError,
     EventType,
@@ -140,3 +141,31 @@ def test_watch_key_receives_invalidated(client, queue_id):
     assert ev.reason == "python watch test"
     assert got[0].sequence == 1
     assert ev.time is not None
+
+
+def test_upstream_4xx_message_is_exposed(client, emulator):
+    # The server forwards the platform's error as google.rpc.ErrorInfo(domain
+    # "cxcache.upstream", reason = the platform's code, metadata {status, message}).
+    emulator.fault(path_prefix="/api/v2/routing/queues", status=400, count=1)
+    try:
+        with pytest.raises(CacheError) as ei:
+            client.get("routing.queue", id=str(uuid.uuid4()))
+    finally:
+        emulator.clear_faults()
+    e = ei.value
+    assert e.attempts == 1  # a 4xx is not retried
+    if e.error_info is None or e.error_info.domain != "cxcache.upstream":
+        pytest.skip(f"this server does not send the upstream ErrorInfo yet ({e})")
+    assert e.upstream_status == 400 and e.upstream_message, e
+    assert e.upstream_message in str(e)
+
+
+def test_wait_for_ready_and_trace_context(addr):
+    # wait_for_ready on a live channel, and the traceparent header does not upset the server
+    pytest.importorskip("opentelemetry")
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    ctx = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with CacheClient(addr, default_timeout=10, wait_for_ready=True) as c, trace.use_span(NonRecordingSpan(ctx)):
+        assert c.get("routing.queues").source is not Source.UNSPECIFIED
