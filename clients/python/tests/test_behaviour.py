@@ -288,6 +288,12 @@ def test_retry_opt_out_per_client_and_per_call():
     assert len(channel.calls) == 1
     client, channel, _ = sync_client(down, retry=False)
     assert client.get("k", retry=True).key == "k" and len(channel.calls) == 2
+    # per-call True keeps the client's own policy
+    one = RetryPolicy(max_attempts=1)
+    client, channel, _ = sync_client(down, retry=one)
+    with pytest.raises(UnavailableError):
+        client.get("k", retry=True)
+    assert len(channel.calls) == 1
 
 
 def test_async_client_retries_with_its_sleep():

@@ -123,8 +123,8 @@ None (the client's setting)."""
 def resolve_retry(value: RetryOption, default: RetryPolicy) -> RetryPolicy:
     if value is None:
         return default
-    if value is True:
-        return RetryPolicy()
+    if value is True:  # the client's policy, or the default one if the client has none
+        return default if default is not NO_RETRY else RetryPolicy()
     if value is False:
         return NO_RETRY
     return value
