@@ -5,6 +5,10 @@ The output is gitignored: run this (or `pip install .`, whose build step calls i
 after changing the proto. It is a no-op when the outputs are newer than the
 protos and were made by the same grpcio-tools version.
 
+It also holds the version helpers setup.py uses: the version is read from the
+repository's one version source, /VERSION (or, in an sdist, the copy at its root),
+and written to src/cxcache/_version.py (gitignored too).
+
 Usage: python build_protos.py [--force]
 """
 
@@ -20,6 +24,30 @@ OUT_ROOT = HERE / "src"
 PROTO_FILES = ["cxcache/v1/cache.proto"]
 OUTPUTS = ["cache_pb2.py", "cache_pb2.pyi", "cache_pb2_grpc.py"]
 STAMP = ".generated-by"
+VERSION_MODULE = OUT_ROOT / "cxcache" / "_version.py"
+
+
+def version_file() -> Path:
+    """The VERSION file: the sdist's copy at the package root, else the repository's."""
+    for candidate in (HERE / "VERSION", HERE.parent.parent / "VERSION"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"VERSION not found (looked in {HERE} and {HERE.parent.parent})")
+
+
+def project_version() -> str:
+    text = version_file().read_text().strip()
+    if not text or any(c.isspace() for c in text):
+        raise SystemExit(f"{version_file()}: expected one version string, got {text!r}")
+    return text
+
+
+def write_version_module(version: str) -> None:
+    """Write src/cxcache/_version.py (only when it changes, to keep mtimes stable)."""
+    content = f'"""Generated from the repository\'s VERSION at build time. Do not edit."""\n\n__version__ = "{version}"\n'
+    if not VERSION_MODULE.exists() or VERSION_MODULE.read_text() != content:
+        VERSION_MODULE.parent.mkdir(parents=True, exist_ok=True)
+        VERSION_MODULE.write_text(content)
 
 
 def _out_dir() -> Path:
@@ -35,10 +63,12 @@ def _tools_version() -> str:
 def up_to_date() -> bool:
     out = _out_dir()
     stamp = out / STAMP
-    if not stamp.exists() or not all((out / f).exists() for f in OUTPUTS):
+    if not all((out / f).exists() for f in OUTPUTS + ["__init__.py"]):
         return False
     if not PROTO_ROOT.exists():  # building from an sdist: the stubs ship with it
         return True
+    if not stamp.exists():
+        return False
     if stamp.read_text().strip() != _tools_version():
         return False
     newest_src = max((PROTO_ROOT / p).stat().st_mtime for p in PROTO_FILES)
@@ -77,4 +107,5 @@ def generate(force: bool = False) -> bool:
 
 if __name__ == "__main__":
     changed = generate(force="--force" in sys.argv[1:])
+    write_version_module(project_version())
     print("cxcache: stubs generated" if changed else "cxcache: stubs up to date")

@@ -8,12 +8,13 @@ import uuid
 import pytest
 
 from cxcache import (
+    CacheError,
     CacheClient,
-    DeadlineExceeded,
+    DeadlineExceededError,
     EventType,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
     Source,
 )
 
@@ -58,19 +59,19 @@ def test_variant_summary(client, queue_id):
 
 
 def test_unknown_kind_is_invalid_argument(client):
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         client.get("no.such.kind")
     assert "kind" in [f for f, _ in ei.value.field_violations], ei.value.field_violations
 
 
 def test_missing_id_is_invalid_argument(client):
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         client.get("routing.queue")
     assert "id" in [f for f, _ in ei.value.field_violations], ei.value.field_violations
 
 
 def test_unknown_queue_is_not_found(client):
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         client.get("routing.queue", id=str(uuid.uuid4()))
 
 
@@ -79,7 +80,7 @@ def test_upstream_429_is_resource_exhausted_with_retry_info(client, emulator):
     # retries), so make the upstream's Retry-After outlast this call's deadline.
     emulator.fault(path_prefix="/api/v2/routing/queues", status=429, retry_after_secs=3, count=1)
     try:
-        with pytest.raises(ResourceExhausted) as ei:
+        with pytest.raises(ResourceExhaustedError) as ei:
             client.get("routing.queue", id=str(uuid.uuid4()), timeout=1)
         assert ei.value.retry_after is not None and 0 < ei.value.retry_after <= 10, ei.value
     finally:
@@ -91,7 +92,7 @@ def test_upstream_latency_beyond_deadline(client, emulator):
     emulator.fault(path_prefix="/api/v2/routing/queues", latency_ms=1500, count=1)
     try:
         t0 = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceededError):
             client.get("routing.queue", id=str(uuid.uuid4()), timeout=0.3)
         assert time.monotonic() - t0 < 1.2
     finally:
@@ -140,3 +141,31 @@ def test_watch_key_receives_invalidated(client, queue_id):
     assert ev.reason == "python watch test"
     assert got[0].sequence == 1
     assert ev.time is not None
+
+
+def test_upstream_4xx_message_is_exposed(client, emulator):
+    # The server forwards the platform's error as google.rpc.ErrorInfo(domain
+    # "cxcache.upstream", reason = the platform's code, metadata {status, message}).
+    emulator.fault(path_prefix="/api/v2/routing/queues", status=400, count=1)
+    try:
+        with pytest.raises(CacheError) as ei:
+            client.get("routing.queue", id=str(uuid.uuid4()))
+    finally:
+        emulator.clear_faults()
+    e = ei.value
+    assert e.attempts == 1  # a 4xx is not retried
+    if e.error_info is None or e.error_info.domain != "cxcache.upstream":
+        pytest.skip(f"this server does not send the upstream ErrorInfo yet ({e})")
+    assert e.upstream_status == 400 and e.upstream_message, e
+    assert e.upstream_message in str(e)
+
+
+def test_wait_for_ready_and_trace_context(addr):
+    # wait_for_ready on a live channel, and the traceparent header does not upset the server
+    pytest.importorskip("opentelemetry")
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    ctx = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with CacheClient(addr, default_timeout=10, wait_for_ready=True) as c, trace.use_span(NonRecordingSpan(ctx)):
+        assert c.get("routing.queues").source is not Source.UNSPECIFIED

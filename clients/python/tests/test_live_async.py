@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from cxcache import AsyncCacheClient, DeadlineExceeded, EventType, InvalidArgument, NotFound, Source
+from cxcache import AsyncCacheClient, DeadlineExceededError, EventType, InvalidArgumentError, NotFoundError, Source
 
 
 @pytest.fixture()
@@ -29,14 +29,14 @@ async def test_async_concurrent_gets_share_one_value(aclient, queue_ids):
 
 
 async def test_async_errors(aclient, emulator):
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         await aclient.get("no.such.kind")
     assert "kind" in [f for f, _ in ei.value.field_violations]
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         await aclient.get("routing.queue", id=str(uuid.uuid4()))
     emulator.fault(path_prefix="/api/v2/routing/queues", latency_ms=1500, count=1)
     try:
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceededError):
             await aclient.get("routing.queue", id=str(uuid.uuid4()), timeout=0.3)
     finally:
         emulator.clear_faults()

@@ -17,13 +17,14 @@ import cxcache
 from cxcache import (
     AsyncCacheClient,
     CacheClient,
-    DeadlineExceeded,
+    DeadlineExceededError,
     EventType,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
     Source,
-    Unavailable,
+    UnavailableError,
 )
 from cxcache.v1 import cache_pb2, cache_pb2_grpc
 
@@ -142,7 +143,8 @@ def fake_addr():
 
 @pytest.fixture()
 def fake(fake_addr):
-    with CacheClient(fake_addr, default_timeout=5) as c:
+    # retry=False: these tests are about what one call raises (retries: further down)
+    with CacheClient(fake_addr, default_timeout=5, retry=False) as c:
         yield c
 
 
@@ -188,19 +190,24 @@ def test_non_object_value_and_l1_source(fake):
 
 
 def test_invalid_argument_carries_field_violations(fake):
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         fake.get("bad")
     e = ei.value
     assert isinstance(e, cxcache.CacheError)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
     assert e.message == "unknown kind"
-    assert e.field_violations == [("kind", "unknown kind 'bad'"), ("params.x", "not declared")]
+    assert e.field_violations == [
+        FieldViolation("kind", "unknown kind 'bad'"),
+        FieldViolation("params.x", "not declared"),
+    ]
+    assert e.field_violations[0].field == "kind" and e.field_violations[1].description == "not declared"
+    assert [f for f, _ in e.field_violations] == ["kind", "params.x"]  # unpacks like the old tuples
     assert e.retry_after is None
     assert "kind: unknown kind 'bad'" in str(e)
 
 
 def test_resource_exhausted_carries_retry_after_and_other_details(fake):
-    with pytest.raises(ResourceExhausted) as ei:
+    with pytest.raises(ResourceExhaustedError) as ei:
         fake.get("quota")
     assert ei.value.retry_after == pytest.approx(7.25)
     infos = [d for d in ei.value.details if isinstance(d, error_details_pb2.ErrorInfo)]
@@ -208,20 +215,20 @@ def test_resource_exhausted_carries_retry_after_and_other_details(fake):
 
 
 def test_unavailable_carries_retry_after(fake):
-    with pytest.raises(Unavailable) as ei:
+    with pytest.raises(UnavailableError) as ei:
         fake.get("down")
     assert ei.value.retry_after == pytest.approx(0.5)
 
 
 def test_plain_status_without_details(fake):
-    with pytest.raises(NotFound) as ei:
+    with pytest.raises(NotFoundError) as ei:
         fake.get("missing")
     assert ei.value.details == [] and ei.value.field_violations == [] and ei.value.retry_after is None
 
 
 def test_deadline(fake):
     t0 = time.monotonic()
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceededError):
         fake.get("slow", timeout=0.2)
     assert time.monotonic() - t0 < 1.4
 
@@ -229,25 +236,25 @@ def test_deadline(fake):
 def test_server_enforced_deadline_is_deadline_exceeded(fake, fake_addr):
     # tonic answers CANCELLED "Timeout expired" when it enforces the caller's deadline,
     # which can arrive just before the client's own DEADLINE_EXCEEDED.
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceededError):
         fake.get("server-timeout", timeout=5)
     # without a deadline the status is passed through unchanged
     with CacheClient(fake_addr) as no_deadline:
-        with pytest.raises(cxcache.Cancelled):
+        with pytest.raises(cxcache.CancelledError):
             no_deadline.get("server-timeout")
 
 
 def test_unreachable_server_is_unavailable():
-    with CacheClient("127.0.0.1:1", default_timeout=2) as c:
-        with pytest.raises(Unavailable):
+    with CacheClient("127.0.0.1:1", default_timeout=2, retry=False) as c:
+        with pytest.raises(UnavailableError):
             c.get("echo")
 
 
 def test_invalidate(fake):
     assert fake.invalidate(keys=["a", "b"], prefixes="p:", tags=["t"], reason="r") == 2 + 10 + 100
-    with pytest.raises(InvalidArgument) as ei:
+    with pytest.raises(InvalidArgumentError) as ei:
         fake.invalidate()
-    assert ei.value.field_violations == [("keys", "empty")]
+    assert ei.value.field_violations == [FieldViolation("keys", "empty")]
 
 
 def test_watch_iterates_events(fake):
@@ -262,7 +269,7 @@ def test_watch_iterates_events(fake):
 
 def test_watch_error_and_cancel(fake):
     stream = fake.watch(kinds=["forbidden"])
-    with pytest.raises(cxcache.PermissionDenied):
+    with pytest.raises(cxcache.PermissionDeniedError):
         stream.wait_ready(5)
     stream = fake.watch(prefixes=["hang"])
     assert stream.wait_ready(5)
@@ -271,21 +278,21 @@ def test_watch_error_and_cancel(fake):
 
 
 def test_watch_deadline(fake):
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceededError):
         list(fake.watch(prefixes=["hang"], timeout=0.3))
 
 
 async def test_async_client(fake_addr):
-    async with AsyncCacheClient(fake_addr, default_timeout=5) as c:
+    async with AsyncCacheClient(fake_addr, default_timeout=5, retry=False) as c:
         r = await c.get("echo", id="x", params={"a": 1})
         assert r.value["id"] == "x" and r.value["params"] == {"a": "1"} and r.source == "UPSTREAM"
-        with pytest.raises(InvalidArgument) as ei:
+        with pytest.raises(InvalidArgumentError) as ei:
             await c.get("bad")
-        assert ei.value.field_violations[0] == ("kind", "unknown kind 'bad'")
-        with pytest.raises(ResourceExhausted) as ei:
+        assert ei.value.field_violations[0] == FieldViolation("kind", "unknown kind 'bad'")
+        with pytest.raises(ResourceExhaustedError) as ei:
             await c.get("quota")
         assert ei.value.retry_after == pytest.approx(7.25)
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceededError):
             await c.get("slow", timeout=0.2)
         assert await c.invalidate(keys="k") == 1
         stream = c.watch(keys=["k1"], timeout=5)
@@ -293,7 +300,7 @@ async def test_async_client(fake_addr):
         events = [e async for e in stream]
         assert len(events) == 1 and events[0].type is EventType.INVALIDATED and events[0].key == "k1"
         stream = c.watch(kinds=["forbidden"])
-        with pytest.raises(cxcache.PermissionDenied):
+        with pytest.raises(cxcache.PermissionDeniedError):
             await stream.wait_ready(5)
         stream = c.watch(prefixes=["hang"])
         assert await stream.wait_ready(5)
@@ -329,14 +336,16 @@ class RecordingChannel:
 
     def __init__(self, replies=None, is_async=False):
         self.calls = []
+        self.wait_for_ready = []
         self.replies = replies or {}
         self.is_async = is_async
 
     def _method(self, path, unary):
         name = path.rsplit("/", 1)[1]
 
-        def call(request, timeout=None, metadata=None):
+        def call(request, timeout=None, metadata=None, wait_for_ready=None):
             self.calls.append((name, request, timeout, metadata))
+            self.wait_for_ready.append(wait_for_ready)
             reply = self.replies.get(name)
             if isinstance(reply, Exception) and not self.is_async:
                 raise reply
@@ -455,14 +464,14 @@ def test_core_maps_errors_for_both_clients(make):
         client, _ = make(replies)
         return asyncio.run(call(client, **kw))
 
-    with pytest.raises(NotFound) as ei:
+    with pytest.raises(NotFoundError) as ei:
         run({"Get": FakeRpcError(grpc.StatusCode.NOT_FOUND, "gone")})
     assert ei.value.message == "gone" and isinstance(ei.value.__cause__, FakeRpcError)
-    # a server-enforced deadline is DeadlineExceeded only when the call had a deadline
+    # a server-enforced deadline is DeadlineExceededError only when the call had a deadline
     timeout_expired = {"Get": FakeRpcError(grpc.StatusCode.CANCELLED, "Timeout expired")}
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceededError):
         run(timeout_expired, timeout=1)
-    with pytest.raises(cxcache.Cancelled):
+    with pytest.raises(cxcache.CancelledError):
         run(timeout_expired)
     # errors that are not gRPC's pass through unchanged
     with pytest.raises(ValueError, match="negative"):

@@ -3,50 +3,77 @@
     from cxcache import CacheClient
     with CacheClient("127.0.0.1:50051") as cache:
         r = cache.get("routing.queue", id="…", variant="summary", timeout=2)
-        print(r.source, r.value)
+        print(r.source, r.json())
+
+Exceptions are named ``<Code>Error``; the old names (``InvalidArgument``, ...) are
+deprecated aliases that still work (with a DeprecationWarning).
 """
 
+from typing import Any
+
 from ._client import AsyncCacheClient, AsyncWatchStream, CacheClient, WatchStream
+from ._core import RetryPolicy
 from ._errors import (
     CacheError,
-    Cancelled,
-    DeadlineExceeded,
-    FailedPrecondition,
+    CancelledError,
+    DeadlineExceededError,
+    FailedPreconditionError,
     FieldViolation,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    deprecated_alias,
     from_rpc_error,
 )
-from ._types import EventType, GetResult, Source, WatchEvent
+from ._types import EventType, GetResult, JSONValue, Source, WatchEvent
 
-__version__ = "0.1.0"
+try:  # written at build time from the repository's VERSION (see setup.py)
+    from ._version import __version__
+except ImportError:  # pragma: no cover - a source tree that was never built
+    try:
+        from importlib.metadata import version as _dist_version
+
+        __version__ = _dist_version("cxcache")
+    except Exception:
+        __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """The deprecated exception names (PEP 562): ``cxcache.InvalidArgument`` is
+    ``cxcache.InvalidArgumentError``, with a DeprecationWarning."""
+    cls = deprecated_alias(name)
+    if cls is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return cls
+
 
 __all__ = [
     "AsyncCacheClient",
     "AsyncWatchStream",
     "CacheClient",
     "CacheError",
-    "Cancelled",
-    "DeadlineExceeded",
+    "CancelledError",
+    "DeadlineExceededError",
     "EventType",
-    "FailedPrecondition",
+    "FailedPreconditionError",
     "FieldViolation",
     "GetResult",
-    "Internal",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "ResourceExhausted",
+    "InternalError",
+    "InvalidArgumentError",
+    "JSONValue",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
     "Source",
-    "Unauthenticated",
-    "Unavailable",
-    "Unimplemented",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
     "WatchEvent",
     "WatchStream",
     "from_rpc_error",

@@ -1,62 +1,169 @@
 """Sync and asyncio clients for cxcache.v1.Cache.
 
-Both are thin shells over :mod:`cxcache._core`, which builds the requests and
-reads the replies and errors; they differ only in how the stub is called.
+Both are thin shells over :mod:`cxcache._core`, which builds the requests, reads
+the replies and errors and decides about retries; they differ only in how the stub
+is called and how they wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Iterator, Optional, TypeVar
+import time
+from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Iterator, Optional, Tuple, TypeVar
 
 import grpc
 import grpc.aio
 
-from ._core import ClientCore, UnaryCall, WatchStreamCore
+from ._core import ClientCore, UnaryCall, WatchOpener, WatchStreamCore
 from ._errors import CacheError
 from ._types import GetResult, WatchEvent
 
 _T = TypeVar("_T")
 
+_MSG, _END, _ERR, _READY = "msg", "end", "err", "ready"
+
+
+def _pump(call: Any, out: "queue.Queue[Tuple[str, Any]]") -> None:
+    """Reader thread of one sync Watch call: its headers, messages and end, in order."""
+    try:
+        call.initial_metadata()
+        if call.done() and call.code() != grpc.StatusCode.OK:
+            out.put((_ERR, call))  # refused (or broken) before anything was read
+            return
+        out.put((_READY, None))
+        for msg in call:
+            out.put((_MSG, msg))
+        out.put((_END, None))
+    except grpc.RpcError as err:
+        out.put((_ERR, err))
+    except BaseException as err:  # pragma: no cover - not expected from grpc
+        out.put((_ERR, err))
+
 
 class WatchStream(WatchStreamCore, Iterator[WatchEvent]):
-    """Iterator over the events of one Watch call. Cancel it (or use it as a
-    context manager) to end the subscription; iteration then stops cleanly."""
+    """Iterator over the events of one subscription. Cancel it (or use it as a
+    context manager) to end it; iteration then stops cleanly.
+
+    A reader thread per Watch call takes the messages off the call, so that
+    :meth:`next_event` (and iteration with the watch's ``event_timeout``) can wait
+    with a timeout. A subscription broken by UNAVAILABLE or RESOURCE_EXHAUSTED is
+    resubscribed (unless ``reconnect=False``) and a synthetic LAGGED event with
+    ``resync=True`` is yielded once the new subscription is accepted."""
+
+    def __init__(self, opener: WatchOpener, event_timeout: Optional[float] = None) -> None:
+        super().__init__(opener, event_timeout)
+        self._queue: Optional["queue.Queue[Tuple[str, Any]]"] = None
+        self._lock = threading.Lock()
 
     def __iter__(self) -> "WatchStream":
         return self
 
     def __next__(self) -> WatchEvent:
+        return self.next_event(self._event_timeout)
+
+    def _start_reader(self) -> "queue.Queue[Tuple[str, Any]]":
+        with self._lock:
+            if self._queue is None:
+                self._queue = queue.Queue()
+                threading.Thread(
+                    target=_pump, args=(self._call, self._queue), name="cxcache-watch-reader", daemon=True
+                ).start()
+            return self._queue
+
+    def _take(self, until: Optional[float]) -> Tuple[str, Any]:
+        q = self._start_reader()
+        if until is None:
+            return q.get()
         try:
-            msg = next(self._call)
-        except StopIteration:
-            raise
-        except grpc.RpcError as err:
-            if self._ended_by_cancel(err.code()):  # type: ignore[attr-defined]
-                raise StopIteration from None
-            raise self._error(err) from err
-        return self._event(msg)
+            return q.get(timeout=max(until - time.monotonic(), 0.0))
+        except queue.Empty:
+            raise TimeoutError("no watch event within the timeout") from None
+
+    def next_event(self, timeout: Optional[float] = None) -> WatchEvent:
+        """The next event, waiting at most ``timeout`` seconds (None: no limit).
+
+        Raises TimeoutError when none came in time (the stream stays usable: call
+        again), StopIteration when the subscription ended (or was cancelled), and
+        the call's CacheError when it failed and was not (or could not be)
+        resubscribed. The back-off before a resubscription is not bounded by
+        ``timeout`` (the retry policy's max_backoff bounds each wait)."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while True:
+            kind, item = self._take(until)
+            if kind == _MSG:
+                return self._event(item)
+            if kind == _READY:
+                self._opener.subscribed()
+                continue
+            if kind == _END:
+                if self._cancelled or not self._opener.reconnect_on_end:
+                    raise StopIteration
+                err = self._server_ended()
+                self._reconnect(err)
+                return self._resync_event(err)
+            if isinstance(item, grpc.RpcError):
+                if self._ended_by_cancel(item.code()):  # type: ignore[attr-defined]
+                    raise StopIteration
+                err = self._error(item)
+                self._reconnect(err)
+                return self._resync_event(err)
+            raise item
+
+    def _reconnect(self, err: CacheError) -> None:
+        """Resubscribe with backoff until a new call is accepted; raise ``err`` (the
+        latest failure) when the policy gives up; StopIteration if cancelled."""
+        while True:
+            delay = self._opener.reconnect_delay(err)
+            if delay is None or self._cancelled:
+                if self._cancelled:
+                    raise StopIteration
+                raise err
+            self._opener.sleep(delay)
+            if self._cancelled:
+                raise StopIteration
+            with self._lock:  # cancel() takes the lock too: it ends this call or the next
+                if self._cancelled:
+                    raise StopIteration
+                self._call = self._opener.open()
+                self._queue = None
+            self.reconnects += 1
+            kind, item = self._take(None)
+            if kind == _READY:
+                self._opener.subscribed()
+                return
+            if kind == _ERR and isinstance(item, grpc.RpcError):
+                if self._ended_by_cancel(item.code()):  # type: ignore[attr-defined]
+                    raise StopIteration
+                err = self._error(item)
+                continue
+            raise StopIteration  # pragma: no cover - _pump reports READY or ERR first
+
+    def cancel(self) -> None:
+        with self._lock:
+            super().cancel()
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """Block until the server has accepted the subscription (response headers
         received). Returns False on timeout; raises the call's CacheError if the
-        server refused the call instead (e.g. Unimplemented, InvalidArgument)."""
+        server refused the call instead (e.g. UnimplementedError, InvalidArgumentError)."""
+        call = self._call
         done = threading.Event()
 
         def _wait() -> None:
             try:
-                self._call.initial_metadata()
+                call.initial_metadata()
             finally:
                 done.set()
 
         threading.Thread(target=_wait, name="cxcache-watch-ready", daemon=True).start()
         if not done.wait(timeout):
             return False
-        if self._call.done() and self._call.code() != grpc.StatusCode.OK:
-            if self._ended_by_cancel(self._call.code()):
+        if call.done() and call.code() != grpc.StatusCode.OK:
+            if self._ended_by_cancel(call.code()):
                 return False
-            raise self._error(self._call)
+            raise self._error(call)
         return True
 
     def __enter__(self) -> "WatchStream":
@@ -72,14 +179,27 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
 
     _channel_api: ClassVar[Any] = grpc
 
+    @staticmethod
+    def _default_sleep() -> Callable[[float], Any]:
+        return time.sleep
+
     def _run_unary(self, prepare: Callable[[], UnaryCall[_T]]) -> _T:
         call = prepare()
-        with call.errors():
-            resp = call.start()
-        return call.parse(resp)
+        attempts = self._attempts(call)
+        while True:
+            try:
+                with call.errors():
+                    resp = call.start(attempts.next_timeout())
+                return call.parse(resp)
+            except CacheError as err:
+                err.attempts = attempts.made
+                delay = attempts.delay(err, call.retry.max_attempts)
+                if delay is None:
+                    raise
+                self._sleep(delay)
 
-    def _open_watch(self, call: Any, had_deadline: bool) -> WatchStream:
-        return WatchStream(call, had_deadline)
+    def _open_watch(self, watch: WatchOpener, event_timeout: Optional[float]) -> WatchStream:
+        return WatchStream(watch, event_timeout)
 
     def close(self) -> None:
         if self._owns_channel:
@@ -93,7 +213,8 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
 
 
 class AsyncWatchStream(WatchStreamCore, AsyncIterator[WatchEvent]):
-    """Async iterator over the events of one Watch call."""
+    """Async iterator over the events of one subscription (reconnects like
+    WatchStream; use ``asyncio.wait_for`` on ``__anext__`` for a per-event timeout)."""
 
     def __aiter__(self) -> "AsyncWatchStream":
         return self
@@ -108,10 +229,45 @@ class AsyncWatchStream(WatchStreamCore, AsyncIterator[WatchEvent]):
         except grpc.aio.AioRpcError as err:
             if self._ended_by_cancel(err.code()):
                 raise StopAsyncIteration from None
-            raise self._error(err) from err
+            error = self._error(err)
+            await self._reconnect(error)
+            return self._resync_event(error)
         if msg is grpc.aio.EOF:
-            raise StopAsyncIteration
+            if self._cancelled or not self._opener.reconnect_on_end:
+                raise StopAsyncIteration
+            error = self._server_ended()
+            await self._reconnect(error)
+            return self._resync_event(error)
         return self._event(msg)
+
+    async def _reconnect(self, err: CacheError) -> None:
+        while True:
+            delay = self._opener.reconnect_delay(err)
+            if self._cancelled:
+                raise StopAsyncIteration
+            if delay is None:
+                raise err
+            await self._opener.sleep(delay)
+            if self._cancelled:
+                raise StopAsyncIteration
+            self._call = self._opener.open()
+            self.reconnects += 1
+            await self._call.initial_metadata()
+            if not self._call.done():
+                self._opener.subscribed()
+                return
+            code = await self._call.code()
+            if code == grpc.StatusCode.OK:
+                self._opener.subscribed()
+                return
+            try:
+                await self._call.read()
+            except grpc.aio.AioRpcError as rpc_err:
+                if self._ended_by_cancel(rpc_err.code()):
+                    raise StopAsyncIteration from None
+                err = self._error(rpc_err)
+                continue
+            err = CacheError(await self._call.details() or "", code=code)
 
     async def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the server has accepted the subscription; see WatchStream.wait_ready."""
@@ -147,18 +303,32 @@ class AsyncCacheClient(
     ]
 ):
     """asyncio client (grpc.aio). Same arguments and errors as CacheClient; ``get``
-    and ``invalidate`` return coroutines."""
+    and ``invalidate`` return coroutines. A ``sleep`` argument must be a coroutine
+    function (default ``asyncio.sleep``)."""
 
     _channel_api: ClassVar[Any] = grpc.aio
 
+    @staticmethod
+    def _default_sleep() -> Callable[[float], Any]:
+        return asyncio.sleep
+
     async def _run_unary(self, prepare: Callable[[], UnaryCall[_T]]) -> _T:
         call = prepare()
-        with call.errors():
-            resp = await call.start()
-        return call.parse(resp)
+        attempts = self._attempts(call)
+        while True:
+            try:
+                with call.errors():
+                    resp = await call.start(attempts.next_timeout())
+                return call.parse(resp)
+            except CacheError as err:
+                err.attempts = attempts.made
+                delay = attempts.delay(err, call.retry.max_attempts)
+                if delay is None:
+                    raise
+                await self._sleep(delay)
 
-    def _open_watch(self, call: Any, had_deadline: bool) -> AsyncWatchStream:
-        return AsyncWatchStream(call, had_deadline)
+    def _open_watch(self, watch: WatchOpener, event_timeout: Optional[float]) -> AsyncWatchStream:
+        return AsyncWatchStream(watch, event_timeout)
 
     async def close(self) -> None:
         if self._owns_channel:

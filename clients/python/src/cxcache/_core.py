@@ -11,13 +11,18 @@ wraps a Watch call; :class:`WatchStreamCore` is what their watch streams share.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import datetime as _dt
 import json
-from dataclasses import dataclass
+import random
+import time
+from dataclasses import dataclass, field
 from typing import (
     Any,
     Callable,
     ClassVar,
+    Dict,
+    FrozenSet,
     Generic,
     Iterable,
     Iterator,
@@ -36,7 +41,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-from ._errors import CacheError, from_rpc_error
+from ._errors import CacheError, UnavailableError, from_rpc_error
 from ._types import EventType, GetResult, Seconds, Source, WatchEvent
 from .v1 import cache_pb2, cache_pb2_grpc
 
@@ -51,6 +56,150 @@ _ChannelT = TypeVar("_ChannelT")
 _GetT = TypeVar("_GetT")
 _CountT = TypeVar("_CountT")
 _StreamT = TypeVar("_StreamT")
+
+
+# ---------------------------------------------------------------- retries
+
+
+RETRYABLE_CODES: FrozenSet[grpc.StatusCode] = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the clients retry a failed Get or Invalidate (both are safe to repeat) and
+    reconnect a broken Watch.
+
+    A call that fails with one of ``codes`` is made again after a delay: exponential
+    backoff (``initial_backoff * multiplier**(n-1)``, at most ``max_backoff``) with
+    ``jitter`` (each delay is drawn from ``[d*(1-jitter), d]``); when the error carries
+    a google.rpc.RetryInfo the delay is never shorter than the server's
+    ``retry_delay`` (plus up to ``jitter`` of it, so that clients told the same delay
+    do not come back at once). At most ``max_attempts`` calls in all, and no retry
+    whose delay would end after ``max_elapsed`` seconds from the first call or after
+    the caller's deadline (``timeout``): the deadline bounds the whole call, retries
+    included, and each attempt gets what is left of it. When it gives up the client
+    raises the last error (``e.attempts`` says how many calls were made).
+
+    A Watch that breaks with one of ``codes`` is resubscribed after the same backoff,
+    up to ``watch_max_reconnects`` consecutive failed resubscriptions (None: no limit),
+    within the watch's own ``timeout`` if it has one.
+    """
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    max_elapsed: Optional[float] = 10.0
+    codes: FrozenSet[grpc.StatusCode] = field(default=RETRYABLE_CODES)
+    watch_max_reconnects: Optional[int] = 10
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be within [0, 1]")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must not be negative and multiplier must be >= 1")
+
+    def backoff(self, failures: int, retry_after: Optional[float], rng: random.Random) -> float:
+        """The delay before the next try after ``failures`` (>= 1) failed ones."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures - 1))
+        delay = base * (1 - self.jitter * rng.random())
+        if retry_after is not None and retry_after > 0:
+            delay = max(delay, retry_after * (1 + self.jitter * rng.random()))
+        return delay
+
+
+NO_RETRY = RetryPolicy(max_attempts=1, watch_max_reconnects=0)
+
+RetryOption = Union[RetryPolicy, bool, None]
+"""A ``retry`` argument: a policy, True (the default policy), False (no retries), or
+None (the client's setting)."""
+
+
+def resolve_retry(value: RetryOption, default: RetryPolicy) -> RetryPolicy:
+    if value is None:
+        return default
+    if value is True:  # the client's policy, or the default one if the client has none
+        return default if default is not NO_RETRY else RetryPolicy()
+    if value is False:
+        return NO_RETRY
+    return value
+
+
+class Attempts:
+    """The retry bookkeeping of one call (or, for a Watch, of its reconnects)."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        deadline: Optional[float],
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng
+        self.started = clock()
+        self.deadline = deadline
+        self.deadline_at = None if deadline is None else self.started + deadline
+        self.made = 0  # calls made so far
+        self.failures = 0  # consecutive failures (for the backoff)
+
+    def next_timeout(self) -> Optional[float]:
+        """Count one more call; the time left of the caller's deadline for it."""
+        self.made += 1
+        if self.deadline_at is None or self.made == 1:
+            return self.deadline
+        return max(self.deadline_at - self.clock(), 0.0)
+
+    def delay(self, err: CacheError, limit: Optional[int], bound_elapsed: bool = True) -> Optional[float]:
+        """How long to wait before trying again after ``err``, or None to give up.
+        ``limit`` bounds the tries (max_attempts for calls, reconnects for watches);
+        ``bound_elapsed`` applies max_elapsed (not to watches, which run for long)."""
+        p = self.policy
+        if err.code not in p.codes:
+            return None
+        self.failures += 1
+        if limit is not None and self.failures >= limit:
+            return None
+        d = p.backoff(self.failures, err.retry_after, self.rng)
+        end = self.clock() + d
+        if bound_elapsed and p.max_elapsed is not None and end - self.started > p.max_elapsed:
+            return None
+        if self.deadline_at is not None and end >= self.deadline_at:
+            return None
+        return d
+
+
+# ---------------------------------------------------------------- trace context
+
+_otel_inject: Optional[Callable[..., Any]] = None
+_otel_checked = False
+
+
+def trace_metadata() -> List[Tuple[str, str]]:
+    """The current OpenTelemetry context as gRPC metadata (W3C ``traceparent``,
+    ``tracestate``, ``baggage``, per the configured propagators), when the optional
+    ``opentelemetry-api`` is installed; otherwise nothing."""
+    global _otel_inject, _otel_checked
+    if not _otel_checked:
+        try:
+            _otel_inject = getattr(importlib.import_module("opentelemetry.propagate"), "inject", None)
+        except ImportError:
+            _otel_inject = None
+        _otel_checked = True
+    if _otel_inject is None:
+        return []
+    carrier: Dict[str, str] = {}
+    try:
+        _otel_inject(carrier)
+    except Exception:  # a broken propagator must not fail the call
+        return []
+    return [(k.lower(), v) for k, v in carrier.items() if isinstance(v, str)]
 
 
 # ---------------------------------------------------------------- requests
@@ -158,10 +307,18 @@ class UnaryCall(Generic[_T]):
     deadline: Optional[float]
     metadata: Metadata
     parse: Callable[[Any], _T]
+    retry: RetryPolicy = NO_RETRY
+    wait_for_ready: Optional[bool] = None
 
-    def start(self) -> Any:
-        """Call the stub: the reply (sync stub) or the call to await (grpc.aio stub)."""
-        return self.method(self.request, timeout=self.deadline, metadata=self.metadata)
+    def start(self, timeout: Optional[float] = None) -> Any:
+        """Call the stub (with ``timeout``, what is left of the deadline): the reply
+        (sync stub) or the call to await (grpc.aio stub)."""
+        return self.method(
+            self.request,
+            timeout=self.deadline if timeout is None else timeout,
+            metadata=self.metadata,
+            wait_for_ready=self.wait_for_ready,
+        )
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -193,7 +350,19 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         options: Optional[Sequence[Tuple[str, Any]]] = None,
         default_timeout: Optional[float] = None,
         metadata: Optional[Metadata] = None,
+        retry: RetryOption = True,
+        wait_for_ready: Optional[bool] = None,
+        propagate_trace_context: bool = True,
+        sleep: Optional[Callable[[float], Any]] = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Optional[random.Random] = None,
     ) -> None:
+        self._retry = resolve_retry(retry, RetryPolicy())
+        self._wait_for_ready = wait_for_ready
+        self._propagate = propagate_trace_context
+        self._sleep = sleep if sleep is not None else self._default_sleep()
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
         self._owns_channel = channel is None
         if channel is None:
             if credentials is not None:
@@ -205,23 +374,54 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         self._default_timeout = default_timeout
         self._metadata = tuple(metadata or ())
 
+    @staticmethod
+    def _default_sleep() -> Callable[[float], Any]:
+        """time.sleep (sync) or asyncio.sleep (asyncio)."""
+        raise NotImplementedError
+
+    def _attempts(self, call: UnaryCall[Any]) -> Attempts:
+        return Attempts(call.retry, call.deadline, self._clock, self._rng)
+
+    def _call_metadata(self) -> Metadata:
+        """The client's metadata plus the caller's trace context (when enabled)."""
+        if not self._propagate:
+            return self._metadata
+        have = {k.lower() for k, _ in self._metadata}
+        extra = [(k, v) for k, v in trace_metadata() if k not in have]
+        return self._metadata + tuple(extra) if extra else self._metadata
+
     def _run_unary(self, prepare: Callable[[], UnaryCall[Any]]) -> Any:
         """Prepare and run one unary call: its parsed reply, or (asyncio) a coroutine of it."""
         raise NotImplementedError
 
-    def _open_watch(self, call: Any, had_deadline: bool) -> _StreamT:
-        """Wrap a started Watch call in the client's watch stream."""
+    def _open_watch(self, watch: "WatchOpener", event_timeout: Optional[float]) -> _StreamT:
+        """Wrap a Watch (its first call started) in the client's watch stream."""
         raise NotImplementedError
 
     def _unary_call(
-        self, method: Callable[..., Any], request: Any, timeout: Optional[Seconds], parse: Callable[[Any], _T]
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: Optional[Seconds],
+        parse: Callable[[Any], _T],
+        retry: RetryOption,
+        wait_for_ready: Optional[bool],
     ) -> UnaryCall[_T]:
         deadline = resolve_timeout(timeout, self._default_timeout)
-        return UnaryCall(method, request, deadline, self._metadata, parse)
+        return UnaryCall(
+            method,
+            request,
+            deadline,
+            self._call_metadata(),
+            parse,
+            resolve_retry(retry, self._retry),
+            self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+        )
 
     def get(
         self,
         kind: str,
+        *,
         id: Optional[str] = None,
         variant: Optional[str] = None,
         params: Optional[Mapping[str, Any]] = None,
@@ -230,8 +430,14 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         allow_stale: bool = False,
         force_refresh: bool = False,
         timeout: Optional[Seconds] = None,
+        retry: RetryOption = None,
+        wait_for_ready: Optional[bool] = None,
     ) -> _GetT:
-        """Read one entry of ``kind``; returns a :class:`cxcache.GetResult`."""
+        """Read one entry of ``kind``; returns a :class:`cxcache.GetResult`.
+
+        Every argument after ``kind`` is keyword-only. ``timeout`` bounds the whole
+        call including retries; ``retry`` and ``wait_for_ready`` override the client's
+        settings for this call."""
 
         def prepare() -> UnaryCall[GetResult]:
             req = cache_pb2.GetRequest(kind=kind, id=id or "", variant=variant or "")
@@ -247,54 +453,126 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
                     fr.max_age.CopyFrom(_duration(max_age))
                 fr.allow_stale = bool(allow_stale)
                 fr.force_refresh = bool(force_refresh)
-            return self._unary_call(self._stub.Get, req, timeout, get_result)
+            return self._unary_call(self._stub.Get, req, timeout, get_result, retry, wait_for_ready)
 
         return cast(_GetT, self._run_unary(prepare))
 
     def invalidate(
         self,
+        *,
         keys: StrList = None,
         prefixes: StrList = None,
         tags: StrList = None,
         reason: Optional[str] = None,
         timeout: Optional[Seconds] = None,
+        retry: RetryOption = None,
+        wait_for_ready: Optional[bool] = None,
     ) -> _CountT:
-        """Purge entries by exact key, key prefix or tag; returns the number purged."""
+        """Purge entries by exact key, key prefix or tag; returns the number purged.
+        All arguments are keyword-only (see :meth:`get` for the last three)."""
 
         def prepare() -> UnaryCall[int]:
             req = cache_pb2.InvalidateRequest(
                 keys=_as_list(keys), prefixes=_as_list(prefixes), tags=_as_list(tags), reason=reason or ""
             )
-            return self._unary_call(self._stub.Invalidate, req, timeout, purged)
+            return self._unary_call(self._stub.Invalidate, req, timeout, purged, retry, wait_for_ready)
 
         return cast(_CountT, self._run_unary(prepare))
 
     def watch(
         self,
+        *,
         keys: StrList = None,
         prefixes: StrList = None,
         kinds: StrList = None,
-        timeout: Optional[Seconds] = None,
         tags: StrList = None,
+        timeout: Optional[Seconds] = None,
+        event_timeout: Optional[Seconds] = None,
+        reconnect: bool = True,
+        retry: RetryOption = None,
+        wait_for_ready: Optional[bool] = None,
     ) -> _StreamT:
-        """Subscribe to events; iterate the returned stream. ``timeout`` bounds the
-        whole subscription (no default timeout applies to watches)."""
+        """Subscribe to events; iterate the returned stream. All arguments are
+        keyword-only.
+
+        ``timeout`` bounds the whole subscription (no default timeout applies to
+        watches). ``event_timeout`` (sync client) bounds each wait for the next event
+        during iteration: TimeoutError when none came in time (the stream stays usable).
+        With ``reconnect`` (the default) a subscription broken by one of the retry
+        policy's codes (UNAVAILABLE, RESOURCE_EXHAUSTED), or ended by the server (it
+        does so only when it shuts down), is resubscribed with backoff, and the stream
+        then yields a synthetic ``LAGGED`` event with ``resync=True``:
+        events may have been missed, so re-read what you watch."""
         req = cache_pb2.WatchRequest(
             keys=_as_list(keys), prefixes=_as_list(prefixes), kinds=_as_list(kinds), tags=_as_list(tags)
         )
         deadline = resolve_timeout(timeout, None)
-        call = self._stub.Watch(req, timeout=deadline, metadata=self._metadata)
-        return self._open_watch(call, deadline is not None)
+        policy = resolve_retry(retry, self._retry) if reconnect else NO_RETRY
+        opener = WatchOpener(
+            method=self._stub.Watch,
+            request=req,
+            metadata=self._call_metadata(),
+            wait_for_ready=self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+            attempts=Attempts(policy, deadline, self._clock, self._rng),
+            sleep=self._sleep,
+        )
+        return self._open_watch(opener, resolve_timeout(event_timeout, None))
+
+
+@dataclass
+class WatchOpener:
+    """How to (re)start one subscription's Watch call."""
+
+    method: Callable[..., Any]
+    request: Any
+    metadata: Metadata
+    wait_for_ready: Optional[bool]
+    attempts: Attempts
+    sleep: Callable[[float], Any]
+
+    @property
+    def had_deadline(self) -> bool:
+        return self.attempts.deadline_at is not None
+
+    def open(self) -> Any:
+        return self.method(
+            self.request,
+            timeout=self.attempts.next_timeout(),
+            metadata=self.metadata,
+            wait_for_ready=self.wait_for_ready,
+        )
+
+    def reconnect_delay(self, err: CacheError) -> Optional[float]:
+        """The wait before resubscribing after ``err``, or None to give up."""
+        limit = self.attempts.policy.watch_max_reconnects
+        if limit is not None:
+            limit += 1  # ``failures`` counts the break itself too
+        return self.attempts.delay(err, limit, bound_elapsed=False)
+
+    @property
+    def reconnect_on_end(self) -> bool:
+        """Whether a subscription the server ended (OK, as cxcache does when it shuts
+        down: a Watch has no other end) is resubscribed."""
+        p = self.attempts.policy
+        return p.watch_max_reconnects != 0 and grpc.StatusCode.UNAVAILABLE in p.codes
+
+    def subscribed(self) -> None:
+        """A (re)subscription was accepted: the next break starts a new backoff."""
+        self.attempts.failures = 0
 
 
 class WatchStreamCore:
-    """What the sync and asyncio watch streams share: the call, cancellation, and
-    the conversion of its messages and errors."""
+    """What the sync and asyncio watch streams share: the call, cancellation,
+    reconnecting, and the conversion of its messages and errors."""
 
-    def __init__(self, call: Any, had_deadline: bool = False) -> None:
-        self._call = call
+    def __init__(self, opener: WatchOpener, event_timeout: Optional[float] = None) -> None:
+        self._opener = opener
+        self._call = opener.open()
         self._cancelled = False
-        self._had_deadline = had_deadline
+        self._had_deadline = opener.had_deadline
+        self._event_timeout = event_timeout
+        self.reconnects = 0
+        """How many times the stream resubscribed."""
 
     def cancel(self) -> None:
         """End the subscription; iteration then stops cleanly."""
@@ -311,3 +589,21 @@ class WatchStreamCore:
     @staticmethod
     def _event(msg: cache_pb2.WatchEvent) -> WatchEvent:
         return watch_event(msg)
+
+    @staticmethod
+    def _server_ended() -> CacheError:
+        return UnavailableError("the server ended the subscription (it shuts down or restarts)")
+
+    @staticmethod
+    def _resync_event(err: CacheError) -> WatchEvent:
+        return WatchEvent(
+            type=EventType.LAGGED,
+            key="",
+            prefix="",
+            tag="",
+            kind="",
+            reason=f"resync: the client resubscribed after {err.code.name}: {err.message}",
+            time=_dt.datetime.now(_dt.timezone.utc),
+            sequence=0,
+            resync=True,
+        )

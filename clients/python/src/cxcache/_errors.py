@@ -1,8 +1,15 @@
-"""Typed exceptions decoded from gRPC status codes and google.rpc status details."""
+"""Typed exceptions decoded from gRPC status codes and google.rpc status details.
+
+The classes are named ``<Code>Error`` (PEP 8). The earlier names without the suffix
+(``InvalidArgument``, ``NotFound``, ...) still work as deprecated aliases of the same
+classes: importing one emits a DeprecationWarning.
+"""
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Type
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
 
 import grpc
 from google.protobuf import any_pb2
@@ -10,8 +17,20 @@ from google.rpc import error_details_pb2, status_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
 
-FieldViolation = Tuple[str, str]
-"""(field, description) from a google.rpc.BadRequest."""
+UPSTREAM_DOMAIN = "cxcache.upstream"
+"""google.rpc.ErrorInfo.domain of the details that describe the platform's own error."""
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One google.rpc.BadRequest field violation. Unpacks like the (field,
+    description) tuple it replaces: ``for field, description in e.field_violations``."""
+
+    field: str
+    description: str
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.field, self.description))
 
 
 class CacheError(Exception):
@@ -22,8 +41,13 @@ class CacheError(Exception):
         message: the status message.
         details: the google.rpc detail messages (unpacked where the type is known,
             e.g. BadRequest, RetryInfo, ErrorInfo; otherwise the raw ``Any``).
-        field_violations: list of (field, description) from a BadRequest detail.
+        field_violations: list of :class:`FieldViolation` from a BadRequest detail.
         retry_after: seconds to wait before retrying, from a RetryInfo detail.
+        error_info: the first google.rpc.ErrorInfo detail, or None.
+        upstream_message / upstream_status / upstream_reason: the platform's own error
+            (its message, HTTP status and error code) when the server sent an ErrorInfo
+            with domain ``cxcache.upstream``; None otherwise.
+        attempts: how many calls were made (more than 1 when the client retried).
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -42,78 +66,113 @@ class CacheError(Exception):
             self.code = code
         self.message = message
         self.details: List[Any] = list(details)
-        self.field_violations: List[FieldViolation] = list(field_violations)
+        self.field_violations: List[FieldViolation] = [
+            v if isinstance(v, FieldViolation) else FieldViolation(*v) for v in field_violations
+        ]
         self.retry_after: Optional[float] = retry_after
+        self.attempts = 1
+        infos = [d for d in self.details if isinstance(d, error_details_pb2.ErrorInfo)]
+        self.error_info: Optional[error_details_pb2.ErrorInfo] = infos[0] if infos else None
+        upstream = next((i for i in infos if i.domain == UPSTREAM_DOMAIN), None)
+        meta: Dict[str, str] = dict(upstream.metadata) if upstream is not None else {}
+        self.upstream_reason: Optional[str] = (upstream.reason or None) if upstream is not None else None
+        self.upstream_message: Optional[str] = meta.get("message") or None
+        status = meta.get("status")
+        self.upstream_status: Optional[int] = int(status) if status and status.isdigit() else None
 
     def __str__(self) -> str:
         text = f"{self.code.name}: {self.message}"
+        if self.upstream_message or self.upstream_status is not None:
+            head = " ".join(str(p) for p in (self.upstream_status, self.upstream_reason) if p)
+            text += f" (platform{' ' + head if head else ''}: {self.upstream_message or '-'})"
         if self.field_violations:
-            text += " [" + "; ".join(f"{f}: {d}" for f, d in self.field_violations) + "]"
+            text += " [" + "; ".join(f"{v.field}: {v.description}" for v in self.field_violations) + "]"
         if self.retry_after is not None:
             text += f" (retry after {self.retry_after:g}s)"
         return text
 
 
-class Cancelled(CacheError):
+class CancelledError(CacheError):
     code = grpc.StatusCode.CANCELLED
 
 
-class InvalidArgument(CacheError):
+class InvalidArgumentError(CacheError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class DeadlineExceeded(CacheError):
+class DeadlineExceededError(CacheError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class NotFound(CacheError):
+class NotFoundError(CacheError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class PermissionDenied(CacheError):
+class PermissionDeniedError(CacheError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
-class ResourceExhausted(CacheError):
+class ResourceExhaustedError(CacheError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class FailedPrecondition(CacheError):
+class FailedPreconditionError(CacheError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class Unimplemented(CacheError):
+class UnimplementedError(CacheError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
-class Internal(CacheError):
+class InternalError(CacheError):
     code = grpc.StatusCode.INTERNAL
 
 
-class Unavailable(CacheError):
+class UnavailableError(CacheError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class Unauthenticated(CacheError):
+class UnauthenticatedError(CacheError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
 _BY_CODE = {
     cls.code: cls
     for cls in (
-        Cancelled,
-        InvalidArgument,
-        DeadlineExceeded,
-        NotFound,
-        PermissionDenied,
-        ResourceExhausted,
-        FailedPrecondition,
-        Unimplemented,
-        Internal,
-        Unavailable,
-        Unauthenticated,
+        CancelledError,
+        InvalidArgumentError,
+        DeadlineExceededError,
+        NotFoundError,
+        PermissionDeniedError,
+        ResourceExhaustedError,
+        FailedPreconditionError,
+        UnimplementedError,
+        InternalError,
+        UnavailableError,
+        UnauthenticatedError,
     )
 }
+
+_DEPRECATED_ALIASES = {cls.__name__[: -len("Error")]: cls for cls in _BY_CODE.values()}
+"""The pre-PEP 8 names (``InvalidArgument`` ...) -> the classes, for module __getattr__."""
+
+
+def deprecated_alias(name: str) -> Optional[Type[CacheError]]:
+    """The class an old exception name stands for (with a DeprecationWarning), or None."""
+    cls = _DEPRECATED_ALIASES.get(name)
+    if cls is not None:
+        warnings.warn(
+            f"cxcache.{name} is deprecated; use cxcache.{cls.__name__}", DeprecationWarning, stacklevel=3
+        )
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    cls = deprecated_alias(name)
+    if cls is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return cls
+
 
 _KNOWN_DETAILS = (
     error_details_pb2.BadRequest,
@@ -201,7 +260,7 @@ def from_rpc_error(err: grpc.RpcError, had_deadline: bool = False) -> CacheError
             msg = _unpack(d)
             details.append(msg)
             if isinstance(msg, error_details_pb2.BadRequest):
-                violations.extend((v.field, v.description) for v in msg.field_violations)
+                violations.extend(FieldViolation(v.field, v.description) for v in msg.field_violations)
             elif isinstance(msg, error_details_pb2.RetryInfo):
                 retry_after = msg.retry_delay.seconds + msg.retry_delay.nanos / 1e9
     cls = error_class(code)
