@@ -65,8 +65,22 @@ impl L1 {
 
     /// Inserts unless an eviction hit the key's stripe since `ticket`.
     pub fn fill(&self, store_key: &str, entry: Arc<Entry>, ticket: FillTicket) {
-        if self.epochs[ticket.stripe].load(Ordering::Acquire) == ticket.epoch {
-            self.cache.insert(store_key.to_string(), entry);
+        self.fill_then(store_key, entry, ticket, || {});
+    }
+
+    /// [`L1::fill`], running `between` after the check and before the insert
+    /// (where an eviction can land). Checked again after the insert: an
+    /// eviction that slipped in between undoes it, so a value read before a
+    /// purge never outlives the purge's eviction (and its acknowledgement).
+    fn fill_then(&self, store_key: &str, entry: Arc<Entry>, ticket: FillTicket, between: impl FnOnce()) {
+        let epoch = &self.epochs[ticket.stripe];
+        if epoch.load(Ordering::Acquire) != ticket.epoch {
+            return;
+        }
+        between();
+        self.cache.insert(store_key.to_string(), entry);
+        if epoch.load(Ordering::Acquire) != ticket.epoch {
+            self.cache.invalidate(store_key);
         }
     }
 
@@ -108,6 +122,16 @@ mod tests {
         let t = l1.ticket("k");
         l1.fill("k", entry(10), t);
         assert!(l1.get("k").is_some());
+    }
+
+    /// An eviction landing between a fill's check and its insert: the value
+    /// read before the purge must not stay in L1 after it.
+    #[test]
+    fn an_eviction_between_the_fill_check_and_the_insert_wins() {
+        let l1 = L1::new(1 << 20, Duration::from_secs(10));
+        let t = l1.ticket("k");
+        l1.fill_then("k", entry(10), t, || l1.evict("k"));
+        assert!(l1.get("k").is_none(), "the purged value stayed in L1");
     }
 
     #[test]

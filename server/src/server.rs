@@ -78,14 +78,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         upstream.clone(),
         bus.clone(),
     ));
-    let invalidator = Arc::new(Invalidator::new(
-        config.env.clone(),
-        tiers.store().clone(),
-        catalog.clone(),
-        cache.clone(),
-        bus.clone(),
-        config.cache.invalidation_ack_timeout,
-    ));
+    let invalidator = Arc::new(Invalidator {
+        env: config.env.clone(),
+        store: tiers.store().clone(),
+        catalog: catalog.clone(),
+        local: cache.clone(),
+        bus: bus.clone(),
+        ack_timeout: config.cache.invalidation_ack_timeout,
+    });
     let follower = invalidation::follower::spawn(cache.clone(), bus.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     // Notification channels: on by default only with the bundled emulator

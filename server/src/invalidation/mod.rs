@@ -72,27 +72,19 @@ pub enum Once {
     Pending,
 }
 
+/// Purges for one namespace; built by the server from what it depends on.
 pub struct Invalidator {
-    env: String,
-    store: Arc<dyn Store>,
-    catalog: Arc<Catalog>,
-    local: Arc<dyn LocalCopies>,
-    bus: Arc<Bus>,
-    ack_timeout: Duration,
+    pub env: String,
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
+    /// This instance's L1 copies and fetches under way.
+    pub local: Arc<dyn LocalCopies>,
+    pub bus: Arc<Bus>,
+    /// How long a purge waits for every instance's acknowledgement.
+    pub ack_timeout: Duration,
 }
 
 impl Invalidator {
-    pub fn new(
-        env: String,
-        store: Arc<dyn Store>,
-        catalog: Arc<Catalog>,
-        local: Arc<dyn LocalCopies>,
-        bus: Arc<Bus>,
-        ack_timeout: Duration,
-    ) -> Self {
-        Invalidator { env, store, catalog, local, bus, ack_timeout }
-    }
-
     /// The namespace purged.
     pub fn env(&self) -> &str {
         &self.env

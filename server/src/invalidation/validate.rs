@@ -11,6 +11,10 @@ pub const MAX_NAMED: usize = 1000;
 pub const MAX_PATTERNS: usize = 100;
 /// Longest tag.
 pub const MAX_TAG_LEN: usize = 256;
+/// Longest key or prefix (a logical key is env + kind + id + variant + hash).
+pub const MAX_KEY_LEN: usize = 512;
+/// Longest `reason`: it is copied into the audit line and every bus event.
+pub const MAX_REASON_LEN: usize = 1024;
 
 /// Checks `p` against the namespace `env`.
 pub fn validate(env: &str, p: &Purge) -> Result<()> {
@@ -27,8 +31,15 @@ pub fn validate(env: &str, p: &Purge) -> Result<()> {
     if p.tags.len() > MAX_PATTERNS {
         bad.push(FieldViolation::new("tags", format!("at most {MAX_PATTERNS} tags per call")));
     }
+    if p.reason.len() > MAX_REASON_LEN {
+        bad.push(FieldViolation::new("reason", format!("at most {MAX_REASON_LEN} bytes")));
+    }
     let ns = format!("{env}:");
     for (i, key) in p.keys.iter().enumerate() {
+        if key.len() > MAX_KEY_LEN {
+            bad.push(FieldViolation::new(format!("keys[{i}]"), format!("at most {MAX_KEY_LEN} bytes")));
+            continue;
+        }
         match Key::parse(key) {
             None => {
                 bad.push(FieldViolation::new(format!("keys[{i}]"), "not a cxcache key ({env}:{kind}:{id}…)"))
@@ -43,7 +54,9 @@ pub fn validate(env: &str, p: &Purge) -> Result<()> {
     for (i, prefix) in p.prefixes.iter().enumerate() {
         // A prefix must at least name a kind: `prod:` alone would purge
         // the whole namespace, which is a deployment, not a purge.
-        if !prefix.starts_with(&ns) || prefix.len() <= ns.len() {
+        if prefix.len() > MAX_KEY_LEN {
+            bad.push(FieldViolation::new(format!("prefixes[{i}]"), format!("at most {MAX_KEY_LEN} bytes")));
+        } else if !prefix.starts_with(&ns) || prefix.len() <= ns.len() {
             bad.push(FieldViolation::new(
                 format!("prefixes[{i}]"),
                 format!("must start with {ns:?} and name at least part of a kind"),
@@ -92,6 +105,11 @@ mod tests {
         assert_eq!(fields(p(&[], &["prod:"], &[])), ["prefixes[0]"]);
         assert_eq!(fields(p(&[], &["dev:routing"], &[])), ["prefixes[0]"]);
         assert_eq!(fields(p(&[], &[], &["a tag"])), ["tags[0]"]);
+        let long_key = format!("prod:routing.queue:{}", "q".repeat(MAX_KEY_LEN));
+        assert_eq!(fields(p(&[&long_key], &[], &[])), ["keys[0]"]);
+        assert_eq!(fields(p(&[], &[&long_key], &[])), ["prefixes[0]"]);
+        let chatty = Purge { reason: "x".repeat(MAX_REASON_LEN + 1), ..p(&[], &[], &["queue:q1"]) };
+        assert_eq!(fields(chatty), ["reason"], "a 4 MB reason would be copied into every bus event");
         let many: Vec<String> = (0..=MAX_NAMED).map(|i| format!("prod:k:{i}")).collect();
         let refs: Vec<&str> = many.iter().map(String::as_str).collect();
         assert_eq!(fields(p(&refs, &[], &[])), ["keys"]);

@@ -187,16 +187,9 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
         call = prepare()
         attempts = self._attempts(call)
         while True:
-            try:
-                with call.errors():
-                    resp = call.start(attempts.next_timeout())
-                return call.parse(resp)
-            except CacheError as err:
-                err.attempts = attempts.made
-                delay = attempts.delay(err, call.retry.max_attempts)
-                if delay is None:
-                    raise
-                self._sleep(delay)
+            with attempts.trying(call) as attempt:
+                return call.parse(call.start(attempts.next_timeout()))
+            self._sleep(attempt.wait)
 
     def _open_watch(self, watch: WatchOpener, event_timeout: Optional[float]) -> WatchStream:
         return WatchStream(watch, event_timeout)
@@ -316,16 +309,9 @@ class AsyncCacheClient(
         call = prepare()
         attempts = self._attempts(call)
         while True:
-            try:
-                with call.errors():
-                    resp = await call.start(attempts.next_timeout())
-                return call.parse(resp)
-            except CacheError as err:
-                err.attempts = attempts.made
-                delay = attempts.delay(err, call.retry.max_attempts)
-                if delay is None:
-                    raise
-                await self._sleep(delay)
+            with attempts.trying(call) as attempt:
+                return call.parse(await call.start(attempts.next_timeout()))
+            await self._sleep(attempt.wait)
 
     def _open_watch(self, watch: WatchOpener, event_timeout: Optional[float]) -> AsyncWatchStream:
         return AsyncWatchStream(watch, event_timeout)

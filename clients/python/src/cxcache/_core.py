@@ -174,6 +174,30 @@ class Attempts:
             return None
         return d
 
+    @contextlib.contextmanager
+    def trying(self, call: "UnaryCall[Any]") -> Iterator["Try"]:
+        """One attempt of ``call``: gRPC errors become typed errors; one that
+        is worth retrying is swallowed and its wait left in ``Try.wait``, any
+        other is raised (with the attempts made). The sync and async clients
+        share this; only how they call and sleep differs."""
+        attempt = Try()
+        try:
+            with call.errors():
+                yield attempt
+        except CacheError as err:
+            err.attempts = self.made
+            wait = self.delay(err, call.retry.max_attempts)
+            if wait is None:
+                raise
+            attempt.wait = wait
+
+
+@dataclass
+class Try:
+    """What an attempt left behind: how long to wait before the next one."""
+
+    wait: float = 0.0
+
 
 # ---------------------------------------------------------------- trace context
 
