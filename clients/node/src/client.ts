@@ -16,6 +16,7 @@ import {
   sourceToJSON,
   WatchEvent as PbWatchEvent,
   watchEvent_TypeToJSON,
+  ValueFormat,
 } from "./gen/cxcache/v1/cache.js";
 import { Duration } from "./gen/google/protobuf/duration.js";
 import { CacheError, CancelledError, toCacheError, UnavailableError, ValueParseError } from "./errors.js";
@@ -335,6 +336,8 @@ export function buildGetRequest(kind: string, o: GetOptions = {}): GetRequest {
           forceRefresh: !!o.forceRefresh,
         }
       : undefined,
+    // The client always reads canonical bytes (and parses them itself).
+    valueFormat: ValueFormat.VALUE_FORMAT_UNSPECIFIED,
   };
 }
 

@@ -24,15 +24,8 @@ import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type, WatchR
 import { Any } from "../src/gen/google/protobuf/any.js";
 import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
 import { Status } from "../src/gen/google/rpc/status.js";
+import { pack, richError } from "./helpers.js";
 
-function pack(type: string, bytes: Uint8Array): Any {
-  return { typeUrl: `type.googleapis.com/${type}`, value: Buffer.from(bytes) };
-}
-function richError(code: status, message: string, details: Any[]) {
-  const metadata = new Metadata();
-  metadata.set("grpc-status-details-bin", Buffer.from(Status.encode({ code, message, details }).finish()));
-  return { code, details: message, metadata };
-}
 const retryInfo = (ms: number) =>
   pack("google.rpc.RetryInfo", RetryInfo.encode({ retryDelay: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 } }).finish());
 const ok = (value: unknown, key = "k") =>

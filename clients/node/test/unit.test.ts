@@ -19,16 +19,9 @@ import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type } from 
 import { Any } from "../src/gen/google/protobuf/any.js";
 import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
 import { Status } from "../src/gen/google/rpc/status.js";
+import { pack, richError } from "./helpers.js";
 
-function pack(type: string, bytes: Uint8Array): Any {
-  return { typeUrl: `type.googleapis.com/${type}`, value: Buffer.from(bytes) };
-}
 
-function richError(code: status, message: string, details: Any[]) {
-  const metadata = new Metadata();
-  metadata.set("grpc-status-details-bin", Buffer.from(Status.encode({ code, message, details }).finish()));
-  return { code, details: message, metadata };
-}
 
 const fake: CacheServer = {
   get(call, cb) {
@@ -50,6 +43,7 @@ const fake: CacheServer = {
           age: { seconds: 1, nanos: 500_000_000 },
           ttlRemaining: { seconds: 30, nanos: 0 },
           tags: ["queue:1"],
+          json: undefined,
         });
         return;
       }
