@@ -59,10 +59,21 @@ impl Default for WebhookSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataActionSettings {
     /// Bearer token callers must send (`Authorization: Bearer …`). Unset:
     /// the door is open (bind the HTTP side to a private address).
     pub token: Option<Secret>,
+    /// How long the door waits for an answer: a data action has a deadline
+    /// of its own on the platform side, so past this a stale value (or the
+    /// error) is better than no answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for DataActionSettings {
+    fn default() -> Self {
+        DataActionSettings { token: None, timeout: std::time::Duration::from_secs(10) }
+    }
 }

@@ -74,7 +74,10 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
         }),
         ..Default::default()
     };
-    match state.cache.get(&get, None).await {
+    // The door's own deadline: with a stale value to fall back on, a hung
+    // upstream is answered stale within it.
+    let deadline = tokio::time::Instant::now() + state.data_action.timeout;
+    match state.cache.get(&get, Some(deadline)).await {
         Ok(served) => {
             let age = served.entry.age(now_ms()).as_secs();
             let mut resp = (StatusCode::OK, served.entry.value.clone()).into_response();

@@ -296,3 +296,34 @@ async fn a_dead_lease_holder_is_taken_over() {
     emu.release_held();
     other.stop().await;
 }
+
+/// The data-action door has a deadline of its own (`data_action.timeout`):
+/// a hung upstream is answered stale within it, as a gRPC Get with a
+/// deadline is, instead of holding the caller for the upstream's timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_action_door_answers_a_hung_upstream_stale_within_its_timeout() {
+    let mut s = short_ttl("door-hung", 300)
+        .configure(|c| {
+            c.cache.stale_while_revalidate = Duration::ZERO;
+            c.cache.max_staleness = Duration::from_secs(30);
+            c.data_action.timeout = Duration::from_secs(2);
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
+    let url = format!("http://{}/data-action", cx.http_addr);
+    let id = queue_id(19);
+    let body = serde_json::json!({"kind": "routing.queue", "id": id});
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(&url).json(&body).send().await.unwrap().status(), 200);
+    emu.inject_fault(held(queue_path(&id)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = Instant::now();
+    let r = http.post(&url).json(&body).timeout(Duration::from_secs(20)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cxcache-source"], "STALE");
+    assert!(t.elapsed() < Duration::from_secs(2), "answered in {:?}", t.elapsed());
+    emu.release_held();
+    emu.clear_faults();
+    s.stop().await;
+}
