@@ -22,9 +22,9 @@ import {
 } from "../src/index.js";
 import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type, WatchRequest, WatchEvent as PbWatchEvent } from "../src/gen/cxcache/v1/cache.js";
 import { Any } from "../src/gen/google/protobuf/any.js";
-import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
+import { ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
 import { Status } from "../src/gen/google/rpc/status.js";
-import { pack, richError } from "./helpers.js";
+import { badRequest, pack, richError } from "./helpers.js";
 
 const retryInfo = (ms: number) =>
   pack("google.rpc.RetryInfo", RetryInfo.encode({ retryDelay: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 } }).finish());
@@ -82,17 +82,10 @@ const fake: CacheServer = {
         return;
       case "violations":
         cb(
-          richError(status.INVALID_ARGUMENT, "bad request", [
-            pack(
-              "google.rpc.BadRequest",
-              BadRequest.encode({
-                fieldViolations: [
-                  { field: "id", description: "required", reason: "MISSING", localizedMessage: undefined },
-                  { field: "params.pageSize", description: "must be <= 500", reason: "", localizedMessage: undefined },
-                  { field: "params.pageSize", description: "must be a number", reason: "", localizedMessage: undefined },
-                ],
-              }).finish(),
-            ),
+          badRequest("bad request", [
+            ["id", "required", "MISSING"],
+            ["params.pageSize", "must be <= 500"],
+            ["params.pageSize", "must be a number"],
           ]),
         );
         return;

@@ -2,6 +2,7 @@
 // sends them (grpc-status-details-bin).
 import { Metadata, status } from "@grpc/grpc-js";
 import { Any } from "../src/gen/google/protobuf/any.js";
+import { BadRequest } from "../src/gen/google/rpc/error_details.js";
 import { Status } from "../src/gen/google/rpc/status.js";
 
 /** Packs an encoded detail message as google.protobuf.Any. */
@@ -14,4 +15,17 @@ export function richError(code: status, message: string, details: Any[]) {
   const metadata = new Metadata();
   metadata.set("grpc-status-details-bin", Buffer.from(Status.encode({ code, message, details }).finish()));
   return { code, details: message, metadata };
+}
+
+/** An INVALID_ARGUMENT carrying a google.rpc.BadRequest with these [field, description, reason?] violations. */
+export function badRequest(message: string, violations: Array<[string, string, string?]>) {
+  const fieldViolations = violations.map(([field, description, reason]) => ({
+    field,
+    description,
+    reason: reason ?? "",
+    localizedMessage: undefined,
+  }));
+  return richError(status.INVALID_ARGUMENT, message, [
+    pack("google.rpc.BadRequest", BadRequest.encode({ fieldViolations }).finish()),
+  ]);
 }

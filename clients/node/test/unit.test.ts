@@ -17,9 +17,9 @@ import {
 } from "../src/index.js";
 import { CacheServer, CacheService, GetResponse, Source, WatchEvent_Type } from "../src/gen/cxcache/v1/cache.js";
 import { Any } from "../src/gen/google/protobuf/any.js";
-import { BadRequest, ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
+import { ErrorInfo, RetryInfo } from "../src/gen/google/rpc/error_details.js";
 import { Status } from "../src/gen/google/rpc/status.js";
-import { pack, richError } from "./helpers.js";
+import { badRequest, pack, richError } from "./helpers.js";
 
 
 
@@ -51,18 +51,7 @@ const fake: CacheServer = {
         cb(null, GetResponse.fromPartial({ value: Buffer.from("[1,2]"), source: Source.SOURCE_L1, key: "k" }));
         return;
       case "bad":
-        cb(
-          richError(status.INVALID_ARGUMENT, "unknown kind", [
-            pack(
-              "google.rpc.BadRequest",
-              BadRequest.encode({
-                fieldViolations: [
-                  { field: "kind", description: "unknown kind 'bad'", reason: "", localizedMessage: undefined },
-                ],
-              }).finish(),
-            ),
-          ]),
-        );
+        cb(badRequest("unknown kind", [["kind", "unknown kind 'bad'"]]));
         return;
       case "quota":
         cb(

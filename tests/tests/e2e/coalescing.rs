@@ -17,6 +17,15 @@ fn short_ttl(name: &str, ttl_ms: u64) -> Scenario {
     Scenario::new(name).exact_ttl(Duration::from_millis(ttl_ms))
 }
 
+/// Values stale after 300 ms, then served stale for 30 s when the upstream
+/// fails (no stale-while-revalidate): the hung-upstream scenarios.
+fn stale_on_failure(name: &str) -> Scenario {
+    short_ttl(name, 300).configure(|c| {
+        c.cache.stale_while_revalidate = Duration::ZERO;
+        c.cache.max_staleness = Duration::from_secs(30);
+    })
+}
+
 fn age_ms(got: &cxcache::proto::v1::GetResponse) -> i64 {
     let age = got.age.unwrap_or_default();
     age.seconds * 1000 + i64::from(age.nanos / 1_000_000)
@@ -175,13 +184,7 @@ async fn upstream_down_serves_stale_then_unavailable() {
 /// exists: the value is served stale well within it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_upstream_serves_stale_within_the_deadline() {
-    let mut s = short_ttl("hung", 300)
-        .configure(|c| {
-            c.cache.stale_while_revalidate = Duration::ZERO;
-            c.cache.max_staleness = Duration::from_secs(30);
-        })
-        .start()
-        .await;
+    let mut s = stale_on_failure("hung").start().await;
     let (cx, emu) = (s.cx(), s.emu());
     let id = queue_id(18);
     let first = cx.get(get_queue(&id)).await.unwrap();
@@ -302,12 +305,8 @@ async fn a_dead_lease_holder_is_taken_over() {
 /// deadline is, instead of holding the caller for the upstream's timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_action_door_answers_a_hung_upstream_stale_within_its_timeout() {
-    let mut s = short_ttl("door-hung", 300)
-        .configure(|c| {
-            c.cache.stale_while_revalidate = Duration::ZERO;
-            c.cache.max_staleness = Duration::from_secs(30);
-            c.data_action.timeout = Duration::from_secs(2);
-        })
+    let mut s = stale_on_failure("door-hung")
+        .configure(|c| c.data_action.timeout = Duration::from_secs(2))
         .start()
         .await;
     let (cx, emu) = (s.cx(), s.emu());
