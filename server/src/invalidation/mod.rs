@@ -20,6 +20,8 @@
 pub mod audit;
 pub mod events;
 pub mod follower;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::collections::BTreeSet;
@@ -70,6 +72,24 @@ pub enum Once {
     Duplicate,
     /// This event's purge is still under way elsewhere: retry soon.
     Pending,
+}
+
+/// An event mark taken for a purge still under way: dropped before the purge
+/// finished (the request was cancelled), it deletes the mark.
+struct PendingMark {
+    store: Arc<dyn Store>,
+    mark: Option<String>,
+}
+
+impl Drop for PendingMark {
+    fn drop(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let _ = store.delete(&[mark]).await;
+            });
+        }
+    }
 }
 
 /// Purges for one namespace; built by the server from what it depends on.
@@ -162,7 +182,13 @@ impl Invalidator {
                 _ => Ok(Once::Pending),
             };
         }
-        match self.purge(p).await {
+        // If this request is cancelled (the sender hung up) before the purge
+        // is done, the guard frees the id, so the sender's retry is not
+        // turned away as "pending" for the whole window.
+        let mut pending = PendingMark { store: self.store.clone(), mark: Some(mark.clone()) };
+        let result = self.purge(p).await;
+        pending.mark = None;
+        match result {
             Ok(purged) => {
                 if let Err(e) = self.store.set(&mark, Bytes::from_static(DONE), window).await {
                     tracing::debug!(error = %e, "marking the event done failed; duplicates will be retried");
