@@ -26,6 +26,19 @@ if ! command -v ghz >/dev/null; then
   log "installing ghz"
   go install github.com/bojand/ghz/cmd/ghz@latest
 fi
+# deploy/check.sh: promtool (Debian's prometheus package; its service is not
+# wanted), helm, PyYAML.
+if ! command -v promtool >/dev/null || ! python3 -c 'import yaml' 2>/dev/null; then
+  log "installing promtool (prometheus), python3-yaml"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq prometheus python3-yaml >/dev/null
+  (systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || pkill -x prometheus || true) >/dev/null 2>&1
+fi
+if ! command -v helm >/dev/null; then
+  log "installing helm"
+  go install helm.sh/helm/v3/cmd/helm@v3.22.0
+fi
 for pair in clippy:clippy fmt:rustfmt; do
   if ! cargo "${pair%%:*}" --version >/dev/null 2>&1; then
     log "installing ${pair#*:}"

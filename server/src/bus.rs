@@ -168,8 +168,9 @@ impl Bus {
     }
 
     /// Publishes `event` and waits (at most `timeout`) until every
-    /// instance that received it acknowledged it. In-process there is no
-    /// one else to wait for.
+    /// instance that received it acknowledged it; past `timeout`, a
+    /// retryable [`Error::Unavailable`]. In-process there is no one else to
+    /// wait for.
     pub async fn publish_acked(&self, mut event: Event, timeout: Duration) -> Result<()> {
         let Some(r) = &self.redis else { return self.publish(event).await.map(drop) };
         let counter = crate::keys::ack_counter(&r.env, &uuid::Uuid::new_v4().simple().to_string());
@@ -188,7 +189,14 @@ impl Bus {
                     got,
                     "not every instance acknowledged the purge in time"
                 );
-                return Ok(());
+                // An instance that heard the purge may still hold the old
+                // value: no OK the fleet cannot stand behind.
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "{got} of {receivers} instances acknowledged the purge within {timeout:?}; retry"
+                    ),
+                    retry_after: Some(timeout),
+                });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));

@@ -483,3 +483,37 @@ async fn watch_survives_a_redis_master_failover() {
     cluster.restart_node(owner).unwrap();
     s.stop().await;
 }
+
+/// OK from Invalidate means every instance that received the purge dropped
+/// its copies. A subscriber on the bus that never acknowledges (a stuck
+/// instance) must turn it into a retryable UNAVAILABLE, not an OK the fleet
+/// cannot stand behind; once it is gone, Invalidate is OK again.
+#[tokio::test]
+async fn an_instance_that_never_acknowledges_makes_invalidate_unavailable() {
+    use fred::prelude::{ClientLike, PubsubInterface};
+    let mut s = Scenario::new("mute-ack")
+        .cluster()
+        .configure(|c| c.cache.invalidation_ack_timeout = Duration::from_millis(300))
+        .start()
+        .await;
+    let cx = s.cx();
+    let key = cx.get(get_queue(&queue_id(4))).await.unwrap().key;
+    let config = fred::prelude::Config::from_url(s.redis_url().expect("a cluster")).unwrap();
+    let mute = fred::prelude::Builder::from_config(config).build_subscriber_client().unwrap();
+    mute.init().await.unwrap();
+    mute.ssubscribe(cxcache::keys::bus_channel(&s.env)).await.unwrap();
+
+    let err = cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    mute.quit().await.unwrap();
+    let ok = async {
+        loop {
+            if cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.is_ok() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ok).await.expect("OK again once the mute subscriber left");
+    s.stop().await;
+}
