@@ -15,7 +15,7 @@
 //! acknowledgement counter ([`Bus::publish_acked`]); every instance's
 //! follower bumps it ([`Bus::acknowledge`]) once it dropped its copies.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +74,13 @@ pub struct Bus {
     redis: Option<RedisBus>,
     pub instance_id: String,
     published: AtomicU64,
+    /// Instances subscribed to the bus (this one included), as last seen:
+    /// the fleet that shares the upstream budgets.
+    fleet: Arc<AtomicUsize>,
 }
+
+/// How often the fleet size is read from Redis.
+const FLEET_EVERY: Duration = Duration::from_secs(2);
 
 struct RedisBus {
     /// The namespace, for acknowledgement counter keys.
@@ -89,7 +95,8 @@ impl Bus {
     /// An in-process bus (embedded mode: one instance).
     pub fn local(instance_id: String) -> Arc<Bus> {
         let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
-        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0) })
+        let fleet = Arc::new(AtomicUsize::new(1));
+        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet })
     }
 
     /// A bus over Redis sharded pub/sub on the channel of `env`.
@@ -125,6 +132,8 @@ impl Bus {
             }
         });
         subscriber.ssubscribe(channel.clone()).await.map_err(|e| Error::Store(e.to_string()))?;
+        let fleet = Arc::new(AtomicUsize::new(1));
+        tokio::spawn(count_fleet(pool.clone(), channel.clone(), Arc::downgrade(&fleet)));
         Ok(Arc::new(Bus {
             fanout,
             redis: Some(RedisBus {
@@ -136,6 +145,7 @@ impl Bus {
             }),
             instance_id,
             published: AtomicU64::new(0),
+            fleet,
         }))
     }
 
@@ -152,7 +162,10 @@ impl Bus {
             Some(r) => {
                 let payload = serde_json::to_vec(&event).map_err(|e| Error::Internal(e.to_string()))?;
                 match r.pool.next().spublish::<u64, _, _>(r.channel.as_str(), payload).await {
-                    Ok(n) => Ok(n),
+                    Ok(n) => {
+                        self.fleet.store((n as usize).max(1), Ordering::Relaxed);
+                        Ok(n)
+                    }
                     Err(e) => {
                         let _ = self.fanout.send(BusMessage::Gap);
                         Err(Error::Store(format!("bus publish: {e}")))
@@ -160,6 +173,12 @@ impl Bus {
                 }
             }
         }
+    }
+
+    /// How many instances share the bus (and so the upstream budgets), kept
+    /// current while the bus runs; at least 1.
+    pub fn fleet(&self) -> Arc<AtomicUsize> {
+        self.fleet.clone()
     }
 
     /// A receiver of everything published from now on.
@@ -218,6 +237,23 @@ impl Bus {
             let _ = r.pool.incr::<i64, _>(counter.as_str()).await;
             let _ = r.pool.pexpire::<i64, _>(counter.as_str(), 30_000, None).await;
         }
+    }
+}
+
+/// Keeps `fleet` at the number of subscribers of the bus channel (PUBSUB
+/// SHARDNUMSUB) until the bus is dropped; the last count stands while Redis
+/// is unreachable.
+async fn count_fleet(pool: Pool, channel: String, fleet: std::sync::Weak<AtomicUsize>) {
+    loop {
+        let Some(fleet) = fleet.upgrade() else { return };
+        let reply = pool.next().pubsub_shardnumsub::<Vec<fred::types::Value>, _>(channel.as_str()).await;
+        if let Ok(values) = reply {
+            if let Some(n) = values.get(1).and_then(|v| v.as_u64()) {
+                fleet.store((n as usize).max(1), Ordering::Relaxed);
+            }
+        }
+        drop(fleet);
+        tokio::time::sleep(FLEET_EVERY).await;
     }
 }
 

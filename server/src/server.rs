@@ -60,7 +60,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     tracing::info!(backend = connected.store.backend(), "store ready");
     let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));
     let tiers = Arc::new(Tiers::new(connected.store, l1, config.cache.stale_grace));
-    let upstream = Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.budgets.clone())?);
     let instance_id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let bus = match (&connected.redis, &config.redis.url) {
         (Some(pool), Some(url)) => {
@@ -70,6 +69,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }
         _ => Bus::local(instance_id),
     };
+    // The bus knows the fleet that shares the upstream budgets.
+    let upstream =
+        Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.budgets.clone(), bus.fleet())?);
     let cache = Arc::new(Cache::new(
         config.env.clone(),
         catalog.clone(),

@@ -143,6 +143,7 @@ impl Upstream {
         base_url: &str,
         settings: UpstreamSettings,
         shared: Option<Arc<dyn crate::store::SharedBudgets>>,
+        fleet: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -160,7 +161,7 @@ impl Upstream {
             settings.credential_park,
             stats.clone(),
         );
-        let limiter = Limiter::new(shared, settings.rate_limit.clone());
+        let limiter = Limiter::new(shared, settings.rate_limit.clone(), fleet);
         let backoff = Backoff::new(settings.retry.clone());
         Ok(Upstream { http, base_url, tokens, limiter, backoff, stats, settings, gate: Default::default() })
     }
@@ -571,7 +572,7 @@ mod tests {
     #[tokio::test]
     async fn a_platform_call_429_rests_its_pinned_credential_and_is_counted() {
         let (url, bearers) = throttling_platform().await;
-        let up = Upstream::new(&url, two_credentials(), None).unwrap();
+        let up = Upstream::new(&url, two_credentials(), None, Default::default()).unwrap();
         let channels = "/api/v2/notifications/channels";
         let body = serde_json::json!({});
         let first = up.platform_json(Some("c1"), reqwest::Method::POST, channels, Some(&body)).await;
@@ -598,7 +599,7 @@ mod tests {
     #[tokio::test]
     async fn a_platform_call_for_an_unknown_client_fails_without_a_request() {
         let (url, bearers) = throttling_platform().await;
-        let up = Upstream::new(&url, two_credentials(), None).unwrap();
+        let up = Upstream::new(&url, two_credentials(), None, Default::default()).unwrap();
         let err = up.platform_json(Some("nobody"), reqwest::Method::DELETE, "/x", None).await.unwrap_err();
         assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
         assert!(bearers.lock().is_empty());

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use cxcache::proto::v1::{GetRequest, Source};
-use genesys_emulator::queue_id;
+use genesys_emulator::{queue_id, EmulatorConfig};
 use harness::*;
 
 async fn get_within(cx: &Instance, req: GetRequest, limit: Duration) -> Source {
@@ -15,9 +15,16 @@ async fn get_within(cx: &Instance, req: GetRequest, limit: Duration) -> Source {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
     // A private cluster: this test kills every node.
+    // While Redis is away the limiter spends a quarter of the budget at its
+    // steady rate (no burst): a budget of 6000/min lets the twenty misses
+    // below through in about a second.
     let mut s = Scenario::new("outage")
         .private_cluster()
-        .configure(|c| c.redis.command_timeout = Duration::from_millis(500))
+        .emulator(EmulatorConfig { rate_limit: 6000, ..EmulatorConfig::default() })
+        .configure(|c| {
+            c.redis.command_timeout = Duration::from_millis(500);
+            c.upstream.rate_limit.allowed = 6000;
+        })
         .start()
         .await;
     let (cx, env, cluster) = (s.cx(), &s.env, s.cluster());

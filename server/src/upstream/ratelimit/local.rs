@@ -13,13 +13,29 @@ use super::{Limits, Verdict};
 #[derive(Default)]
 pub struct LocalLimiter {
     tat: Mutex<HashMap<String, Instant>>,
+    /// A key seen for the first time starts with its burst spent (steady
+    /// rate from the start), not with a full burst.
+    cold: bool,
 }
 
 impl LocalLimiter {
+    /// A limiter whose keys start with no burst banked.
+    pub fn cold() -> Self {
+        LocalLimiter { tat: Mutex::default(), cold: true }
+    }
+
+    /// Forgets every key (a cold limiter starts each without a burst again).
+    pub fn reset(&self) {
+        self.tat.lock().clear();
+    }
+
     pub fn acquire(&self, key: &str, limits: Limits, now: Instant) -> Verdict {
         let interval = Duration::from_micros(limits.interval_us);
         let tolerance = Duration::from_micros(limits.tolerance_us());
         let mut map = self.tat.lock();
+        if self.cold && !map.contains_key(key) {
+            map.insert(key.to_string(), now + tolerance);
+        }
         let tat = map.get(key).copied().filter(|t| *t > now).unwrap_or(now);
         let new_tat = tat + interval;
         let ahead = new_tat - now;

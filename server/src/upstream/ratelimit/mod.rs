@@ -4,8 +4,11 @@
 //! credential, updated by one atomic Lua script — cluster-safe because the
 //! script touches only that key, and clock-safe because it reads Redis's
 //! own clock. When Redis is unreachable each instance falls back to a local
-//! limiter allowing itself a conservative share of the budget; with no
-//! Redis at all (embedded mode) the single instance gets the full budget.
+//! limiter allowing itself its part of a conservative share of the budget
+//! (`fallback_share` divided by the live fleet size the bus last saw), at
+//! the steady rate from the start — no burst, since the others may just
+//! have spent it. With no Redis at all (embedded mode) the single instance
+//! gets the full budget.
 //!
 //! The steady rate is set below the budget (`utilization`) and the burst kept
 //! small, so the calls of any window — however the platform aligns it —
@@ -15,7 +18,7 @@
 
 mod local;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,17 +79,26 @@ pub struct Limiter {
     settings: RateLimitSettings,
     redis_down_until: Mutex<Option<Instant>>,
     degraded: AtomicBool,
+    /// Instances sharing the budgets (from the bus; at least 1).
+    fleet: Arc<AtomicUsize>,
 }
 
 impl Limiter {
-    pub fn new(shared: Option<Arc<dyn SharedBudgets>>, settings: RateLimitSettings) -> Self {
+    /// `fleet`: how many instances share the budgets, kept current by the
+    /// bus; the fallback share is divided among them.
+    pub fn new(
+        shared: Option<Arc<dyn SharedBudgets>>,
+        settings: RateLimitSettings,
+        fleet: Arc<AtomicUsize>,
+    ) -> Self {
         Limiter {
             redis: shared,
             local: LocalLimiter::default(),
-            fallback: LocalLimiter::default(),
+            fallback: LocalLimiter::cold(),
             settings,
             redis_down_until: Mutex::new(None),
             degraded: AtomicBool::new(false),
+            fleet,
         }
     }
 
@@ -114,6 +126,9 @@ impl Limiter {
                 Err(e) => {
                     *self.redis_down_until.lock() = Some(Instant::now() + REDIS_PROBE_AFTER);
                     if !self.degraded.swap(true, Ordering::Relaxed) {
+                        // Others may have just spent the window: start over
+                        // at the steady rate, no burst.
+                        self.fallback.reset();
                         tracing::warn!(
                             error = %e,
                             share = self.settings.fallback_share,
@@ -124,7 +139,8 @@ impl Limiter {
             }
         }
         UpstreamStats::bump(&stats.limiter_fallbacks);
-        let limits = Limits::scaled(allowed, &self.settings, self.settings.fallback_share);
+        let fleet = self.fleet.load(Ordering::Relaxed).max(1) as f64;
+        let limits = Limits::scaled(allowed, &self.settings, self.settings.fallback_share / fleet);
         self.fallback.acquire(key, limits, Instant::now())
     }
 }
@@ -165,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn embedded_mode_uses_the_full_budget_locally() {
-        let limiter = Limiter::new(None, settings(40, 2000));
+        let limiter = Limiter::new(None, settings(40, 2000), Arc::new(AtomicUsize::new(1)));
         let stats = UpstreamStats::default();
         assert!(matches!(limiter.acquire("a", 40, &stats).await, Verdict::Allowed { remaining: 1 }));
         assert!(matches!(limiter.acquire("a", 40, &stats).await, Verdict::Allowed { remaining: 0 }));
@@ -206,21 +222,52 @@ mod fallback_tests {
             redis_timeout: Duration::from_millis(50),
             ..RateLimitSettings::default()
         };
-        let limiter = Limiter::new(Some(Arc::new(Unreachable)), s.clone());
+        let limiter = Limiter::new(Some(Arc::new(Unreachable)), s.clone(), Arc::new(AtomicUsize::new(1)));
         let stats = UpstreamStats::default();
         let started = Instant::now();
-        assert!(matches!(limiter.acquire("k", 40, &stats).await, Verdict::Allowed { .. }));
-        assert!(matches!(limiter.acquire("k", 40, &stats).await, Verdict::Allowed { .. }));
-        // The share (a quarter of the budget) is spent after its burst of two.
+        // No burst: the first fallback call waits one interval of the share
+        // (a quarter of the budget, so four times the full interval).
+        let full = Duration::from_micros(Limits::for_budget(40, &s).interval_us);
         match limiter.acquire("k", 40, &stats).await {
-            Verdict::Wait(d) => {
-                let full = Duration::from_micros(Limits::for_budget(40, &s).interval_us);
-                assert!(d > full * 3, "fallback share is conservative: {d:?} vs {full:?}");
-            }
-            v => panic!("{v:?}"),
+            Verdict::Wait(d) => assert!(d > full * 3, "fallback share is conservative: {d:?} vs {full:?}"),
+            v => panic!("starts without a burst: {v:?}"),
         }
         // One timeout, then the backend is left alone for a while.
         assert!(started.elapsed() < Duration::from_millis(100), "not retried on every call");
-        assert_eq!(stats.snapshot().limiter_fallbacks, 3);
+        assert_eq!(stats.snapshot().limiter_fallbacks, 1);
+    }
+
+    /// Calls one instance's limiter allows while the shared budgets are
+    /// unreachable, over one window, asking every millisecond.
+    async fn fallback_calls_in_a_window(fleet: usize) -> usize {
+        let s = RateLimitSettings {
+            allowed: 100,
+            window: Duration::from_secs(10),
+            redis_timeout: Duration::from_millis(50),
+            ..RateLimitSettings::default()
+        };
+        let limiter = Limiter::new(Some(Arc::new(Unreachable)), s.clone(), Arc::new(AtomicUsize::new(fleet)));
+        let stats = UpstreamStats::default();
+        let end = Instant::now() + s.window;
+        let mut allowed = 0;
+        while Instant::now() < end {
+            if matches!(limiter.acquire("k", 100, &stats).await, Verdict::Allowed { .. }) {
+                allowed += 1;
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        allowed
+    }
+
+    /// The fallback share is the fleet's, not each instance's: five cut-off
+    /// instances together stay within a quarter of the budget (25 of 100),
+    /// where each spending its own quarter would spend 125 %.
+    #[tokio::test(start_paused = true)]
+    async fn the_fallback_share_is_divided_by_the_live_fleet() {
+        let one = fallback_calls_in_a_window(1).await;
+        assert!((20..=25).contains(&one), "one instance: {one} of 100");
+        let each_of_five = fallback_calls_in_a_window(5).await;
+        assert!(each_of_five * 5 <= 25, "five instances: {each_of_five} each");
+        assert!(each_of_five >= 2, "still makes progress: {each_of_five}");
     }
 }
