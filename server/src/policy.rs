@@ -106,10 +106,12 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
 
     let variant = (!req.variant.is_empty()).then_some(req.variant.as_str());
     let (key, body_bytes) = match (&kind.key, &body) {
+        // The key from the canonical body (equivalent bodies share one key
+        // and one call); the upstream gets the caller's body as sent.
         (KeyShape::Body, Some(body)) => {
             let canonical = keys::canonical_body(body.clone(), &settings.body_ignore_fields);
             let key = keys::for_body(env, kind_name, id.as_deref(), variant, &canonical);
-            (key, Some(Bytes::from(canonical)))
+            (key, Some(Bytes::from(crate::canonical::to_bytes(body))))
         }
         _ => {
             let key = keys::named(env, kind_name, id.as_deref(), variant, &params);
@@ -294,6 +296,26 @@ mod tests {
         assert_eq!(r.key, "prod:routing.queue:q-1:full");
         assert_eq!(r.call().path, "/api/v2/routing/queues/q-1");
         assert_eq!(r.tags(), vec!["queue:q-1"]);
+    }
+
+    /// The key comes from the canonical body (equivalent bodies share it),
+    /// but the upstream gets the caller's body as it was sent: a data
+    /// action's `requestId` and the caller's time zones reach the platform.
+    #[test]
+    fn the_upstream_gets_the_callers_body_and_the_key_the_canonical_one() {
+        let body = |json: &str| GetRequest {
+            kind: "integrations.action.execute".into(),
+            id: "custom-abc".into(),
+            body_json: json.into(),
+            ..Default::default()
+        };
+        let s = CacheSettings::default();
+        let a = resolve(&body(r#"{"requestId":"r-1","from":"2023-10-01T07:00:00+07:00"}"#), "p", &catalog(), &s)
+            .unwrap();
+        let b = resolve(&body(r#"{"from":"2023-10-01T00:00:00Z","requestId":"r-2"}"#), "p", &catalog(), &s).unwrap();
+        assert_eq!(a.key, b.key, "equivalent bodies share one key");
+        let sent: Value = serde_json::from_slice(&a.call().body.unwrap()).unwrap();
+        assert_eq!(sent, serde_json::json!({"requestId": "r-1", "from": "2023-10-01T07:00:00+07:00"}));
     }
 
     #[test]
