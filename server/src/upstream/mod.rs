@@ -94,9 +94,22 @@ pub struct Upstream {
     backoff: Backoff,
     stats: Arc<UpstreamStats>,
     settings: UpstreamSettings,
-    /// Callers take quota one at a time, first come first served: waiters
-    /// queue here instead of all waking at once to ask the limiter.
-    gate: tokio::sync::Mutex<()>,
+}
+
+/// While the token fetch of the best credential without a token is still
+/// out after this, the next one's is started too: one slow or hung token
+/// endpoint must not hold calls another credential can serve.
+const TOKEN_HEDGE: Duration = Duration::from_millis(250);
+
+/// What one credential's queue and limiter said to a caller.
+enum Quota {
+    Allowed,
+    /// No call on it before then.
+    Throttled(Instant),
+    /// Its queue was not reached in time.
+    Busy,
+    /// Parked meanwhile.
+    Unusable,
 }
 
 /// One HTTP request for [`Upstream::attempt`]: a cache fetch ([`Call`]) or
@@ -157,13 +170,14 @@ impl Upstream {
             settings.credentials.clone(),
             token_url,
             http.clone(),
+            settings.request_timeout,
             settings.rate_limit.allowed,
             settings.credential_park,
             stats.clone(),
         );
         let limiter = Limiter::new(shared, settings.rate_limit.clone(), fleet);
         let backoff = Backoff::new(settings.retry.clone());
-        Ok(Upstream { http, base_url, tokens, limiter, backoff, stats, settings, gate: Default::default() })
+        Ok(Upstream { http, base_url, tokens, limiter, backoff, stats, settings })
     }
 
     /// Performs `call`: a job kind runs as a validated async job; a paged
@@ -344,34 +358,24 @@ impl Upstream {
     /// within `upstream.max_wait`); else fails fast with
     /// [`Error::RateLimited`] saying when to retry. `pin`: only that slot's
     /// token will do.
+    ///
+    /// Concurrency is per credential: each has its own fair queue, held
+    /// only around its limiter decision; token fetches run on their own
+    /// (with their own timeout) and sleeps for quota hold no lock, so a
+    /// slow token endpoint, limiter or budget of one credential never holds
+    /// a call another credential can serve.
     async fn acquire(&self, deadline: Option<Instant>, pin: Option<usize>) -> Result<Grant> {
         if self.tokens.is_empty() {
             return Err(Error::Unauthenticated("no upstream credentials configured".into()));
         }
         let give_up = deadline.unwrap_or_else(|| Instant::now() + self.settings.max_wait);
-        // Queue for the gate, but leave time to answer before the deadline.
-        // Pinned platform calls (Notification API channels: few, and the
-        // listener's lease renewal waits on them) do not queue behind the
-        // cache's fetch backlog; they still take budget from the limiter.
+        // Queue for a credential, but leave time to answer before the deadline.
         let queue_until = give_up - (give_up.saturating_duration_since(Instant::now()) / 20);
-        let gate = async {
-            match pin {
-                Some(_) => None,
-                None => Some(self.gate.lock().await),
-            }
-        };
-        let _gate = match tokio::time::timeout_at(queue_until, gate).await {
-            Ok(gate) => gate,
-            Err(_) => {
-                UpstreamStats::bump(&self.stats.quota_exhausted);
-                let next = self.tokens.rank(Instant::now(), pin).next_ready;
-                let retry_after = next
-                    .map(|t| t.saturating_duration_since(Instant::now()))
-                    .unwrap_or_default()
-                    .max(Duration::from_millis(100));
-                return Err(Error::RateLimited { retry_after });
-            }
-        };
+        // Slots whose token fetch failed during this acquire (not asked
+        // again: the call fails with that error if no other slot serves),
+        // and tokens fetched for it.
+        let mut failed = vec![false; self.tokens.len()];
+        let mut fresh: Vec<Option<Grant>> = vec![None; self.tokens.len()];
         let mut waited = false;
         let mut last_err = None;
         loop {
@@ -381,32 +385,63 @@ impl Upstream {
                 return Err(last_err.unwrap_or_else(|| self.tokens.parked_error(now, pin)));
             }
             let mut next_ready = ranking.next_ready;
+            let mut busy = false;
+            let mut tokenless = Vec::new();
             for slot in ranking.ready {
-                let grant = match self.tokens.token(slot).await {
-                    Ok(grant) => grant,
-                    Err(e) => {
-                        last_err = Some(e);
-                        continue;
-                    }
+                if failed[slot] {
+                    continue;
+                }
+                let Some(grant) = fresh[slot].clone().or_else(|| self.tokens.cached(slot)) else {
+                    tokenless.push(slot);
+                    continue;
                 };
-                let allowed = self.tokens.allowed(slot);
-                match self.limiter.acquire(self.tokens.limiter_key(slot), allowed, &self.stats).await {
-                    Verdict::Allowed { .. } => {
-                        self.tokens.note_allowed(slot);
+                match self.take_quota(slot, queue_until).await {
+                    Quota::Allowed => {
+                        // Better-ranked slots without a token get one for
+                        // the next calls, so the load keeps spreading.
+                        for &slot in &tokenless {
+                            self.tokens.prefetch(slot);
+                        }
                         UpstreamStats::bump(&self.stats.calls);
                         return Ok(grant);
                     }
-                    Verdict::Wait(wait) => {
-                        let at = Instant::now() + wait;
-                        self.tokens.note_throttled(slot, at);
-                        next_ready = Some(next_ready.map_or(at, |n| n.min(at)));
-                    }
+                    Quota::Throttled(at) => next_ready = Some(next_ready.map_or(at, |n| n.min(at))),
+                    Quota::Busy => busy = true,
+                    Quota::Unusable => {}
                 }
             }
+            if !tokenless.is_empty() {
+                // No slot with a token could take the call: wait for the
+                // first token of the others, or for a throttled one.
+                let wake = next_ready.map_or(give_up, |n| n.min(give_up));
+                match self.first_token(&tokenless, wake).await {
+                    Some(Ok(grant)) => {
+                        let slot = grant.slot;
+                        fresh[slot] = Some(grant);
+                    }
+                    Some(Err((slot, e))) => {
+                        failed[slot] = true;
+                        last_err = Some(e);
+                    }
+                    None => {}
+                }
+                if Instant::now() >= give_up {
+                    return Err(last_err.unwrap_or_else(|| Error::Unavailable {
+                        message: "no upstream token in time: the token endpoint is slow".into(),
+                        retry_after: None,
+                    }));
+                }
+                continue;
+            }
             let Some(at) = next_ready else {
+                let now = Instant::now();
+                if busy {
+                    // Every usable credential's queue was too long to reach in time.
+                    UpstreamStats::bump(&self.stats.quota_exhausted);
+                    return Err(Error::RateLimited { retry_after: Duration::from_millis(100) });
+                }
                 // Nothing throttled, nothing usable: every usable slot failed
                 // to get a token (or just got parked).
-                let now = Instant::now();
                 if self.tokens.rank(now, pin).all_parked {
                     return Err(self.tokens.parked_error(now, pin));
                 }
@@ -425,7 +460,69 @@ impl Upstream {
                 waited = true;
                 UpstreamStats::bump(&self.stats.quota_waits);
             }
+            // No lock held: other credentials serve other calls meanwhile.
             tokio::time::sleep_until(at).await;
+        }
+    }
+
+    /// One call from `slot`'s budget, asked in its turn: first come first
+    /// served within the credential, its queue held only for this one
+    /// limiter decision.
+    async fn take_quota(&self, slot: usize, queue_until: Instant) -> Quota {
+        let Ok(_turn) = tokio::time::timeout_at(queue_until, self.tokens.queue(slot).lock()).await else {
+            return Quota::Busy;
+        };
+        // A caller ahead in the queue may just have been told to wait (or
+        // got the slot rested): then no limiter round trip.
+        match self.tokens.usable(slot, Instant::now()) {
+            Ok(()) => {}
+            Err(Some(at)) => return Quota::Throttled(at),
+            Err(None) => return Quota::Unusable,
+        }
+        let allowed = self.tokens.allowed(slot);
+        match self.limiter.acquire(self.tokens.limiter_key(slot), allowed, &self.stats).await {
+            Verdict::Allowed { .. } => {
+                self.tokens.note_allowed(slot);
+                Quota::Allowed
+            }
+            Verdict::Wait(wait) => {
+                let at = Instant::now() + wait;
+                self.tokens.note_throttled(slot, at);
+                Quota::Throttled(at)
+            }
+        }
+    }
+
+    /// The first token fetched among `slots` (best first): the fetches
+    /// under way are awaited, the best other is started, and while none
+    /// has answered, one more each [`TOKEN_HEDGE`]. A failed fetch is
+    /// reported with its slot. None at `wake`.
+    async fn first_token(&self, slots: &[usize], wake: Instant) -> Option<Result<Grant, (usize, Error)>> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let fetch = |slot: usize| {
+            let fetch = self.tokens.fetch(slot);
+            async move { (slot, fetch.await) }
+        };
+        let (under_way, mut rest): (Vec<usize>, Vec<usize>) =
+            slots.iter().copied().partition(|&slot| self.tokens.fetching(slot));
+        rest.reverse();
+        let mut pending: FuturesUnordered<_> = under_way.into_iter().map(fetch).collect();
+        if let Some(slot) = rest.pop() {
+            pending.push(fetch(slot));
+        }
+        let mut hedge_at = Instant::now() + TOKEN_HEDGE;
+        loop {
+            tokio::select! {
+                done = pending.next() => return match done? {
+                    (_, Ok(grant)) => Some(Ok(grant)),
+                    (slot, Err(e)) => Some(Err((slot, e))),
+                },
+                () = tokio::time::sleep_until(hedge_at), if !rest.is_empty() => {
+                    pending.push(fetch(rest.pop().expect("not empty")));
+                    hedge_at = Instant::now() + TOKEN_HEDGE;
+                }
+                () = tokio::time::sleep_until(wake) => return None,
+            }
         }
     }
 
@@ -603,6 +700,131 @@ mod tests {
         let err = up.platform_json(Some("nobody"), reqwest::Method::DELETE, "/x", None).await.unwrap_err();
         assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
         assert!(bearers.lock().is_empty());
+    }
+
+    /// The client id of a token request's Basic authorization.
+    fn client_of(h: &axum::http::HeaderMap) -> String {
+        use base64::Engine;
+        let basic = h["authorization"].to_str().unwrap().trim_start_matches("Basic ").to_string();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(basic).unwrap();
+        String::from_utf8(decoded).unwrap().split(':').next().unwrap().to_string()
+    }
+
+    /// A platform on 127.0.0.1 whose token endpoint answers with `token`
+    /// (per client id, per request number of that client: None never
+    /// answers, Some(status)), and whose `/api/v2/things` answers with
+    /// `api` (per bearer, per call number), recording each bearer.
+    async fn scripted_platform(
+        token: fn(&str, usize) -> Option<u16>,
+        api: fn(&str, usize) -> (u16, &'static str),
+    ) -> (String, Arc<parking_lot::Mutex<Vec<String>>>) {
+        use axum::http::{HeaderMap as Headers, StatusCode as Status};
+        use axum::response::IntoResponse;
+        let bearers: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        let seen = bearers.clone();
+        let token_calls: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/oauth/token",
+                axum::routing::post(move |h: Headers| async move {
+                    let client = client_of(&h);
+                    let n = {
+                        let mut calls = token_calls.lock();
+                        calls.push(client.clone());
+                        calls.iter().filter(|c| **c == client).count() - 1
+                    };
+                    match token(&client, n) {
+                        None => std::future::pending().await,
+                        Some(200) => axum::Json(serde_json::json!({
+                            "access_token": format!("token-of-{client}"), "expires_in": 3600
+                        }))
+                        .into_response(),
+                        Some(code) => Status::from_u16(code).unwrap().into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/api/v2/things",
+                axum::routing::get(move |h: Headers| async move {
+                    let bearer = h["authorization"].to_str().unwrap().to_string();
+                    let n = {
+                        let mut seen = seen.lock();
+                        seen.push(bearer.clone());
+                        seen.iter().filter(|b| **b == bearer).count() - 1
+                    };
+                    let (code, retry_after) = api(bearer.trim_start_matches("Bearer "), n);
+                    (Status::from_u16(code).unwrap(), [("retry-after", retry_after)], "{}")
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, bearers)
+    }
+
+    #[tokio::test]
+    async fn a_hung_token_endpoint_of_one_credential_does_not_hold_calls_another_can_serve() {
+        // c0's token endpoint never answers; c1's does at once.
+        let (url, bearers) =
+            scripted_platform(|client, _| (client == "c1").then_some(200), |_, _| (200, "0")).await;
+        let settings = UpstreamSettings { request_timeout: Duration::from_secs(5), ..two_credentials() };
+        let up = Arc::new(Upstream::new(&url, settings, None).unwrap());
+        // The first call ranks c0 first (ties in turn, starting at slot 0).
+        let started = std::time::Instant::now();
+        let first =
+            tokio::time::timeout(Duration::from_secs(2), up.fetch(&Call::get("/api/v2/things"), false, None))
+                .await
+                .expect("the call waited on the hung token endpoint of c0");
+        first.unwrap();
+        // Calls meanwhile (c0's fetch still hangs) do not queue behind it either.
+        let calls = (0..4).map(|_| {
+            let up = up.clone();
+            tokio::spawn(async move { up.fetch(&Call::get("/api/v2/things"), false, None).await })
+        });
+        for call in calls {
+            tokio::time::timeout(Duration::from_secs(2), call).await.expect("call held up").unwrap().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(bearers.lock().iter().all(|b| b == "Bearer token-of-c1"), "{:?}", bearers.lock());
+        assert_eq!(bearers.lock().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_quota_sleep_on_one_credential_does_not_delay_a_call_another_can_serve() {
+        // c1's token is refused once (parking it briefly), then issued; c0's
+        // first call answers 429 (Retry-After 3 s, resting it), then 200.
+        let (url, bearers) = scripted_platform(
+            |client, n| Some(if client == "c1" && n == 0 { 401 } else { 200 }),
+            |token, n| if token == "token-of-c0" && n == 0 { (429, "3") } else { (200, "0") },
+        )
+        .await;
+        let settings = UpstreamSettings { credential_park: Duration::from_millis(300), ..two_credentials() };
+        let up = Arc::new(Upstream::new(&url, settings, None).unwrap());
+        let parked = up.platform_json(Some("c1"), reqwest::Method::GET, "/api/v2/things", None).await;
+        assert!(matches!(parked, Err(Error::Unauthenticated(_))), "{parked:?}");
+        assert!(up.credentials()[1].parked);
+        // This call gets a 429 on c0 and, with c1 parked, sleeps for c0's quota.
+        let sleeper = {
+            let up = up.clone();
+            tokio::spawn(async move { up.fetch(&Call::get("/api/v2/things"), false, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!sleeper.is_finished());
+        assert!(up.credentials()[0].resting && !up.credentials()[1].parked, "{:?}", up.credentials());
+        // c1 is back: a call now is served by it at once.
+        let started = std::time::Instant::now();
+        let things = Call::get("/api/v2/things");
+        tokio::time::timeout(Duration::from_secs(1), up.fetch(&things, false, None))
+            .await
+            .expect("the call waited behind the other credential's quota sleep")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(bearers.lock().last().unwrap(), "Bearer token-of-c1");
+        // The sleeper is served once c0's rest is over (by the credential
+        // with most budget left then: c1).
+        sleeper.await.unwrap().unwrap();
+        assert_eq!(bearers.lock().len(), 3, "{:?}", bearers.lock());
+        assert_eq!(up.stats().quota_waits, 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -47,7 +48,18 @@ struct Slot {
     /// Serializes token fetches of one credential.
     refreshing: tokio::sync::Mutex<()>,
     background: AtomicBool,
+    /// The token fetch under way, shared by every caller waiting for it
+    /// (cleared by the fetch when it ends).
+    inflight: Mutex<Option<TokenFetch>>,
+    /// Callers take this credential's quota one at a time, first come
+    /// first served: held only around one limiter decision, never across a
+    /// token fetch, an HTTP call or a sleep.
+    queue: tokio::sync::Mutex<()>,
 }
+
+/// A token fetch of one slot, run as its own task (with its own timeout)
+/// so that no caller's lock or deadline holds it, and awaited by any.
+pub type TokenFetch = Shared<BoxFuture<'static, Result<Grant>>>;
 
 /// A bearer token handed to a request, with the slot it came from.
 #[derive(Clone)]
@@ -69,6 +81,8 @@ pub struct CredentialState {
 struct TokenSource {
     http: reqwest::Client,
     token_url: String,
+    /// A token request not answered within this failed (counts towards parking).
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +106,7 @@ impl TokenPool {
         credentials: Vec<Credential>,
         token_url: String,
         http: reqwest::Client,
+        fetch_timeout: Duration,
         allowed: u32,
         park_for: Duration,
         stats: Arc<UpstreamStats>,
@@ -106,10 +121,13 @@ impl TokenPool {
                     token: Mutex::new(None),
                     refreshing: Default::default(),
                     background: AtomicBool::new(false),
+                    inflight: Mutex::new(None),
+                    queue: Default::default(),
                 })
             })
             .collect();
-        TokenPool { slots, health, source: TokenSource { http, token_url }, stats, turn: AtomicUsize::new(0) }
+        let source = TokenSource { http, token_url, timeout: fetch_timeout };
+        TokenPool { slots, health, source, stats, turn: AtomicUsize::new(0) }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,33 +197,93 @@ impl TokenPool {
         self.health.lock()[slot].limiter_allowed();
     }
 
+    /// Whether `slot` may take a call at `now`: Ok, or blocked until
+    /// `Some(at)` (rested, throttled), or parked (`None`).
+    pub fn usable(&self, slot: usize, now: Instant) -> Result<(), Option<Instant>> {
+        let h = &self.health.lock()[slot];
+        if h.is_parked(now) {
+            return Err(None);
+        }
+        h.blocked_until(now).map_or(Ok(()), |at| Err(Some(at)))
+    }
+
+    /// The fair queue of `slot` for its limiter decisions.
+    pub fn queue(&self, slot: usize) -> &tokio::sync::Mutex<()> {
+        &self.slots[slot].queue
+    }
+
     /// The limiter said `slot` has no call before `at`.
     pub fn note_throttled(&self, slot: usize, at: Instant) {
         self.health.lock()[slot].limiter_throttled(at);
     }
 
-    /// A token for `slot`: the current one, refreshed in the background past
-    /// 80 % of its lifetime, or a fresh one when there is none (or it is
-    /// about to expire).
+    /// A token for `slot`: the current one, or one fetched now.
+    #[cfg(test)]
     pub async fn token(&self, slot: usize) -> Result<Grant> {
-        let s = &self.slots[slot];
+        match self.cached(slot) {
+            Some(grant) => Ok(grant),
+            None => self.fetch(slot).await,
+        }
+    }
+
+    /// The current token of `slot`, without waiting: refreshed in the
+    /// background past 80 % of its lifetime; None when there is none (or
+    /// it is about to expire), see [`TokenPool::fetch`].
+    pub fn cached(&self, slot: usize) -> Option<Grant> {
+        let t = self.slots[slot].token.lock().clone()?;
         let now = Instant::now();
-        if let Some(t) = s.token.lock().clone() {
-            if now < t.refresh_at {
-                return Ok(Grant { slot, token: t.value });
-            }
-            if now < t.usable_until {
-                self.refresh_in_background(slot);
-                return Ok(Grant { slot, token: t.value });
-            }
+        if now >= t.usable_until {
+            return None;
         }
-        let _guard = s.refreshing.lock().await;
-        // Another request may have fetched one while we waited.
-        if let Some(t) = s.token.lock().clone().filter(|t| Instant::now() < t.refresh_at) {
-            return Ok(Grant { slot, token: t.value });
+        if now >= t.refresh_at {
+            self.refresh_in_background(slot);
         }
-        let token = fetch_into(s, &self.health, slot, &self.source, &self.stats).await?;
-        Ok(Grant { slot, token })
+        Some(Grant { slot, token: t.value })
+    }
+
+    /// Whether a token fetch of `slot` is under way.
+    pub fn fetching(&self, slot: usize) -> bool {
+        self.slots[slot].inflight.lock().is_some()
+    }
+
+    /// Starts a token fetch for `slot` unless one is under way.
+    pub fn prefetch(&self, slot: usize) {
+        let _fetch = self.fetch(slot);
+    }
+
+    /// A fresh token for `slot`: the fetch under way, or a new one. It runs
+    /// as its own task, bounded by its own timeout, so a caller giving up
+    /// leaves it to finish for the next, and no lock of the caller's is
+    /// held across it.
+    pub fn fetch(&self, slot: usize) -> TokenFetch {
+        let s = self.slots[slot].clone();
+        let mut inflight = s.inflight.lock();
+        if let Some(fetch) = inflight.as_ref() {
+            return fetch.clone();
+        }
+        let (task_slot, health, source, stats) =
+            (s.clone(), self.health.clone(), self.source.clone(), self.stats.clone());
+        let task = tokio::spawn(async move {
+            let s = task_slot;
+            let got = async {
+                let _guard = s.refreshing.lock().await;
+                // A background refresh may have fetched one meanwhile.
+                if let Some(t) = s.token.lock().clone().filter(|t| Instant::now() < t.refresh_at) {
+                    return Ok(t.value);
+                }
+                fetch_into(&s, &health, slot, &source, &stats).await
+            }
+            .await;
+            *s.inflight.lock() = None;
+            got.map(|token| Grant { slot, token })
+        });
+        let fetch = async move {
+            task.await.unwrap_or_else(|e| Err(Error::Internal(format!("token fetch task: {e}"))))
+        }
+        .boxed()
+        .shared();
+        *inflight = Some(fetch.clone());
+        fetch
     }
 
     fn refresh_in_background(&self, slot: usize) {
@@ -370,16 +448,22 @@ fn limiter_key(token_url: &str, client_id: &str) -> String {
 impl TokenSource {
     async fn fetch(&self, credential: &Credential) -> Result<Token> {
         let started = Instant::now();
-        let reply = self
+        let timed_out = || Error::Unavailable {
+            message: format!("token endpoint did not answer within {:?}", self.timeout),
+            retry_after: None,
+        };
+        let request = self
             .http
             .post(&self.token_url)
             .basic_auth(&credential.client_id, Some(credential.client_secret.expose()))
             .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .map_err(|e| Error::Unavailable {
-                message: format!("token endpoint unreachable: {}", without_url(&e)),
-                retry_after: None,
+            .send();
+        let reply =
+            tokio::time::timeout(self.timeout, request).await.map_err(|_| timed_out())?.map_err(|e| {
+                Error::Unavailable {
+                    message: format!("token endpoint unreachable: {}", without_url(&e)),
+                    retry_after: None,
+                }
             })?;
         let status = reply.status().as_u16();
         match status {
@@ -397,9 +481,9 @@ impl TokenSource {
                 })
             }
         }
-        let reply: TokenReply = reply
-            .json()
+        let reply = tokio::time::timeout_at(started + self.timeout, reply.json::<TokenReply>())
             .await
+            .map_err(|_| timed_out())?
             .map_err(|e| Error::BadUpstream(format!("token reply: {}", without_url(&e))))?;
         let lifetime = Duration::from_secs(reply.expires_in);
         // Stop using a token a little before it expires (5 %, at most 30 s),
@@ -436,6 +520,7 @@ mod tests {
             creds,
             "http://127.0.0.1:1/oauth/token".into(),
             reqwest::Client::new(),
+            Duration::from_secs(10),
             100,
             Duration::from_secs(60),
             Arc::default(),
