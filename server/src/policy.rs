@@ -310,9 +310,11 @@ mod tests {
             ..Default::default()
         };
         let s = CacheSettings::default();
-        let a = resolve(&body(r#"{"requestId":"r-1","from":"2023-10-01T07:00:00+07:00"}"#), "p", &catalog(), &s)
+        let a =
+            resolve(&body(r#"{"requestId":"r-1","from":"2023-10-01T07:00:00+07:00"}"#), "p", &catalog(), &s)
+                .unwrap();
+        let b = resolve(&body(r#"{"from":"2023-10-01T00:00:00Z","requestId":"r-2"}"#), "p", &catalog(), &s)
             .unwrap();
-        let b = resolve(&body(r#"{"from":"2023-10-01T00:00:00Z","requestId":"r-2"}"#), "p", &catalog(), &s).unwrap();
         assert_eq!(a.key, b.key, "equivalent bodies share one key");
         let sent: Value = serde_json::from_slice(&a.call().body.unwrap()).unwrap();
         assert_eq!(sent, serde_json::json!({"requestId": "r-1", "from": "2023-10-01T07:00:00+07:00"}));

@@ -768,7 +768,7 @@ mod tests {
         let (url, bearers) =
             scripted_platform(|client, _| (client == "c1").then_some(200), |_, _| (200, "0")).await;
         let settings = UpstreamSettings { request_timeout: Duration::from_secs(5), ..two_credentials() };
-        let up = Arc::new(Upstream::new(&url, settings, None).unwrap());
+        let up = Arc::new(Upstream::new(&url, settings, None, Default::default()).unwrap());
         // The first call ranks c0 first (ties in turn, starting at slot 0).
         let started = std::time::Instant::now();
         let first =
@@ -799,7 +799,7 @@ mod tests {
         )
         .await;
         let settings = UpstreamSettings { credential_park: Duration::from_millis(300), ..two_credentials() };
-        let up = Arc::new(Upstream::new(&url, settings, None).unwrap());
+        let up = Arc::new(Upstream::new(&url, settings, None, Default::default()).unwrap());
         let parked = up.platform_json(Some("c1"), reqwest::Method::GET, "/api/v2/things", None).await;
         assert!(matches!(parked, Err(Error::Unauthenticated(_))), "{parked:?}");
         assert!(up.credentials()[1].parked);
