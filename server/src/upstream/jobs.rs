@@ -238,12 +238,22 @@ impl Upstream {
 
         let mut rows = Vec::new();
         let mut cursor: Option<String> = None;
+        // All pages together are held to the one-response limit: a wide
+        // interval must not pile up unbounded rows in memory.
+        let (max, mut total) = (self.settings.max_response_bytes, 0usize);
         for _ in 0..MAX_RESULT_PAGES {
             let mut page = Call::get(format!("{job_path}/results"));
             if let Some(c) = &cursor {
                 page.query.push(("cursor".into(), c.clone()));
             }
-            let mut doc = json_of(&self.call(&page, deadline).await?)?;
+            let fetched = self.call(&page, deadline).await?;
+            total += fetched.body.len();
+            if total > max {
+                return Err(Error::BadUpstream(format!(
+                    "job {id} results over {max} bytes together (upstream.max_response_bytes)"
+                )));
+            }
+            let mut doc = json_of(&fetched)?;
             match doc.get_mut("conversations").map(Value::take) {
                 Some(Value::Array(items)) => rows.extend(items),
                 None | Some(Value::Null) => {}

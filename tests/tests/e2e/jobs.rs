@@ -153,3 +153,20 @@ async fn an_abandoned_job_is_cancelled_upstream() {
     );
     s.stop().await;
 }
+
+/// Result pages are bounded one by one *and* together: a wide interval
+/// cannot pile up more than `upstream.max_response_bytes` in memory (here
+/// 30 days × 24 h × 3 queues ≈ 2 160 rows in pages of 100, each well under
+/// the 64 KiB limit, together far over it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_results_over_the_response_limit_together_are_refused() {
+    let mut s =
+        jobs("jobbig", 0.025, 20, 100).configure(|c| c.upstream.max_response_bytes = 64 << 10).start().await;
+    let err = match s.cx().get(job("2024-03-01T00:00:00Z/2024-03-31T00:00:00Z")).await {
+        Ok(got) => panic!("a {}-byte result was accepted", got.value.len()),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("max_response_bytes"), "{}", err.message());
+    s.stop().await;
+}
