@@ -177,10 +177,15 @@ impl Store for MemoryStore {
         let existed = {
             let mut books = self.books.lock();
             books.sweep_if_due(self.keep);
-            let generation =
-                books.generations.entry(keys::generation_key(key)).or_insert((0, Instant::now()));
-            *generation = (generation.0 + 1, Instant::now());
             let existed = self.items.contains_key(key);
+            // As the Redis script: bump only what a stored entry or a fetch
+            // under way needs, so purges of unknown keys leave nothing.
+            let fetching = books.leases.get(key).is_some_and(|(_, until)| *until > Instant::now());
+            if existed || fetching {
+                let generation =
+                    books.generations.entry(keys::generation_key(key)).or_insert((0, Instant::now()));
+                *generation = (generation.0 + 1, Instant::now());
+            }
             self.items.invalidate(key);
             existed
         };
@@ -335,8 +340,12 @@ mod tests {
     async fn a_purge_refuses_a_write_guarded_by_the_old_generation() {
         let s = MemoryStore::new();
         let key = keys::store_key("e:k:1:full");
-        let guard = WriteGuard { generation: s.generation(&key).await.unwrap(), fence: 0 };
+        // A fetch under way: generation read, lease held.
+        let generation = s.generation(&key).await.unwrap();
+        let fence = s.try_lease(&key, Duration::from_secs(5)).await.unwrap().expect("lease");
+        let guard = WriteGuard { generation, fence };
         s.purge(&key).await.unwrap();
+        s.release_lease(&key, fence).await.unwrap();
         assert!(!s
             .set_guarded(&key, Bytes::from_static(b"old"), Duration::from_secs(5), guard)
             .await
@@ -347,6 +356,23 @@ mod tests {
             .set_guarded(&key, Bytes::from_static(b"new"), Duration::from_secs(5), guard)
             .await
             .unwrap());
+    }
+
+    /// A purge of a key nothing stores or fetches writes nothing: random
+    /// keys purged by the thousand must not grow the store.
+    #[tokio::test]
+    async fn a_purge_of_an_unknown_key_leaves_no_bookkeeping() {
+        let s = MemoryStore::new();
+        for n in 0..100 {
+            let key = keys::store_key(&format!("e:k:{n}:full"));
+            assert!(!s.purge(&key).await.unwrap());
+        }
+        assert!(s.books.lock().generations.is_empty(), "no generation for keys nobody holds");
+        let key = keys::store_key("e:k:held:full");
+        s.set(&key, Bytes::from_static(b"v"), Duration::from_secs(5)).await.unwrap();
+        let before = s.generation(&key).await.unwrap();
+        assert!(s.purge(&key).await.unwrap());
+        assert_eq!(s.generation(&key).await.unwrap(), before + 1, "a stored entry's generation is bumped");
     }
 
     #[tokio::test]

@@ -39,9 +39,16 @@ return 1
 "#;
 
 /// Bump the entity generation and delete the entry, atomically.
+/// KEYS: entry, its entity's generation, its fetch lease. The generation
+/// is bumped only when there is something to protect: a stored entry, or a
+/// fetch under way (its lease). A fetch that takes its lease after this
+/// purge calls the upstream after it too, so a purge of a key nobody holds
+/// or fetches writes nothing (unknown keys must not grow Redis).
 const PURGE: &str = r#"
-redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
 return redis.call('DEL', KEYS[1])
 "#;
 
@@ -196,7 +203,7 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, key: &str) -> Result<bool> {
-        let keys = vec![key.to_string(), keys::generation_key(key)];
+        let keys = vec![key.to_string(), keys::generation_key(key), keys::lease_key(key)];
         let deleted: i64 = self
             .scripts
             .purge

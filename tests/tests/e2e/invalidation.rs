@@ -517,3 +517,24 @@ async fn an_instance_that_never_acknowledges_makes_invalidate_unavailable() {
     tokio::time::timeout(Duration::from_secs(10), ok).await.expect("OK again once the mute subscriber left");
     s.stop().await;
 }
+
+/// Purges of keys that were never cached write nothing to Redis (they used
+/// to leave a 24 h generation key each): random purges cannot grow it.
+#[tokio::test]
+async fn purges_of_keys_never_cached_leave_nothing_in_redis() {
+    let mut s = Scenario::new("unknown-purge").cluster().start().await;
+    let (cx, env) = (s.cx(), s.env.clone());
+    let redis = s.redis().await;
+    for n in 0..200 {
+        let key = format!("{env}:routing.queue:never-{n}:full");
+        cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
+    }
+    let left = keys_of_env(&redis, &env).await;
+    assert!(left.is_empty(), "{} keys left, e.g. {:?}", left.len(), left.first());
+    // A cached key's purge still guards against a fetch that began before it.
+    let key = cx.get(get_queue(&queue_id(7))).await.unwrap().key;
+    cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
+    let left = keys_of_env(&redis, &env).await;
+    assert!(left.iter().any(|k| k.ends_with(":~gen")), "{left:?}");
+    s.stop().await;
+}
