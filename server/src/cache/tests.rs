@@ -343,6 +343,27 @@ async fn a_purge_detaches_the_fetch_under_way() {
     first.await.unwrap().unwrap();
 }
 
+/// A purge this instance did not hear of (a bus gap), made elsewhere while
+/// a fetch runs here: after the gap, later callers must not join that
+/// fetch (its value is from before the purge); they start a new one.
+#[tokio::test(start_paused = true)]
+async fn after_a_gap_callers_do_not_join_a_fetch_from_before_it() {
+    let r = rig(|_| {}, false);
+    *r.script.delay.lock() = Duration::from_millis(200);
+    let first = {
+        let cache = r.cache.clone();
+        tokio::spawn(async move { cache.get(&get(), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another instance purges; the event is lost here, so only the gap says so.
+    r.cache.tiers().store().purge(&keys::store_key("t:routing.queue:q1:full")).await.unwrap();
+    r.cache.forget_all();
+    let second = r.get(&get()).await.unwrap();
+    assert_eq!(second.source, Source::Upstream, "not served the fetch from before the gap");
+    assert_eq!(r.script.calls(), 2);
+    first.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_deadline_shorter_than_the_fetch_is_deadline_exceeded() {
     let r = rig(|_| {}, false);
