@@ -40,14 +40,14 @@ pub struct Resolved {
     pub key: String,
     /// Where the entry lives in the store.
     pub store_key: String,
-    /// The parsed query body, for TTL alignment.
+    /// The caller's query body as parsed: for TTL alignment, and sent as it
+    /// is upstream (the key comes from its canonical form).
     pub body: Option<Value>,
     pub freshness: Freshness,
-    /// Accepted query parameters and the body to send, kept raw: the
-    /// upstream call is only built on a miss ([`Resolved::call`]), so a hit
-    /// allocates as little as possible.
+    /// Accepted query parameters, kept raw: the upstream call is only built
+    /// on a miss ([`Resolved::call`]), so a hit allocates as little as
+    /// possible.
     params: BTreeMap<String, String>,
-    body_bytes: Option<Bytes>,
 }
 
 impl Resolved {
@@ -61,7 +61,7 @@ impl Resolved {
             method: self.kind.method,
             path,
             query: self.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            body: self.body_bytes.clone(),
+            body: self.body.as_ref().map(|b| Bytes::from(crate::canonical::to_bytes(b))),
             job: self.kind.job,
             validators: None,
         }
@@ -105,18 +105,14 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
     }
 
     let variant = (!req.variant.is_empty()).then_some(req.variant.as_str());
-    let (key, body_bytes) = match (&kind.key, &body) {
-        // The key from the canonical body (equivalent bodies share one key
-        // and one call); the upstream gets the caller's body as sent.
+    let key = match (&kind.key, &body) {
+        // The key from the canonical body: equivalent bodies share one key
+        // and one call.
         (KeyShape::Body, Some(body)) => {
             let canonical = keys::canonical_body(body.clone(), &settings.body_ignore_fields);
-            let key = keys::for_body(env, kind_name, id.as_deref(), variant, &canonical);
-            (key, Some(Bytes::from(crate::canonical::to_bytes(body))))
+            keys::for_body(env, kind_name, id.as_deref(), variant, &canonical)
         }
-        _ => {
-            let key = keys::named(env, kind_name, id.as_deref(), variant, &params);
-            (key, body.as_ref().map(|b| Bytes::from(crate::canonical::to_bytes(b))))
-        }
+        _ => keys::named(env, kind_name, id.as_deref(), variant, &params),
     };
     Ok(Resolved {
         kind_name: kind_name.to_string(),
@@ -128,7 +124,6 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
         freshness,
         kind,
         params,
-        body_bytes,
     })
 }
 

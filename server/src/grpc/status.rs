@@ -14,22 +14,27 @@ impl From<Error> for Status {
         let code = tonic::Code::from_i32(err.code() as i32);
         let message = err.to_string();
         let mut details = ErrorDetails::new();
+        // Whether any detail was added: a status without details carries none.
+        let mut detailed = false;
         for v in err.violations() {
             details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            detailed = true;
         }
         if let Some(after) = err.retry_after() {
             details.set_retry_info(Some(after));
+            detailed = true;
         }
         if let Error::Rejected(r) = &err {
             let reason = if r.code.is_empty() { format!("HTTP_{}", r.status) } else { r.code.clone() };
             let metadata: HashMap<String, String> =
                 [("status".to_string(), r.status.to_string()), ("message".into(), r.message.clone())].into();
             details.set_error_info(reason, "cxcache.upstream", metadata);
+            detailed = true;
         }
-        if err.violations().is_empty() && err.retry_after().is_none() && !matches!(err, Error::Rejected(_)) {
-            Status::new(code, message)
-        } else {
+        if detailed {
             Status::with_error_details(code, message, details)
+        } else {
+            Status::new(code, message)
         }
     }
 }

@@ -114,6 +114,11 @@ impl Invalidator {
     /// were removed.
     pub async fn purge(&self, p: Purge) -> Result<u64> {
         validate(&self.env, &p)?;
+        self.purge_valid(p).await
+    }
+
+    /// [`Invalidator::purge`] of a purge already validated.
+    async fn purge_valid(&self, p: Purge) -> Result<u64> {
         let store = &self.store;
         let mut targets: BTreeSet<String> = p.keys.iter().cloned().collect();
         let mut index_cleanup: Vec<(String, Vec<crate::store::Indexed>)> = Vec::new();
@@ -186,7 +191,7 @@ impl Invalidator {
         // is done, the guard frees the id, so the sender's retry is not
         // turned away as "pending" for the whole window.
         let mut pending = PendingMark { store: self.store.clone(), mark: Some(mark.clone()) };
-        let result = self.purge(p).await;
+        let result = self.purge_valid(p).await;
         pending.mark = None;
         match result {
             Ok(purged) => {
