@@ -101,7 +101,8 @@ start_cxcache() {
   while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
   [ $# -gt 0 ] && shift
   # The emulator's limit is lifted, so lift cxcache's own per-token budget too.
-  env RUST_LOG=warn CXCACHE_UPSTREAM__RATE_LIMIT__ALLOWED=1000000000 "${envs[@]}" "$bin/cxcache" --env "lt$$$name" \
+  # The log level is left at its default: the benchmark measures what users run.
+  env -u RUST_LOG CXCACHE_UPSTREAM__RATE_LIMIT__ALLOWED=1000000000 "${envs[@]}" "$bin/cxcache" --env "lt$$$name" \
     --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
     --upstream-url "$emu" --client-id cxcache-demo --client-secret demo-secret \
     "$@" >"$work/$name.out" 2>"$work/$name.err" &
