@@ -39,7 +39,7 @@ use crate::normalize::normalize;
 use crate::policy::{self, Freshness, Resolved};
 use crate::proto::v1::GetRequest;
 use crate::source::Source;
-use crate::store::WriteGuard;
+use crate::store::{Indexed, Lease};
 use crate::tiers::{LocalCopies, Tiers};
 use crate::ttl::TtlPolicy;
 use crate::upstream::{Call, Fetched, Upstream, Validators};
@@ -176,6 +176,13 @@ impl Cache {
         let mut stored = None;
         if !r.freshness.force_refresh {
             match self.tiers.get(&r.store_key).await {
+                // A remembered 404: answered as one while fresh, else a miss
+                // (never served stale, never a fallback).
+                Ok(Some((entry, _))) if entry.not_found => {
+                    if acceptable(&entry, &r.freshness, now_ms()) {
+                        return Err(not_found(r));
+                    }
+                }
                 Ok(Some((entry, tier))) => {
                     let now = now_ms();
                     if acceptable(&entry, &r.freshness, now) {
@@ -226,6 +233,7 @@ impl Cache {
             outcome = self.flight(r, deadline, stored.clone(), false).await;
         }
         match outcome {
+            (Ok(f), _) if f.entry.not_found => Err(not_found(r)),
             (Ok(f), role) => {
                 let source = match (f.origin, role) {
                     (Origin::Fetched, Role::Leader) => Source::Upstream,
@@ -306,6 +314,11 @@ impl Cache {
     }
 }
 
+/// The answer for a resource the upstream does not have.
+fn not_found(r: &Resolved) -> Error {
+    Error::NotFound(format!("{} not found upstream", r.key))
+}
+
 /// Whether a stored entry satisfies the caller's freshness demands.
 fn acceptable(entry: &Entry, freshness: &Freshness, now: i64) -> bool {
     entry.is_fresh(now) && freshness.max_age.is_none_or(|max| entry.age(now) <= max)
@@ -328,11 +341,18 @@ struct Fetch {
     bus: Arc<Bus>,
 }
 
-/// Whether this instance fetches (under this write guard), or another
-/// instance already did.
+/// Whether this instance fetches (under its lease), or another instance
+/// already did.
 enum Claim {
-    Held(WriteGuard),
+    Held(Held),
     Done(Arc<Entry>),
+}
+
+/// What a fetch holds in the store while it runs: its lease, and the index
+/// memberships it wrote (taken back if it stores nothing).
+struct Held {
+    lease: Lease,
+    indexed: Vec<(String, Indexed)>,
 }
 
 impl Fetch {
@@ -345,55 +365,72 @@ impl Fetch {
         // without the fleet lease (this instance still coalesces its own
         // callers) and keep the value in L1 only.
         let prepared = if self.tiers.store_available() { Some(self.prepare(ttl).await) } else { None };
-        let guard = match prepared {
-            Some(Ok(Claim::Held(guard))) => Some(guard),
+        let held = match prepared {
+            Some(Ok(Claim::Held(held))) => Some(held),
             Some(Ok(Claim::Done(entry))) => return Ok(Outcome { entry, origin: Origin::Remote }),
             Some(Err(e @ Error::Store(_))) => {
-                self.tiers.note_failure(&e);
+                self.tiers.note_failure(&e, &r.store_key);
                 tracing::debug!(key = %r.key, error = %e, "store unavailable: fetching without storing");
                 None
             }
             Some(Err(e)) => return Err(e),
-            // Skipped after a recent failure (not a new one: the skip must
-            // not extend itself).
+            // Skipped after a failure (not a new one: the skip must not
+            // extend itself).
             None => None,
         };
-        let result = match guard {
-            Some(g) => {
+        let result = match &held {
+            Some(h) => {
                 // Renewed while the fetch runs: a live but slow fetch (an
                 // analytics job, a quota wait) is not taken for a dead one.
                 tokio::select! {
-                    result = self.lead(ttl, guard) => result,
-                    never = self.keep_lease(g.fence) => match never {},
+                    result = self.lead(ttl, Some(h)) => result,
+                    never = self.keep_lease(h.lease) => match never {},
                 }
             }
             None => self.lead(ttl, None).await,
         };
-        match guard {
-            Some(g) => {
-                if let Err(e) = self.tiers.store().release_lease(&r.store_key, g.fence).await {
-                    tracing::debug!(error = %e, "lease release failed; it expires by itself");
-                }
-            }
+        match held {
+            Some(h) if !matches!(result, Ok((_, true))) => self.abandon(h).await,
+            Some(_) => {}
             None => {
-                if let Ok(f) = &result {
+                if let Ok((f, _)) = &result {
                     self.tiers.fill_l1(&r.store_key, f.entry.clone(), l1_ticket);
                 }
             }
         }
-        result
+        result.map(|(outcome, _)| outcome)
+    }
+
+    /// A fetch that stored nothing takes back what it wrote: its index
+    /// memberships, unless an entry is stored under the key (one from
+    /// before this fetch, which still needs them), then its lease. Only
+    /// memberships unchanged since are removed: a fetch that started after
+    /// (a purge took our lease) indexed again, and keeps them.
+    async fn abandon(&self, held: Held) {
+        let store = self.tiers.store();
+        let key = &self.r.store_key;
+        if let Ok(None) = store.get(key).await {
+            for (index, member) in &held.indexed {
+                if let Err(e) = store.index_remove(index, std::slice::from_ref(member)).await {
+                    tracing::debug!(%index, error = %e, "index membership left to expire");
+                }
+            }
+        }
+        if let Err(e) = store.release_lease(key, held.lease).await {
+            tracing::debug!(error = %e, "lease release failed; it expires by itself");
+        }
     }
 
     /// Extends the fleet lease every third of its TTL while the fetch runs;
     /// once it is lost (a purge does not touch it, only expiry does), stops.
-    async fn keep_lease(&self, token: u64) -> std::convert::Infallible {
+    async fn keep_lease(&self, lease: Lease) -> std::convert::Infallible {
         let every = self.settings.lease_ttl / 3;
         loop {
             tokio::time::sleep(every).await;
-            match self.tiers.store().renew_lease(&self.r.store_key, token, self.settings.lease_ttl).await {
+            match self.tiers.store().renew_lease(&self.r.store_key, lease, self.settings.lease_ttl).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::debug!(key = %self.r.key, "fetch lease lost; the write fence still guards");
+                    tracing::debug!(key = %self.r.key, "fetch lease lost (purged or expired): its write will be refused");
                     return std::future::pending().await;
                 }
                 Err(e) => tracing::debug!(key = %self.r.key, error = %e, "lease renewal failed; retrying"),
@@ -401,34 +438,52 @@ impl Fetch {
         }
     }
 
-    /// Indexes the key, reads its generation and takes the fleet lease (or
-    /// finds that another instance fetched it meanwhile).
+    /// Takes the fleet lease (or finds that another instance fetched the
+    /// key meanwhile), then indexes the key before the upstream is called:
+    /// a prefix or tag purge from now on finds it and deletes the lease,
+    /// which refuses our write; one that read the indexes before cannot
+    /// have preceded our upstream call. (Indexing before the lease instead
+    /// let a purge in between drop the key from its indexes unnoticed.)
     async fn prepare(&self, ttl: Duration) -> Result<Claim> {
         let r = &self.r;
         let store = self.tiers.store().clone();
         let started_ms = now_ms();
-        // Index the key before fetching: a prefix or tag purge from now on
-        // finds it, bumps its generation, and so refuses our write.
+        let lease = match self.lease(started_ms).await? {
+            Claim::Held(held) => held.lease,
+            done => return Ok(done),
+        };
         let expires = started_ms + self.tiers.retention(ttl).as_millis() as i64;
         let mut indexes = vec![keys::kind_index(&self.env, &r.kind_name)];
         indexes.extend(r.tags().iter().map(|t| keys::tag_index(&self.env, t)));
-        for res in join_all(indexes.iter().map(|i| store.index_add(i, &r.key, expires))).await {
-            res?;
+        let added = join_all(indexes.iter().map(|i| store.index_add(i, &r.key, expires))).await;
+        let mut held = Held { lease, indexed: Vec::with_capacity(indexes.len()) };
+        let mut failed = None;
+        for (index, added) in indexes.into_iter().zip(added) {
+            match added {
+                Ok(member) => held.indexed.push((index, member)),
+                Err(e) => failed = Some(e),
+            }
         }
-        let generation = store.generation(&r.store_key).await?;
-        self.lease(started_ms, generation).await
+        match failed {
+            None => Ok(Claim::Held(held)),
+            Some(e) => {
+                self.abandon(held).await;
+                Err(e)
+            }
+        }
     }
 
     /// Takes the key's fleet-wide fetch lease, or waits for the holder's
     /// result (woken by its bus event, with a slow poll as a backstop), and
     /// takes over if the holder disappears. Bounded by the deadline.
-    async fn lease(&self, started_ms: i64, generation: u64) -> Result<Claim> {
+    async fn lease(&self, started_ms: i64) -> Result<Claim> {
         let r = &self.r;
         let store = self.tiers.store();
         let mut events = self.bus.subscribe();
+        let lease = Lease::new();
         loop {
-            if let Some(token) = store.try_lease(&r.store_key, self.settings.lease_ttl).await? {
-                return Ok(Claim::Held(WriteGuard { generation, fence: token }));
+            if store.try_lease(&r.store_key, lease, self.settings.lease_ttl).await? {
+                return Ok(Claim::Held(Held { lease, indexed: Vec::new() }));
             }
             let mut pause = Duration::from_millis(20);
             loop {
@@ -468,23 +523,29 @@ impl Fetch {
     }
 
     /// The lease holder's work: fetch (conditionally when possible),
-    /// normalize, store under the write guard (none: the store is down),
-    /// announce.
-    async fn lead(&self, ttl: Duration, guard: Option<WriteGuard>) -> Result<Outcome> {
+    /// normalize, store under the lease (none: the store is down),
+    /// announce. Returns the outcome and whether this fetch stored it.
+    /// An upstream 404 is stored too, briefly (negative caching): random
+    /// ids asked for again cost no quota, and stay in the store only that
+    /// long.
+    async fn lead(&self, ttl: Duration, held: Option<&Held>) -> Result<(Outcome, bool)> {
         let r = &self.r;
         // A fetch that finished just before this one may have stored the
         // value already: look once more before spending quota.
-        if !self.force && guard.is_some() {
+        if !self.force && held.is_some() {
             match self.tiers.get_stored(&r.store_key).await {
                 Ok(Some(entry)) if acceptable(&entry, &r.freshness, now_ms()) => {
-                    return Ok(Outcome { entry, origin: Origin::Stored });
+                    return Ok((Outcome { entry, origin: Origin::Stored }, false));
                 }
                 // A store error (noted by the tiers) is just no stored value.
                 Ok(_) | Err(_) => {}
             }
         }
         let mut call = r.call();
-        let previous = self.stored.as_ref().filter(|e| !e.etag.is_empty() || !e.last_modified.is_empty());
+        let previous = self
+            .stored
+            .as_ref()
+            .filter(|e| !e.not_found && (!e.etag.is_empty() || !e.last_modified.is_empty()));
         if let Some(prev) = previous {
             call.validators = Some(Validators {
                 etag: Some(prev.etag.clone()).filter(|s| !s.is_empty()),
@@ -492,7 +553,19 @@ impl Fetch {
             });
         }
         let began = Instant::now();
-        let fetched = self.fetcher.fetch(&call, r.kind.paged, self.deadline).await?;
+        let not_found_ttl = self.settings.ttl.not_found;
+        let fetched = match self.fetcher.fetch(&call, r.kind.paged, self.deadline).await {
+            Ok(fetched) => fetched,
+            Err(Error::NotFound(_)) if !not_found_ttl.is_zero() => {
+                let entry = Entry::not_found(not_found_ttl, r.tags());
+                let stored = match held {
+                    Some(h) => self.store(&entry, not_found_ttl, h).await,
+                    None => false,
+                };
+                return Ok((Outcome { entry: Arc::new(entry), origin: Origin::Fetched }, stored));
+            }
+            Err(e) => return Err(e),
+        };
         let fetch_ms = began.elapsed().as_millis() as i64;
 
         let (mut entry, origin) = match (fetched.not_modified, previous) {
@@ -509,19 +582,44 @@ impl Fetch {
             fetched.last_modified.or_else(|| previous.map(|p| p.last_modified.clone())).unwrap_or_default();
         entry.fetch_ms = fetch_ms.max(1);
 
-        let Some(guard) = guard else {
-            return Ok(Outcome { entry: Arc::new(entry), origin });
+        let stored = match held {
+            Some(h) => self.store(&entry, self.tiers.retention(ttl), h).await,
+            None => false,
         };
-        match self.tiers.put(&r.store_key, &entry, ttl, guard).await {
-            Ok(true) if origin == Origin::Fetched => self.bus.publish_update(&r.key).await,
-            Ok(true) => {}
-            // A purge or a newer write happened meanwhile: serve what we
-            // fetched to our callers, but never overwrite the newer state.
-            Ok(false) => tracing::debug!(key = %r.key, "write refused: purged or superseded during fetch"),
-            // Serve what we fetched even if it could not be stored.
-            Err(e) => tracing::warn!(key = %r.key, error = %e, "store write failed"),
+        if stored && origin == Origin::Fetched {
+            self.bus.publish_update(&r.key).await;
         }
-        Ok(Outcome { entry: Arc::new(entry), origin })
+        Ok((Outcome { entry: Arc::new(entry), origin }, stored))
+    }
+
+    /// Stores `entry` for `keep` under the fetch's lease; returns whether
+    /// it landed. A negative entry's memberships are shortened to its own
+    /// short life (they were written for a full entry's).
+    async fn store(&self, entry: &Entry, keep: Duration, held: &Held) -> bool {
+        let r = &self.r;
+        match self.tiers.put(&r.store_key, entry, keep, held.lease).await {
+            Ok(true) => {
+                if entry.not_found {
+                    let until = now_ms() + keep.as_millis() as i64;
+                    let store = self.tiers.store();
+                    for (index, member) in &held.indexed {
+                        let _ = store.index_rescore(index, member, until).await;
+                    }
+                }
+                true
+            }
+            // A purge happened meanwhile (it took the lease): serve what we
+            // fetched to our callers, but never store it over the purge.
+            Ok(false) => {
+                tracing::debug!(key = %r.key, "write refused: purged during the fetch");
+                false
+            }
+            // Serve what we fetched even if it could not be stored.
+            Err(e) => {
+                tracing::warn!(key = %r.key, error = %e, "store write failed");
+                false
+            }
+        }
     }
 }
 

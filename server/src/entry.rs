@@ -33,6 +33,9 @@ pub struct Entry {
     /// starts refreshing earlier for values that are slow to fetch.
     #[prost(int64, tag = "7")]
     pub fetch_ms: i64,
+    /// The upstream answered 404: a remembered absence (no value).
+    #[prost(bool, tag = "8")]
+    pub not_found: bool,
 }
 
 pub use crate::clock::now_ms;
@@ -48,7 +51,13 @@ impl Entry {
             etag: String::new(),
             last_modified: String::new(),
             fetch_ms: 0,
+            not_found: false,
         }
+    }
+
+    /// A remembered 404, fresh for `ttl`.
+    pub fn not_found(ttl: Duration, tags: Vec<String>) -> Self {
+        Entry { not_found: true, ..Entry::new(Bytes::new(), ttl, tags) }
     }
 
     pub fn encode(&self) -> Bytes {

@@ -194,31 +194,9 @@ fn split_tag(logical: &str) -> (&str, &str) {
     }
 }
 
-/// The entity part (`cx:{…}`) of a store key: its hash tag.
-fn entity_of(store_key: &str) -> &str {
-    match store_key.find('}') {
-        Some(i) => &store_key[..=i],
-        None => store_key,
-    }
-}
-
-/// Generation counter of a store key's entity (bumped by every purge).
-pub fn generation_key(store_key: &str) -> String {
-    format!("{}:~gen", entity_of(store_key))
-}
-
-/// Fence (lease token of the last write) of a store key.
-pub fn fence_key(store_key: &str) -> String {
-    format!("{store_key}:~fence")
-}
-
-/// Lease of a store key's fetch, and the sequence its tokens come from.
+/// Lease of a store key's fetch (same slot as the entry).
 pub fn lease_key(store_key: &str) -> String {
     format!("{store_key}:~lease")
-}
-
-pub fn lease_seq_key(store_key: &str) -> String {
-    format!("{store_key}:~seq")
 }
 
 /// Index of the keys of one kind (for prefix purges).
@@ -334,9 +312,8 @@ mod tests {
         assert_eq!(store_key("prod:analytics.x:abc"), "cx:{prod:analytics.x:abc}");
         assert_eq!(kind_of("prod:routing.queue:q1:full"), Some("routing.queue"));
         let sk = store_key("prod:routing.queue:q1:full");
-        assert_eq!(generation_key(&sk), "cx:{prod:routing.queue:q1}:~gen");
         assert_eq!(lease_key(&sk), "cx:{prod:routing.queue:q1}:full:~lease");
-        assert!(is_bookkeeping(&fence_key(&sk)) && !is_bookkeeping(&sk));
+        assert!(is_bookkeeping(&lease_key(&sk)) && !is_bookkeeping(&sk));
     }
 
     #[test]

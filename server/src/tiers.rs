@@ -7,21 +7,23 @@
 //! entries and is evicted by the invalidation bus (see [`crate::l1`]).
 //!
 //! A store outage must not take reads down: after a store error the store
-//! is skipped for [`STORE_RETRY`] (reads are misses, fetches go upstream
-//! without the fleet lease and fill only L1), so callers do not each wait
-//! out a command timeout while Redis is away.
+//! is skipped (reads are misses, fetches go upstream without the fleet
+//! lease and fill only L1) until a probe in the background, one every
+//! [`STORE_RETRY`], reads the key that failed. Callers never wait out a
+//! command timeout of a store already known to be down: only the first
+//! failure costs one (a half-open breaker whose probe is no caller's).
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::l1::{FillTicket, L1};
 use crate::source::Source;
-use crate::store::{Store, WriteGuard};
+use crate::store::{Lease, Store};
 
-/// How long the store is skipped after it failed a call.
+/// How often a skipped store is probed (each probe waits at most this long).
 pub const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// What this instance holds of a key besides the shared store — its L1
@@ -38,27 +40,26 @@ pub struct Tiers {
     l1: Option<L1>,
     store: Arc<dyn Store>,
     stale_grace: Duration,
-    /// The store is skipped until then (ms since the epoch; 0: in use).
-    store_down_until: AtomicI64,
+    /// Set while the store is skipped (a probe is running).
+    store_down: Arc<AtomicBool>,
 }
 
 impl Tiers {
     pub fn new(store: Arc<dyn Store>, l1: Option<L1>, stale_grace: Duration) -> Self {
-        Tiers { l1, store, stale_grace, store_down_until: AtomicI64::new(0) }
+        Tiers { l1, store, stale_grace, store_down: Arc::new(AtomicBool::new(false)) }
     }
 
-    /// Whether the store is in use (not skipped after a recent failure).
+    /// Whether the store is in use (not skipped after a failure).
     pub fn store_available(&self) -> bool {
-        now_ms() >= self.store_down_until.load(Ordering::Relaxed)
+        !self.store_down.load(Ordering::Relaxed)
     }
 
-    /// Notes a failed call: a store error skips the store for a while.
-    pub fn note_failure(&self, e: &Error) {
-        if matches!(e, Error::Store(_)) {
-            let until = now_ms() + STORE_RETRY.as_millis() as i64;
-            if self.store_down_until.swap(until, Ordering::Relaxed) < now_ms() {
-                tracing::warn!(error = %e, retry_in = ?STORE_RETRY, "store unavailable: serving from L1 and upstream");
-            }
+    /// Notes a failed call on `store_key`: a store error skips the store
+    /// until a background probe of that key succeeds.
+    pub fn note_failure(&self, e: &Error, store_key: &str) {
+        if matches!(e, Error::Store(_)) && !self.store_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "store unavailable: serving from L1 and upstream until it answers again");
+            tokio::spawn(probe(self.store.clone(), store_key.to_string(), Arc::downgrade(&self.store_down)));
         }
     }
 
@@ -92,7 +93,7 @@ impl Tiers {
         }
         let got = self.store.get(store_key).await;
         if let Err(e) = &got {
-            self.note_failure(e);
+            self.note_failure(e, store_key);
         }
         let Some(bytes) = got? else { return Ok(None) };
         let entry = Arc::new(Entry::decode_from(bytes)?);
@@ -108,7 +109,7 @@ impl Tiers {
     pub async fn get_stored(&self, store_key: &str) -> Result<Option<Arc<Entry>>> {
         let got = self.store.get(store_key).await;
         if let Err(e) = &got {
-            self.note_failure(e);
+            self.note_failure(e, store_key);
         }
         match got? {
             Some(bytes) => Ok(Some(Arc::new(Entry::decode_from(bytes)?))),
@@ -116,18 +117,12 @@ impl Tiers {
         }
     }
 
-    /// Stores `entry` if `guard` holds (no purge, no newer write since the
-    /// fetch began); the store keeps it for its TTL plus the stale grace.
-    pub async fn put(
-        &self,
-        store_key: &str,
-        entry: &Entry,
-        ttl: Duration,
-        guard: WriteGuard,
-    ) -> Result<bool> {
-        let wrote = self.store.set_guarded(store_key, entry.encode(), ttl + self.stale_grace, guard).await;
+    /// Stores `entry` for `keep` and releases the fetch's lease, if the
+    /// lease still holds (no purge since the fetch began).
+    pub async fn put(&self, store_key: &str, entry: &Entry, keep: Duration, lease: Lease) -> Result<bool> {
+        let wrote = self.store.commit(store_key, entry.encode(), keep, lease).await;
         if let Err(e) = &wrote {
-            self.note_failure(e);
+            self.note_failure(e, store_key);
         }
         wrote
     }
@@ -155,5 +150,19 @@ impl Tiers {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+}
+
+/// Reads `store_key` every [`STORE_RETRY`] until the store answers, then
+/// puts the store back in use; ends early once the tiers are gone.
+async fn probe(store: Arc<dyn Store>, store_key: String, down: Weak<AtomicBool>) {
+    loop {
+        tokio::time::sleep(STORE_RETRY).await;
+        let Some(flag) = down.upgrade() else { return };
+        if let Ok(Ok(_)) = tokio::time::timeout(STORE_RETRY, store.get(&store_key)).await {
+            tracing::info!("store answers again: back in use");
+            flag.store(false, Ordering::Relaxed);
+            return;
+        }
     }
 }

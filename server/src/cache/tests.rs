@@ -14,6 +14,7 @@ use crate::bus::EventKind;
 use crate::config::CacheSettings;
 use crate::l1::L1;
 use crate::proto::v1::Freshness as WireFreshness;
+use crate::store::testing::TestStore;
 use crate::store::MemoryStore;
 
 const QUEUE: &str = "q1";
@@ -68,6 +69,10 @@ struct Rig {
 }
 
 fn rig(tune: impl FnOnce(&mut CacheSettings), l1: bool) -> Rig {
+    rig_on(Arc::new(MemoryStore::new()), tune, l1)
+}
+
+fn rig_on(store: Arc<dyn crate::store::Store>, tune: impl FnOnce(&mut CacheSettings), l1: bool) -> Rig {
     crate::clock::follow_tokio_time();
     let mut settings = CacheSettings::default();
     settings.ttl.jitter = 0.0;
@@ -75,7 +80,7 @@ fn rig(tune: impl FnOnce(&mut CacheSettings), l1: bool) -> Rig {
     tune(&mut settings);
     let catalog = Arc::new(Catalog::with_presets(&Default::default()).unwrap());
     let l1 = l1.then(|| L1::new(1 << 20, Duration::from_secs(2)));
-    let tiers = Arc::new(Tiers::new(Arc::new(MemoryStore::new()), l1, settings.stale_grace));
+    let tiers = Arc::new(Tiers::new(store, l1, settings.stale_grace));
     let script = Arc::new(Script::default());
     let bus = Bus::local("test".into());
     let cache = Arc::new(Cache::new("t".into(), catalog, settings, tiers, script.clone(), bus.clone()));
@@ -382,4 +387,113 @@ async fn with_a_stale_value_a_hung_upstream_is_answered_stale_within_the_deadlin
     let served = r.cache.get(&get(), Some(started + Duration::from_secs(2))).await.unwrap();
     assert_eq!(served.source, Source::Stale);
     assert!(started.elapsed() <= Duration::from_millis(1600), "{:?}", started.elapsed());
+}
+
+/// What a tag purge does to the store (the invalidation layer's steps).
+async fn purge_tag(store: Arc<MemoryStore>, index: String) {
+    use crate::store::Store as _;
+    let members = store.index_members(&index, "").await.unwrap();
+    for m in &members {
+        store.purge(&keys::store_key(&m.key)).await.unwrap();
+    }
+    store.index_remove(&index, &members).await.unwrap();
+}
+
+/// A tag purge landing after a fetch indexed its key but before it called
+/// the upstream: the entry that fetch stores must still be found by every
+/// later tag purge (it must not escape them for its whole TTL).
+#[tokio::test(start_paused = true)]
+async fn an_entry_stored_by_a_fetch_racing_a_tag_purge_does_not_escape_later_purges() {
+    let inner = Arc::new(MemoryStore::new());
+    let tag =
+        Catalog::with_presets(&Default::default()).unwrap().get("routing.queue").unwrap().tags_for(QUEUE)[0]
+            .clone();
+    let index = keys::tag_index("t", &tag);
+    let store = Arc::new(TestStore { inner: inner.clone(), ..Default::default() });
+    *store.after_tag_index.lock() = Some(Box::pin(purge_tag(inner.clone(), index.clone())));
+    let r = rig_on(store.clone(), |_| {}, false);
+    r.get(&get()).await.unwrap();
+    assert!(store.after_tag_index.lock().is_none(), "the racing purge ran inside the fetch");
+    purge_tag(inner.clone(), index).await;
+    let after = r.source(&get()).await;
+    assert_ne!(after, Source::Store, "the entry escaped a later tag purge");
+}
+
+fn kind_index() -> String {
+    keys::kind_index("t", "routing.queue")
+}
+
+/// A store found down is skipped until a probe in the background reads it
+/// again: only the first caller waits out a command timeout. (Before, each
+/// time a skip of 1 s ran out, every miss then under way waited one.)
+#[tokio::test(start_paused = true)]
+async fn a_store_found_down_is_skipped_until_a_background_probe_finds_it_back() {
+    let timeout = Duration::from_millis(500);
+    let store = Arc::new(TestStore::default());
+    *store.fail_after.lock() = timeout;
+    store.down.store(true, Ordering::SeqCst);
+    let r = rig_on(store.clone(), |_| {}, false);
+    assert_eq!(r.source(&get()).await, Source::Upstream, "a store outage does not fail the read");
+    assert!(!r.cache.tiers().store_available());
+    // Long past the old skip, misses arriving together: none waits.
+    advance(Duration::from_millis(2500)).await;
+    let misses: Vec<_> = (0..5)
+        .map(|_| {
+            let cache = r.cache.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let source = cache.get(&get(), None).await.map(|s| s.source);
+                (source, started.elapsed())
+            })
+        })
+        .collect();
+    for miss in misses {
+        let (source, took) = miss.await.unwrap();
+        assert!(matches!(source.unwrap(), Source::Upstream | Source::Coalesced));
+        assert!(took < timeout, "a caller waited on a store known to be down: {took:?}");
+    }
+    // Back: the probe finds it within a retry period or two, and it is used again.
+    store.down.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    while !r.cache.tiers().store_available() && back.elapsed() < crate::tiers::STORE_RETRY * 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(r.cache.tiers().store_available(), "the probe put the store back in use");
+    assert_eq!(r.source(&get()).await, Source::Upstream);
+    assert_eq!(r.source(&get()).await, Source::Store);
+}
+
+/// An upstream 404 is remembered briefly: asked again, no quota is spent;
+/// its index memberships live as long as it does (random ids must not fill
+/// the indexes for a full entry's retention).
+#[tokio::test(start_paused = true)]
+async fn a_404_is_remembered_for_its_own_short_ttl() {
+    let r = rig(|_| {}, false);
+    r.script.then(Err(Error::NotFound("/api/v2/routing/queues/q1".into())));
+    assert!(matches!(r.get(&get()).await, Err(Error::NotFound(_))));
+    assert!(matches!(r.get(&get()).await, Err(Error::NotFound(_))), "remembered");
+    assert_eq!(r.script.calls(), 1, "the second ask spent no quota");
+    let store = r.cache.tiers().store();
+    let members = store.index_members(&kind_index(), "").await.unwrap();
+    let limit = now_ms() + CacheSettings::default().ttl.not_found.as_millis() as i64;
+    assert!(members.iter().all(|m| m.expires_at_ms <= limit), "{members:?} past {limit}");
+    advance(CacheSettings::default().ttl.not_found + Duration::from_secs(1)).await;
+    assert_eq!(r.source(&get()).await, Source::Upstream, "asked again once forgotten");
+}
+
+/// A fetch that stores nothing (the upstream failed) takes its index
+/// memberships back: only stored entries are indexed.
+#[tokio::test(start_paused = true)]
+async fn a_failed_fetch_leaves_no_index_membership() {
+    let r = rig(|_| {}, false);
+    r.script.then(Err(down()));
+    assert!(r.get(&get()).await.is_err());
+    let store = r.cache.tiers().store();
+    assert_eq!(store.index_members(&kind_index(), "").await.unwrap(), vec![]);
+    // A stored entry keeps its membership even when a later refresh fails.
+    r.get(&get()).await.unwrap();
+    advance(TTL + Duration::from_secs(1)).await;
+    r.script.then(Err(down()));
+    assert_eq!(r.source(&get()).await, Source::Stale);
+    assert_eq!(store.index_members(&kind_index(), "").await.unwrap().len(), 1);
 }

@@ -79,6 +79,11 @@ pub struct TtlSettings {
     /// Each TTL is shortened by a random fraction up to this, so keys written
     /// together do not all expire together.
     pub jitter: f64,
+    /// How long an upstream 404 is remembered (negative caching), so ids
+    /// that do not exist cost no quota when asked for again; purged like any
+    /// entry when the resource appears. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub not_found: Duration,
 }
 
 impl Default for CacheSettings {
@@ -110,6 +115,7 @@ impl Default for TtlSettings {
             analytics_min: Duration::from_secs(60),
             analytics_max: Duration::from_secs(24 * 3600),
             jitter: 0.05,
+            not_found: Duration::from_secs(30),
         }
     }
 }

@@ -10,14 +10,14 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::store::Store;
+use crate::store::{Lease, Store};
 
 /// A held listener lease.
 pub struct Leadership {
     store: Arc<dyn Store>,
     key: String,
     pub ttl: Duration,
-    token: u64,
+    token: Lease,
 }
 
 /// Tries for the lease until it is won (Some) or `shutdown` turns true (None).
@@ -28,13 +28,14 @@ pub async fn campaign(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Leadership> {
     let key = crate::keys::listener_lease(env);
+    let token = Lease::new();
     loop {
         if *shutdown.borrow() {
             return None;
         }
-        match store.try_lease(&key, ttl).await {
-            Ok(Some(token)) => return Some(Leadership { store, key, ttl, token }),
-            Ok(None) => {}
+        match store.try_lease(&key, token, ttl).await {
+            Ok(true) => return Some(Leadership { store, key, ttl, token }),
+            Ok(false) => {}
             Err(e) => tracing::debug!(error = %e, "listener lease: store unavailable"),
         }
         // Poll several times per lease period (one cheap command), jittered

@@ -1,8 +1,7 @@
 //! The embedded in-memory store: the default when no Redis is configured.
 //! A single instance's cache only; fleets need Redis. Values live in a
-//! byte-bounded moka cache; the small bookkeeping (generations, fences,
-//! leases, indexes, idempotency marks) in one mutex-guarded map, which is
-//! touched only on misses and purges.
+//! byte-bounded moka cache; the small bookkeeping (leases, indexes) in one
+//! mutex-guarded map, which is touched only on misses and purges.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -13,10 +12,9 @@ use moka::sync::Cache;
 use moka::Expiry;
 use parking_lot::Mutex;
 
-use super::{Indexed, Store, WriteGuard, BOOKKEEPING_TTL};
+use super::{Indexed, Lease, Store};
 use crate::entry::now_ms;
 use crate::error::Result;
-use crate::keys;
 
 #[derive(Clone)]
 struct Item {
@@ -42,17 +40,11 @@ impl Expiry<String, Item> for PerItemExpiry {
     }
 }
 
-/// A bookkeeping counter and when it was last written.
-type Counter = (u64, Instant);
-
-/// Bookkeeping, swept like Redis would expire it: counters
-/// [`BOOKKEEPING_TTL`] after their last write, expired leases, expired index
-/// members and emptied indexes. Without the sweep every distinct key ever
-/// fetched (each analytics body is one) would stay here for good.
+/// Bookkeeping, swept like Redis would expire it: expired leases, expired
+/// index members and emptied indexes. Without the sweep every distinct key
+/// ever fetched (each analytics body is one) would stay here for good.
 struct Books {
-    generations: HashMap<String, Counter>,
-    fences: HashMap<String, Counter>,
-    lease_seq: HashMap<String, Counter>,
+    /// key → lease token and until when it holds.
     leases: HashMap<String, (u64, Instant)>,
     /// index → member → expiry (unix ms).
     indexes: HashMap<String, BTreeMap<String, i64>>,
@@ -64,33 +56,18 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl Books {
     fn new() -> Self {
-        Books {
-            generations: HashMap::new(),
-            fences: HashMap::new(),
-            lease_seq: HashMap::new(),
-            leases: HashMap::new(),
-            indexes: HashMap::new(),
-            next_sweep: Instant::now() + SWEEP_EVERY,
-        }
+        Books { leases: HashMap::new(), indexes: HashMap::new(), next_sweep: Instant::now() + SWEEP_EVERY }
     }
 
-    fn get(map: &HashMap<String, Counter>, key: &str) -> u64 {
-        map.get(key).map_or(0, |(n, _)| *n)
-    }
-
-    fn sweep_if_due(&mut self, keep: Duration) {
+    fn sweep_if_due(&mut self) {
         let now = Instant::now();
         if now >= self.next_sweep {
-            self.sweep(now, keep);
+            self.sweep(now);
         }
     }
 
-    fn sweep(&mut self, now: Instant, keep: Duration) {
+    fn sweep(&mut self, now: Instant) {
         self.next_sweep = now + SWEEP_EVERY;
-        let fresh = |(_, at): &Counter| now.saturating_duration_since(*at) < keep;
-        self.generations.retain(|_, c| fresh(c));
-        self.fences.retain(|_, c| fresh(c));
-        self.lease_seq.retain(|_, c| fresh(c));
         self.leases.retain(|_, (_, until)| *until > now);
         let now_ms = now_ms();
         self.indexes.retain(|_, idx| {
@@ -99,37 +76,31 @@ impl Books {
         });
     }
 
+    /// The token of the live lease of `key`.
+    fn lease(&self, key: &str) -> Option<u64> {
+        self.leases.get(key).filter(|(_, until)| *until > Instant::now()).map(|(t, _)| *t)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.generations.len()
-            + self.fences.len()
-            + self.lease_seq.len()
-            + self.leases.len()
-            + self.indexes.values().map(BTreeMap::len).sum::<usize>()
-            + self.indexes.len()
+        self.leases.len() + self.indexes.values().map(BTreeMap::len).sum::<usize>() + self.indexes.len()
     }
 }
 
 pub struct MemoryStore {
     items: Cache<String, Item>,
     books: Mutex<Books>,
-    /// How long a bookkeeping counter outlives its last write.
-    keep: Duration,
 }
 
 impl MemoryStore {
     /// Bounded at 512 MiB of values so a runaway key space cannot exhaust memory.
     pub fn new() -> Self {
-        Self::with_bookkeeping_ttl(BOOKKEEPING_TTL)
-    }
-
-    fn with_bookkeeping_ttl(keep: Duration) -> Self {
         let items = Cache::builder()
             .max_capacity(512 << 20)
             .weigher(|k: &String, v: &Item| (k.len() + v.value.len()).try_into().unwrap_or(u32::MAX))
             .expire_after(PerItemExpiry)
             .build();
-        MemoryStore { items, books: Mutex::new(Books::new()), keep }
+        MemoryStore { items, books: Mutex::new(Books::new()) }
     }
 }
 
@@ -150,75 +121,54 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn set_guarded(&self, key: &str, value: Bytes, ttl: Duration, guard: WriteGuard) -> Result<bool> {
-        {
-            let mut books = self.books.lock();
-            books.sweep_if_due(self.keep);
-            let generation = Books::get(&books.generations, &keys::generation_key(key));
-            let fence = Books::get(&books.fences, key);
-            if generation != guard.generation || (guard.fence > 0 && fence > guard.fence) {
-                return Ok(false);
-            }
-            if guard.fence > 0 {
-                books.fences.insert(key.to_string(), (guard.fence, Instant::now()));
-            }
-            // Insert while holding the lock so a purge cannot slip between
-            // the check and the write.
-            self.items.insert(key.to_string(), Item { value, expires_at: Instant::now() + ttl });
+    async fn commit(&self, key: &str, value: Bytes, ttl: Duration, lease: Lease) -> Result<bool> {
+        let mut books = self.books.lock();
+        books.sweep_if_due();
+        if books.lease(key) != Some(lease.token()) {
+            // A replay of a write that landed finds its own value.
+            return Ok(self.items.get(key).is_some_and(|i| i.value == value));
         }
+        books.leases.remove(key);
+        // Insert while holding the lock so a purge cannot slip between the
+        // check and the write.
+        self.items.insert(key.to_string(), Item { value, expires_at: Instant::now() + ttl });
         Ok(true)
     }
 
-    async fn generation(&self, key: &str) -> Result<u64> {
-        Ok(Books::get(&self.books.lock().generations, &keys::generation_key(key)))
-    }
-
     async fn purge(&self, key: &str) -> Result<bool> {
-        let existed = {
-            let mut books = self.books.lock();
-            books.sweep_if_due(self.keep);
-            let existed = self.items.contains_key(key);
-            // As the Redis script: bump only what a stored entry or a fetch
-            // under way needs, so purges of unknown keys leave nothing.
-            let fetching = books.leases.get(key).is_some_and(|(_, until)| *until > Instant::now());
-            if existed || fetching {
-                let generation =
-                    books.generations.entry(keys::generation_key(key)).or_insert((0, Instant::now()));
-                *generation = (generation.0 + 1, Instant::now());
-            }
-            self.items.invalidate(key);
-            existed
-        };
+        let mut books = self.books.lock();
+        books.sweep_if_due();
+        books.leases.remove(key);
+        let existed = self.items.contains_key(key);
+        self.items.invalidate(key);
         Ok(existed)
     }
 
-    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
+    async fn try_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool> {
         let mut books = self.books.lock();
-        let now = Instant::now();
-        if books.leases.get(key).is_some_and(|(_, until)| *until > now) {
-            return Ok(None);
+        match books.lease(key) {
+            Some(t) => Ok(t == lease.token()),
+            None => {
+                books.sweep_if_due();
+                books.leases.insert(key.to_string(), (lease.token(), Instant::now() + ttl));
+                Ok(true)
+            }
         }
-        books.sweep_if_due(self.keep);
-        let seq = books.lease_seq.entry(key.to_string()).or_insert((0, now));
-        *seq = (seq.0 + 1, now);
-        let token = seq.0;
-        books.leases.insert(key.to_string(), (token, now + ttl));
-        Ok(Some(token))
     }
 
-    async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
+    async fn release_lease(&self, key: &str, lease: Lease) -> Result<()> {
         let mut books = self.books.lock();
-        if books.leases.get(key).is_some_and(|(t, _)| *t == token) {
+        if books.leases.get(key).is_some_and(|(t, _)| *t == lease.token()) {
             books.leases.remove(key);
         }
         Ok(())
     }
 
-    async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool> {
+    async fn renew_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool> {
         let mut books = self.books.lock();
         let now = Instant::now();
         match books.leases.get_mut(key) {
-            Some((t, until)) if *t == token && *until > now => {
+            Some((t, until)) if *t == lease.token() && *until > now => {
                 *until = now + ttl;
                 Ok(true)
             }
@@ -227,19 +177,29 @@ impl Store for MemoryStore {
     }
 
     async fn lease_held(&self, key: &str) -> Result<bool> {
-        Ok(self.books.lock().leases.get(key).is_some_and(|(_, until)| *until > Instant::now()))
+        Ok(self.books.lock().lease(key).is_some())
     }
 
-    async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<()> {
+    async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<Indexed> {
         let mut books = self.books.lock();
         // Expired members go in the periodic sweep, not on every add.
-        books.sweep_if_due(self.keep);
+        books.sweep_if_due();
         let idx = books.indexes.entry(index.to_string()).or_default();
         // Re-adding always raises the score (as the Redis script does), so a
         // purge's conditional removal sees the key was indexed again.
-        idx.entry(member.to_string())
+        let score = *idx
+            .entry(member.to_string())
             .and_modify(|exp| *exp = (*exp + 1).max(expires_at_ms))
             .or_insert(expires_at_ms);
+        Ok(Indexed { key: member.to_string(), expires_at_ms: score })
+    }
+
+    async fn index_rescore(&self, index: &str, member: &Indexed, expires_at_ms: i64) -> Result<()> {
+        if let Some(idx) = self.books.lock().indexes.get_mut(index) {
+            if let Some(exp) = idx.get_mut(&member.key).filter(|exp| **exp == member.expires_at_ms) {
+                *exp = expires_at_ms;
+            }
+        }
         Ok(())
     }
 
@@ -300,30 +260,21 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys;
 
     #[tokio::test]
-    async fn bookkeeping_is_swept_once_it_would_have_expired() {
-        let s = MemoryStore::with_bookkeeping_ttl(Duration::from_millis(50));
+    async fn bookkeeping_is_swept_once_it_expired() {
+        let s = MemoryStore::new();
         for n in 0..100 {
             let key = keys::store_key(&format!("e:k:{n}:full"));
-            let t = s.try_lease(&key, Duration::from_millis(10)).await.unwrap().unwrap();
-            assert!(s
-                .set_guarded(
-                    &key,
-                    Bytes::from_static(b"v"),
-                    Duration::from_secs(1),
-                    WriteGuard { generation: 0, fence: t }
-                )
-                .await
-                .unwrap());
-            s.purge(&key).await.unwrap();
+            assert!(s.try_lease(&key, Lease::new(), Duration::from_millis(10)).await.unwrap());
             s.index_add(&format!("tag:{n}"), "m", now_ms() + 20).await.unwrap();
         }
-        assert!(s.books.lock().len() >= 500);
+        assert!(s.books.lock().len() >= 300);
         tokio::time::sleep(Duration::from_millis(80)).await;
         let mut books = s.books.lock();
-        books.sweep(Instant::now(), s.keep);
-        assert_eq!(books.len(), 0, "generations, fences, lease sequences, leases and indexes all swept");
+        books.sweep(Instant::now());
+        assert_eq!(books.len(), 0, "leases and indexes all swept");
     }
 
     #[tokio::test]
@@ -336,60 +287,31 @@ mod tests {
         assert!(s.set_nx("mark", Duration::from_secs(5)).await.unwrap(), "deleted marks free the id");
     }
 
-    #[tokio::test]
-    async fn a_purge_refuses_a_write_guarded_by_the_old_generation() {
-        let s = MemoryStore::new();
-        let key = keys::store_key("e:k:1:full");
-        // A fetch under way: generation read, lease held.
-        let generation = s.generation(&key).await.unwrap();
-        let fence = s.try_lease(&key, Duration::from_secs(5)).await.unwrap().expect("lease");
-        let guard = WriteGuard { generation, fence };
-        s.purge(&key).await.unwrap();
-        s.release_lease(&key, fence).await.unwrap();
-        assert!(!s
-            .set_guarded(&key, Bytes::from_static(b"old"), Duration::from_secs(5), guard)
-            .await
-            .unwrap());
-        assert_eq!(s.get(&key).await.unwrap(), None);
-        let guard = WriteGuard { generation: s.generation(&key).await.unwrap(), fence: 0 };
-        assert!(s
-            .set_guarded(&key, Bytes::from_static(b"new"), Duration::from_secs(5), guard)
-            .await
-            .unwrap());
-    }
-
     /// A purge of a key nothing stores or fetches writes nothing: random
     /// keys purged by the thousand must not grow the store.
     #[tokio::test]
-    async fn a_purge_of_an_unknown_key_leaves_no_bookkeeping() {
+    async fn a_purge_of_an_unknown_key_leaves_nothing() {
         let s = MemoryStore::new();
         for n in 0..100 {
             let key = keys::store_key(&format!("e:k:{n}:full"));
             assert!(!s.purge(&key).await.unwrap());
         }
-        assert!(s.books.lock().generations.is_empty(), "no generation for keys nobody holds");
-        let key = keys::store_key("e:k:held:full");
-        s.set(&key, Bytes::from_static(b"v"), Duration::from_secs(5)).await.unwrap();
-        let before = s.generation(&key).await.unwrap();
-        assert!(s.purge(&key).await.unwrap());
-        assert_eq!(s.generation(&key).await.unwrap(), before + 1, "a stored entry's generation is bumped");
+        assert_eq!(s.books.lock().len(), 0);
+        s.items.run_pending_tasks();
+        assert_eq!(s.items.entry_count(), 0);
     }
 
     #[tokio::test]
-    async fn leases_fence_late_writers() {
+    async fn a_lease_lost_to_expiry_and_taken_over_refuses_the_late_write() {
         let s = MemoryStore::new();
         let key = "cx:{e:k:1}:full";
-        let t1 = s.try_lease(key, Duration::from_millis(20)).await.unwrap().unwrap();
-        assert!(s.try_lease(key, Duration::from_millis(20)).await.unwrap().is_none());
+        let (first, second) = (Lease::new(), Lease::new());
+        assert!(s.try_lease(key, first, Duration::from_millis(20)).await.unwrap());
+        assert!(!s.try_lease(key, second, Duration::from_millis(20)).await.unwrap());
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let t2 = s.try_lease(key, Duration::from_secs(5)).await.unwrap().unwrap();
-        assert!(t2 > t1);
-        let g = |fence| WriteGuard { generation: 0, fence };
-        assert!(s.set_guarded(key, Bytes::from_static(b"new"), Duration::from_secs(5), g(t2)).await.unwrap());
-        assert!(!s
-            .set_guarded(key, Bytes::from_static(b"old"), Duration::from_secs(5), g(t1))
-            .await
-            .unwrap());
+        assert!(s.try_lease(key, second, Duration::from_secs(5)).await.unwrap());
+        assert!(s.commit(key, Bytes::from_static(b"new"), Duration::from_secs(5), second).await.unwrap());
+        assert!(!s.commit(key, Bytes::from_static(b"old"), Duration::from_secs(5), first).await.unwrap());
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"new"));
     }
 
@@ -407,7 +329,8 @@ mod tests {
         assert_eq!(read.len(), 3);
         // Indexed again after the read (a later fetch), even with an earlier
         // expiry (TTL jitter): it stays.
-        s.index_add("i", "p:q:1:full", far - 1000).await.unwrap();
+        let again = s.index_add("i", "p:q:1:full", far - 1000).await.unwrap();
+        assert!(again.expires_at_ms > far, "re-adding raised the score: {again:?}");
         s.index_remove("i", &read).await.unwrap();
         assert_eq!(keys(s.index_members("i", "").await.unwrap()), vec!["p:q:1:full"]);
     }

@@ -5,16 +5,23 @@
 //! nothing else installed. Everything above this module speaks [`Store`].
 //!
 //! Beyond get/set, the store keeps the bookkeeping that makes purges safe
-//! and fetches single across a fleet. All of it lives next to the entry (one
-//! cluster slot per entity, see [`crate::keys`]) so each step is one atomic
-//! script:
-//! - a *generation* per entity, bumped by every purge; a fetch notes it when
-//!   it starts and its write is refused if it changed (a purge happened);
-//! - a *fence* per key: the lease token of the last write; a fetcher whose
-//!   lease was lost and taken over cannot overwrite the newer value;
-//! - a *lease* per key: one fetcher per key across the fleet;
+//! and fetches single across a fleet, and no more of it than that (an entry
+//! costs its own key plus its index memberships):
+//! - a *lease* per key while it is fetched: one fetcher per key across the
+//!   fleet. Its token is random and chosen by the fetcher, so a request
+//!   fred replays after a connection drop recognizes its own lease. The
+//!   fetch's write lands only while its lease still holds, and a purge
+//!   deletes the lease with the entry: a fetch that began before a purge
+//!   can never store its value after it. Nothing outlives the entry, so
+//!   there is no counter to expire and restart (no generation ABA).
 //! - *indexes* (sorted sets scored by expiry) of keys per kind and per tag,
-//!   so prefix and tag purges need no KEYS or SCAN.
+//!   so prefix and tag purges need no KEYS or SCAN. A fetch indexes its key
+//!   after taking the lease and before calling the upstream (a purge from
+//!   then on finds it and deletes the lease), and takes the memberships
+//!   back if it stores nothing.
+//!
+//! Each step on one key is one atomic script over keys of one cluster slot
+//! (see [`crate::keys`]), safe to replay.
 
 mod budgets;
 mod memory;
@@ -33,13 +40,25 @@ pub use self::redis::RedisStore;
 use crate::config::RedisSettings;
 use crate::error::Result;
 
-/// A conditional write: stored only if the entity's generation is still
-/// `generation` and no write with a higher `fence` happened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteGuard {
-    pub generation: u64,
-    /// Lease token of the writer; 0 when the write was made without a lease.
-    pub fence: u64,
+/// A fetch's claim on one key across the fleet: a random token, chosen by
+/// the fetcher so a replayed request finds its own lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease(u64);
+
+impl Lease {
+    pub fn new() -> Self {
+        Lease(rand::random::<u64>() | 1)
+    }
+
+    pub fn token(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease::new()
+    }
 }
 
 /// A member of an index (a logical key) and the expiry it is scored by.
@@ -57,25 +76,30 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
     /// Writes `value` under `key` unconditionally; it expires after `ttl`.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
-    /// Writes like [`Store::set`] if `guard` still holds; returns whether it wrote.
-    async fn set_guarded(&self, key: &str, value: Bytes, ttl: Duration, guard: WriteGuard) -> Result<bool>;
-    /// The current generation of `key`'s entity.
-    async fn generation(&self, key: &str) -> Result<u64>;
-    /// Purges `key`: bumps its entity's generation and deletes it, atomically.
-    /// Returns whether a value existed.
+    /// Writes `value` under `key` (expiring after `ttl`) and releases the
+    /// lease, if `lease` still holds it: no purge since it was taken.
+    /// Returns whether it wrote (a replay of a write that landed: true).
+    async fn commit(&self, key: &str, value: Bytes, ttl: Duration, lease: Lease) -> Result<bool>;
+    /// Purges `key`: deletes it and its fetch lease, atomically, so a fetch
+    /// under way cannot store afterwards. Returns whether a value existed.
     async fn purge(&self, key: &str) -> Result<bool>;
-    /// Takes the fetch lease of `key` for `ttl`; returns its fencing token, or
-    /// None when another fetcher holds it.
-    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>>;
-    /// Releases the lease if `token` still holds it.
-    async fn release_lease(&self, key: &str, token: u64) -> Result<()>;
+    /// Takes the fetch lease of `key` for `ttl`; false when another fetcher
+    /// holds it (a replay of our own request: true).
+    async fn try_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool>;
+    /// Releases the lease if `lease` still holds it.
+    async fn release_lease(&self, key: &str, lease: Lease) -> Result<()>;
     /// Whether someone holds the lease of `key`.
     async fn lease_held(&self, key: &str) -> Result<bool>;
-    /// Extends the lease of `key` to `ttl` from now if `token` still holds
-    /// it; returns whether it did (false: lost).
-    async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool>;
-    /// Records `member` (a logical key) in `index` until `expires_at_ms`.
-    async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<()>;
+    /// Extends the lease of `key` to `ttl` from now if `lease` still holds
+    /// it; returns whether it did (false: lost, to a purge or expiry).
+    async fn renew_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool>;
+    /// Records `member` (a logical key) in `index` until `expires_at_ms`;
+    /// returns the membership written (its score may be raised above the
+    /// expiry, so that a removal of an earlier read leaves it).
+    async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<Indexed>;
+    /// Moves `member`'s expiry to `expires_at_ms` if its membership is still
+    /// the one read (nobody indexed it again since).
+    async fn index_rescore(&self, index: &str, member: &Indexed, expires_at_ms: i64) -> Result<()>;
     /// Members of `index` (not yet expired) starting with `prefix`, with
     /// the expiry each is scored by.
     async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<Indexed>>;
@@ -89,10 +113,6 @@ pub trait Store: Send + Sync + 'static {
     /// Human-readable backend name for logs and health.
     fn backend(&self) -> &'static str;
 }
-
-/// How long bookkeeping keys (generation, fence) outlive their entry: long
-/// enough that no fetch is in flight across their expiry.
-pub const BOOKKEEPING_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The connected backend: the store, the fleet's shared rate-limit
 /// budgets, and the Redis pool for the bus, when there is Redis.
@@ -114,3 +134,8 @@ pub async fn connect(settings: &RedisSettings) -> Result<Connected> {
         None => Ok(Connected { store: Arc::new(MemoryStore::new()), budgets: None, redis: None }),
     }
 }
+
+#[cfg(test)]
+mod contract;
+#[cfg(test)]
+pub mod testing;

@@ -18,47 +18,40 @@ use fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
 use fred::types::Limit;
 use futures::future::try_join_all;
 
-use super::{Indexed, Store, WriteGuard, BOOKKEEPING_TTL};
+use super::{Indexed, Lease, Store};
 use crate::config::RedisSettings;
 use crate::entry::now_ms;
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// Write if the entity generation is unchanged and no later fence wrote.
-const SET_GUARDED: &str = r#"
-local gen = tonumber(redis.call('GET', KEYS[2]) or '0')
-if gen ~= tonumber(ARGV[3]) then return 0 end
-local fence = tonumber(ARGV[4])
-if fence > 0 then
-  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if last > fence then return 0 end
-  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+/// Write and release the lease, if the lease is still ours (a purge deletes
+/// it). KEYS: entry, lease. ARGV: value, ttl ms, token. A replay of a write
+/// that landed finds its own value.
+const COMMIT: &str = r#"
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
 "#;
 
-/// Bump the entity generation and delete the entry, atomically.
-/// KEYS: entry, its entity's generation, its fetch lease. The generation
-/// is bumped only when there is something to protect: a stored entry, or a
-/// fetch under way (its lease). A fetch that takes its lease after this
-/// purge calls the upstream after it too, so a purge of a key nobody holds
-/// or fetches writes nothing (unknown keys must not grow Redis).
+/// Delete the entry and its fetch lease, atomically. KEYS: entry, lease.
+/// Writes nothing: purges of keys never cached leave nothing behind.
 const PURGE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('INCR', KEYS[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[1])
-end
+redis.call('DEL', KEYS[2])
 return redis.call('DEL', KEYS[1])
 "#;
 
-/// Take the lease with a fresh fencing token, unless someone holds it.
+/// Take the lease with the caller's token, unless someone else holds it;
+/// a replay of our own request finds our token and succeeds.
 const TRY_LEASE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local t = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], t, 'PX', ARGV[1])
-return t
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 1 end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 "#;
 
 /// Release the lease only if we still hold it.
@@ -77,6 +70,7 @@ return 0
 /// itself alive as long as its longest-lived member. Adding a member again
 /// always raises its score (by 1 ms at least, TTL jitter may make the new
 /// expiry earlier), so a purge's conditional removal sees it was re-indexed.
+/// Returns the score written.
 const INDEX_ADD: &str = r#"
 local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local score = tonumber(ARGV[2])
@@ -85,7 +79,7 @@ redis.call('ZADD', KEYS[1], score, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 local want = tonumber(ARGV[2]) - tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], want) end
-return 1
+return score
 "#;
 
 /// Remove members whose score is still the one read (ARGV: member, score,
@@ -101,8 +95,20 @@ end
 return n
 "#;
 
+/// Move a member's score if it is still the one read (ARGV: member, old
+/// score, new score), and let the index expire with its longest member.
+const INDEX_RESCORE: &str = r#"
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not cur or tonumber(cur) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(top[2])))
+return 1
+"#;
+
 struct Scripts {
-    set_guarded: Script,
+    index_rescore: Script,
+    commit: Script,
     purge: Script,
     try_lease: Script,
     release_lease: Script,
@@ -115,6 +121,9 @@ pub struct RedisStore {
     pool: Pool,
     scripts: Scripts,
 }
+
+/// Index members read per command.
+const INDEX_PAGE: i64 = 1000;
 
 fn store_err(e: RedisError) -> Error {
     Error::Store(e.to_string())
@@ -148,7 +157,8 @@ impl RedisStore {
             })?
             .map_err(store_err)?;
         let scripts = Scripts {
-            set_guarded: Script::from_lua(SET_GUARDED),
+            commit: Script::from_lua(COMMIT),
+            index_rescore: Script::from_lua(INDEX_RESCORE),
             purge: Script::from_lua(PURGE),
             try_lease: Script::from_lua(TRY_LEASE),
             release_lease: Script::from_lua(RELEASE_LEASE),
@@ -179,63 +189,53 @@ impl Store for RedisStore {
             .map_err(store_err)
     }
 
-    async fn set_guarded(&self, key: &str, value: Bytes, ttl: Duration, guard: WriteGuard) -> Result<bool> {
-        let keys = vec![key.to_string(), keys::generation_key(key), keys::fence_key(key)];
-        let args: Vec<fred::types::Value> = vec![
-            value.into(),
-            ms(ttl).into(),
-            (guard.generation as i64).into(),
-            (guard.fence as i64).into(),
-            ms(BOOKKEEPING_TTL).into(),
-        ];
-        let wrote: i64 = self
-            .scripts
-            .set_guarded
-            .evalsha_with_reload(self.pool.next(), keys, args)
-            .await
-            .map_err(store_err)?;
+    async fn commit(&self, key: &str, value: Bytes, ttl: Duration, lease: Lease) -> Result<bool> {
+        let keys = vec![key.to_string(), keys::lease_key(key)];
+        let args: Vec<fred::types::Value> =
+            vec![value.into(), ms(ttl).into(), lease.token().to_string().into()];
+        let wrote: i64 =
+            self.scripts.commit.evalsha_with_reload(self.pool.next(), keys, args).await.map_err(store_err)?;
         Ok(wrote == 1)
     }
 
-    async fn generation(&self, key: &str) -> Result<u64> {
-        let g: Option<u64> = self.pool.get(keys::generation_key(key)).await.map_err(store_err)?;
-        Ok(g.unwrap_or(0))
-    }
-
     async fn purge(&self, key: &str) -> Result<bool> {
-        let keys = vec![key.to_string(), keys::generation_key(key), keys::lease_key(key)];
+        let keys = vec![key.to_string(), keys::lease_key(key)];
         let deleted: i64 = self
             .scripts
             .purge
-            .evalsha_with_reload(self.pool.next(), keys, vec![ms(BOOKKEEPING_TTL)])
+            .evalsha_with_reload(self.pool.next(), keys, Vec::<fred::types::Value>::new())
             .await
             .map_err(store_err)?;
         Ok(deleted > 0)
     }
 
-    async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
-        let keys = vec![keys::lease_key(key), keys::lease_seq_key(key)];
-        let token: i64 = self
+    async fn try_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool> {
+        let args: Vec<fred::types::Value> = vec![lease.token().to_string().into(), ms(ttl).into()];
+        let took: i64 = self
             .scripts
             .try_lease
-            .evalsha_with_reload(self.pool.next(), keys, vec![ms(ttl), ms(BOOKKEEPING_TTL)])
+            .evalsha_with_reload(self.pool.next(), vec![keys::lease_key(key)], args)
             .await
             .map_err(store_err)?;
-        Ok((token > 0).then_some(token as u64))
+        Ok(took == 1)
     }
 
-    async fn release_lease(&self, key: &str, token: u64) -> Result<()> {
+    async fn release_lease(&self, key: &str, lease: Lease) -> Result<()> {
         let _: i64 = self
             .scripts
             .release_lease
-            .evalsha_with_reload(self.pool.next(), vec![keys::lease_key(key)], vec![token.to_string()])
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![keys::lease_key(key)],
+                vec![lease.token().to_string()],
+            )
             .await
             .map_err(store_err)?;
         Ok(())
     }
 
-    async fn renew_lease(&self, key: &str, token: u64, ttl: Duration) -> Result<bool> {
-        let args: Vec<fred::types::Value> = vec![token.to_string().into(), ms(ttl).into()];
+    async fn renew_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool> {
+        let args: Vec<fred::types::Value> = vec![lease.token().to_string().into(), ms(ttl).into()];
         let renewed: i64 = self
             .scripts
             .renew_lease
@@ -250,11 +250,23 @@ impl Store for RedisStore {
         Ok(n > 0)
     }
 
-    async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<()> {
+    async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<Indexed> {
         let args: Vec<fred::types::Value> = vec![member.into(), expires_at_ms.into(), now_ms().into()];
-        let _: i64 = self
+        let score: i64 = self
             .scripts
             .index_add
+            .evalsha_with_reload(self.pool.next(), vec![index.to_string()], args)
+            .await
+            .map_err(store_err)?;
+        Ok(Indexed { key: member.to_string(), expires_at_ms: score })
+    }
+
+    async fn index_rescore(&self, index: &str, member: &Indexed, expires_at_ms: i64) -> Result<()> {
+        let args: Vec<fred::types::Value> =
+            vec![member.key.as_str().into(), member.expires_at_ms.into(), expires_at_ms.into()];
+        let _: i64 = self
+            .scripts
+            .index_rescore
             .evalsha_with_reload(self.pool.next(), vec![index.to_string()], args)
             .await
             .map_err(store_err)?;
@@ -262,15 +274,37 @@ impl Store for RedisStore {
     }
 
     async fn index_members(&self, index: &str, prefix: &str) -> Result<Vec<Indexed>> {
-        let min = ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) };
-        let max = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::InfiniteScore };
-        let members: Vec<(String, f64)> =
-            self.pool.zrangebyscore(index, min, max, true, None::<Limit>).await.map_err(store_err)?;
-        Ok(members
-            .into_iter()
-            .filter(|(m, _)| m.starts_with(prefix))
-            .map(|(key, score)| Indexed { key, expires_at_ms: score as i64 })
-            .collect())
+        // In pages of INDEX_PAGE, from a score cursor: a purge of a tag
+        // with 100 000 keys is many short commands, none that blocks the
+        // node. `offset` skips the members of the cursor's score already read.
+        let mut from = ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) };
+        let mut cursor: Option<f64> = None;
+        let mut offset = 0i64;
+        let mut found = Vec::new();
+        loop {
+            let max = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::InfiniteScore };
+            let page: Vec<(String, f64)> = self
+                .pool
+                .zrangebyscore(index, from.clone(), max, true, Some((offset, INDEX_PAGE) as Limit))
+                .await
+                .map_err(store_err)?;
+            let full = page.len() as i64 == INDEX_PAGE;
+            let last = page.last().map(|(_, score)| *score);
+            let ties = page.iter().rev().take_while(|(_, score)| Some(*score) == last).count() as i64;
+            found.extend(
+                page.into_iter()
+                    .filter(|(m, _)| m.starts_with(prefix))
+                    .map(|(key, score)| Indexed { key, expires_at_ms: score as i64 }),
+            );
+            let Some(last) = last.filter(|_| full) else { return Ok(found) };
+            if cursor == Some(last) {
+                offset += ties;
+            } else {
+                cursor = Some(last);
+                offset = ties;
+                from = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::Score(last) };
+            }
+        }
     }
 
     async fn index_remove(&self, index: &str, members: &[Indexed]) -> Result<()> {

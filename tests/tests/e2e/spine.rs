@@ -152,7 +152,8 @@ async fn upstream_failures_are_mapped_and_never_stored(scenario: Scenario) {
     emu.clear_faults();
     assert_eq!(cx.get(get_queue(&id)).await.unwrap().source(), Source::Upstream);
 
-    // 403 → PERMISSION_DENIED; 404 → NOT_FOUND; neither stored.
+    // 403 → PERMISSION_DENIED, not stored; 404 → NOT_FOUND, remembered
+    // briefly (`cache.ttl.not_found`): asked again, it costs no quota.
     let id = queue_id(4);
     emu.inject_fault(Fault { count: 1, ..failing(prefix, 403) });
     assert_eq!(cx.get(get_queue(&id)).await.unwrap_err().code(), Code::PermissionDenied);
@@ -160,7 +161,7 @@ async fn upstream_failures_are_mapped_and_never_stored(scenario: Scenario) {
     let before = emu.counters().route(QUEUE_ROUTE);
     assert_eq!(cx.get(get_queue("no-such-queue")).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(cx.get(get_queue("no-such-queue")).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(emu.counters().route(QUEUE_ROUTE), before + 2, "a 404 is not cached");
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), before + 1, "a 404 is remembered");
 
     // Revoked credentials → UNAUTHENTICATED (the token is refused, then the
     // token endpoint refuses the client).
