@@ -11,19 +11,32 @@
 //! publish) is reported as [`BusMessage::Gap`], on which L1 is dropped and
 //! watchers are told to resync: never silent staleness.
 //!
-//! Purges that promise read-your-invalidation are published with an
-//! acknowledgement counter ([`Bus::publish_acked`]); every instance's
-//! follower bumps it ([`Bus::acknowledge`]) once it dropped its copies.
+//! The fleet is a registry in Redis: each instance renews its own entry
+//! (its id, scored by expiry) every [`HEARTBEAT_EVERY`]. Purges that
+//! promise read-your-invalidation wait until every live instance of the
+//! registry added its id to the purge's acknowledgement set
+//! ([`Bus::publish_acked`], [`Bus::acknowledge`]): each counted once,
+//! whether its subscriber is connected or not, a replayed ack no help.
+//!
+//! An instance that cannot renew its entry may be dropped from that set by
+//! the others, so its L1 stops serving ([`Membership`]) before its entry
+//! could expire, and on renewal after a lapse it announces a gap: L1 is
+//! never served while purges might be passing it by.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, EventInterface, KeysInterface, Pool, PubsubInterface};
+use fred::prelude::{
+    ClientLike, EventInterface, KeysInterface, Pool, PubsubInterface, SetsInterface, SortedSetsInterface,
+};
 use fred::types::config::Config as RedisConfig;
+use fred::types::scripts::Script;
+use fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 
 /// What happened to cached data.
@@ -74,21 +87,97 @@ pub struct Bus {
     redis: Option<RedisBus>,
     pub instance_id: String,
     published: AtomicU64,
-    /// Instances subscribed to the bus (this one included), as last seen:
+    /// Live instances of the registry (this one included), as last seen:
     /// the fleet that shares the upstream budgets.
     fleet: Arc<AtomicUsize>,
+    membership: Arc<Membership>,
 }
 
-/// How often the fleet size is read from Redis.
-const FLEET_EVERY: Duration = Duration::from_secs(2);
+/// How often each instance renews its registry entry.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// How long an entry lives unrenewed: a killed instance holds up purges
+/// (they answer UNAVAILABLE, retried within the caller's deadline) at most
+/// this long.
+pub const FLEET_TTL: Duration = Duration::from_secs(2);
+/// L1 stops serving this long before this instance's entry could expire
+/// in the others' eyes: a renewal's round trip, and clock skew between
+/// hosts up to about this much.
+const MEMBERSHIP_MARGIN: Duration = Duration::from_millis(500);
+
+/// How often a purge waiting for acknowledgements re-reads who is alive.
+const REREAD_LIVE: Duration = Duration::from_millis(200);
+
+/// Renew this instance's entry, drop entries long dead, count the live.
+/// KEYS: registry. ARGV: id, now ms, ttl ms.
+const HEARTBEAT: &str = r#"
+local now = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 600000)
+redis.call('PEXPIRE', KEYS[1], 600000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"#;
+
+/// Whether this instance may serve from L1: only while the fleet surely
+/// counts it among the instances every purge waits for.
+pub struct Membership {
+    /// Until when (unix ms); 0 before the first renewal.
+    valid_until_ms: AtomicI64,
+    /// Times membership was regained after a lapse: L1 is cleared before
+    /// it serves again.
+    lapses: AtomicU64,
+}
+
+impl Membership {
+    /// Valid for good (an in-process bus: there is no one else).
+    pub fn always() -> Arc<Membership> {
+        Arc::new(Membership { valid_until_ms: AtomicI64::new(i64::MAX), lapses: AtomicU64::new(0) })
+    }
+
+    pub fn valid(&self, now_ms: i64) -> bool {
+        now_ms < self.valid_until_ms.load(Ordering::Acquire)
+    }
+
+    pub fn lapses(&self) -> u64 {
+        self.lapses.load(Ordering::Acquire)
+    }
+
+    /// Not valid until renewed (a bus over Redis, before its first renewal).
+    pub(crate) fn lapsed() -> Arc<Membership> {
+        Arc::new(Membership { valid_until_ms: AtomicI64::new(0), lapses: AtomicU64::new(0) })
+    }
+
+    /// Notes a renewal sent at `sent_ms`; returns whether it ends a lapse.
+    pub(crate) fn renewed(&self, sent_ms: i64) -> bool {
+        let lapsed = !self.valid(now_ms());
+        if lapsed {
+            self.lapses.fetch_add(1, Ordering::AcqRel);
+        }
+        let until = sent_ms + (FLEET_TTL - MEMBERSHIP_MARGIN).as_millis() as i64;
+        self.valid_until_ms.fetch_max(until, Ordering::AcqRel);
+        lapsed
+    }
+}
 
 struct RedisBus {
-    /// The namespace, for acknowledgement counter keys.
+    /// The namespace, for acknowledgement set keys.
     env: String,
     pool: Pool,
     channel: String,
+    registry: String,
     _subscriber: fred::clients::SubscriberClient,
     _resubscriber: tokio::task::JoinHandle<()>,
+}
+
+impl RedisBus {
+    /// Ids of the instances whose registry entry has not expired.
+    async fn live(&self) -> Result<Vec<String>> {
+        let live = ZRange { kind: ZRangeKind::Exclusive, range: ZRangeBound::Score(now_ms() as f64) };
+        let all = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::InfiniteScore };
+        self.pool
+            .zrangebyscore(self.registry.as_str(), live, all, false, None)
+            .await
+            .map_err(|e| Error::Store(format!("fleet registry: {e}")))
+    }
 }
 
 impl Bus {
@@ -96,7 +185,8 @@ impl Bus {
     pub fn local(instance_id: String) -> Arc<Bus> {
         let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
         let fleet = Arc::new(AtomicUsize::new(1));
-        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet })
+        let membership = Membership::always();
+        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet, membership })
     }
 
     /// A bus over Redis sharded pub/sub on the channel of `env`.
@@ -112,7 +202,7 @@ impl Bus {
         let config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
         let subscriber = fred::prelude::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = command_timeout)
-            .set_policy(fred::prelude::ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .set_policy(fred::prelude::ReconnectPolicy::new_exponential(0, 50, 500, 2))
             .build_subscriber_client()
             .map_err(|e| Error::Store(e.to_string()))?;
         subscriber.init().await.map_err(|e| Error::Store(e.to_string()))?;
@@ -132,21 +222,48 @@ impl Bus {
             }
         });
         subscriber.ssubscribe(channel.clone()).await.map_err(|e| Error::Store(e.to_string()))?;
-        let fleet = Arc::new(AtomicUsize::new(1));
-        tokio::spawn(count_fleet(pool.clone(), channel.clone(), Arc::downgrade(&fleet)));
+        // Registered only once subscribed: from the moment purges wait for
+        // this instance, it hears them.
+        let registry = crate::keys::fleet_registry(env);
+        let beat = Heartbeat {
+            pool: pool.clone(),
+            script: Script::from_lua(HEARTBEAT),
+            registry: registry.clone(),
+            id: instance_id.clone(),
+        };
+        let sent = now_ms();
+        let fleet = Arc::new(AtomicUsize::new((beat.renew().await? as usize).max(1)));
+        let membership = Membership::lapsed();
+        membership.renewed(sent);
+        tokio::spawn(beat.run(Arc::downgrade(&fleet), Arc::downgrade(&membership), fanout.clone()));
         Ok(Arc::new(Bus {
             fanout,
             redis: Some(RedisBus {
                 env: env.to_string(),
                 pool,
                 channel,
+                registry,
                 _subscriber: subscriber,
                 _resubscriber: resubscriber,
             }),
             instance_id,
             published: AtomicU64::new(0),
             fleet,
+            membership,
         }))
+    }
+
+    /// Whether this instance's L1 may serve (see [`Membership`]).
+    pub fn membership(&self) -> Arc<Membership> {
+        self.membership.clone()
+    }
+
+    /// Leaves the fleet at once (graceful shutdown): purges stop waiting
+    /// for this instance.
+    pub async fn leave(&self) {
+        if let Some(r) = &self.redis {
+            let _ = r.pool.zrem::<i64, _, _>(r.registry.as_str(), self.instance_id.as_str()).await;
+        }
     }
 
     /// Publishes `event` to every instance (this one included). Returns how
@@ -162,10 +279,7 @@ impl Bus {
             Some(r) => {
                 let payload = serde_json::to_vec(&event).map_err(|e| Error::Internal(e.to_string()))?;
                 match r.pool.next().spublish::<u64, _, _>(r.channel.as_str(), payload).await {
-                    Ok(n) => {
-                        self.fleet.store((n as usize).max(1), Ordering::Relaxed);
-                        Ok(n)
-                    }
+                    Ok(n) => Ok(n),
                     Err(e) => {
                         let _ = self.fanout.send(BusMessage::Gap);
                         Err(Error::Store(format!("bus publish: {e}")))
@@ -186,33 +300,42 @@ impl Bus {
         self.fanout.subscribe()
     }
 
-    /// Publishes `event` and waits (at most `timeout`) until every
-    /// instance that received it acknowledged it; past `timeout`, a
-    /// retryable [`Error::Unavailable`]. In-process there is no one else to
-    /// wait for.
+    /// Publishes `event` and waits (at most `timeout`) until every live
+    /// instance of the registry acknowledged it, each by its id; past
+    /// `timeout`, a retryable [`Error::Unavailable`] naming how many did.
+    /// In-process there is no one else to wait for.
     pub async fn publish_acked(&self, mut event: Event, timeout: Duration) -> Result<()> {
         let Some(r) = &self.redis else { return self.publish(event).await.map(drop) };
-        let counter = crate::keys::ack_counter(&r.env, &uuid::Uuid::new_v4().simple().to_string());
-        event.ack = Some(counter.clone());
-        let receivers = self.publish(event).await?;
+        let mut expected = r.live().await?;
+        let acks = crate::keys::ack_set(&r.env, &uuid::Uuid::new_v4().simple().to_string());
+        event.ack = Some(acks.clone());
+        self.publish(event).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);
+        let mut reread = tokio::time::Instant::now() + REREAD_LIVE;
         loop {
-            let got: u64 = r.pool.get::<Option<u64>, _>(counter.as_str()).await.ok().flatten().unwrap_or(0);
-            if got >= receivers {
+            let got: Vec<String> = r.pool.smembers(acks.as_str()).await.unwrap_or_default();
+            if tokio::time::Instant::now() >= reread {
+                // An instance that died meanwhile (its entry expired) is
+                // no longer waited for; none is added.
+                if let Ok(live) = r.live().await {
+                    expected.retain(|id| live.contains(id));
+                }
+                reread = tokio::time::Instant::now() + REREAD_LIVE;
+            }
+            let missing = expected.iter().filter(|id| !got.contains(id)).count();
+            if missing == 0 {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    expected = receivers,
-                    got,
-                    "not every instance acknowledged the purge in time"
-                );
-                // An instance that heard the purge may still hold the old
-                // value: no OK the fleet cannot stand behind.
+                let expected = expected.len();
+                tracing::warn!(expected, missing, "not every instance acknowledged the purge in time");
+                // An instance that may hold the old value did not confirm:
+                // no OK the fleet cannot stand behind.
                 return Err(Error::Unavailable {
                     message: format!(
-                        "{got} of {receivers} instances acknowledged the purge within {timeout:?}; retry"
+                        "{} of {expected} instances acknowledged the purge within {timeout:?}; retry",
+                        expected - missing
                     ),
                     retry_after: Some(timeout),
                 });
@@ -233,27 +356,57 @@ impl Bus {
     /// Acknowledges an event that asked for it (this instance dropped what
     /// it named).
     pub async fn acknowledge(&self, event: &Event) {
-        if let (Some(counter), Some(r)) = (&event.ack, &self.redis) {
-            let _ = r.pool.incr::<i64, _>(counter.as_str()).await;
-            let _ = r.pool.pexpire::<i64, _>(counter.as_str(), 30_000, None).await;
+        if let (Some(acks), Some(r)) = (&event.ack, &self.redis) {
+            let _ = r.pool.sadd::<i64, _, _>(acks.as_str(), self.instance_id.as_str()).await;
+            let _ = r.pool.pexpire::<i64, _>(acks.as_str(), 30_000, None).await;
         }
     }
 }
 
-/// Keeps `fleet` at the number of subscribers of the bus channel (PUBSUB
-/// SHARDNUMSUB) until the bus is dropped; the last count stands while Redis
-/// is unreachable.
-async fn count_fleet(pool: Pool, channel: String, fleet: std::sync::Weak<AtomicUsize>) {
-    loop {
-        let Some(fleet) = fleet.upgrade() else { return };
-        let reply = pool.next().pubsub_shardnumsub::<Vec<fred::types::Value>, _>(channel.as_str()).await;
-        if let Ok(values) = reply {
-            if let Some(n) = values.get(1).and_then(|v| v.as_u64()) {
-                fleet.store((n as usize).max(1), Ordering::Relaxed);
+/// This instance's entry in the fleet registry.
+struct Heartbeat {
+    pool: Pool,
+    script: Script,
+    registry: String,
+    id: String,
+}
+
+impl Heartbeat {
+    /// Renews the entry; returns the live instances counted.
+    async fn renew(&self) -> Result<i64> {
+        let args: Vec<fred::types::Value> =
+            vec![self.id.as_str().into(), now_ms().into(), (FLEET_TTL.as_millis() as i64).into()];
+        self.script
+            .evalsha_with_reload(self.pool.next(), vec![self.registry.clone()], args)
+            .await
+            .map_err(|e| Error::Store(format!("fleet registry: {e}")))
+    }
+
+    /// Renews every [`HEARTBEAT_EVERY`] until the bus is dropped, keeping
+    /// the fleet size and this instance's membership current; a renewal
+    /// after a lapse is announced as a gap. The last count stands while
+    /// Redis is unreachable.
+    async fn run(
+        self,
+        fleet: Weak<AtomicUsize>,
+        membership: Weak<Membership>,
+        fanout: broadcast::Sender<BusMessage>,
+    ) {
+        loop {
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
+            let (Some(fleet), Some(membership)) = (fleet.upgrade(), membership.upgrade()) else { return };
+            let sent = now_ms();
+            match self.renew().await {
+                Ok(live) => {
+                    fleet.store((live as usize).max(1), Ordering::Relaxed);
+                    if membership.renewed(sent) {
+                        tracing::warn!("fleet membership renewed after a lapse: treating it as lost events");
+                        let _ = fanout.send(BusMessage::Gap);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "fleet registry renewal failed; retrying"),
             }
         }
-        drop(fleet);
-        tokio::time::sleep(FLEET_EVERY).await;
     }
 }
 
@@ -301,6 +454,26 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Membership holds until shortly before the registry entry could
+    /// expire in the others' eyes, and a renewal after that is a lapse.
+    #[tokio::test(start_paused = true)]
+    async fn membership_ends_before_the_registry_entry_can_expire() {
+        crate::clock::follow_tokio_time();
+        let m = Membership::lapsed();
+        assert!(!m.valid(now_ms()), "not before the first renewal");
+        let sent = now_ms();
+        assert!(m.renewed(sent), "the first renewal ends the initial lapse");
+        let lapses = m.lapses();
+        assert!(m.valid(now_ms()));
+        tokio::time::advance(FLEET_TTL - MEMBERSHIP_MARGIN - Duration::from_millis(1)).await;
+        assert!(m.valid(now_ms()));
+        assert!(!m.renewed(now_ms()), "renewed in time: no lapse");
+        tokio::time::advance(FLEET_TTL).await;
+        assert!(!m.valid(now_ms()), "renewals failed: L1 must stop before the entry expires");
+        assert!(m.renewed(now_ms()), "renewed after a lapse");
+        assert_eq!(m.lapses(), lapses + 1);
+    }
 
     fn event(n: usize) -> Event {
         Event::updated(&format!("t:k:{n}:full"), "other")

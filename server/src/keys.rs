@@ -224,9 +224,15 @@ pub fn bus_channel(env: &str) -> String {
     format!("cx:bus:{{{env}}}")
 }
 
-/// A purge's acknowledgement counter (one per purge).
-pub fn ack_counter(env: &str, id: &str) -> String {
+/// A purge's acknowledgement set: the ids of the instances that dropped
+/// what it named (one set per purge).
+pub fn ack_set(env: &str, id: &str) -> String {
     format!("cx:ack:{{{env}}}:{id}")
+}
+
+/// The fleet registry: instance ids scored by when their entry expires.
+pub fn fleet_registry(env: &str) -> String {
+    format!("cx:fleet:{{{env}}}")
 }
 
 /// The idempotency mark of a webhook or EventBridge event.

@@ -41,6 +41,8 @@ pub struct Running {
     http: JoinHandle<std::io::Result<()>>,
     health: tonic_health::server::HealthReporter,
     follower: JoinHandle<()>,
+    /// Left on shutdown, so purges stop waiting for this instance at once.
+    bus: Arc<Bus>,
     /// How long [`Running::shutdown`] waits for open calls and streams.
     grace: std::time::Duration,
     /// The Notification API listener, when enabled.
@@ -59,7 +61,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let connected = store::connect(&config.redis).await.context("connecting the store")?;
     tracing::info!(backend = connected.store.backend(), "store ready");
     let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));
-    let tiers = Arc::new(Tiers::new(connected.store, l1, config.cache.stale_grace));
     let instance_id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let bus = match (&connected.redis, &config.redis.url) {
         (Some(pool), Some(url)) => {
@@ -69,6 +70,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         }
         _ => Bus::local(instance_id),
     };
+    let tiers = Arc::new(Tiers::new(connected.store, l1, config.cache.stale_grace, bus.membership()));
     // The bus knows the fleet that shares the upstream budgets.
     let upstream =
         Arc::new(Upstream::new(&base_url, config.upstream.clone(), connected.budgets.clone(), bus.fleet())?);
@@ -87,6 +89,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         local: cache.clone(),
         bus: bus.clone(),
         ack_timeout: config.cache.invalidation_ack_timeout,
+        retry_for: config.cache.invalidation_retry,
     });
     let follower = invalidation::follower::spawn(cache.clone(), bus.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -186,6 +189,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         http,
         health,
         follower,
+        bus,
         grace,
         notifier,
     })
@@ -223,6 +227,8 @@ impl Running {
             anyhow::Ok(())
         })
         .await;
+        // Serving no more: purges need not wait for this instance.
+        self.bus.leave().await;
         self.follower.abort();
         if let Some(notifier) = self.notifier {
             // It saw the shutdown signal: let it release its lease.

@@ -13,10 +13,11 @@
 //! command timeout of a store already known to be down: only the first
 //! failure costs one (a half-open breaker whose probe is no caller's).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::bus::Membership;
 use crate::entry::{now_ms, Entry};
 use crate::error::{Error, Result};
 use crate::l1::{FillTicket, L1};
@@ -42,11 +43,43 @@ pub struct Tiers {
     stale_grace: Duration,
     /// Set while the store is skipped (a probe is running).
     store_down: Arc<AtomicBool>,
+    /// L1 serves only while this instance surely hears every purge.
+    membership: Arc<Membership>,
+    /// The membership lapses L1 was cleared for.
+    cleared_lapses: AtomicU64,
 }
 
 impl Tiers {
-    pub fn new(store: Arc<dyn Store>, l1: Option<L1>, stale_grace: Duration) -> Self {
-        Tiers { l1, store, stale_grace, store_down: Arc::new(AtomicBool::new(false)) }
+    pub fn new(
+        store: Arc<dyn Store>,
+        l1: Option<L1>,
+        stale_grace: Duration,
+        membership: Arc<Membership>,
+    ) -> Self {
+        Tiers {
+            l1,
+            store,
+            stale_grace,
+            store_down: Arc::new(AtomicBool::new(false)),
+            membership,
+            cleared_lapses: AtomicU64::new(0),
+        }
+    }
+
+    /// L1, when it may be used now: not while this instance's fleet
+    /// membership may have lapsed (purges could be passing it by), and
+    /// cleared first after each lapse.
+    fn l1(&self) -> Option<&L1> {
+        let l1 = self.l1.as_ref()?;
+        if !self.membership.valid(now_ms()) {
+            return None;
+        }
+        let lapses = self.membership.lapses();
+        if self.cleared_lapses.load(Ordering::Acquire) != lapses {
+            l1.clear();
+            self.cleared_lapses.store(lapses, Ordering::Release);
+        }
+        Some(l1)
     }
 
     /// Whether the store is in use (not skipped after a failure).
@@ -65,12 +98,12 @@ impl Tiers {
 
     /// A ticket to fill L1 later unless the key is evicted meanwhile.
     pub fn l1_ticket(&self, store_key: &str) -> Option<FillTicket> {
-        self.l1.as_ref().map(|l1| l1.ticket(store_key))
+        self.l1().map(|l1| l1.ticket(store_key))
     }
 
     /// Fills L1 directly (the store being unavailable).
     pub fn fill_l1(&self, store_key: &str, entry: Arc<Entry>, ticket: Option<FillTicket>) {
-        if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
+        if let (Some(l1), Some(ticket)) = (self.l1(), ticket) {
             l1.fill(store_key, entry, ticket);
         }
     }
@@ -79,7 +112,8 @@ impl Tiers {
     /// fresh copy, else from the store (filling L1 with fresh entries).
     #[tracing::instrument(level = "debug", name = "tiers.get", skip_all)]
     pub async fn get(&self, store_key: &str) -> Result<Option<(Arc<Entry>, Source)>> {
-        let ticket = match &self.l1 {
+        let l1 = self.l1();
+        let ticket = match l1 {
             Some(l1) => {
                 if let Some(e) = l1.get(store_key).filter(|e| e.is_fresh(now_ms())) {
                     return Ok(Some((e, Source::L1)));
@@ -97,7 +131,7 @@ impl Tiers {
         }
         let Some(bytes) = got? else { return Ok(None) };
         let entry = Arc::new(Entry::decode_from(bytes)?);
-        if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
+        if let (Some(l1), Some(ticket)) = (l1, ticket) {
             if entry.is_fresh(now_ms()) {
                 l1.fill(store_key, entry.clone(), ticket);
             }
@@ -164,5 +198,37 @@ async fn probe(store: Arc<dyn Store>, store_key: String, down: Weak<AtomicBool>)
             flag.store(false, Ordering::Relaxed);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// While this instance's fleet membership may have lapsed, L1 serves
+    /// nothing (purges may be passing it by); once renewed, L1 starts empty.
+    #[tokio::test(start_paused = true)]
+    async fn l1_serves_only_while_the_membership_holds_and_starts_empty_after_a_lapse() {
+        crate::clock::follow_tokio_time();
+        let membership = Membership::lapsed();
+        membership.renewed(now_ms());
+        let l1 = L1::new(1 << 20, Duration::from_secs(60));
+        let tiers = Tiers::new(Arc::new(MemoryStore::new()), Some(l1), Duration::ZERO, membership.clone());
+        let key = "cx:{t:k:1}:full";
+        let entry = Entry::new(bytes::Bytes::from_static(b"{}"), Duration::from_secs(60), vec![]);
+        tiers.store().set(key, entry.encode(), Duration::from_secs(60)).await.unwrap();
+        let source = |got: Option<(Arc<Entry>, Source)>| got.map(|(_, s)| s);
+        assert_eq!(source(tiers.get(key).await.unwrap()), Some(Source::Store));
+        assert_eq!(source(tiers.get(key).await.unwrap()), Some(Source::L1));
+        tokio::time::advance(crate::bus::FLEET_TTL).await;
+        assert_eq!(source(tiers.get(key).await.unwrap()), Some(Source::Store), "L1 served while lapsed");
+        assert!(membership.renewed(now_ms()));
+        assert_eq!(
+            source(tiers.get(key).await.unwrap()),
+            Some(Source::Store),
+            "L1 kept a copy across the lapse"
+        );
+        assert_eq!(source(tiers.get(key).await.unwrap()), Some(Source::L1));
     }
 }

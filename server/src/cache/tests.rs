@@ -80,7 +80,7 @@ fn rig_on(store: Arc<dyn crate::store::Store>, tune: impl FnOnce(&mut CacheSetti
     tune(&mut settings);
     let catalog = Arc::new(Catalog::with_presets(&Default::default()).unwrap());
     let l1 = l1.then(|| L1::new(1 << 20, Duration::from_secs(2)));
-    let tiers = Arc::new(Tiers::new(store, l1, settings.stale_grace));
+    let tiers = Arc::new(Tiers::new(store, l1, settings.stale_grace, crate::bus::Membership::always()));
     let script = Arc::new(Script::default());
     let bus = Bus::local("test".into());
     let cache = Arc::new(Cache::new("t".into(), catalog, settings, tiers, script.clone(), bus.clone()));

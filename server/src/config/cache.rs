@@ -40,6 +40,12 @@ pub struct CacheSettings {
     /// its L1 copies.
     #[serde(with = "humantime_serde")]
     pub invalidation_ack_timeout: Duration,
+    /// How long an `Invalidate` that cannot be promised yet (Redis in
+    /// failover, an instance not acknowledging) is retried before its
+    /// error is returned, when the caller set no deadline (with one: until
+    /// just before it).
+    #[serde(with = "humantime_serde")]
+    pub invalidation_retry: Duration,
     /// Events buffered per Watch stream before it is told it lagged.
     pub watch_buffer: usize,
 }
@@ -100,6 +106,7 @@ impl Default for CacheSettings {
             lease_ttl: Duration::from_secs(15),
             l1: L1Settings::default(),
             invalidation_ack_timeout: Duration::from_secs(1),
+            invalidation_retry: Duration::from_secs(5),
             watch_buffer: 256,
         }
     }

@@ -89,6 +89,16 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Purge durability: each purge waits (Redis `WAIT`) until this many
+    /// replicas of its node have it, so a failover right after an OK cannot
+    /// bring the purged value back. 0 (default): not waited for; Redis
+    /// replicates asynchronously and a failover within a few milliseconds
+    /// of a purge can lose it. Costs one replica round trip per purged key.
+    pub purge_replicas: u32,
+    /// How long a purge waits for those replicas; short of them, the purge
+    /// fails as a store error (and `Invalidate` retries it).
+    #[serde(with = "humantime_serde")]
+    pub purge_replica_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +127,8 @@ impl Default for RedisSettings {
             pool_size: 0,
             command_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
+            purge_replicas: 0,
+            purge_replica_timeout: Duration::from_millis(500),
         }
     }
 }

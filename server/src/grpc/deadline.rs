@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
+
+use crate::error::Error;
 
 /// Parses `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n). As
 /// in tonic, a value outside the spec (more than 8 digits) is ignored, so
@@ -24,6 +27,22 @@ pub fn from_metadata(metadata: &MetadataMap) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// When to have answered by: a little before the caller's deadline, so the
+/// caller gets our DEADLINE_EXCEEDED (or last error) rather than tonic's
+/// CANCELLED. None: the caller set no deadline.
+pub fn answer_by(metadata: &MetadataMap) -> Result<Option<Instant>, Error> {
+    match from_metadata(metadata) {
+        Some(limit) => {
+            let limit = limit.saturating_sub((limit / 20).min(Duration::from_millis(20)));
+            Instant::now()
+                .checked_add(limit)
+                .map(Some)
+                .ok_or_else(|| Error::invalid("grpc-timeout", "deadline too far in the future"))
+        }
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]

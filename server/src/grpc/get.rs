@@ -1,15 +1,11 @@
 //! `Get`: serve one resource through the cache.
 
-use std::time::Duration;
-
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::deadline;
 use crate::cache::{Cache, Served};
 use crate::entry::now_ms;
-use crate::error::Error;
 use crate::proto::v1::{self, GetRequest, GetResponse};
 use crate::source::Source;
 
@@ -34,22 +30,9 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
 }
 
 async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-    let deadline = match deadline::from_metadata(request.metadata()) {
-        // Answer a little before the caller's deadline, so the caller gets
-        // our DEADLINE_EXCEEDED rather than tonic's CANCELLED.
-        Some(limit) => {
-            let limit = limit.saturating_sub((limit / 20).min(Duration::from_millis(20)));
-            match Instant::now().checked_add(limit) {
-                Some(d) => Some(d),
-                None => {
-                    let e = Error::invalid("grpc-timeout", "deadline too far in the future");
-                    crate::metrics::get_failed(e.code().name());
-                    return Err(e.into());
-                }
-            }
-        }
-        None => None,
-    };
+    let deadline = deadline::answer_by(request.metadata()).inspect_err(|e| {
+        crate::metrics::get_failed(e.code().name());
+    })?;
     let req = request.into_inner();
     let served = cache.get(&req, deadline).await?;
     tracing::Span::current().record("source", served.source.label());

@@ -13,6 +13,7 @@ pub async fn handle(
         Some(addr) => format!("grpc:{addr}"),
         None => "grpc".to_string(),
     };
+    let deadline = super::deadline::answer_by(request.metadata())?;
     let req = request.into_inner();
     let purge = Purge {
         keys: req.keys,
@@ -22,6 +23,6 @@ pub async fn handle(
         actor,
         event_id: None,
     };
-    let purged = invalidator.purge(purge).await?;
+    let purged = invalidator.purge(purge, deadline).await?;
     Ok(Response::new(InvalidateResponse { purged }))
 }

@@ -30,11 +30,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use tokio::time::Instant;
 
 use crate::bus::{Bus, Event, EventKind};
 use crate::catalog::Catalog;
 use crate::entry::now_ms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys;
 use crate::store::Store;
 use crate::tiers::LocalCopies;
@@ -102,6 +103,10 @@ pub struct Invalidator {
     pub bus: Arc<Bus>,
     /// How long a purge waits for every instance's acknowledgement.
     pub ack_timeout: Duration,
+    /// How long a purge that could not be promised (a store failover, an
+    /// instance not acknowledging) is retried when the caller gave no
+    /// deadline; with one, until just before it.
+    pub retry_for: Duration,
 }
 
 impl Invalidator {
@@ -111,14 +116,40 @@ impl Invalidator {
     }
 
     /// Purges what `p` names everywhere; returns how many stored entries
-    /// were removed.
-    pub async fn purge(&self, p: Purge) -> Result<u64> {
+    /// were removed. What fails in a way a retry can mend (the store in
+    /// failover, an instance slow to acknowledge) is retried, with backoff,
+    /// until `deadline` (none: for `retry_for`); a repeated purge is
+    /// harmless. The last error is returned when time runs out.
+    pub async fn purge(&self, p: Purge, deadline: Option<Instant>) -> Result<u64> {
         validate(&self.env, &p)?;
-        self.purge_valid(p).await
+        let until = deadline.unwrap_or_else(|| Instant::now() + self.retry_for);
+        let mut pause = Duration::from_millis(50);
+        let mut last = None;
+        loop {
+            // Each attempt ends by the deadline too (a store command stuck
+            // on a dead node, an acknowledgement wait).
+            let attempt = match tokio::time::timeout_at(until, self.purge_valid(p.clone(), until)).await {
+                Ok(result) => result,
+                Err(_) => Err(last.unwrap_or_else(|| Error::Unavailable {
+                    message: "the purge could not be promised within the deadline; retry".into(),
+                    retry_after: None,
+                })),
+            };
+            match attempt {
+                Err(e) if retryable(&e) && Instant::now() + pause < until => {
+                    tracing::debug!(error = %e, retry_in = ?pause, "purge not promised yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// [`Invalidator::purge`] of a purge already validated.
-    async fn purge_valid(&self, p: Purge) -> Result<u64> {
+    /// One attempt at a purge already validated, its acknowledgement wait
+    /// ending by `until`.
+    async fn purge_valid(&self, p: Purge, until: Instant) -> Result<u64> {
         let store = &self.store;
         let mut targets: BTreeSet<String> = p.keys.iter().cloned().collect();
         let mut index_cleanup: Vec<(String, Vec<crate::store::Indexed>)> = Vec::new();
@@ -165,7 +196,7 @@ impl Invalidator {
         }
 
         let matched = targets.len();
-        let published = self.announce(&p, targets.into_iter().collect()).await;
+        let published = self.announce(&p, targets.into_iter().collect(), until).await;
         audit::purge(&p, matched, purged);
         match failed {
             Some(e) => Err(e),
@@ -191,7 +222,7 @@ impl Invalidator {
         // is done, the guard frees the id, so the sender's retry is not
         // turned away as "pending" for the whole window.
         let mut pending = PendingMark { store: self.store.clone(), mark: Some(mark.clone()) };
-        let result = self.purge_valid(p).await;
+        let result = self.purge_valid(p, Instant::now() + self.ack_timeout).await;
         pending.mark = None;
         match result {
             Ok(purged) => {
@@ -211,7 +242,7 @@ impl Invalidator {
     /// Publishes the purge of `keys` on the bus, in events of at most
     /// [`EVENT_KEYS`] keys; the last waits for the acknowledgements (events
     /// on one channel arrive in order, so its acks cover the rest).
-    async fn announce(&self, p: &Purge, keys: Vec<String>) -> Result<()> {
+    async fn announce(&self, p: &Purge, keys: Vec<String>, until: Instant) -> Result<()> {
         let chunks: Vec<&[String]> =
             if keys.is_empty() { vec![&[]] } else { keys.chunks(EVENT_KEYS).collect() };
         let last = chunks.len() - 1;
@@ -227,7 +258,8 @@ impl Invalidator {
                 ack: None,
             };
             let sent = if i == last {
-                self.bus.publish_acked(event, self.ack_timeout).await
+                let left = until.saturating_duration_since(Instant::now());
+                self.bus.publish_acked(event, self.ack_timeout.min(left)).await
             } else {
                 self.bus.publish(event).await.map(drop)
             };
@@ -235,11 +267,16 @@ impl Invalidator {
             // copies (up to `l1.ttl`) and watchers heard nothing: the caller
             // is told to retry rather than promised read-your-invalidation.
             if let Err(e) = sent {
-                return Err(crate::error::Error::Store(format!(
+                return Err(Error::Store(format!(
                     "purged in the store, but the other instances could not be told ({e}); retry"
                 )));
             }
         }
         Ok(())
     }
+}
+
+/// Whether a failed purge may succeed if tried again soon.
+fn retryable(e: &Error) -> bool {
+    matches!(e, Error::Store(_) | Error::Unavailable { .. })
 }

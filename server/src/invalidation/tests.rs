@@ -23,6 +23,7 @@ fn invalidator(store: Arc<dyn Store>) -> Invalidator {
         local: Arc::new(NoCopies),
         bus: Bus::local("test".into()),
         ack_timeout: Duration::from_secs(1),
+        retry_for: Duration::from_secs(5),
     }
 }
 
@@ -74,4 +75,33 @@ async fn a_cancelled_purge_frees_its_event_id_for_the_retry() {
             .unwrap(),
         Once::Duplicate
     );
+}
+
+/// A purge that fails the way a Redis failover does (the store answers
+/// errors for a while) is retried within the caller's deadline instead of
+/// failing at once; past the deadline, the last error.
+#[tokio::test(start_paused = true)]
+async fn a_purge_during_a_store_failover_is_retried_within_the_deadline() {
+    let store = Arc::new(TestStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let inv = invalidator(store.clone());
+    let healer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            store.down.store(false, Ordering::SeqCst);
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = inv.purge(purge_of("t:routing.queue:q1:full"), Some(deadline)).await;
+    assert!(got.is_ok(), "failed although the store came back within the deadline: {got:?}");
+    assert!(Instant::now() < deadline);
+    healer.await.unwrap();
+
+    store.down.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(800);
+    let got = inv.purge(purge_of("t:routing.queue:q1:full"), Some(deadline)).await;
+    assert!(matches!(got, Err(Error::Store(_))), "{got:?}");
+    assert!(Instant::now() <= deadline, "answered after the deadline: {:?}", started.elapsed());
 }

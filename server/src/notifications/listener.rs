@@ -179,7 +179,7 @@ impl<'a> Tenure<'a> {
         // Awaited: once this instance reports itself the listener, nothing
         // its predecessor may have missed is still served.
         if let Some(p) = self.ctx.kinds.takeover_purge(&self.ctx.env) {
-            if let Err(e) = self.ctx.invalidator.purge(p).await {
+            if let Err(e) = self.ctx.invalidator.purge(p, None).await {
                 tracing::warn!(error = %e, "takeover purge failed");
             }
         }
@@ -554,7 +554,7 @@ impl<'a> Tenure<'a> {
     fn purge(&self, p: Purge) {
         let invalidator = self.ctx.invalidator.clone();
         tokio::spawn(async move {
-            if let Err(e) = invalidator.purge(p).await {
+            if let Err(e) = invalidator.purge(p, None).await {
                 tracing::warn!(error = %e, "notification purge failed");
             }
         });

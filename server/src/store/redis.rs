@@ -10,11 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Pool, ReconnectPolicy,
-    SortedSetsInterface,
+    Builder, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Options, Pool,
+    ReconnectPolicy, ServerInterface, SortedSetsInterface,
 };
 use fred::types::scripts::Script;
 use fred::types::sorted_sets::{ZRange, ZRangeBound, ZRangeKind};
+use fred::types::ClusterHash;
 use fred::types::Limit;
 use futures::future::try_join_all;
 
@@ -120,6 +121,9 @@ struct Scripts {
 pub struct RedisStore {
     pool: Pool,
     scripts: Scripts,
+    /// Replicas each purge waits for (`WAIT`), and for how long.
+    purge_replicas: u32,
+    purge_replica_timeout: Duration,
 }
 
 /// Index members read per command.
@@ -143,7 +147,10 @@ impl RedisStore {
                 c.internal_command_timeout = settings.command_timeout;
                 c.max_command_attempts = 2;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            // Retried at most every 500 ms: during a failover the cluster
+            // state is incomplete until a replica is promoted, and a longer
+            // backoff (fred's 2 s) outlasts callers' deadlines after it.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2))
             .build_pool(settings.pool_clients())
             .map_err(store_err)?;
         tokio::time::timeout(settings.connect_timeout, pool.init())
@@ -166,7 +173,12 @@ impl RedisStore {
             index_add: Script::from_lua(INDEX_ADD),
             index_remove: Script::from_lua(INDEX_REMOVE),
         };
-        Ok(RedisStore { pool, scripts })
+        Ok(RedisStore {
+            pool,
+            scripts,
+            purge_replicas: settings.purge_replicas,
+            purge_replica_timeout: settings.purge_replica_timeout,
+        })
     }
 
     /// The connection pool, shared with the modules that run their own
@@ -200,12 +212,33 @@ impl Store for RedisStore {
 
     async fn purge(&self, key: &str) -> Result<bool> {
         let keys = vec![key.to_string(), keys::lease_key(key)];
+        let client = self.pool.next();
         let deleted: i64 = self
             .scripts
             .purge
-            .evalsha_with_reload(self.pool.next(), keys, Vec::<fred::types::Value>::new())
+            .evalsha_with_reload(client, keys, Vec::<fred::types::Value>::new())
             .await
             .map_err(store_err)?;
+        if self.purge_replicas > 0 {
+            // Same client, same node (the key's slot), after the script on
+            // that connection: WAIT covers the purge.
+            let to_slot = Options {
+                cluster_hash: Some(ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes()))),
+                ..Default::default()
+            };
+            let want = i64::from(self.purge_replicas);
+            let got: i64 = client
+                .with_options(&to_slot)
+                .wait(want, ms(self.purge_replica_timeout))
+                .await
+                .map_err(store_err)?;
+            if got < want {
+                return Err(Error::Store(format!(
+                    "purge reached {got} of {want} replicas within {:?}",
+                    self.purge_replica_timeout
+                )));
+            }
+        }
         Ok(deleted > 0)
     }
 

@@ -484,13 +484,16 @@ async fn watch_survives_a_redis_master_failover() {
     s.stop().await;
 }
 
-/// OK from Invalidate means every instance that received the purge dropped
-/// its copies. A subscriber on the bus that never acknowledges (a stuck
-/// instance) must turn it into a retryable UNAVAILABLE, not an OK the fleet
-/// cannot stand behind; once it is gone, Invalidate is OK again.
+/// OK from Invalidate means every live instance of the fleet dropped its
+/// copies, each counted by its id. An instance that is registered but does
+/// not acknowledge (stuck, or its subscriber reconnecting) turns it into a
+/// retryable UNAVAILABLE once the caller's deadline is spent, not an OK the
+/// fleet cannot stand behind; once its registry entry expires, OK again. A
+/// bus subscriber that is no instance (it never registered) is not waited
+/// for, and acknowledging twice counts once.
 #[tokio::test]
-async fn an_instance_that_never_acknowledges_makes_invalidate_unavailable() {
-    use fred::prelude::{ClientLike, PubsubInterface};
+async fn a_registered_instance_that_never_acknowledges_makes_invalidate_unavailable() {
+    use fred::prelude::{ClientLike, PubsubInterface, SortedSetsInterface};
     let mut s = Scenario::new("mute-ack")
         .cluster()
         .configure(|c| c.cache.invalidation_ack_timeout = Duration::from_millis(300))
@@ -498,23 +501,77 @@ async fn an_instance_that_never_acknowledges_makes_invalidate_unavailable() {
         .await;
     let cx = s.cx();
     let key = cx.get(get_queue(&queue_id(4))).await.unwrap().key;
-    let config = fred::prelude::Config::from_url(s.redis_url().expect("a cluster")).unwrap();
-    let mute = fred::prelude::Builder::from_config(config).build_subscriber_client().unwrap();
-    mute.init().await.unwrap();
-    mute.ssubscribe(cxcache::keys::bus_channel(&s.env)).await.unwrap();
-
-    let err = cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-
-    mute.quit().await.unwrap();
-    let ok = async {
-        loop {
-            if cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.is_ok() {
-                return;
-            }
-        }
+    let with_deadline = |ms: u64| {
+        let mut req = tonic::Request::new(invalidate(&[&key], &[], &[]));
+        req.set_timeout(Duration::from_millis(ms));
+        req
     };
-    tokio::time::timeout(Duration::from_secs(10), ok).await.expect("OK again once the mute subscriber left");
+    // A bare subscriber, no instance: not waited for.
+    let config = fred::prelude::Config::from_url(s.redis_url().expect("a cluster")).unwrap();
+    let bare = fred::prelude::Builder::from_config(config).build_subscriber_client().unwrap();
+    bare.init().await.unwrap();
+    bare.ssubscribe(cxcache::keys::bus_channel(&s.env)).await.unwrap();
+    cx.client
+        .clone()
+        .invalidate(with_deadline(3000))
+        .await
+        .expect("a non-instance subscriber is not waited for");
+
+    // A registered instance that hears nothing: UNAVAILABLE within the deadline.
+    let redis = s.redis().await;
+    let registry = cxcache::keys::fleet_registry(&s.env);
+    let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        as f64
+        + 2500.0;
+    let _: i64 =
+        redis.zadd(registry.as_str(), None, None, false, false, (expires, "mute-instance")).await.unwrap();
+    let started = Instant::now();
+    let err = cx.client.clone().invalidate(with_deadline(1000)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("1 of 2"), "{}", err.message());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "answered within the deadline: {:?}",
+        started.elapsed()
+    );
+
+    // Its entry expires (it died): Invalidate, retried within its
+    // deadline, is OK again.
+    cx.client
+        .clone()
+        .invalidate(with_deadline(5000))
+        .await
+        .expect("OK once the silent instance's entry expired");
+    bare.quit().await.unwrap();
+    s.stop().await;
+}
+
+/// With `redis.purge_replicas`, a purge is acknowledged only once that
+/// many replicas of its node have it (Redis WAIT): with 1 (each master of
+/// the test cluster has one replica) Invalidate is OK; asking for more
+/// replicas than exist makes it UNAVAILABLE, which shows the wait is real.
+#[tokio::test]
+async fn purges_wait_for_replicas_when_asked() {
+    let mut s = Scenario::new("purge-wait").cluster().configure(|c| c.redis.purge_replicas = 1).start().await;
+    let key = s.cx().get(get_queue(&queue_id(1))).await.unwrap().key;
+    let purged = s.cx().client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap().into_inner();
+    assert_eq!(purged.purged, 1);
+    s.stop().await;
+
+    let mut s = Scenario::new("purge-wait-2")
+        .cluster()
+        .configure(|c| {
+            c.redis.purge_replicas = 2;
+            c.redis.purge_replica_timeout = Duration::from_millis(100);
+        })
+        .start()
+        .await;
+    let key = s.cx().get(get_queue(&queue_id(1))).await.unwrap().key;
+    let mut req = tonic::Request::new(invalidate(&[&key], &[], &[]));
+    req.set_timeout(Duration::from_millis(800));
+    let err = s.cx().client.clone().invalidate(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("replicas"), "{}", err.message());
     s.stop().await;
 }
 
@@ -538,5 +595,37 @@ async fn purges_of_keys_never_cached_leave_nothing_in_redis() {
     cx.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.unwrap();
     let left = keys_of_env(&redis, &env).await;
     assert!(left.is_empty(), "{left:?}");
+    s.stop().await;
+}
+
+/// A master killed under the purge's key: Invalidate with a 5 s deadline
+/// waits out the failover (retrying) instead of failing at once, and no
+/// instance serves the purged value after its OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_rides_out_a_master_failover_within_its_deadline() {
+    let mut s = Scenario::new("purge-failover").private_cluster().instances(2).start().await;
+    let (a, b, cluster) = (&s.instances[0], &s.instances[1], s.cluster());
+    let id = queue_id(3);
+    let key = a.get(get_queue(&id)).await.unwrap().key;
+    assert_eq!(b.get(get_queue(&id)).await.unwrap().source(), Source::Store);
+    assert_eq!(b.get(get_queue(&id)).await.unwrap().source(), Source::L1);
+
+    let slot = fred::util::redis_keyslot(cxcache::keys::store_key(&key).as_bytes());
+    let owner = cluster.master_for_slot(slot).expect("slot owner");
+    cluster.kill_node(owner).unwrap();
+    let started = Instant::now();
+    let mut req = tonic::Request::new(invalidate(&[&key], &[], &[]));
+    req.set_timeout(Duration::from_secs(5));
+    let got = a.client.clone().invalidate(req).await;
+    println!(
+        "Invalidate during the failover answered in {:?}: {:?}",
+        started.elapsed(),
+        got.as_ref().map(|r| r.get_ref().purged)
+    );
+    got.expect("Invalidate with a 5 s deadline rides out the failover");
+    // b held the value in L1 and the store had it: both copies are gone.
+    let source = b.get_within(get_queue(&id), Duration::from_secs(10)).await.unwrap().source();
+    assert_eq!(source, Source::Upstream, "b served its old copy after the purge");
+    cluster.restart_node(owner).unwrap();
     s.stop().await;
 }

@@ -1,0 +1,85 @@
+//! What callers can make Redis hold: random ids the upstream does not know
+//! and purges of random keys. Both must leave a bounded, short-lived trace.
+
+use futures::StreamExt;
+use genesys_emulator::EmulatorConfig;
+use harness::*;
+
+/// Bytes of Redis memory per 404 remembered (entry, its tag index, its kind
+/// index membership), at most; the measured figure is printed.
+const BYTES_PER_404: i64 = 600;
+
+/// `used_memory` summed over the cluster's masters (through redis-cli).
+fn used_memory(url: &str) -> i64 {
+    let ports = url.split(['/', '?', '&', '=']).filter_map(|part| part.strip_prefix("127.0.0.1:"));
+    let info = |port: &str, section: &str| {
+        let out =
+            std::process::Command::new("redis-cli").args(["-p", port, "info", section]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let field = |text: &str, name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default()
+    };
+    ports
+        .filter(|port| field(&info(port, "replication"), "role:") == "master")
+        .map(|port| field(&info(port, "memory"), "used_memory:").parse::<i64>().unwrap())
+        .sum()
+}
+
+/// Gets of random ids that do not exist and purges of random keys: purges
+/// leave nothing; each 404 is remembered once, for `cache.ttl.not_found`
+/// only, in a bounded number of bytes.
+#[tokio::test]
+async fn random_ids_and_random_purges_leave_a_bounded_short_lived_trace() {
+    let (gets, purges) =
+        match std::env::var("CXCACHE_GROWTH_SCALE").ok().and_then(|v| v.parse::<usize>().ok()) {
+            Some(n) => (n, n / 10),
+            None => (2000, 2000),
+        };
+    let mut s = Scenario::new("growth")
+        .cluster()
+        .alone()
+        .emulator(EmulatorConfig { rate_limit: 1_000_000, ..EmulatorConfig::default() })
+        .configure(|c| c.upstream.rate_limit.allowed = 1_000_000)
+        .start()
+        .await;
+    let (env, redis) = (s.env.clone(), s.redis().await);
+    let url = s.redis_url().expect("a cluster").to_string();
+    let before = used_memory(&url);
+    let client = s.cx().client.clone();
+    let not_found = futures::stream::iter(0..gets)
+        .map(|n| {
+            let mut client = client.clone();
+            async move { client.get(get_queue(&format!("no-such-{n}"))).await }
+        })
+        .buffer_unordered(32)
+        .filter(|r| futures::future::ready(matches!(r, Err(e) if e.code() == tonic::Code::NotFound)))
+        .count()
+        .await;
+    assert_eq!(not_found, gets, "every random id answered NOT_FOUND");
+    for chunk in (0..purges).collect::<Vec<_>>().chunks(100) {
+        let keys: Vec<String> =
+            chunk.iter().map(|n| format!("{env}:routing.queue:random-{n}:full")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        client.clone().invalidate(invalidate(&refs, &[], &[])).await.unwrap();
+    }
+    let after = used_memory(&url);
+    let per = (after - before) / gets as i64;
+    println!(
+        "{gets} random 404s and {purges} random purges: {} bytes more in Redis, {per} per 404",
+        after - before
+    );
+    assert!(per <= BYTES_PER_404, "{per} bytes per remembered 404");
+
+    // Nothing of it outlives the 404 TTL (30 s by default).
+    let ttl = cxcache::config::CacheSettings::default().ttl.not_found.as_millis() as i64;
+    let mut keys = keys_of_env(&redis, &env).await;
+    keys.extend(keys_matching(&redis, &format!("cx:tag:{{{env}:*")).await);
+    keys.extend(keys_matching(&redis, &format!("cx:idx:{{{env}:*")).await);
+    assert!(keys.len() <= 2 * gets + 1, "{} keys for {gets} 404s", keys.len());
+    for key in &keys {
+        let left = pttl(&redis, key).await;
+        assert!((0..=ttl + 1000).contains(&left), "{key} lives {left} ms, past the 404 TTL");
+    }
+    s.stop().await;
+}
