@@ -14,7 +14,12 @@
 //! - [`Instance`]: a cxcache server in-process on port 0, with a gRPC client.
 //! - [`ProcessInstance`]: the `cxcache` binary as a process of its own.
 //! - [`Backend`]: where a scenario's instances keep their entries.
+//! - [`faults`]: what the fault-injection suite does to a fleet (one
+//!   instance cut off a Redis Cluster through a rewriting proxy, …);
+//!   [`checker`]: the racing read-your-invalidation checker it runs meanwhile.
 
+pub mod checker;
+pub mod faults;
 mod scenario;
 pub use scenario::{redis_url, Scenario, Scene};
 
