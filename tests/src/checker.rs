@@ -67,7 +67,7 @@ impl Default for CheckerConfig {
             first_queue: 0,
             keys: 8,
             readers: 3,
-            mutators: 2,
+            mutators: 4,
             mutate_every: Duration::from_millis(40),
             get_deadline: Duration::from_secs(5),
             invalidate_deadline: Duration::from_secs(5),
@@ -134,6 +134,8 @@ pub struct Report {
     pub events_expected: u64,
     pub lost_events: u64,
     pub lagged: u64,
+    /// Events each instance's watcher received.
+    pub watch_events: Vec<u64>,
     pub upstream_calls: u64,
     pub upstream_429: u64,
     /// Anything else the scenario measured (e.g. failover time).
@@ -163,6 +165,7 @@ impl Report {
             "events_expected": self.events_expected,
             "lost_events": self.lost_events,
             "lagged": self.lagged,
+            "watch_events": self.watch_events,
             "upstream_calls": self.upstream_calls,
             "upstream_429": self.upstream_429,
             "notes": self.notes,
@@ -328,7 +331,8 @@ impl Checker {
         }
         let after = self.emu.counters();
         let s = &self.shared;
-        let lagged = s.watch.iter().map(|w| w.lock().lagged).sum();
+        let lagged: u64 = s.watch.iter().map(|w| w.lock().lagged).sum();
+        let watch_events = s.watch.iter().map(|w| w.lock().events).collect();
         Report {
             fault: fault.to_string(),
             secs,
@@ -342,6 +346,7 @@ impl Checker {
             events_expected: expected,
             lost_events: lost,
             lagged,
+            watch_events,
             upstream_calls: after.total - self.calls_before,
             upstream_429: after.rate_limited - self.limited_before,
             notes: Vec::new(),
@@ -481,8 +486,11 @@ async fn mutator(
         req.set_timeout(cfg.invalidate_deadline);
         let started = Instant::now();
         shared.invalidates.fetch_add(1, Ordering::Relaxed);
-        let answer =
-            tokio::time::timeout(cfg.invalidate_deadline + Duration::from_secs(2), clients[t].invalidate(req)).await;
+        let answer = tokio::time::timeout(
+            cfg.invalidate_deadline + Duration::from_secs(2),
+            clients[t].invalidate(req),
+        )
+        .await;
         match answer {
             Ok(Ok(_)) => {
                 let now = Instant::now();

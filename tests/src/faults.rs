@@ -41,7 +41,8 @@ use tokio::sync::watch;
 /// How long a fault scenario runs: `CXCACHE_FAULT_SECS` (the long runs of
 /// `loadtest/faults.sh`), else `default` (the short e2e versions).
 pub fn fault_secs(default: u64) -> Duration {
-    let secs = std::env::var("CXCACHE_FAULT_SECS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(default);
+    let secs =
+        std::env::var("CXCACHE_FAULT_SECS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(default);
     Duration::from_secs(secs.max(1))
 }
 
@@ -124,7 +125,12 @@ impl Drop for ClusterProxy {
     }
 }
 
-async fn proxy_connection(client: TcpStream, node: u16, map: Arc<HashMap<u16, u16>>, mut open: watch::Receiver<bool>) {
+async fn proxy_connection(
+    client: TcpStream,
+    node: u16,
+    map: Arc<HashMap<u16, u16>>,
+    mut open: watch::Receiver<bool>,
+) {
     let Ok(Ok(server)) =
         tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(("127.0.0.1", node))).await
     else {
@@ -228,7 +234,11 @@ fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
 fn parse(buf: &[u8], at: usize) -> Parsed {
     let Some(&ty) = buf.get(at) else { return Parsed::Incomplete };
     let Some((text, next)) = line(buf, at + 1) else {
-        return if matches!(ty, b'+' | b'-' | b':' | b'$' | b'*') { Parsed::Incomplete } else { Parsed::Unknown };
+        return if matches!(ty, b'+' | b'-' | b':' | b'$' | b'*') {
+            Parsed::Incomplete
+        } else {
+            Parsed::Unknown
+        };
     };
     let int = || std::str::from_utf8(text).ok().and_then(|s| s.parse::<i64>().ok());
     match ty {
@@ -386,7 +396,8 @@ mod tests {
     fn rewrites_cluster_slots_moved_and_nodes_but_nothing_else() {
         let map = HashMap::from([(7001u16, 40001u16)]);
         let id = "a".repeat(40);
-        let slots = format!("*1\r\n*3\r\n:0\r\n:5460\r\n*4\r\n$9\r\n127.0.0.1\r\n:7001\r\n$40\r\n{id}\r\n*0\r\n");
+        let slots =
+            format!("*1\r\n*3\r\n:0\r\n:5460\r\n*4\r\n$9\r\n127.0.0.1\r\n:7001\r\n$40\r\n{id}\r\n*0\r\n");
         let (mut f, end) = frame(slots.as_bytes());
         assert_eq!(end, slots.len());
         assert!(rewrite(&mut f, &map));

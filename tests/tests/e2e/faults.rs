@@ -24,6 +24,9 @@ use harness::*;
 /// and never the checker's load being throttled on purpose.
 const BUDGET: u32 = 60_000;
 
+/// Keys of each purge of the bus flood (each a Watch event per subscriber).
+const PURGE_KEYS: usize = 100;
+
 fn roomy_emulator(queues: usize) -> EmulatorConfig {
     EmulatorConfig { rate_limit: BUDGET, queues, ..EmulatorConfig::default() }
 }
@@ -52,7 +55,12 @@ fn check(report: &Report, must: Must, extra: Vec<String>) {
         broken.push(format!("{} upstream 429s (calls over budget)", report.upstream_429));
     }
     if must.no_failed_gets && report.gets_failed() > 0 {
-        broken.push(format!("{} of {} Gets failed: {:?}", report.gets_failed(), report.gets, report.get_failed));
+        broken.push(format!(
+            "{} of {} Gets failed: {:?}",
+            report.gets_failed(),
+            report.gets,
+            report.get_failed
+        ));
     }
     if must.no_failed_invalidates && report.invalidates_failed() > 0 {
         broken.push(format!(
@@ -86,7 +94,10 @@ async fn fault_master_sigkilled_under_load() {
     let mut s = scenario("fault-master", 50).private_cluster().instances(3).start().await;
     let addrs: Vec<_> = s.instances.iter().map(|i| i.grpc_addr).collect();
     let checker = Checker::start(&s.env, s.emu(), &addrs, CheckerConfig::default()).await;
-    assert!(checker.wait_acked(10, Duration::from_secs(20)).await, "the checker makes progress before the fault");
+    assert!(
+        checker.wait_acked(10, Duration::from_secs(20)).await,
+        "the checker makes progress before the fault"
+    );
 
     // The master of the first checked key's slot.
     let cluster = s.cluster();
@@ -145,19 +156,33 @@ async fn fault_cut_one_instance_off_redis() {
     s.instances.push(cut_one);
     let addrs: Vec<_> = s.instances.iter().map(|i| i.grpc_addr).collect();
     let checker = Checker::start(&s.env, s.emu(), &addrs, CheckerConfig::default()).await;
-    assert!(checker.wait_acked(10, Duration::from_secs(20)).await, "the checker makes progress before the fault");
+    assert!(
+        checker.wait_acked(10, Duration::from_secs(20)).await,
+        "the checker makes progress before the fault"
+    );
 
+    let (acked_before, gets_before) = (checker.acked(), checker.gets_ok());
     proxy.cut();
     let until = Instant::now() + fault_secs(3);
     while Instant::now() < until {
         checker.wait_acked(1, until.saturating_duration_since(Instant::now())).await;
     }
+    let (acked_cut, gets_cut) = (checker.acked() - acked_before, checker.gets_ok() - gets_before);
     proxy.restore();
+    let restored = Instant::now();
     // Back on Redis: the fleet acknowledges purges again.
     let recovered = checker.wait_acked(10, Duration::from_secs(15)).await;
-    let report = checker.finish("one instance cut off from Redis").await;
-    let extra =
-        if recovered { vec![] } else { vec!["no 10 acknowledged purges within 15 s of the cut ending".into()] };
+    let recovery = restored.elapsed();
+    let mut report = checker.finish("one instance cut off from Redis").await;
+    report.notes.push(format!(
+        "during the cut: {acked_cut} Invalidates acknowledged, {gets_cut} Gets ok; 10 acknowledged {} ms after the restore",
+        recovery.as_millis()
+    ));
+    let extra = if recovered {
+        vec![]
+    } else {
+        vec!["no 10 acknowledged purges within 15 s of the cut ending".into()]
+    };
     // Redis trouble does not fail reads.
     check(&report, Must { no_failed_gets: true, no_failed_invalidates: false }, extra);
     s.stop().await;
@@ -170,53 +195,103 @@ async fn fault_flood_bus_past_its_buffer() {
     let mut s = scenario("fault-flood", 100 + flood).cluster().instances(2).start().await;
     let addrs: Vec<_> = s.instances.iter().map(|i| i.grpc_addr).collect();
     let checker = Checker::start(&s.env, s.emu(), &addrs, CheckerConfig::default()).await;
-    assert!(checker.wait_acked(10, Duration::from_secs(20)).await, "the checker makes progress before the fault");
+    assert!(
+        checker.wait_acked(10, Duration::from_secs(20)).await,
+        "the checker makes progress before the fault"
+    );
 
-    // A subscriber on the second instance that reads slowly: past its
-    // buffer it must get LAGGED.
-    let slow_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A subscriber on the second instance that reads slowly (20 ms an
+    // event) while the flood lasts, then drains what is left: past its
+    // buffer it must get LAGGED; without one it must have every event.
+    let slow_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut slow_stream = s.instances[1]
         .watch(cxcache::proto::v1::WatchRequest {
             prefixes: vec![format!("{}:routing.queue:", s.env)],
             ..Default::default()
         })
         .await;
+    let checked: std::collections::HashSet<String> = (0..8).map(|i| checker.logical(i)).collect();
     let slow = {
-        let stop = slow_stop.clone();
+        let done = slow_done.clone();
         tokio::spawn(async move {
-            let (mut events, mut lagged) = (0u64, 0u64);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match next_event(&mut slow_stream, Duration::from_millis(500)).await {
+            use cxcache::proto::v1::watch_event::Type;
+            let (mut flood_events, mut lagged, mut ended) = (0u64, 0u64, false);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                let draining = done.load(std::sync::atomic::Ordering::Relaxed);
+                match next_event(&mut slow_stream, Duration::from_secs(2)).await {
                     Some(ev) => {
-                        events += 1;
-                        if ev.r#type() == cxcache::proto::v1::watch_event::Type::Lagged {
-                            lagged += 1;
+                        match ev.r#type() {
+                            Type::Lagged => lagged += 1,
+                            Type::Updated if !checked.contains(&ev.key) => flood_events += 1,
+                            Type::Invalidated if ev.reason == "flood" => flood_events += 1,
+                            _ => {}
                         }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if !draining {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                     }
-                    None => continue,
+                    // Idle for 2 s after the flood: drained.
+                    None if draining => break,
+                    None => {}
                 }
             }
-            (events, lagged)
+            if Instant::now() >= deadline {
+                ended = true;
+            }
+            (flood_events, lagged, ended)
         })
     };
 
-    // The flood: `flood` distinct misses on the first instance, each
-    // publishing UPDATED on the bus.
+    // The flood, for `secs`: distinct misses on the first instance (each
+    // stores a value and publishes UPDATED), and purges of never-cached keys
+    // under the watched prefix (each a bus event, and PURGE_KEYS Watch events per
+    // subscriber), so both the bus and every Watch buffer are pushed past
+    // their bounds.
     let started = Instant::now();
-    let tasks = 16;
+    let tasks = 8;
     let mut flooders = Vec::new();
     for k in 0..tasks {
         let mut client = s.instances[0].new_client().await;
         flooders.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u64, 0u64);
             let mut n = 100 + k;
-            while n < 100 + flood && started.elapsed() < secs * 3 {
+            while n < 100 + flood && started.elapsed() < secs {
                 match client.get(get_queue(&queue_id(n))).await {
                     Ok(_) => ok += 1,
                     Err(_) => failed += 1,
                 }
                 n += tasks;
+            }
+            (ok, failed)
+        }));
+    }
+    let mut purgers = Vec::new();
+    for k in 0..tasks {
+        let mut client = s.instances[k % 2].new_client().await;
+        let env = s.env.clone();
+        purgers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut n = 0;
+            while started.elapsed() < secs {
+                let keys: Vec<String> = (0..PURGE_KEYS)
+                    .map(|j| {
+                        format!(
+                            "{env}:routing.queue:{}:full",
+                            queue_id(1_000_000 + (n * tasks + k) * PURGE_KEYS + j)
+                        )
+                    })
+                    .collect();
+                let req = cxcache::proto::v1::InvalidateRequest {
+                    keys,
+                    reason: "flood".into(),
+                    ..Default::default()
+                };
+                match client.invalidate(req).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                n += 1;
             }
             (ok, failed)
         }));
@@ -227,23 +302,37 @@ async fn fault_flood_bus_past_its_buffer() {
         flood_ok += ok;
         flood_failed += failed;
     }
+    let (mut purges_ok, mut purges_failed) = (0, 0);
+    for p in purgers {
+        let (ok, failed) = p.await.unwrap();
+        purges_ok += ok;
+        purges_failed += failed;
+    }
     let flood_took = started.elapsed();
     // After the flood: purges made on either instance must still reach
     // the other's Watch and L1 (the checker keeps purging).
     let after = checker.wait_acked(20, Duration::from_secs(20)).await;
     let mut report = checker.finish("bus flooded past its buffer").await;
-    slow_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (slow_events, slow_lagged) = slow.await.unwrap();
+    slow_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (slow_events, slow_lagged, slow_timed_out) = slow.await.unwrap();
+    // What the flood published: an UPDATED per miss (at least: refreshes
+    // add more) and an INVALIDATED per purged key.
+    let published = flood_ok + PURGE_KEYS as u64 * purges_ok;
     report.notes.push(format!(
-        "flood {flood_ok} misses ok, {flood_failed} failed in {:.1} s; slow subscriber {slow_events} events, {slow_lagged} LAGGED",
+        "flood in {:.1} s: {flood_ok} misses ok, {flood_failed} failed; {purges_ok} {PURGE_KEYS}-key purges ok, {purges_failed} failed; slow subscriber {slow_events} of {published} flood events, {slow_lagged} LAGGED",
         flood_took.as_secs_f64()
     ));
     let mut extra = Vec::new();
     if !after {
         extra.push("fewer than 20 acknowledged purges within 20 s after the flood".to_string());
     }
-    if slow_lagged == 0 {
-        extra.push(format!("the slow subscriber got {slow_events} events and no LAGGED after {flood_ok} misses"));
+    if slow_timed_out {
+        extra.push("the slow subscriber was still receiving after 120 s".to_string());
+    }
+    if slow_lagged == 0 && slow_events < published {
+        extra.push(format!(
+            "the slow subscriber got {slow_events} of {published} flood events and no LAGGED (silent loss)"
+        ));
     }
     check(&report, Must { no_failed_gets: false, no_failed_invalidates: false }, extra);
     s.stop().await;
@@ -266,7 +355,10 @@ async fn fault_kill_instance_mid_fetch() {
     let mut addrs: Vec<_> = s.instances.iter().map(|i| i.grpc_addr).collect();
     addrs.push(process.grpc_addr);
     let checker = Checker::start(&s.env, s.emu(), &addrs, CheckerConfig::default()).await;
-    assert!(checker.wait_acked(10, Duration::from_secs(20)).await, "the checker makes progress before the fault");
+    assert!(
+        checker.wait_acked(10, Duration::from_secs(20)).await,
+        "the checker makes progress before the fault"
+    );
 
     // The process starts a fetch of a key of its own and holds its lease
     // while the upstream holds the answer; then it is SIGKILLed.
@@ -296,10 +388,17 @@ async fn fault_kill_instance_mid_fetch() {
         checker.wait_acked(1, until.saturating_duration_since(Instant::now())).await;
     }
     let mut report = checker.finish("cxcache instance SIGKILLed mid-fetch").await;
-    report.notes.push(format!("Get of the dead holder's key: {:?} in {} ms", got.as_ref().map(|r| r.source()), took.as_millis()));
+    report.notes.push(format!(
+        "Get of the dead holder's key: {:?} in {} ms",
+        got.as_ref().map(|r| r.source()),
+        took.as_millis()
+    ));
     let mut extra = Vec::new();
     if got.is_err() || took > lease + Duration::from_secs(2) {
-        extra.push(format!("the dead holder's key: {:?} after {took:?} (lease {lease:?})", got.map(|r| r.source())));
+        extra.push(format!(
+            "the dead holder's key: {:?} after {took:?} (lease {lease:?})",
+            got.map(|r| r.source())
+        ));
     }
     // The live instances' Gets wait at most a lease (3 s) inside their 5 s deadline.
     check(&report, Must { no_failed_gets: true, no_failed_invalidates: false }, extra);
@@ -312,7 +411,10 @@ async fn fault_hang_upstream() {
     let addrs: Vec<_> = s.instances.iter().map(|i| i.grpc_addr).collect();
     let cfg = CheckerConfig { get_deadline: Duration::from_secs(1), ..CheckerConfig::default() };
     let checker = Checker::start(&s.env, s.emu(), &addrs, cfg.clone()).await;
-    assert!(checker.wait_acked(10, Duration::from_secs(20)).await, "the checker makes progress before the fault");
+    assert!(
+        checker.wait_acked(10, Duration::from_secs(20)).await,
+        "the checker makes progress before the fault"
+    );
 
     let emu = s.emu().clone();
     emu.inject_fault(held("/api/v2/routing/queues"));
