@@ -14,7 +14,7 @@
 //!   an OK records (T, version) as the key's floor.
 //! - **watchers**: one Watch stream per instance on the keys' prefix. Every
 //!   purge acknowledged while a watcher was live must reach it as an
-//!   INVALIDATED event carrying that purge's `reason`, or be covered by a
+//!   INVALIDATED event of its key carrying that purge's `reason`, or be covered by a
 //!   gap the watcher was told about (a LAGGED event, or the stream breaking
 //!   and being reopened) at or after the purge started; anything else is an
 //!   **event lost without LAGGED**. A sequence number that skips without a
@@ -59,6 +59,10 @@ pub struct CheckerConfig {
     /// A watcher that takes this long per event (to be pushed past its
     /// buffer); `None`: watchers read as fast as they can.
     pub slow_watch: Option<Duration>,
+    /// For the checker's own test only: Invalidate a queue that is not
+    /// checked instead of the changed one and still count the OK as if,
+    /// so the checker must report stale reads and lost events.
+    pub sabotage: bool,
 }
 
 impl Default for CheckerConfig {
@@ -72,6 +76,7 @@ impl Default for CheckerConfig {
             get_deadline: Duration::from_secs(5),
             invalidate_deadline: Duration::from_secs(5),
             slow_watch: None,
+            sabotage: false,
         }
     }
 }
@@ -87,13 +92,16 @@ struct Target {
 /// A purge that was acknowledged.
 struct Acked {
     reason: String,
+    /// The key it was meant to purge (the event must name it).
+    key: String,
     started: Instant,
 }
 
 #[derive(Default)]
 struct WatchLog {
     opened: Option<Instant>,
-    reasons: HashSet<String>,
+    /// (reason, key) of every INVALIDATED event of the checker.
+    reasons: HashSet<(String, String)>,
     /// When the watcher was told of a gap (LAGGED, or a reopened stream).
     gaps: Vec<Instant>,
     lagged: u64,
@@ -371,7 +379,9 @@ fn count_lost(shared: &Shared, targets: &[Target]) -> (u64, u64) {
                 continue;
             }
             expected += 1;
-            if !log.reasons.contains(&a.reason) && !log.gaps.iter().any(|&g| g >= a.started) {
+            if !log.reasons.contains(&(a.reason.clone(), a.key.clone()))
+                && !log.gaps.iter().any(|&g| g >= a.started)
+            {
                 lost += 1;
             }
         }
@@ -479,7 +489,10 @@ async fn mutator(
         versions[i] += 1;
         let reason = format!("chk-{m}-{round}");
         let mut req = tonic::Request::new(InvalidateRequest {
-            keys: vec![logical(&env, cfg.first_queue + i)],
+            keys: vec![logical(
+                &env,
+                if cfg.sabotage { cfg.first_queue + cfg.keys + 1000 + i } else { cfg.first_queue + i },
+            )],
             reason: reason.clone(),
             ..Default::default()
         });
@@ -495,7 +508,7 @@ async fn mutator(
             Ok(Ok(_)) => {
                 let now = Instant::now();
                 shared.floors[i].lock().push((now, versions[i]));
-                shared.acked.lock().push(Acked { reason, started });
+                shared.acked.lock().push(Acked { reason, key: logical(&env, cfg.first_queue + i), started });
             }
             Ok(Err(status)) => {
                 *shared.invalidate_failed.lock().entry(code_name(status.code())).or_default() += 1;
@@ -571,7 +584,7 @@ async fn watcher(
                     log.gaps.push(Instant::now());
                 }
                 watch_event::Type::Invalidated if ev.reason.starts_with("chk-") => {
-                    log.reasons.insert(ev.reason);
+                    log.reasons.insert((ev.reason, ev.key));
                 }
                 _ => {}
             }

@@ -101,10 +101,14 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`, from `CLUSTER NODES`.
     pub fn master_for_slot(&self, slot: u16) -> Option<u16> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.first_port.to_string(), "cluster", "nodes"])
-            .output()
-            .ok()?;
+        Self::master_for_slot_via(self.first_port, slot)
+    }
+
+    /// The port of the master serving `slot` as node `port` sees it (a
+    /// master it flags as failed does not count).
+    pub fn master_for_slot_via(port: u16, slot: u16) -> Option<u16> {
+        let out =
+            Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "nodes"]).output().ok()?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {

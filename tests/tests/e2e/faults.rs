@@ -108,18 +108,21 @@ async fn fault_master_sigkilled_under_load() {
         .expect("redis-cli");
     let slot: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a slot");
     let master = cluster.master_for_slot(slot).expect("a master for the slot");
+    let (acked_before, gets_before) = (checker.acked(), checker.gets_ok());
     let killed = Instant::now();
     cluster.kill_node(master).unwrap();
     let ports = cluster.ports();
-    // Failover done when a live node serves the slot again with state ok.
+    // Failover done when every live node names another master for the slot
+    // and says the cluster is ok.
     let failover = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ok = ports.iter().filter(|&&p| p != master).all(|p| {
-                std::process::Command::new("redis-cli")
-                    .args(["-p", &p.to_string(), "cluster", "info"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            let ok = ports.iter().filter(|&&p| p != master).all(|&p| {
+                RedisCluster::master_for_slot_via(p, slot).is_some_and(|m| m != master)
+                    && std::process::Command::new("redis-cli")
+                        .args(["-p", &p.to_string(), "cluster", "info"])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
             });
             if ok {
                 return Some(killed.elapsed());
@@ -130,13 +133,17 @@ async fn fault_master_sigkilled_under_load() {
     })
     .await
     .unwrap();
+    let (acked_failover, gets_failover) = (checker.acked() - acked_before, checker.gets_ok() - gets_before);
     // Keep the load on past the failover for the fault's length.
     let until = Instant::now() + fault_secs(3);
     while Instant::now() < until {
         checker.wait_acked(1, until.saturating_duration_since(Instant::now())).await;
     }
     let mut report = checker.finish("redis master SIGKILLed").await;
-    report.notes.push(format!("failover {:?}", failover.map(|d| d.as_millis())));
+    report.notes.push(format!(
+        "failover done {:?} ms after the SIGKILL; meanwhile {acked_failover} Invalidates acknowledged, {gets_failover} Gets ok",
+        failover.map(|d| d.as_millis())
+    ));
     let mut extra = Vec::new();
     if failover.is_none() {
         extra.push("the cluster did not fail over within 30 s".to_string());
@@ -444,5 +451,26 @@ async fn fault_hang_upstream() {
     let mut report = checker.finish("upstream hung").await;
     report.notes.push(format!("{held_at_end} upstream calls held open at the end of the hang"));
     check(&report, Must { no_failed_gets: false, no_failed_invalidates: false }, extra);
+    s.stop().await;
+}
+
+/// The checker itself can fail: purges of the wrong key (one not checked)
+/// whose OK it counts as the changed key's must show up as stale reads and as
+/// Watch events lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_checker_catches_a_purge_that_purges_nothing() {
+    let mut s = Scenario::new("fault-control").emulator(roomy_emulator(50)).configure(budget).start().await;
+    let addrs = vec![s.cx().grpc_addr];
+    let cfg = CheckerConfig { sabotage: true, ..CheckerConfig::default() };
+    let checker = Checker::start(&s.env, s.emu(), &addrs, cfg).await;
+    assert!(checker.wait_acked(20, Duration::from_secs(20)).await, "the checker makes progress");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checker.gets_ok() < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = checker.finish("control: purges that purge nothing").await;
+    report.print();
+    assert!(report.stale_reads > 0, "the checker saw no stale read: {report:?}");
+    assert!(report.lost_events > 0, "the checker saw no lost event: {report:?}");
     s.stop().await;
 }
