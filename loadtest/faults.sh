@@ -41,7 +41,7 @@ set +e
 cargo test -q -p cxcache-e2e --test e2e "$filter" -- --nocapture --test-threads=1 >"$dir/out.txt" 2>&1
 status=$?
 set -e
-grep -q '^FAULT-REPORT ' "$dir/out.txt" || { cat "$dir/out.txt" >&2; echo "faults.sh: no report (setup broken)" >&2; exit 2; }
+grep -q 'FAULT-REPORT {' "$dir/out.txt" || { cat "$dir/out.txt" >&2; echo "faults.sh: no report (setup broken)" >&2; exit 2; }
 
 stamp=$(date -u +%Y-%m-%dT%H%MZ)
 out="loadtest/results/$stamp-faults.md"
@@ -51,7 +51,7 @@ mkdir -p loadtest/results
   echo
   echo "| fault | s | Gets | Gets failed (code) | Invalidates | Invalidates failed (code) | stale reads | events checked | lost w/o LAGGED | LAGGED | upstream calls | 429s | notes |"
   echo "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-  sed -n 's/^FAULT-REPORT //p' "$dir/out.txt" | jq -r '
+  sed -n 's/^.*FAULT-REPORT {/{/p' "$dir/out.txt" | jq -r '
     def codes: if length == 0 then "0" else (to_entries | map("\(.key) \(.value)") | join(", ")) end;
     "| \(.fault) | \(.secs) | \(.gets) | \(.get_failed | codes) | \(.invalidates) | \(.invalidate_failed | codes) | \(.stale_reads) | \(.events_expected) | \(.lost_events) | \(.lagged) | \(.upstream_calls) | \(.upstream_429) | \(.notes | join("; ")) |"'
   echo

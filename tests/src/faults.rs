@@ -26,8 +26,11 @@
 //! redirections too, only through the proxy, while every other instance uses
 //! the cluster directly. [`ClusterProxy::cut`] closes every proxied
 //! connection and refuses new ones (an instance partitioned from Redis,
-//! seeing resets); [`ClusterProxy::restore`] lets connections through again.
-//! The client-to-Redis direction is copied untouched.
+//! seeing resets); [`ClusterProxy::blackhole`] keeps every connection open
+//! but forwards nothing either way and accepts new ones without connecting
+//! them (a partition that drops packets: only timeouts tell);
+//! [`ClusterProxy::restore`] lets traffic through again. The
+//! client-to-Redis direction is copied untouched.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +65,7 @@ pub struct ClusterProxy {
     pub map: HashMap<u16, u16>,
     /// A `redis-cluster://` URL of the proxies.
     pub url: String,
-    open: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     /// Connections accepted so far (a test can see the proxy is in use).
     pub accepted: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -79,19 +82,29 @@ impl ClusterProxy {
             listeners.push((port, l));
         }
         let map = Arc::new(map);
-        let (open, _) = watch::channel(true);
+        let (mode, _) = watch::channel(Mode::Open);
         let accepted = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for (node, listener) in listeners {
-            let (map, open, accepted) = (map.clone(), open.subscribe(), accepted.clone());
+            let (map, mode, accepted) = (map.clone(), mode.subscribe(), accepted.clone());
             tasks.push(tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    if !*open.borrow() {
-                        drop(client); // refused while cut
-                        continue;
+                    let now = *mode.borrow();
+                    match now {
+                        Mode::Cut => drop(client), // refused
+                        Mode::Blackhole => {
+                            // Held, never connected; dropped when the fault ends.
+                            let mut mode = mode.clone();
+                            tokio::spawn(async move {
+                                let _held = client;
+                                let _ = mode.wait_for(|m| *m != Mode::Blackhole).await;
+                            });
+                        }
+                        Mode::Open => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(proxy_connection(client, node, map.clone(), mode.clone()));
+                        }
                     }
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(proxy_connection(client, node, map.clone(), open.clone()));
                 }
             }));
         }
@@ -102,17 +115,22 @@ impl ClusterProxy {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(&format!("node=127.0.0.1:{p}"));
         }
-        Ok(ClusterProxy { map: (*map).clone(), url, open, accepted, tasks })
+        Ok(ClusterProxy { map: (*map).clone(), url, mode, accepted, tasks })
     }
 
     /// Closes every proxied connection and refuses new ones.
     pub fn cut(&self) {
-        self.open.send_replace(false);
+        self.mode.send_replace(Mode::Cut);
     }
 
-    /// Lets connections through again.
+    /// Forwards nothing, closes nothing (see the module docs).
+    pub fn blackhole(&self) {
+        self.mode.send_replace(Mode::Blackhole);
+    }
+
+    /// Lets traffic through again.
     pub fn restore(&self) {
-        self.open.send_replace(true);
+        self.mode.send_replace(Mode::Open);
     }
 }
 
@@ -125,11 +143,27 @@ impl Drop for ClusterProxy {
     }
 }
 
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Open,
+    Cut,
+    Blackhole,
+}
+
+/// Waits while the proxy is a black hole; `false` once it is cut.
+async fn gate(mode: &mut watch::Receiver<Mode>) -> bool {
+    match mode.wait_for(|m| *m != Mode::Blackhole).await {
+        Ok(m) => *m == Mode::Open,
+        Err(_) => false,
+    }
+}
+
 async fn proxy_connection(
     client: TcpStream,
     node: u16,
     map: Arc<HashMap<u16, u16>>,
-    mut open: watch::Receiver<bool>,
+    mode: watch::Receiver<Mode>,
 ) {
     let Ok(Ok(server)) =
         tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(("127.0.0.1", node))).await
@@ -140,6 +174,7 @@ async fn proxy_connection(
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
+    let (mut up_mode, mut down_mode, mut cut_mode) = (mode.clone(), mode.clone(), mode);
     let up = async {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -147,7 +182,7 @@ async fn proxy_connection(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if sw.write_all(&buf[..n]).await.is_err() {
+            if !gate(&mut up_mode).await || sw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
         }
@@ -161,6 +196,9 @@ async fn proxy_connection(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            if !gate(&mut down_mode).await {
+                return;
+            }
             if passthrough {
                 if cw.write_all(&buf[..n]).await.is_err() {
                     return;
@@ -197,11 +235,7 @@ async fn proxy_connection(
         }
     };
     let cut = async {
-        while *open.borrow_and_update() {
-            if open.changed().await.is_err() {
-                return;
-            }
-        }
+        let _ = cut_mode.wait_for(|m| *m == Mode::Cut).await;
     };
     tokio::select! {
         _ = up => {}

@@ -154,6 +154,19 @@ async fn fault_master_sigkilled_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fault_cut_one_instance_off_redis() {
+    cut_off(false).await;
+}
+
+/// Like the cut, but the partition drops traffic instead of resetting it:
+/// the instance learns of it only by timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_blackhole_one_instance_from_redis() {
+    cut_off(true).await;
+}
+
+async fn cut_off(blackhole: bool) {
+    let fault =
+        if blackhole { "one instance's Redis traffic blackholed" } else { "one instance cut off from Redis" };
     let mut s = scenario("fault-cut", 50).cluster().instances(2).start().await;
     let proxy = ClusterProxy::start(&cluster_url_ports(s.redis_url().unwrap())).await.expect("proxy");
     let mut config = s.config();
@@ -169,7 +182,11 @@ async fn fault_cut_one_instance_off_redis() {
     );
 
     let (acked_before, gets_before) = (checker.acked(), checker.gets_ok());
-    proxy.cut();
+    if blackhole {
+        proxy.blackhole();
+    } else {
+        proxy.cut();
+    }
     let until = Instant::now() + fault_secs(3);
     while Instant::now() < until {
         checker.wait_acked(1, until.saturating_duration_since(Instant::now())).await;
@@ -180,7 +197,7 @@ async fn fault_cut_one_instance_off_redis() {
     // Back on Redis: the fleet acknowledges purges again.
     let recovered = checker.wait_acked(10, Duration::from_secs(15)).await;
     let recovery = restored.elapsed();
-    let mut report = checker.finish("one instance cut off from Redis").await;
+    let mut report = checker.finish(fault).await;
     report.notes.push(format!(
         "during the cut: {acked_cut} Invalidates acknowledged, {gets_cut} Gets ok; 10 acknowledged {} ms after the restore",
         recovery.as_millis()
