@@ -25,7 +25,7 @@ use harness::*;
 const BUDGET: u32 = 60_000;
 
 /// Keys of each purge of the bus flood (each a Watch event per subscriber).
-const PURGE_KEYS: usize = 100;
+const PURGE_KEYS: usize = 400;
 
 fn roomy_emulator(queues: usize) -> EmulatorConfig {
     EmulatorConfig { rate_limit: BUDGET, queues, ..EmulatorConfig::default() }
