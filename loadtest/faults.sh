@@ -63,6 +63,10 @@ mkdir -p loadtest/results
     echo "- none"
   fi
   echo
+  echo "Stale reads (first few per fault):"
+  echo
+  sed -n 's/^.*FAULT-REPORT {/{/p' "$dir/out.txt" | jq -r '.fault as $f | .stale_examples[] | "- \($f): \(.)"'
+  echo
   grep -E '^test result' "$dir/out.txt" || true
 } | tee "$out"
 echo "written: $out" >&2

@@ -177,6 +177,7 @@ impl Report {
             "upstream_calls": self.upstream_calls,
             "upstream_429": self.upstream_429,
             "notes": self.notes,
+            "stale_examples": self.stale_examples,
         });
         println!("FAULT-REPORT {json}");
         for example in &self.stale_examples {
@@ -439,16 +440,19 @@ async fn reader(
             .ok()
             .and_then(|v| v["version"].as_u64())
             .unwrap_or(0);
-        let floor = shared.floors[i].lock().iter().filter(|(at, _)| *at < started).map(|&(_, v)| v).max();
-        if let Some(floor) = floor {
+        // The newest acknowledged purge before this Get started (versions
+        // only grow, so it carries the highest floor).
+        let floor =
+            shared.floors[i].lock().iter().filter(|(at, _)| *at < started).max_by_key(|&&(_, v)| v).copied();
+        if let Some((acked_at, floor)) = floor {
             if version < floor {
                 shared.stale.fetch_add(1, Ordering::Relaxed);
                 let mut ex = shared.stale_examples.lock();
                 if ex.len() < 5 {
                     ex.push(format!(
-                        "instance {t} key {} version {version} < {floor} (source {:?})",
-                        reply.key,
-                        reply.source()
+                        "instance {t} queue {i}: version {version} < {floor}, source {:?}, Get started {} ms after the Invalidate returned OK",
+                        reply.source(),
+                        started.duration_since(acked_at).as_millis()
                     ));
                 }
             }
