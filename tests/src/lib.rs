@@ -14,7 +14,12 @@
 //! - [`Instance`]: a cxcache server in-process on port 0, with a gRPC client.
 //! - [`ProcessInstance`]: the `cxcache` binary as a process of its own.
 //! - [`Backend`]: where a scenario's instances keep their entries.
+//! - [`faults`]: what the fault-injection suite does to a fleet (one
+//!   instance cut off a Redis Cluster through a rewriting proxy, …);
+//!   [`checker`]: the racing read-your-invalidation checker it runs meanwhile.
 
+pub mod checker;
+pub mod faults;
 mod scenario;
 pub use scenario::{redis_url, Scenario, Scene};
 
@@ -96,10 +101,14 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`, from `CLUSTER NODES`.
     pub fn master_for_slot(&self, slot: u16) -> Option<u16> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.first_port.to_string(), "cluster", "nodes"])
-            .output()
-            .ok()?;
+        Self::master_for_slot_via(self.first_port, slot)
+    }
+
+    /// The port of the master serving `slot` as node `port` sees it (a
+    /// master it flags as failed does not count).
+    pub fn master_for_slot_via(port: u16, slot: u16) -> Option<u16> {
+        let out =
+            Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "nodes"]).output().ok()?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {

@@ -11,6 +11,7 @@
 //! Run one area with `cargo test -p cxcache-e2e --test e2e quota::`.
 
 mod coalescing;
+mod faults;
 mod growth;
 mod invalidation;
 mod jobs;
