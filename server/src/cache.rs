@@ -314,6 +314,24 @@ impl Cache {
     }
 }
 
+/// A fetch that stored nothing takes back what it wrote: its index
+/// memberships, unless an entry is stored under the key (one from before
+/// this fetch, which still needs them), then its lease. Only memberships
+/// unchanged since are removed: a fetch that started after (a purge took
+/// our lease) indexed again, and keeps them.
+async fn abandon(store: Arc<dyn crate::store::Store>, key: String, held: Held) {
+    if let Ok(None) = store.get(&key).await {
+        for (index, member) in &held.indexed {
+            if let Err(e) = store.index_remove(index, std::slice::from_ref(member)).await {
+                tracing::debug!(%index, error = %e, "index membership left to expire");
+            }
+        }
+    }
+    if let Err(e) = store.release_lease(&key, held.lease).await {
+        tracing::debug!(error = %e, "lease release failed; it expires by itself");
+    }
+}
+
 /// The answer for a resource the upstream does not have.
 fn not_found(r: &Resolved) -> Error {
     Error::NotFound(format!("{} not found upstream", r.key))
@@ -390,7 +408,11 @@ impl Fetch {
             None => self.lead(ttl, None).await,
         };
         match held {
-            Some(h) if !matches!(result, Ok((_, true))) => self.abandon(h).await,
+            // Tidied up in the background: callers never wait for it (a
+            // store that just went away would hold them a timeout or more).
+            Some(h) if !matches!(result, Ok((_, true))) => {
+                tokio::spawn(abandon(self.tiers.store().clone(), r.store_key.clone(), h));
+            }
             Some(_) => {}
             None => {
                 if let Ok((f, _)) = &result {
@@ -399,26 +421,6 @@ impl Fetch {
             }
         }
         result.map(|(outcome, _)| outcome)
-    }
-
-    /// A fetch that stored nothing takes back what it wrote: its index
-    /// memberships, unless an entry is stored under the key (one from
-    /// before this fetch, which still needs them), then its lease. Only
-    /// memberships unchanged since are removed: a fetch that started after
-    /// (a purge took our lease) indexed again, and keeps them.
-    async fn abandon(&self, held: Held) {
-        let store = self.tiers.store();
-        let key = &self.r.store_key;
-        if let Ok(None) = store.get(key).await {
-            for (index, member) in &held.indexed {
-                if let Err(e) = store.index_remove(index, std::slice::from_ref(member)).await {
-                    tracing::debug!(%index, error = %e, "index membership left to expire");
-                }
-            }
-        }
-        if let Err(e) = store.release_lease(key, held.lease).await {
-            tracing::debug!(error = %e, "lease release failed; it expires by itself");
-        }
     }
 
     /// Extends the fleet lease every third of its TTL while the fetch runs;
@@ -467,7 +469,7 @@ impl Fetch {
         match failed {
             None => Ok(Claim::Held(held)),
             Some(e) => {
-                self.abandon(held).await;
+                tokio::spawn(abandon(store, r.store_key.clone(), held));
                 Err(e)
             }
         }

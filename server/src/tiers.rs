@@ -140,7 +140,11 @@ impl Tiers {
     }
 
     /// Reads the store only (no L1): for double-checks inside a fetch.
+    /// Nothing while the store is skipped.
     pub async fn get_stored(&self, store_key: &str) -> Result<Option<Arc<Entry>>> {
+        if !self.store_available() {
+            return Ok(None);
+        }
         let got = self.store.get(store_key).await;
         if let Err(e) = &got {
             self.note_failure(e, store_key);
@@ -153,7 +157,11 @@ impl Tiers {
 
     /// Stores `entry` for `keep` and releases the fetch's lease, if the
     /// lease still holds (no purge since the fetch began).
+    /// Not even tried while the store is skipped (false).
     pub async fn put(&self, store_key: &str, entry: &Entry, keep: Duration, lease: Lease) -> Result<bool> {
+        if !self.store_available() {
+            return Ok(false);
+        }
         let wrote = self.store.commit(store_key, entry.encode(), keep, lease).await;
         if let Err(e) = &wrote {
             self.note_failure(e, store_key);

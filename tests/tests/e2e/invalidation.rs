@@ -640,8 +640,7 @@ async fn invalidate_rides_out_a_master_failover_within_its_deadline() {
 /// (`cache::tests::an_entry_stored_by_a_fetch_racing_a_tag_purge…`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_entry_escapes_a_later_tag_purge_over_thousands_of_racing_rounds() {
-    let rounds: usize =
-        std::env::var("CXCACHE_RACE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let rounds: usize = std::env::var("CXCACHE_RACE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let queues = 50;
     let mut s = Scenario::new("tag-race")
         .cluster()
@@ -682,5 +681,59 @@ async fn no_entry_escapes_a_later_tag_purge_over_thousands_of_racing_rounds() {
     let done = queues * rounds.div_ceil(queues);
     println!("{done} racing rounds in {:?}: {escaped} entries escaped a later tag purge", started.elapsed());
     assert_eq!(escaped, 0, "{escaped} of {done} entries escaped a later tag purge");
+    s.stop().await;
+}
+
+/// The burst that once left the bus deaf: 12 000 misses on one instance
+/// (each publishes UPDATED), then a purge there must still reach the other
+/// instance's Watch and L1; a subscriber there that read nothing during the
+/// burst got LAGGED, not silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_of_12000_misses_a_purge_still_reaches_every_instance() {
+    use futures::StreamExt;
+    let burst: usize = std::env::var("CXCACHE_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(12_000);
+    let mut s = Scenario::new("burst")
+        .cluster()
+        .instances(2)
+        .emulator(genesys_emulator::EmulatorConfig {
+            rate_limit: 1_000_000,
+            queues: burst + 1,
+            ..Default::default()
+        })
+        .configure(|c| c.upstream.rate_limit.allowed = 1_000_000)
+        .start()
+        .await;
+    let (a, b, env) = (&s.instances[0], &s.instances[1], s.env.clone());
+    let watched = queue_id(burst);
+    let key = b.get(get_queue(&watched)).await.unwrap().key;
+    assert_eq!(b.get(get_queue(&watched)).await.unwrap().source(), Source::L1);
+    let mut heard = b.watch(WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
+    let mut idle = b.watch(WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+
+    let started = Instant::now();
+    let client = a.client.clone();
+    let served = futures::stream::iter(0..burst)
+        .map(|n| {
+            let mut client = client.clone();
+            async move { client.get(get_queue(&queue_id(n))).await.is_ok() }
+        })
+        .buffer_unordered(64)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    println!("{served} of {burst} misses in {:?}", started.elapsed());
+    assert_eq!(served, burst);
+
+    a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.expect("purge after the burst");
+    assert!(
+        wait_event(&mut heard, Type::Invalidated, &key, Duration::from_secs(5)).await.is_some(),
+        "the purge reached the other instance's Watch"
+    );
+    assert_eq!(b.get(get_queue(&watched)).await.unwrap().source(), Source::Upstream, "and its L1");
+    let mut lagged = false;
+    while let Some(ev) = next_event(&mut idle, Duration::from_secs(2)).await {
+        lagged |= ev.r#type() == Type::Lagged;
+    }
+    assert!(lagged, "the subscriber that fell behind was told so");
     s.stop().await;
 }
