@@ -53,9 +53,15 @@ impl RedisCluster {
     /// Starts a cluster on a free block of ports; a start that loses a port
     /// race to a parallel test is cleaned up and retried on another block.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_node_timeout(None)
+    }
+
+    /// [`RedisCluster::start`] with its own `cluster-node-timeout` (how
+    /// long a dead master goes unnoticed; the script's default is 2 s).
+    pub fn start_with_node_timeout(node_timeout: Option<Duration>) -> anyhow::Result<Self> {
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(node_timeout) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last_error = e.to_string(),
             }
@@ -63,13 +69,14 @@ impl RedisCluster {
         anyhow::bail!("starting the Redis cluster failed 3 times: {last_error}")
     }
 
-    fn try_start() -> anyhow::Result<Self> {
+    fn try_start(node_timeout: Option<Duration>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("cxcache-redis-").tempdir()?;
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/redis-cluster.sh"))
-            .arg("start")
-            .arg(dir.path())
-            .output()?;
+        let mut start = Command::new("bash");
+        start.arg(repo_root().join("scripts/redis-cluster.sh")).arg("start").arg(dir.path());
+        if let Some(t) = node_timeout {
+            start.env("CXCACHE_CLUSTER_NODE_TIMEOUT_MS", t.as_millis().to_string());
+        }
+        let out = start.output()?;
         if !out.status.success() {
             let _ = Command::new("bash")
                 .arg(repo_root().join("scripts/redis-cluster.sh"))

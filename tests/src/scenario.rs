@@ -96,6 +96,7 @@ pub struct Scenario {
     clients: usize,
     configure: Vec<Configure>,
     alone: bool,
+    node_timeout: Option<Duration>,
 }
 
 impl Scenario {
@@ -110,6 +111,7 @@ impl Scenario {
             clients: 0,
             configure: Vec::new(),
             alone: false,
+            node_timeout: None,
         }
     }
 
@@ -123,6 +125,13 @@ impl Scenario {
     /// for tests that kill its nodes.
     pub fn private_cluster(mut self) -> Scenario {
         self.store = Store::PrivateCluster;
+        self
+    }
+
+    /// The private cluster's `cluster-node-timeout`: a failover takes about
+    /// this plus a replica election.
+    pub fn node_timeout(mut self, timeout: Duration) -> Scenario {
+        self.node_timeout = Some(timeout);
         self
     }
 
@@ -191,7 +200,8 @@ impl Scenario {
                 (Backend::Redis(url), guard, None)
             }
             Store::PrivateCluster => {
-                let cluster = RedisCluster::start().expect("start a private Redis cluster");
+                let cluster = RedisCluster::start_with_node_timeout(self.node_timeout)
+                    .expect("start a private Redis cluster");
                 (Backend::Redis(cluster.url.clone()), None, Some(cluster))
             }
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use fred::interfaces::LuaInterface;
 use fred::prelude::{
     Builder, ClientLike, Config, Error as RedisError, Expiration, KeysInterface, Options, Pool,
     ReconnectPolicy, ServerInterface, SortedSetsInterface,
@@ -213,12 +214,20 @@ impl Store for RedisStore {
     async fn purge(&self, key: &str) -> Result<bool> {
         let keys = vec![key.to_string(), keys::lease_key(key)];
         let client = self.pool.next();
-        let deleted: i64 = self
-            .scripts
-            .purge
-            .evalsha_with_reload(client, keys, Vec::<fred::types::Value>::new())
-            .await
-            .map_err(store_err)?;
+        // Fails at once while the key's node is unreachable (a failover)
+        // instead of queueing for a command timeout: `Invalidate` retries
+        // with backoff within its deadline and so lands soon after the
+        // replica is promoted.
+        let fast = client.with_options(&Options { fail_fast: true, ..Default::default() });
+        let sha = self.scripts.purge.sha1().to_string();
+        let deleted: i64 = match fast.evalsha(sha.as_str(), keys.clone(), ()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                self.scripts.purge.load(client).await.map_err(store_err)?;
+                fast.evalsha(sha.as_str(), keys, ()).await
+            }
+            other => other,
+        }
+        .map_err(store_err)?;
         if self.purge_replicas > 0 {
             // Same client, same node (the key's slot), after the script on
             // that connection: WAIT covers the purge.

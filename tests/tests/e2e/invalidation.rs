@@ -600,10 +600,17 @@ async fn purges_of_keys_never_cached_leave_nothing_in_redis() {
 
 /// A master killed under the purge's key: Invalidate with a 5 s deadline
 /// waits out the failover (retrying) instead of failing at once, and no
-/// instance serves the purged value after its OK.
+/// instance serves the purged value after its OK. A failover takes about
+/// `cluster-node-timeout` plus an election (1 s here; with the script's
+/// 2 s the purge sent at the kill answered in 4.0–4.9 s, too close to 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_rides_out_a_master_failover_within_its_deadline() {
-    let mut s = Scenario::new("purge-failover").private_cluster().instances(2).start().await;
+    let mut s = Scenario::new("purge-failover")
+        .private_cluster()
+        .node_timeout(Duration::from_secs(1))
+        .instances(2)
+        .start()
+        .await;
     let (a, b, cluster) = (&s.instances[0], &s.instances[1], s.cluster());
     let id = queue_id(3);
     let key = a.get(get_queue(&id)).await.unwrap().key;
@@ -691,7 +698,9 @@ async fn no_entry_escapes_a_later_tag_purge_over_thousands_of_racing_rounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_burst_of_12000_misses_a_purge_still_reaches_every_instance() {
     use futures::StreamExt;
-    let burst: usize = std::env::var("CXCACHE_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(12_000);
+    // 12 000 takes about a minute on a debug build and 2 cores:
+    // `loadtest/faults.sh` runs that; the suite runs 3000.
+    let burst: usize = std::env::var("CXCACHE_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let mut s = Scenario::new("burst")
         .cluster()
         .instances(2)
@@ -706,9 +715,45 @@ async fn after_a_burst_of_12000_misses_a_purge_still_reaches_every_instance() {
     let (a, b, env) = (&s.instances[0], &s.instances[1], s.env.clone());
     let watched = queue_id(burst);
     let key = b.get(get_queue(&watched)).await.unwrap().key;
+    assert_eq!(b.get(get_queue(&watched)).await.unwrap().source(), Source::Store);
     assert_eq!(b.get(get_queue(&watched)).await.unwrap().source(), Source::L1);
     let mut heard = b.watch(WatchRequest { keys: vec![key.clone()], ..Default::default() }).await;
-    let mut idle = b.watch(WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() }).await;
+    // A subscriber reading one event per 20 ms while the burst lasts, over
+    // a connection with a small HTTP/2 window (the default lets megabytes
+    // of events wait in transport buffers before the server's own bound).
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", b.grpc_addr))
+        .unwrap()
+        .initial_stream_window_size(8 * 1024)
+        .initial_connection_window_size(8 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = cxcache::proto::v1::cache_client::CacheClient::new(narrow)
+        .watch(WatchRequest { prefixes: vec![format!("{env}:")], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let bursting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let slow = {
+        let bursting = bursting.clone();
+        tokio::spawn(async move {
+            let mut lagged = false;
+            let limit = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < limit {
+                let Some(ev) = next_event(&mut slow, Duration::from_secs(2)).await else {
+                    if bursting.load(std::sync::atomic::Ordering::Relaxed) {
+                        continue;
+                    }
+                    break; // drained
+                };
+                lagged |= ev.r#type() == Type::Lagged;
+                if bursting.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            lagged
+        })
+    };
 
     let started = Instant::now();
     let client = a.client.clone();
@@ -723,6 +768,7 @@ async fn after_a_burst_of_12000_misses_a_purge_still_reaches_every_instance() {
         .await;
     println!("{served} of {burst} misses in {:?}", started.elapsed());
     assert_eq!(served, burst);
+    bursting.store(false, std::sync::atomic::Ordering::Relaxed);
 
     a.client.clone().invalidate(invalidate(&[&key], &[], &[])).await.expect("purge after the burst");
     assert!(
@@ -730,10 +776,6 @@ async fn after_a_burst_of_12000_misses_a_purge_still_reaches_every_instance() {
         "the purge reached the other instance's Watch"
     );
     assert_eq!(b.get(get_queue(&watched)).await.unwrap().source(), Source::Upstream, "and its L1");
-    let mut lagged = false;
-    while let Some(ev) = next_event(&mut idle, Duration::from_secs(2)).await {
-        lagged |= ev.r#type() == Type::Lagged;
-    }
-    assert!(lagged, "the subscriber that fell behind was told so");
+    assert!(slow.await.unwrap(), "the subscriber that fell behind was told so (LAGGED)");
     s.stop().await;
 }
