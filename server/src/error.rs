@@ -78,6 +78,18 @@ pub enum Error {
     #[error("store error: {0}")]
     Store(String),
 
+    /// The caller did not prove who it is (no, or a wrong, credential).
+    #[error("unauthenticated: {0}")]
+    NotAuthenticated(String),
+
+    /// The caller is known but its scopes do not allow the operation.
+    #[error("caller {caller} lacks scope {scope} for {what}")]
+    Forbidden { caller: String, scope: String, what: String },
+
+    /// An admission limit was reached (Watch streams, …).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+
     /// A bug or broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -150,6 +162,9 @@ impl Error {
             Error::Rejected(_) => (Code::FailedPrecondition, 400),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, 504),
             Error::Internal(_) => (Code::Internal, 500),
+            Error::NotAuthenticated(_) => (Code::Unauthenticated, 401),
+            Error::Forbidden { .. } => (Code::PermissionDenied, 403),
+            Error::LimitReached(_) => (Code::ResourceExhausted, 429),
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Modules by layer; each imports only from layers above it in this list
 //! (`tests/layering.rs` fails the build's tests on any other edge):
-//! 1. leaves — [`config`], [`error`], [`keys`], [`canonical`], [`normalize`],
+//! 1. leaves — [`config`], [`error`], [`auth`], [`keys`], [`canonical`], [`normalize`],
 //!    [`entry`], [`clock`], [`source`], [`ttl`], [`catalog`], [`coalesce`],
 //!    [`metrics`], [`telemetry`], [`proto`];
 //! 2. the shared store and what sits on it — [`store`], [`l1`], [`tiers`],
@@ -16,6 +16,7 @@
 //! 7. the edges — [`grpc`], [`http`];
 //! 8. [`bundled`] (the emulator feature) and [`server`] (assembly, shutdown).
 
+pub mod auth;
 pub(crate) mod bundled;
 pub(crate) mod bus;
 pub(crate) mod cache;

@@ -34,6 +34,8 @@ const LAYERS: &[&[&str]] = &[
         "ttl",
         "metrics",
         "telemetry",
+        // Pure logic: identities, scopes, key hashes, JWT checks (on config and error).
+        "auth",
     ],
     // The shared store and what sits on it.
     &["store", "l1", "tiers", "bus"],
