@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{AuthSettings, Scopes};
 use crate::error::Error;
 
-pub use self::scopes::glob;
+pub use self::scopes::{glob, GetAsk};
 
 /// The authentication table in force; reloads swap it whole.
 pub type Auth = Arc<ArcSwap<AuthTable>>;

@@ -3,7 +3,6 @@ use std::time::Duration;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
-use super::scopes::GetAsk;
 use super::*;
 use crate::config::{CallerSettings, IssuerSettings, JwtIdentity, Secret};
 

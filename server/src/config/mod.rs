@@ -393,6 +393,13 @@ impl Config {
                     .push(format!("{at}: set exactly one of secret (HS256) or jwks_file (RS256/ES256)")),
             }
         }
+        if auth.enabled() && self.data_action.token.is_some() {
+            problems.push(
+                "data_action.token and auth.callers are both set: with callers, the data-action door \
+                 authenticates callers and checks their data_actions scope; unset data_action.token"
+                    .into(),
+            );
+        }
         let tls = &self.tls;
         if tls.cert.is_some() != tls.key.is_some() {
             problems.push("tls.cert and tls.key: set both or neither".into());

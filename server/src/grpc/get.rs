@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::deadline;
+use crate::auth::GetAsk;
 use crate::cache::{Cache, Served};
 use crate::entry::now_ms;
 use crate::error::Error;
@@ -50,7 +51,19 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
         }
         None => None,
     };
+    let caller = super::admission::caller(&request)?;
     let req = request.into_inner();
+    let freshness = req.freshness.as_ref();
+    caller
+        .check_get(GetAsk {
+            kind: &req.kind,
+            force_refresh: freshness.is_some_and(|f| f.force_refresh),
+            max_age: freshness.and_then(|f| f.max_age.as_ref()).is_some_and(|d| d.seconds != 0 || d.nanos != 0),
+        })
+        .map_err(|e| {
+            crate::metrics::get_failed(e.code().name());
+            super::admission::refused(e)
+        })?;
     let served = cache.get(&req, deadline).await?;
     tracing::Span::current().record("source", served.source.label());
     let as_json = req.value_format == v1::ValueFormat::Json as i32;

@@ -2,6 +2,7 @@
 //! proto types and the modules that do the work. Errors become statuses
 //! here, through the one `From<Error> for Status` ([`status`]).
 
+pub mod admission;
 mod deadline;
 mod get;
 mod invalidate;
@@ -11,9 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch as shutdown_watch;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use self::admission::WatchSlots;
 use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::invalidation::Invalidator;
@@ -30,6 +32,7 @@ pub struct CacheService {
     bus: Arc<Bus>,
     watch_buffer: usize,
     shutdown: shutdown_watch::Receiver<bool>,
+    watch_slots: Arc<WatchSlots>,
 }
 
 impl CacheService {
@@ -39,8 +42,9 @@ impl CacheService {
         bus: Arc<Bus>,
         watch_buffer: usize,
         shutdown: shutdown_watch::Receiver<bool>,
+        watch_slots: Arc<WatchSlots>,
     ) -> Self {
-        CacheService { cache, invalidator, bus, watch_buffer, shutdown }
+        CacheService { cache, invalidator, bus, watch_buffer, shutdown, watch_slots }
     }
 }
 
@@ -62,8 +66,25 @@ impl CacheRpc for CacheService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let filter = watch::Filter::from_request(request.get_ref(), self.cache.catalog().clone())?;
+        let caller = admission::caller(&request)?;
+        let req = request.get_ref();
+        caller
+            .check_watch(req.kinds.iter().map(String::as_str), req.keys.iter().map(|k| crate::keys::kind_of(k)))
+            .map_err(admission::refused)?;
+        let filter = watch::Filter::from_request(req, self.cache.catalog().clone())?;
+        let slot = self.watch_slots.acquire(caller.name())?;
         let stream = watch::open(&self.bus, filter, self.watch_buffer, self.shutdown.clone());
+        // Prefix and tag watches reach only the kinds the caller may watch;
+        // the slot is held as long as the stream lives.
+        let everything = caller.watches_everything();
+        let stream = stream.filter(move |event| {
+            let _held = &slot;
+            everything
+                || match event {
+                    Ok(e) if !e.key.is_empty() => crate::keys::kind_of(&e.key).is_some_and(|k| caller.may_watch_kind(k)),
+                    _ => true,
+                }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::config::{DataActionSettings, WebhookSettings};
 use crate::error::{Error, FieldViolation};
@@ -25,6 +26,8 @@ pub struct AppState {
     pub invalidator: Arc<Invalidator>,
     pub webhook: Arc<WebhookSettings>,
     pub data_action: Arc<DataActionSettings>,
+    /// Callers of the data-action door (when configured).
+    pub auth: Auth,
     /// The notification listener's status, when it runs here.
     pub notifications: Option<Arc<parking_lot::Mutex<ListenerStatus>>>,
 }
