@@ -194,13 +194,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         match &tls {
             Some(tls) => {
                 let conns = crate::tls::accept(grpc_listener, tls.grpc.clone());
-                let incoming = tokio_stream::wrappers::ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
+                let incoming =
+                    tokio_stream::wrappers::ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
                 tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
             }
             None => tokio::spawn(async move {
                 router
                     // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms).
-                    .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), stop)
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                        stop,
+                    )
                     .await
             }),
         }
@@ -227,7 +231,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
                 };
                 tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await })
             }
-            None => tokio::spawn(async move { axum::serve(http_listener, app).with_graceful_shutdown(stop).await }),
+            None => {
+                tokio::spawn(
+                    async move { axum::serve(http_listener, app).with_graceful_shutdown(stop).await },
+                )
+            }
         }
     };
     let tls_watch = tls.as_ref().map(|t| t.cert.watch(config.tls.reload_interval));
@@ -271,7 +279,11 @@ impl Running {
     /// table that does not build leaves the old one in force.
     pub fn reload_auth(&self, settings: &crate::config::AuthSettings) -> anyhow::Result<()> {
         let table = AuthTable::build(settings).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
-        tracing::info!(callers = settings.callers.len(), issuers = settings.issuers.len(), "callers reloaded");
+        tracing::info!(
+            callers = settings.callers.len(),
+            issuers = settings.issuers.len(),
+            "callers reloaded"
+        );
         self.auth.store(Arc::new(table));
         Ok(())
     }

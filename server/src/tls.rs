@@ -74,8 +74,9 @@ impl ReloadingCert {
         anyhow::ensure!(!chain.is_empty(), "tls.cert {}: no certificate", cert.display());
         let der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("tls.key {}", key.display()))?;
         let provider = rustls::crypto::ring::default_provider();
-        let certified = CertifiedKey::from_der(chain, der, &provider)
-            .with_context(|| format!("tls.key {} does not match tls.cert {}", key.display(), cert.display()))?;
+        let certified = CertifiedKey::from_der(chain, der, &provider).with_context(|| {
+            format!("tls.key {} does not match tls.cert {}", key.display(), cert.display())
+        })?;
         Ok(Loaded { stamp, key: Arc::new(certified) })
     }
 
@@ -135,11 +136,14 @@ pub fn acceptors(settings: &TlsSettings) -> anyhow::Result<Option<Acceptors>> {
     let resolver = ReloadingCert::load(cert.clone(), key.clone())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = |alpn: &[&[u8]]| -> anyhow::Result<TlsAcceptor> {
-        let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder =
+            ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
         let builder = match &settings.client_ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("tls.client_ca {}", ca.display()))? {
+                for c in CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("tls.client_ca {}", ca.display()))?
+                {
                     roots.add(c.with_context(|| format!("tls.client_ca {}", ca.display()))?)?;
                 }
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -205,13 +209,21 @@ pub fn accept(listener: TcpListener, acceptor: TlsAcceptor) -> mpsc::Receiver<Tl
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -294,7 +306,12 @@ mod tests {
         let second = r.current.load().key.cert[0].clone();
         assert_ne!(first, second);
         std::fs::write(&k, "garbage").unwrap();
-        std::fs::File::options().write(true).open(&k).unwrap().set_modified(later + Duration::from_secs(2)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&k)
+            .unwrap()
+            .set_modified(later + Duration::from_secs(2))
+            .unwrap();
         assert!(!r.refresh(), "a broken key keeps the old pair");
         assert_eq!(r.current.load().key.cert[0], second);
     }

@@ -58,7 +58,9 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
         .check_get(GetAsk {
             kind: &req.kind,
             force_refresh: freshness.is_some_and(|f| f.force_refresh),
-            max_age: freshness.and_then(|f| f.max_age.as_ref()).is_some_and(|d| d.seconds != 0 || d.nanos != 0),
+            max_age: freshness
+                .and_then(|f| f.max_age.as_ref())
+                .is_some_and(|d| d.seconds != 0 || d.nanos != 0),
         })
         .map_err(|e| {
             crate::metrics::get_failed(e.code().name());

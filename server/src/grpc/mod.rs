@@ -69,7 +69,10 @@ impl CacheRpc for CacheService {
         let caller = admission::caller(&request)?;
         let req = request.get_ref();
         caller
-            .check_watch(req.kinds.iter().map(String::as_str), req.keys.iter().map(|k| crate::keys::kind_of(k)))
+            .check_watch(
+                req.kinds.iter().map(String::as_str),
+                req.keys.iter().map(|k| crate::keys::kind_of(k)),
+            )
             .map_err(admission::refused)?;
         let filter = watch::Filter::from_request(req, self.cache.catalog().clone())?;
         let slot = self.watch_slots.acquire(caller.name())?;
@@ -81,7 +84,9 @@ impl CacheRpc for CacheService {
             let _held = &slot;
             everything
                 || match event {
-                    Ok(e) if !e.key.is_empty() => crate::keys::kind_of(&e.key).is_some_and(|k| caller.may_watch_kind(k)),
+                    Ok(e) if !e.key.is_empty() => {
+                        crate::keys::kind_of(&e.key).is_some_and(|k| caller.may_watch_kind(k))
+                    }
                     _ => true,
                 }
         });

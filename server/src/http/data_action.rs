@@ -44,7 +44,8 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
     // (if any) is its rule.
     let table = state.auth.load_full();
     let caller = if table.enabled() {
-        let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
+        let sent =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
         match table.authenticate(sent, &[]) {
             Ok(c) => Some(c),
             Err(e) => {

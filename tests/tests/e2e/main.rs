@@ -16,6 +16,7 @@ mod jobs;
 mod notifications;
 mod outage;
 mod quota;
+mod security;
 mod shutdown;
 mod spine;
 mod telemetry;

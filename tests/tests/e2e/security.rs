@@ -1,0 +1,443 @@
+//! Who may call, and what each caller may do: secure by default, caller
+//! authentication (API keys, rotation by reload), scopes, Watch limits, and
+//! TLS on both listeners (reloaded certificates, mutual TLS).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cxcache::auth::hash_key;
+use cxcache::config::{CallerSettings, Config, Scopes};
+use cxcache::proto::v1::cache_client::CacheClient;
+use cxcache::proto::v1::{Freshness, GetRequest, WatchRequest};
+use genesys_emulator::{queue_id, user_id};
+use harness::*;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+
+const QUEUE_ROUTE: &str = "GET /api/v2/routing/queues/{id}";
+
+fn caller(name: &str, keys: &[&str], scopes: Scopes) -> CallerSettings {
+    CallerSettings {
+        name: name.into(),
+        api_keys: keys.iter().map(|k| hash_key(k)).collect(),
+        scopes,
+        ..CallerSettings::default()
+    }
+}
+
+/// `routing-svc` (key `routing-key`) may Get, Watch and execute
+/// `routing.*` and purge inside `{env}:routing.`; `admin` (key
+/// `admin-key`) may do everything.
+fn with_callers(c: &mut Config) {
+    let env = c.env.clone();
+    c.auth.callers = vec![
+        caller(
+            "routing-svc",
+            &["routing-key"],
+            Scopes {
+                get: vec!["routing.*".into()],
+                invalidate_prefixes: vec![format!("{env}:routing.")],
+                invalidate_tags: vec!["queue:*".into()],
+                watch: vec!["routing.*".into()],
+                data_actions: vec!["routing.*".into()],
+                ..Scopes::default()
+            },
+        ),
+        caller(
+            "admin",
+            &["admin-key"],
+            Scopes {
+                get: vec!["*".into()],
+                force_refresh: true,
+                max_age: true,
+                invalidate_prefixes: vec![format!("{env}:")],
+                invalidate_tags: vec!["*".into()],
+                watch: vec!["*".into()],
+                data_actions: vec!["*".into()],
+            },
+        ),
+    ];
+}
+
+fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+/// `message` with `key` as its bearer, or no credential at all.
+fn ask<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
+    match key {
+        Some(k) => keyed(message, k),
+        None => tonic::Request::new(message),
+    }
+}
+
+fn user(n: usize) -> GetRequest {
+    GetRequest { kind: "user".into(), id: user_id(n), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exposed_listener_without_callers_exits_2_saying_how_to_configure_them() {
+    let out = std::process::Command::new(cxcache_binary())
+        .args(["--grpc-addr", "0.0.0.0:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run cxcache");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[[auth.callers]]") && stderr.contains("auth.allow_anonymous"), "{stderr}");
+
+    // Said explicitly, it starts (with a warning).
+    let mut child = std::process::Command::new(cxcache_binary())
+        .args(["--grpc-addr", "0.0.0.0:0", "--http-addr", "127.0.0.1:0"])
+        .env("CXCACHE_AUTH__ALLOW_ANONYMOUS", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cxcache");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("cxcache listening"), "{line:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_calls_read_purge_watch_and_execute_nothing() {
+    let mut s = Scenario::new("unauth").configure(with_callers).start().await;
+    let (cx, emu, env) = (s.cx(), s.emu(), s.env.clone());
+    let id = queue_id(1);
+    // Something cached, to see that nothing is purged.
+    cx.client.clone().get(keyed(get_queue(&id), "admin-key")).await.unwrap();
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1);
+
+    let mut client = cx.new_client().await;
+    for key in [None, Some("wrong-key")] {
+        let e = client.get(ask(get_queue(&queue_id(2)), key)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let e = client.invalidate(ask(invalidate(&[], &[&format!("{env}:")], &[]), key)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let e = client
+            .watch(ask(WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() }, key));
+        assert_eq!(e.await.unwrap_err().code(), Code::Unauthenticated);
+    }
+    let door = format!("http://{}/data-action", cx.http_addr);
+    let body = serde_json::json!({"kind": "routing.queue", "id": queue_id(3)});
+    let resp = reqwest::Client::new().post(&door).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = reqwest::Client::new().post(&door).bearer_auth("wrong").json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1, "nothing read upstream");
+    // Nothing purged: the cached queue is still served from cache.
+    let hit = cx.client.clone().get(keyed(get_queue(&id), "admin-key")).await.unwrap().into_inner();
+    assert_ne!(hit.source(), cxcache::proto::v1::Source::Upstream);
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_scoped_caller_is_refused_outside_its_scopes_naming_the_scope() {
+    let mut s = Scenario::new("scopes").configure(with_callers).start().await;
+    let (cx, emu, env) = (s.cx(), s.emu(), s.env.clone());
+    let mut client = cx.new_client().await;
+    let key = "routing-key";
+
+    client.get(keyed(get_queue(&queue_id(1)), key)).await.expect("routing.queue is in routing.*");
+    let denied = |e: tonic::Status, scope: &str| {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains(scope) && e.message().contains("routing-svc"), "{}", e.message());
+    };
+    denied(client.get(keyed(user(1), key)).await.unwrap_err(), "scope get");
+    let forced = GetRequest {
+        freshness: Some(Freshness { force_refresh: true, ..Default::default() }),
+        ..get_queue(&queue_id(1))
+    };
+    denied(client.get(keyed(forced, key)).await.unwrap_err(), "scope force_refresh");
+    assert_eq!(emu.counters().route("GET /api/v2/users/{id}"), 0, "nothing fetched for a refused Get");
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 1);
+
+    denied(
+        client.invalidate(keyed(invalidate(&[], &[&format!("{env}:u")], &[]), key)).await.unwrap_err(),
+        "invalidate_prefixes",
+    );
+    denied(
+        client.invalidate(keyed(invalidate(&[], &[], &["user:x"]), key)).await.unwrap_err(),
+        "invalidate_tags",
+    );
+    client
+        .invalidate(keyed(invalidate(&[], &[&format!("{env}:routing.queue:")], &[]), key))
+        .await
+        .expect("its own namespace");
+    let watch = WatchRequest { kinds: vec!["user".into()], ..Default::default() };
+    denied(client.watch(keyed(watch, key)).await.unwrap_err(), "scope watch");
+
+    let door = format!("http://{}/data-action", cx.http_addr);
+    let resp = reqwest::Client::new()
+        .post(&door)
+        .bearer_auth(key)
+        .json(&serde_json::json!({"kind": "user", "id": user_id(1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("data_actions") && text.contains("PERMISSION_DENIED"), "{text}");
+    assert_eq!(emu.counters().route("GET /api/v2/users/{id}"), 0, "no data action executed");
+    let resp = reqwest::Client::new()
+        .post(&door)
+        .bearer_auth(key)
+        .json(&serde_json::json!({"kind": "routing.queue", "id": queue_id(2)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_by_reloading_the_callers_without_a_restart() {
+    let mut s = Scenario::new("rotate").configure(with_callers).start().await;
+    let cx = s.cx();
+    let mut client = cx.new_client().await;
+    client.get(keyed(get_queue(&queue_id(1)), "routing-key")).await.unwrap();
+    // Step 1: the new key is added beside the old one.
+    let mut config = s.config();
+    config.auth.callers[0].api_keys.push(hash_key("routing-key-2"));
+    cx.running.as_ref().unwrap().reload_auth(&config.auth).unwrap();
+    client.get(keyed(get_queue(&queue_id(1)), "routing-key")).await.unwrap();
+    client.get(keyed(get_queue(&queue_id(1)), "routing-key-2")).await.unwrap();
+    // Step 2: the old key is retired.
+    config.auth.callers[0].api_keys.remove(0);
+    cx.running.as_ref().unwrap().reload_auth(&config.auth).unwrap();
+    let e = client.get(keyed(get_queue(&queue_id(1)), "routing-key")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    client.get(keyed(get_queue(&queue_id(1)), "routing-key-2")).await.unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_stop_at_the_callers_limit_and_other_callers_still_watch() {
+    let mut s = Scenario::new("watchlimit")
+        .configure(|c| {
+            with_callers(c);
+            c.limits.max_watch_streams_per_caller = 50;
+            c.limits.max_watch_streams = 60;
+        })
+        .start()
+        .await;
+    let cx = s.cx();
+    let mut client = cx.new_client().await;
+    let req = || WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() };
+    let mut open = Vec::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        match client.watch(keyed(req(), "routing-key")).await {
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(open.len(), 50);
+    let e = refused.expect("the 51st stream is refused");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_watch_streams_per_caller"), "{}", e.message());
+    let running = cx.running.as_ref().unwrap();
+    assert_eq!(running.watch_streams(), 50);
+    let _admin = client.watch(keyed(req(), "admin-key")).await.expect("another caller still watches");
+    // Closed streams free their slots.
+    drop(open);
+    assert!(
+        wait_until(Duration::from_secs(5), || running.watch_streams() == 1).await,
+        "{}",
+        running.watch_streams()
+    );
+    client.watch(keyed(req(), "routing-key")).await.expect("a slot again");
+    s.stop().await;
+}
+
+/// A CA and certificates it signs, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let pki = Pki { dir: tempfile::tempdir().unwrap(), ca, ca_key };
+        std::fs::write(pki.path("ca.pem"), pki.ca.pem()).unwrap();
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A certificate for `sans` signed by the CA: (cert PEM, key PEM).
+    fn issue(&self, sans: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+}
+
+fn write_server_cert(pki: &Pki, dir: &Path) {
+    let (cert, key) = pki.issue(&["localhost"]);
+    // Key first, then the certificate: a reload never sees a new
+    // certificate with the old key.
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+}
+
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+) -> Result<CacheClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(CacheClient::new(channel))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_served_plaintext_refused_and_a_rotated_certificate_served_without_restart() {
+    let pki = Pki::new("cxcache test CA");
+    let files = tempfile::tempdir().unwrap();
+    write_server_cert(&pki, files.path());
+    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    let mut s = Scenario::new("tls")
+        .instances(0)
+        .configure(move |c| {
+            c.tls.cert = Some(cert.clone());
+            c.tls.key = Some(key.clone());
+            c.tls.reload_interval = Duration::from_millis(100);
+        })
+        .start()
+        .await;
+    let running = cxcache::server::start(s.config()).await.expect("start with TLS");
+    let addr = running.grpc_addr;
+
+    let mut client = tls_client(addr, &pki.ca_pem(), None).await.expect("TLS with the CA");
+    client.get(get_queue(&queue_id(1))).await.expect("Get over TLS");
+
+    // Plaintext is refused.
+    let plain = async {
+        let mut c = CacheClient::connect(format!("http://{addr}")).await?;
+        c.get(get_queue(&queue_id(1))).await.map_err(anyhow::Error::from)?;
+        anyhow::Ok(())
+    };
+    assert!(tokio::time::timeout(Duration::from_secs(10), plain).await.map(|r| r.is_err()).unwrap_or(true));
+
+    // The HTTP side too.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
+        .resolve("localhost", running.http_addr)
+        .build()
+        .unwrap();
+    let ok =
+        https.get(format!("https://localhost:{}/healthz", running.http_addr.port())).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(
+        reqwest::get(format!("http://{}/healthz", running.http_addr)).await.is_err(),
+        "plaintext HTTP refused"
+    );
+
+    // Rotation: a certificate from a new CA replaces the files; new
+    // connections trusting only the new CA succeed, without a restart.
+    let next = Pki::new("cxcache rotated CA");
+    assert!(tls_client(addr, &next.ca_pem(), None).await.is_err(), "not yet rotated");
+    write_server_cert(&next, files.path());
+    let rotated = wait_until_async(Duration::from_secs(10), || async {
+        match tls_client(addr, &next.ca_pem(), None).await {
+            Ok(mut c) => c.get(get_queue(&queue_id(1))).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(rotated, "the rotated certificate is served");
+    // The connection opened before the rotation still works.
+    client.get(get_queue(&queue_id(1))).await.expect("old connection");
+    running.shutdown().await.unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate_and_names_the_caller_by_its_san() {
+    let pki = Pki::new("cxcache mTLS CA");
+    let files = tempfile::tempdir().unwrap();
+    write_server_cert(&pki, files.path());
+    let (cert, key, ca) = (files.path().join("tls.crt"), files.path().join("tls.key"), pki.path("ca.pem"));
+    let mut s = Scenario::new("mtls")
+        .instances(0)
+        .configure(move |c| {
+            c.tls.cert = Some(cert.clone());
+            c.tls.key = Some(key.clone());
+            c.tls.client_ca = Some(ca.clone());
+            c.auth.callers = vec![CallerSettings {
+                name: "routing-svc".into(),
+                tls_san: vec!["routing-svc.test".into()],
+                scopes: Scopes { get: vec!["routing.*".into()], ..Scopes::default() },
+                ..CallerSettings::default()
+            }];
+        })
+        .start()
+        .await;
+    let running = cxcache::server::start(s.config()).await.expect("start with mTLS");
+    let addr = running.grpc_addr;
+
+    let without = async {
+        let mut c = tls_client(addr, &pki.ca_pem(), None).await?;
+        c.get(get_queue(&queue_id(1))).await?;
+        anyhow::Ok(())
+    };
+    assert!(without.await.is_err(), "no client certificate: refused");
+
+    let mut client = tls_client(addr, &pki.ca_pem(), Some(pki.issue(&["routing-svc.test"]))).await.unwrap();
+    client.get(get_queue(&queue_id(1))).await.expect("the SAN names routing-svc");
+    let e = client.get(user(1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "scopes apply: {e:?}");
+
+    // A certificate the CA signed, naming no caller: UNAUTHENTICATED.
+    let mut stranger = tls_client(addr, &pki.ca_pem(), Some(pki.issue(&["stranger.test"]))).await.unwrap();
+    assert_eq!(stranger.get(get_queue(&queue_id(1))).await.unwrap_err().code(), Code::Unauthenticated);
+    running.shutdown().await.unwrap();
+    s.stop().await;
+}
+
+async fn wait_until_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
