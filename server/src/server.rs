@@ -80,6 +80,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let emulator = Bundled::start_if_needed(&mut config).await?;
     let base_url = config.upstream.base_url.clone().unwrap_or_default();
 
+    config.redis.tls_client = crate::tls::redis_client(&config.redis).context("redis TLS")?;
     let connected = store::connect(&config.redis).await.context("connecting the store")?;
     tracing::info!(backend = connected.store.backend(), "store ready");
     let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));

@@ -160,6 +160,40 @@ pub fn acceptors(settings: &TlsSettings) -> anyhow::Result<Option<Acceptors>> {
     Ok(Some(Acceptors { grpc: config(&[b"h2"])?, http: config(&[b"h2", b"http/1.1"])?, cert: resolver }))
 }
 
+/// The TLS client for `rediss://` when a CA or client certificate is
+/// configured (None: fred's default, the system's roots).
+pub fn redis_client(
+    settings: &crate::config::RedisSettings,
+) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    if settings.tls_ca.is_none() && settings.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &settings.tls_ca {
+        for c in
+            CertificateDer::pem_file_iter(ca).with_context(|| format!("redis.tls_ca {}", ca.display()))?
+        {
+            roots.add(c.with_context(|| format!("redis.tls_ca {}", ca.display()))?)?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("redis.tls_cert {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("redis.tls_key {}", key.display()))?;
+            builder.with_client_auth_cert(chain, key).context("redis.tls_cert / tls_key")?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Some(Arc::new(config)))
+}
+
 /// A TLS connection and who is on the other end.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,

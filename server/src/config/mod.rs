@@ -242,8 +242,10 @@ impl Config {
                 || url.starts_with("redis-cluster://")
                 || url.starts_with("rediss-cluster://"))
             {
-                problems
-                    .push(format!("redis.url {:?}: expected redis:// or redis-cluster://", redacted(url)));
+                problems.push(format!(
+                    "redis.url {:?}: expected redis://, rediss://, redis-cluster:// or rediss-cluster://",
+                    redacted(url)
+                ));
             }
         }
         if let Err(e) = crate::catalog::Catalog::with_presets(&self.catalog) {
@@ -399,6 +401,22 @@ impl Config {
                  authenticates callers and checks their data_actions scope; unset data_action.token"
                     .into(),
             );
+        }
+        let r = &self.redis;
+        let redis_tls = r.url.as_deref().is_some_and(|u| u.starts_with("rediss"));
+        if (r.tls_ca.is_some() || r.tls_cert.is_some()) && !redis_tls {
+            problems.push(
+                "redis.tls_ca / tls_cert are set but redis.url is not rediss:// (or rediss-cluster://)"
+                    .into(),
+            );
+        }
+        if r.tls_cert.is_some() != r.tls_key.is_some() {
+            problems.push("redis.tls_cert and redis.tls_key: set both or neither".into());
+        }
+        for path in [&r.tls_ca, &r.tls_cert, &r.tls_key].into_iter().flatten() {
+            if !path.is_file() {
+                problems.push(format!("redis: {} is not a readable file", path.display()));
+            }
         }
         let tls = &self.tls;
         if tls.cert.is_some() != tls.key.is_some() {

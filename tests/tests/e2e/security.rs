@@ -441,3 +441,97 @@ where
     }
     false
 }
+
+/// A standalone `redis-server` serving TLS only, with certificates of `pki`.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start(pki: &Pki, auth_clients: &str) -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pki.issue(&["localhost", "127.0.0.1"]);
+        std::fs::write(dir.path().join("redis.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("redis.key"), key).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &p("redis.crt"), "--tls-key-file", &p("redis.key")])
+            .args(["--tls-ca-cert-file", &pki.path("ca.pem").display().to_string()])
+            .args(["--tls-auth-clients", auth_clients, "--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir.path().display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (with TLS support) on PATH");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsRedis { child, port, _dir: dir }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_talks_tls_to_a_rediss_server_and_never_downgrades() {
+    let pki = Pki::new("cxcache redis CA");
+    let redis = TlsRedis::start(&pki, "yes");
+    let client_files = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(&["cxcache.test"]);
+    let (cert_path, key_path) = (client_files.path().join("c.crt"), client_files.path().join("c.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mut s = Scenario::new("rediss").instances(0).start().await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let tls_config = |with_ca: bool, with_cert: bool| {
+        let mut c = s.config();
+        c.redis.url = Some(url.clone());
+        c.redis.connect_timeout = Duration::from_secs(3);
+        if with_ca {
+            c.redis.tls_ca = Some(pki.path("ca.pem"));
+        }
+        if with_cert {
+            c.redis.tls_cert = Some(cert_path.clone());
+            c.redis.tls_key = Some(key_path.clone());
+        }
+        c
+    };
+
+    let running = cxcache::server::start(tls_config(true, true)).await.expect("start on rediss://");
+    let mut client = connect(running.grpc_addr).await;
+    let first = client.get(get_queue(&queue_id(1))).await.unwrap().into_inner();
+    assert_eq!(first.source(), cxcache::proto::v1::Source::Upstream);
+    // Past the in-process tier, the value comes from the TLS Redis.
+    let mut second = client.get(get_queue(&queue_id(2))).await.unwrap().into_inner();
+    assert_eq!(second.source(), cxcache::proto::v1::Source::Upstream);
+    for _ in 0..50 {
+        second = client.get(get_queue(&queue_id(2))).await.unwrap().into_inner();
+        if second.source() == cxcache::proto::v1::Source::Store {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(second.source(), cxcache::proto::v1::Source::Store, "served from the TLS Redis");
+    running.shutdown().await.unwrap();
+
+    // The server's certificate is checked: the system roots do not know our CA.
+    assert!(cxcache::server::start(tls_config(false, false)).await.is_err(), "untrusted certificate refused");
+    // The server requires client certificates: without one, no connection.
+    assert!(cxcache::server::start(tls_config(true, false)).await.is_err(), "no client certificate refused");
+    // Plaintext to the TLS port does not work either (no downgrade path).
+    let mut plain = tls_config(false, false);
+    plain.redis.url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    assert!(cxcache::server::start(plain).await.is_err(), "plaintext to a TLS-only Redis fails");
+    s.stop().await;
+}
