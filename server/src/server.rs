@@ -166,6 +166,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
                 config.cache.watch_buffer,
                 shutdown_rx.clone(),
                 watch_slots.clone(),
+                config.limits.request_timeout,
             ),
             // Every Cache call is authenticated first (health and
             // reflection stay open: probes and tooling).
@@ -175,8 +176,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             // Dead peers are found by HTTP/2 pings and their streams reaped.
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-            // No unary call runs longer than this (nor than its grpc-timeout).
-            .timeout(limits.request_timeout)
+            // Backstop: no call's handler runs past this (a Get answers
+            // DEADLINE_EXCEEDED at limits.request_timeout itself; tonic's
+            // own expiry would say CANCELLED).
+            .timeout(limits.request_timeout + std::time::Duration::from_secs(1))
             .layer(
                 tower::ServiceBuilder::new()
                     // Past the instance-wide limit, refuse at once (RESOURCE_EXHAUSTED)

@@ -16,11 +16,15 @@ use crate::source::Source;
 
 /// Runs the Get in a `get` span carrying its request id (echoed back as
 /// `x-request-id`); the cache counts the outcome.
-pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+pub async fn handle(
+    cache: &Cache,
+    request: Request<GetRequest>,
+    server_limit: Duration,
+) -> Result<Response<GetResponse>, Status> {
     let request_id = crate::telemetry::request_id(request.metadata());
     let (kind, id) = (&request.get_ref().kind, &request.get_ref().id);
     let span = tracing::info_span!("get", %request_id, %kind, %id, source = tracing::field::Empty);
-    let result = serve(cache, request).instrument(span).await;
+    let result = serve(cache, request, server_limit).instrument(span).await;
     let echo = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
     match result {
         Ok(mut response) => {
@@ -34,7 +38,11 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
     }
 }
 
-async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+async fn serve(
+    cache: &Cache,
+    request: Request<GetRequest>,
+    server_limit: Duration,
+) -> Result<Response<GetResponse>, Status> {
     let deadline = match deadline::from_metadata(request.metadata()) {
         // Answer a little before the caller's deadline, so the caller gets
         // our DEADLINE_EXCEEDED rather than tonic's CANCELLED.
@@ -66,7 +74,16 @@ async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<G
             crate::metrics::get_failed(e.code().name());
             super::admission::refused(e)
         })?;
-    let served = cache.get(&req, deadline).await?;
+    // The server's own limit (`limits.request_timeout`) bounds every Get,
+    // outside the cache's own deadline handling (which keeps its meaning).
+    let served = match tokio::time::timeout(server_limit, cache.get(&req, deadline)).await {
+        Ok(served) => served?,
+        Err(_) => {
+            let e = Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"));
+            crate::metrics::get_failed(e.code().name());
+            return Err(e.into());
+        }
+    };
     tracing::Span::current().record("source", served.source.label());
     let as_json = req.value_format == v1::ValueFormat::Json as i32;
     Ok(Response::new(to_response(served, as_json)))

@@ -33,6 +33,8 @@ pub struct CacheService {
     watch_buffer: usize,
     shutdown: shutdown_watch::Receiver<bool>,
     watch_slots: Arc<WatchSlots>,
+    /// The longest a Get may take (`limits.request_timeout`), caller deadline or not.
+    request_timeout: std::time::Duration,
 }
 
 impl CacheService {
@@ -43,8 +45,9 @@ impl CacheService {
         watch_buffer: usize,
         shutdown: shutdown_watch::Receiver<bool>,
         watch_slots: Arc<WatchSlots>,
+        request_timeout: std::time::Duration,
     ) -> Self {
-        CacheService { cache, invalidator, bus, watch_buffer, shutdown, watch_slots }
+        CacheService { cache, invalidator, bus, watch_buffer, shutdown, watch_slots, request_timeout }
     }
 }
 
@@ -53,7 +56,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send 
 #[tonic::async_trait]
 impl CacheRpc for CacheService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        get::handle(&self.cache, request).await
+        get::handle(&self.cache, request, self.request_timeout).await
     }
 
     async fn invalidate(

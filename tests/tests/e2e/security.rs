@@ -535,3 +535,39 @@ async fn the_store_talks_tls_to_a_rediss_server_and_never_downgrades() {
     assert!(cxcache::server::start(plain).await.is_err(), "plaintext to a TLS-only Redis fails");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_limit_are_shed_and_a_get_ends_at_the_request_timeout() {
+    let mut s = Scenario::new("shed")
+        .configure(|c| {
+            c.limits.max_concurrent_requests = 2;
+            c.limits.request_timeout = Duration::from_secs(2);
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
+    emu.inject_fault(held(queue_path(&queue_id(1))));
+    emu.inject_fault(held(queue_path(&queue_id(2))));
+    let started = std::time::Instant::now();
+    let busy: Vec<_> = [1, 2]
+        .map(|n| {
+            let mut c = cx.client.clone();
+            tokio::spawn(async move { c.get(get_queue(&queue_id(n))).await })
+        })
+        .into_iter()
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || emu.held_count() == 2).await, "two Gets in flight");
+    let e = cx.new_client().await.get(get_queue(&queue_id(3))).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "shed at once: {e:?}");
+    for b in busy {
+        let e = b.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("request_timeout"), "{}", e.message());
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(5), "{took:?}");
+    emu.release_held();
+    emu.clear_faults();
+    cx.client.clone().get(get_queue(&queue_id(3))).await.expect("capacity again");
+    s.stop().await;
+}
