@@ -571,3 +571,33 @@ async fn requests_past_the_concurrency_limit_are_shed_and_a_get_ends_at_the_requ
     cx.client.clone().get(get_queue(&queue_id(3))).await.expect("capacity again");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_callers_of_the_config_file() {
+    let mut s = Scenario::new("sighup").instances(0).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cxcache.toml");
+    let write = |key: &str| {
+        let text = format!(
+            "[[auth.callers]]\nname = \"svc\"\napi_keys = [\"{}\"]\nscopes = {{ get = [\"routing.*\"] }}\n",
+            hash_key(key)
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("first-key");
+    let mut process = s.process(&["--config", &file.display().to_string()], &[]);
+    let mut client = connect(process.grpc_addr).await;
+    client.get(keyed(get_queue(&queue_id(1)), "first-key")).await.expect("first key");
+    write("second-key");
+    process.signal("HUP");
+    let reloaded = wait_until_async(Duration::from_secs(10), || {
+        let mut c = client.clone();
+        async move { c.get(keyed(get_queue(&queue_id(1)), "second-key")).await.is_ok() }
+    })
+    .await;
+    assert!(reloaded, "the second key works after SIGHUP: {:?}", process.log_lines());
+    let e = client.get(keyed(get_queue(&queue_id(1)), "first-key")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(process.terminate(Duration::from_secs(20)).is_some_and(|st| st.success()));
+    s.stop().await;
+}
