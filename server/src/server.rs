@@ -166,13 +166,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
                 config.cache.watch_buffer,
                 shutdown_rx.clone(),
                 watch_slots.clone(),
-                config.limits.request_timeout,
+                &config.limits,
             ),
             // Every Cache call is authenticated first (health and
             // reflection stay open: probes and tooling).
             Authenticate { auth: auth.clone() },
         );
-        let router = tonic::transport::Server::builder()
+        let builder = tonic::transport::Server::builder()
             // Dead peers are found by HTTP/2 pings and their streams reaped.
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
@@ -189,9 +189,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
                     .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests)),
             )
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
             .add_service(cache_service);
+        // Reflection (open, like health) unless turned off.
+        let router = if config.auth.reflection {
+            builder.add_service(reflection_v1).add_service(reflection_v1alpha)
+        } else {
+            builder
+        };
         let stop = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -222,6 +226,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             webhook: Arc::new(config.webhook.clone()),
             data_action: Arc::new(config.data_action.clone()),
             auth: auth.clone(),
+            metrics_need_caller: config.auth.metrics_need_caller,
             notifications: notifier.as_ref().map(|n| n.status.clone()),
         });
         let stop = async move {

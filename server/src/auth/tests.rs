@@ -29,7 +29,6 @@ fn routing_caller() -> CallerSettings {
 
 fn settings() -> AuthSettings {
     AuthSettings {
-        allow_anonymous: false,
         callers: vec![routing_caller()],
         issuers: vec![IssuerSettings {
             issuer: "https://idp.test".into(),
@@ -38,6 +37,7 @@ fn settings() -> AuthSettings {
             leeway: Duration::ZERO,
             ..IssuerSettings::default()
         }],
+        ..AuthSettings::default()
     }
 }
 

@@ -11,17 +11,33 @@ use super::Secret;
 /// Caller authentication. With no callers configured every request is
 /// anonymous and may do everything — fine on loopback, refused at start on
 /// any other address unless `allow_anonymous` says so.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// Serve a non-loopback address with no callers configured (every
     /// request anonymous, every scope granted). A warning at start.
     pub allow_anonymous: bool,
+    /// Serve gRPC server reflection (unauthenticated, like health).
+    pub reflection: bool,
+    /// `/metrics` only for requests bearing a caller's credential.
+    pub metrics_need_caller: bool,
     /// The callers: each request is authenticated as one of them.
     pub callers: Vec<CallerSettings>,
     /// JWT issuers whose tokens identify callers (a caller's `jwt` entries
     /// name the issuer and subject).
     pub issuers: Vec<IssuerSettings>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            allow_anonymous: false,
+            reflection: true,
+            metrics_need_caller: false,
+            callers: Vec::new(),
+            issuers: Vec::new(),
+        }
+    }
 }
 
 impl AuthSettings {
@@ -161,6 +177,10 @@ pub struct LimitSettings {
     /// How long a keepalive ping may go unanswered.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Most keys + prefixes + tags (+ kinds) in one Invalidate or Watch.
+    pub max_list_entries: usize,
+    /// Longest key, prefix, tag or kind in an Invalidate or Watch (bytes).
+    pub max_string_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -172,6 +192,8 @@ impl Default for LimitSettings {
             request_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            max_list_entries: 1_000,
+            max_string_bytes: 1_024,
         }
     }
 }

@@ -440,6 +440,9 @@ impl Config {
                     .into(),
             );
         }
+        if l.max_list_entries == 0 || l.max_string_bytes == 0 {
+            problems.push("limits.max_list_entries and .max_string_bytes must be positive".into());
+        }
         if l.request_timeout.is_zero() || l.keepalive_interval.is_zero() || l.keepalive_timeout.is_zero() {
             problems.push(
                 "limits.request_timeout, .keepalive_interval and .keepalive_timeout must be positive".into(),

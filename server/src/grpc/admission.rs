@@ -57,6 +57,27 @@ pub fn refused(e: Error) -> Status {
     e.into()
 }
 
+/// Invalidate / Watch lists within `limits.max_list_entries` entries of at
+/// most `limits.max_string_bytes` each: INVALID_ARGUMENT naming the field.
+pub fn check_sizes(lists: &[(&str, &[String])], max_entries: usize, max_bytes: usize) -> Result<(), Error> {
+    let total: usize = lists.iter().map(|(_, l)| l.len()).sum();
+    if total > max_entries {
+        return Err(Error::invalid(
+            lists.iter().map(|(f, _)| *f).collect::<Vec<_>>().join("+"),
+            format!("{total} entries is over limits.max_list_entries ({max_entries})"),
+        ));
+    }
+    for (field, list) in lists {
+        if let Some(s) = list.iter().find(|s| s.len() > max_bytes) {
+            return Err(Error::invalid(
+                *field,
+                format!("an entry of {} bytes is over limits.max_string_bytes ({max_bytes})", s.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Open Watch streams, in total and per caller.
 pub struct WatchSlots {
     max_total: usize,
@@ -119,6 +140,17 @@ impl Drop for WatchSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_lists_and_strings_are_refused_naming_the_field() {
+        let keys = vec!["a".to_string(); 3];
+        let tags = vec!["x".repeat(20)];
+        check_sizes(&[("keys", &keys), ("tags", &tags)], 4, 20).unwrap();
+        let e = check_sizes(&[("keys", &keys), ("tags", &tags)], 3, 20).unwrap_err();
+        assert_eq!(e.violations()[0].field, "keys+tags");
+        let e = check_sizes(&[("keys", &keys), ("tags", &tags)], 4, 19).unwrap_err();
+        assert_eq!(e.violations()[0].field, "tags");
+    }
 
     #[test]
     fn watch_slots_stop_at_the_caller_and_total_limits_and_free_on_drop() {

@@ -35,6 +35,9 @@ pub struct CacheService {
     watch_slots: Arc<WatchSlots>,
     /// The longest a Get may take (`limits.request_timeout`), caller deadline or not.
     request_timeout: std::time::Duration,
+    /// `limits.max_list_entries`, `limits.max_string_bytes`.
+    max_entries: usize,
+    max_bytes: usize,
 }
 
 impl CacheService {
@@ -45,9 +48,19 @@ impl CacheService {
         watch_buffer: usize,
         shutdown: shutdown_watch::Receiver<bool>,
         watch_slots: Arc<WatchSlots>,
-        request_timeout: std::time::Duration,
+        limits: &crate::config::LimitSettings,
     ) -> Self {
-        CacheService { cache, invalidator, bus, watch_buffer, shutdown, watch_slots, request_timeout }
+        CacheService {
+            cache,
+            invalidator,
+            bus,
+            watch_buffer,
+            shutdown,
+            watch_slots,
+            request_timeout: limits.request_timeout,
+            max_entries: limits.max_list_entries,
+            max_bytes: limits.max_string_bytes,
+        }
     }
 }
 
@@ -63,6 +76,12 @@ impl CacheRpc for CacheService {
         &self,
         request: Request<InvalidateRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
+        let r = request.get_ref();
+        admission::check_sizes(
+            &[("keys", &r.keys), ("prefixes", &r.prefixes), ("tags", &r.tags)],
+            self.max_entries,
+            self.max_bytes,
+        )?;
         invalidate::handle(&self.invalidator, request).await
     }
 
@@ -71,6 +90,11 @@ impl CacheRpc for CacheService {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = admission::caller(&request)?;
         let req = request.get_ref();
+        admission::check_sizes(
+            &[("keys", &req.keys), ("prefixes", &req.prefixes), ("kinds", &req.kinds), ("tags", &req.tags)],
+            self.max_entries,
+            self.max_bytes,
+        )?;
         caller
             .check_watch(
                 req.kinds.iter().map(String::as_str),

@@ -601,3 +601,62 @@ async fn sighup_reloads_the_callers_of_the_config_file() {
     assert!(process.terminate(Duration::from_secs(20)).is_some_and(|st| st.success()));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_callers_metrics_behind_auth_and_list_limits() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let mut s = Scenario::new("jwt")
+        .configure(move |c| {
+            with_callers(c);
+            c.auth.issuers = vec![cxcache::config::IssuerSettings {
+                issuer: "https://idp.test".into(),
+                audience: Some("cxcache".into()),
+                secret: Some(cxcache::config::Secret::new(secret)),
+                ..Default::default()
+            }];
+            c.auth.callers[0].jwt = vec![cxcache::config::JwtIdentity {
+                issuer: "https://idp.test".into(),
+                subject: Some("routing".into()),
+            }];
+            c.auth.metrics_need_caller = true;
+            c.limits.max_list_entries = 3;
+        })
+        .start()
+        .await;
+    let cx = s.cx();
+    let mut client = cx.new_client().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let token = sign(
+        serde_json::json!({"iss": "https://idp.test", "aud": "cxcache", "sub": "routing", "exp": now + 60}),
+    );
+    client.get(keyed(get_queue(&queue_id(1)), &token)).await.expect("a JWT names routing-svc");
+    let e = client.get(keyed(user(1), &token)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "its scopes apply: {e:?}");
+    let expired = sign(
+        serde_json::json!({"iss": "https://idp.test", "aud": "cxcache", "sub": "routing", "exp": now - 120}),
+    );
+    assert_eq!(
+        client.get(keyed(get_queue(&queue_id(1)), &expired)).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    let metrics = format!("http://{}/metrics", cx.http_addr);
+    assert_eq!(reqwest::get(&metrics).await.unwrap().status(), 401);
+    let ok = reqwest::Client::new().get(&metrics).bearer_auth("admin-key").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("cxcache_refused_total"));
+
+    let too_many = invalidate(&[], &[], &["queue:1", "queue:2", "queue:3", "queue:4"]);
+    let e = client.invalidate(keyed(too_many, "admin-key")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("max_list_entries"), "{}", e.message());
+    s.stop().await;
+}
