@@ -86,6 +86,12 @@ pub enum Error {
     #[error("caller {caller} lacks scope {scope} for {what}")]
     Forbidden { caller: String, scope: String, what: String },
 
+    /// The caller spent its miss budget (upstream calls it may cause).
+    #[error(
+        "caller {caller} spent its miss budget (auth.callers.misses_per_minute); retry after {retry_after:?}"
+    )]
+    CallerBudget { caller: String, retry_after: Duration },
+
     /// An admission limit was reached (Watch streams, …).
     #[error("limit reached: {0}")]
     LimitReached(String),
@@ -164,7 +170,7 @@ impl Error {
             Error::Internal(_) => (Code::Internal, 500),
             Error::NotAuthenticated(_) => (Code::Unauthenticated, 401),
             Error::Forbidden { .. } => (Code::PermissionDenied, 403),
-            Error::LimitReached(_) => (Code::ResourceExhausted, 429),
+            Error::LimitReached(_) | Error::CallerBudget { .. } => (Code::ResourceExhausted, 429),
         }
     }
 
@@ -176,7 +182,9 @@ impl Error {
     /// How long the caller should wait before retrying, when waiting helps.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after } => Some(*retry_after),
+            Error::RateLimited { retry_after } | Error::CallerBudget { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Error::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }

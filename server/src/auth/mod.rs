@@ -8,6 +8,7 @@
 //! a caller may have several, so keys rotate without downtime. The table is
 //! rebuilt from the config on reload and swapped in whole ([`Auth`]).
 
+mod budget;
 mod jwt;
 mod scopes;
 
@@ -21,6 +22,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{AuthSettings, Scopes};
 use crate::error::Error;
 
+pub use self::budget::{Budget, MissBudgets};
 pub use self::scopes::{glob, GetAsk};
 
 /// The authentication table in force; reloads swap it whole.
@@ -33,12 +35,24 @@ pub struct Caller {
     name: Arc<str>,
     /// None: anonymous on a server without callers, every scope granted.
     scopes: Option<Arc<Scopes>>,
+    /// Upstream calls it may cause (None: unlimited).
+    budget: Option<Budget>,
 }
 
 impl Caller {
     /// The caller of a server that has no callers configured.
     pub fn anonymous() -> Caller {
-        Caller { name: Arc::from("anonymous"), scopes: None }
+        Caller { name: Arc::from("anonymous"), scopes: None, budget: None }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_budget(name: &str, budget: Budget) -> Caller {
+        Caller { name: Arc::from(name), scopes: None, budget: Some(budget) }
+    }
+
+    /// Its miss budget, if it has one.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
     }
 
     pub fn name(&self) -> &str {
@@ -62,9 +76,15 @@ impl AuthTable {
     pub fn build(settings: &AuthSettings) -> Result<AuthTable, String> {
         let mut table = AuthTable::default();
         for (i, c) in settings.callers.iter().enumerate() {
-            table
-                .callers
-                .push(Caller { name: Arc::from(c.name.as_str()), scopes: Some(Arc::new(c.scopes.clone())) });
+            let budget = (c.misses_per_minute > 0).then(|| Budget {
+                per_minute: c.misses_per_minute,
+                burst: if c.miss_burst == 0 { c.misses_per_minute.div_ceil(4) } else { c.miss_burst },
+            });
+            table.callers.push(Caller {
+                name: Arc::from(c.name.as_str()),
+                scopes: Some(Arc::new(c.scopes.clone())),
+                budget,
+            });
             for k in &c.api_keys {
                 let hex = k.strip_prefix("sha256:").unwrap_or(k);
                 let bytes = hex::decode(hex).map_err(|e| format!("caller {}: api key hash: {e}", c.name))?;

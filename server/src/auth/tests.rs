@@ -24,6 +24,7 @@ fn routing_caller() -> CallerSettings {
             data_actions: vec!["routing.queue".into()],
             ..Scopes::default()
         },
+        ..CallerSettings::default()
     }
 }
 

@@ -64,6 +64,11 @@ pub struct CallerSettings {
     pub tls_san: Vec<String>,
     /// What it may do.
     pub scopes: Scopes,
+    /// Upstream calls (misses, forced refreshes) it may cause per minute;
+    /// past its budget its Gets get RESOURCE_EXHAUSTED + RetryInfo. 0: unlimited.
+    pub misses_per_minute: u32,
+    /// Of those, how many back to back (0: a quarter of the minute's).
+    pub miss_burst: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

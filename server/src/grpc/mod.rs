@@ -38,6 +38,8 @@ pub struct CacheService {
     /// `limits.max_list_entries`, `limits.max_string_bytes`.
     max_entries: usize,
     max_bytes: usize,
+    /// Per-caller budgets of upstream calls.
+    budgets: crate::auth::MissBudgets,
 }
 
 impl CacheService {
@@ -60,6 +62,7 @@ impl CacheService {
             request_timeout: limits.request_timeout,
             max_entries: limits.max_list_entries,
             max_bytes: limits.max_string_bytes,
+            budgets: Default::default(),
         }
     }
 }
@@ -69,7 +72,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send 
 #[tonic::async_trait]
 impl CacheRpc for CacheService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        get::handle(&self.cache, request, self.request_timeout).await
+        get::handle(&self.cache, request, self.request_timeout, &self.budgets).await
     }
 
     async fn invalidate(

@@ -660,3 +660,40 @@ async fn jwt_callers_metrics_behind_auth_and_list_limits() {
     assert!(e.message().contains("max_list_entries"), "{}", e.message());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_caller_spending_its_miss_budget_is_refused_while_others_still_miss() {
+    let mut s = Scenario::new("budget")
+        .configure(|c| {
+            with_callers(c);
+            // routing-svc: 5 upstream calls back to back, then one a minute.
+            c.auth.callers[0].misses_per_minute = 1;
+            c.auth.callers[0].miss_burst = 5;
+            c.auth.callers[0].scopes.force_refresh = true;
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
+    let mut client = cx.new_client().await;
+    for n in 0..5 {
+        client.get(keyed(get_queue(&queue_id(n)), "routing-key")).await.expect("within the burst");
+    }
+    let e = client.get(keyed(get_queue(&queue_id(10)), "routing-key")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("miss budget") && e.message().contains("routing-svc"), "{}", e.message());
+    let wait = details(&e).retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+    assert!(wait > Duration::from_secs(30) && wait <= Duration::from_secs(60), "{wait:?}");
+    let forced = GetRequest {
+        freshness: Some(Freshness { force_refresh: true, ..Default::default() }),
+        ..get_queue(&queue_id(1))
+    };
+    assert_eq!(client.get(keyed(forced, "routing-key")).await.unwrap_err().code(), Code::ResourceExhausted);
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 5, "the noisy caller's refused Gets cost no upstream call");
+    // Another caller's misses still go upstream.
+    for n in 10..15 {
+        let r = client.get(keyed(get_queue(&queue_id(n)), "admin-key")).await.expect("admin has no budget");
+        assert_eq!(r.into_inner().source(), cxcache::proto::v1::Source::Upstream);
+    }
+    assert_eq!(emu.counters().route(QUEUE_ROUTE), 10);
+    s.stop().await;
+}
