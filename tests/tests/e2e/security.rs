@@ -697,3 +697,66 @@ async fn a_noisy_caller_spending_its_miss_budget_is_refused_while_others_still_m
     assert_eq!(emu.counters().route(QUEUE_ROUTE), 10);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_reaps_the_watch_streams_of_a_dead_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut s = Scenario::new("keepalive")
+        .configure(|c| {
+            c.limits.keepalive_interval = Duration::from_millis(300);
+            c.limits.keepalive_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
+    let cx = s.cx();
+    // A proxy that can go silent: the client's side of the connection stays
+    // open but nothing passes any more (a peer that vanished without a FIN).
+    let frozen = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let (upstream, f) = (cx.grpc_addr, frozen.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, f.clone()));
+            tokio::spawn(pump(sr, cw, f.clone()));
+        }
+    });
+    let mut client = connect(proxy).await;
+    let _stream = client
+        .watch(WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() })
+        .await
+        .expect("watch through the proxy")
+        .into_inner();
+    let running = cx.running.as_ref().unwrap();
+    assert_eq!(running.watch_streams(), 1);
+    frozen.store(true, Ordering::Relaxed);
+    let reaped = wait_until(Duration::from_secs(10), || running.watch_streams() == 0).await;
+    assert!(reaped, "the dead connection's stream is reaped by keepalive");
+    s.stop().await;
+}
+
+/// Copies `r` to `w` until `frozen`, then swallows everything.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
