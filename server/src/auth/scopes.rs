@@ -116,13 +116,17 @@ impl Caller {
         self.scopes.as_ref().is_none_or(|s| s.watch.iter().any(|p| p == "*"))
     }
 
-    /// Executing data action `kind` through the HTTP door.
-    pub fn check_data_action(&self, kind: &str) -> Result<(), Error> {
+    /// Executing `kind` (entity `id`) through the HTTP data-action door:
+    /// a pattern matches the kind, or `kind:id` (so
+    /// `integrations.action.execute:custom_-_1234` allows one action).
+    pub fn check_data_action(&self, kind: &str, id: &str) -> Result<(), Error> {
         let Some(s) = &self.scopes else { return Ok(()) };
-        if any(&s.data_actions, kind) {
+        if any(&s.data_actions, kind) || (!id.is_empty() && any(&s.data_actions, &format!("{kind}:{id}"))) {
             Ok(())
-        } else {
+        } else if id.is_empty() {
             Err(denied(self, "data_actions", &format!("data action {kind}")))
+        } else {
+            Err(denied(self, "data_actions", &format!("data action {kind}:{id}")))
         }
     }
 }

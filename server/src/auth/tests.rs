@@ -180,8 +180,14 @@ fn scopes_refuse_naming_the_scope() {
     assert!(c.check_watch([], [Some("user")]).is_err());
     assert!(c.may_watch_kind("routing.queue") && !c.may_watch_kind("user"));
 
-    c.check_data_action("routing.queue").unwrap();
-    assert!(c.check_data_action("user").unwrap_err().to_string().contains("data_actions"));
+    c.check_data_action("routing.queue", "q1").unwrap();
+    assert!(c.check_data_action("user", "").unwrap_err().to_string().contains("data_actions"));
+    let mut s = settings();
+    s.callers[0].scopes.data_actions = vec!["integrations.action.execute:custom_-_1".into()];
+    let one = AuthTable::build(&s).unwrap().authenticate(Some("new-key"), &[]).unwrap();
+    one.check_data_action("integrations.action.execute", "custom_-_1").unwrap();
+    let e = one.check_data_action("integrations.action.execute", "custom_-_2").unwrap_err();
+    assert!(e.to_string().contains("integrations.action.execute:custom_-_2"), "{e}");
 }
 
 #[test]

@@ -98,7 +98,8 @@ pub struct Scopes {
     /// Kinds it may Watch (prefix and tag watches deliver only events of
     /// these kinds).
     pub watch: Vec<String>,
-    /// Kinds it may execute through the HTTP data-action door.
+    /// Kinds it may execute through the HTTP data-action door; a pattern
+    /// may also name `kind:id`, e.g. `integrations.action.execute:custom_-_1234`.
     pub data_actions: Vec<String>,
 }
 

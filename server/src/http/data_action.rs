@@ -80,7 +80,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
         }
     };
     if let Some(caller) = &caller {
-        if let Err(e) = caller.check_data_action(&req.kind) {
+        if let Err(e) = caller.check_data_action(&req.kind, &req.id) {
             crate::metrics::refused("permission_denied");
             return error_response(e);
         }
