@@ -146,7 +146,7 @@ cat > "$tmp/all-features.yaml" <<'YAML'
 credentials: { existingSecret: cxcache-oauth, key: credentials.toml }
 tls: { enabled: true, secretName: cxcache-tls }
 callers:
-  - { name: wfm-sync, token_sha256: "abc", kinds: [routing.queue] }
+  - { name: wfm-sync, api_keys: ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], scopes: { get: [routing.queue] } }
 extraConfig: |
   [cache.l1]
   max_bytes = 134217728
@@ -189,8 +189,8 @@ else
 fi
 helm template cxcache "$chart" --namespace cxcache -f "$tmp/all-features.yaml" > "$tmp/render-all.yaml" \
   || fail "helm template (all-features values)"
-grep -q 'cert = "/etc/cxcache/tls/tls.crt"' "$tmp/render-all.yaml" && grep -q '\[\[callers\]\]' "$tmp/render-all.yaml" \
-  || fail "all-features render lacks the [tls] or [[callers]] config"
+grep -q 'cert = "/etc/cxcache/tls/tls.crt"' "$tmp/render-all.yaml" && grep -q '\[\[auth.callers\]\]' "$tmp/render-all.yaml" \
+  || fail "all-features render lacks the [tls] or [[auth.callers]] config"
 
 # ---- 4. metrics cross-check ----------------------------------------------
 

@@ -199,7 +199,9 @@ impl Bus {
     ) -> Result<Arc<Bus>> {
         let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
         let channel = crate::keys::bus_channel(env);
-        let config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
+        let mut config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
+        // TLS as the store's pool has it (issue 13: configured CA / client certificate).
+        config.tls = pool.next().client_config().tls.clone();
         let subscriber = fred::prelude::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = command_timeout)
             .set_policy(fred::prelude::ReconnectPolicy::new_exponential(0, 50, 500, 2))

@@ -78,6 +78,24 @@ pub enum Error {
     #[error("store error: {0}")]
     Store(String),
 
+    /// The caller did not prove who it is (no, or a wrong, credential).
+    #[error("unauthenticated: {0}")]
+    NotAuthenticated(String),
+
+    /// The caller is known but its scopes do not allow the operation.
+    #[error("caller {caller} lacks scope {scope} for {what}")]
+    Forbidden { caller: String, scope: String, what: String },
+
+    /// The caller spent its miss budget (upstream calls it may cause).
+    #[error(
+        "caller {caller} spent its miss budget (auth.callers.misses_per_minute); retry after {retry_after:?}"
+    )]
+    CallerBudget { caller: String, retry_after: Duration },
+
+    /// An admission limit was reached (Watch streams, …).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+
     /// A bug or broken invariant.
     #[error("internal error: {0}")]
     Internal(String),
@@ -150,6 +168,9 @@ impl Error {
             Error::Rejected(_) => (Code::FailedPrecondition, 400),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, 504),
             Error::Internal(_) => (Code::Internal, 500),
+            Error::NotAuthenticated(_) => (Code::Unauthenticated, 401),
+            Error::Forbidden { .. } => (Code::PermissionDenied, 403),
+            Error::LimitReached(_) | Error::CallerBudget { .. } => (Code::ResourceExhausted, 429),
         }
     }
 
@@ -161,7 +182,9 @@ impl Error {
     /// How long the caller should wait before retrying, when waiting helps.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after } => Some(*retry_after),
+            Error::RateLimited { retry_after } | Error::CallerBudget { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Error::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }

@@ -3,9 +3,9 @@
 //!
 //! Modules by layer; each imports only from layers above it in this list
 //! (`tests/layering.rs` fails the build's tests on any other edge):
-//! 1. leaves — [`config`], [`error`], [`keys`], [`canonical`], [`normalize`],
+//! 1. leaves — [`config`], [`error`], [`auth`], [`keys`], [`canonical`], [`normalize`],
 //!    [`entry`], [`clock`], [`source`], [`ttl`], [`catalog`], [`coalesce`],
-//!    [`metrics`], [`telemetry`], [`proto`];
+//!    [`metrics`], [`telemetry`], [`proto`], [`tls`];
 //! 2. the shared store and what sits on it — [`store`], [`l1`], [`tiers`],
 //!    [`bus`];
 //! 3. [`upstream`] (OAuth token pool, limiter, retries, paging, jobs);
@@ -16,6 +16,7 @@
 //! 7. the edges — [`grpc`], [`http`];
 //! 8. [`bundled`] (the emulator feature) and [`server`] (assembly, shutdown).
 
+pub mod auth;
 pub(crate) mod bundled;
 pub(crate) mod bus;
 pub(crate) mod cache;
@@ -41,6 +42,7 @@ pub(crate) mod source;
 pub(crate) mod store;
 pub mod telemetry;
 pub(crate) mod tiers;
+pub mod tls;
 pub(crate) mod ttl;
 pub(crate) mod upstream;
 pub(crate) mod watch;

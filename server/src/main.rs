@@ -55,7 +55,7 @@ async fn main() -> ExitCode {
     }
     let _ = std::io::stdout().flush();
 
-    wait_for_signal().await;
+    wait_for_signal(&flags, &running).await;
     tracing::info!("shutting down");
     let code = match running.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,17 +69,34 @@ async fn main() -> ExitCode {
     code
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM / Ctrl-C. SIGHUP reloads the configuration and swaps
+/// in its callers (`[auth]`): keys and scopes change without a restart.
+async fn wait_for_signal(flags: &Flags, running: &cxcache::server::Running) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        let mut hup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match Config::load(flags) {
+                    Ok(config) => {
+                        if let Err(e) = running.reload_auth(&config.auth) {
+                            tracing::error!(error = %format!("{e:#}"), "SIGHUP: callers not reloaded; the previous ones stay");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration invalid; nothing reloaded"),
+                },
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = (flags, running);
+        let _ = ctrl_c.await;
+    }
 }

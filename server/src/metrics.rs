@@ -50,6 +50,11 @@ pub const COALESCED_WAITERS: &str = "cxcache_coalesced_waiters";
 pub const WATCH_SUBSCRIBERS: &str = "cxcache_watch_subscribers";
 /// LAGGED events sent to Watch subscribers (they must resync).
 pub const WATCH_LAGGED: &str = "cxcache_watch_lagged_total";
+/// Requests refused at the edge, by reason (unauthenticated, permission_denied,
+/// watch_limit).
+pub const AUTH_REFUSED: &str = "cxcache_refused_total";
+/// TLS certificate reloads, by outcome (ok, failed).
+pub const TLS_RELOADS: &str = "cxcache_tls_reloads_total";
 /// 1 while the shared store is in use, 0 while it is skipped after a failure.
 pub const STORE_AVAILABLE: &str = "cxcache_store_available";
 /// Bytes held by the in-process tier.
@@ -132,6 +137,8 @@ fn describe() {
     describe_gauge!(WATCH_SUBSCRIBERS, "Open Watch streams");
     describe_counter!(WATCH_LAGGED, "LAGGED events sent to Watch subscribers (each must resync)");
     describe_gauge!(STORE_AVAILABLE, "1 while the shared store is in use, 0 while skipped after a failure");
+    describe_counter!(AUTH_REFUSED, "Requests refused at the edge, by reason");
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads, by outcome");
     describe_gauge!(L1_BYTES, Unit::Bytes, "Bytes held by the in-process tier");
     describe_gauge!("cxcache_build_info", "Always 1; the version label names the running build");
     describe_gauge!(NOTIFY_LEADER, "1 while this instance holds the notification listener lease");
@@ -222,6 +229,16 @@ pub fn coalesced_waiter() -> GaugeGuard {
 /// Open Watch streams (read from the watch module at scrape time).
 pub fn watch_subscribers(open: i64) {
     gauge!(WATCH_SUBSCRIBERS).set(open as f64);
+}
+
+/// A request refused at the edge (`reason` from a fixed set).
+pub fn refused(reason: &'static str) {
+    counter!(AUTH_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A TLS certificate change was loaded, or failed to load.
+pub fn tls_reloaded(ok: bool) {
+    counter!(TLS_RELOADS, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
 }
 
 /// A Watch subscriber was told it lagged.

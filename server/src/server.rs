@@ -11,12 +11,15 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{Auth, AuthTable};
 use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::grpc::admission::{Authenticate, WatchSlots};
 use crate::grpc::CacheService;
 use crate::invalidation::{self, Invalidator};
 use crate::l1::L1;
@@ -47,17 +50,39 @@ pub struct Running {
     grace: std::time::Duration,
     /// The Notification API listener, when enabled.
     notifier: Option<crate::notifications::Notifier>,
+    /// The callers table in force (swapped by [`Running::reload_auth`]).
+    auth: Auth,
+    /// Open Watch streams, total and per caller.
+    watch_slots: Arc<WatchSlots>,
+    /// Re-reads the TLS certificate when its files change.
+    tls_watch: Option<JoinHandle<()>>,
 }
 
 /// Builds everything the config describes and starts serving.
 pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     config.validate().map_err(anyhow::Error::msg)?;
     crate::metrics::install();
+    let auth: Auth = Arc::new(arc_swap::ArcSwap::from_pointee(
+        AuthTable::build(&config.auth).map_err(|e| anyhow::anyhow!("auth: {e}"))?,
+    ));
+    if !config.auth.enabled() {
+        let exposed = !config.grpc_addr.ip().is_loopback() || !config.http_addr.ip().is_loopback();
+        if exposed {
+            tracing::warn!(
+                grpc_addr = %config.grpc_addr,
+                http_addr = %config.http_addr,
+                "auth.allow_anonymous: serving a non-loopback address with no callers configured; \
+                 anyone who can reach it may read, purge and spend the upstream quota"
+            );
+        }
+    }
+    let tls = crate::tls::acceptors(&config.tls).context("tls")?;
     let catalog = Arc::new(Catalog::with_presets(&config.catalog).map_err(anyhow::Error::msg)?);
 
     let emulator = Bundled::start_if_needed(&mut config).await?;
     let base_url = config.upstream.base_url.clone().unwrap_or_default();
 
+    config.redis.tls_client = crate::tls::redis_client(&config.redis).context("redis TLS")?;
     let connected = store::connect(&config.redis).await.context("connecting the store")?;
     tracing::info!(backend = connected.store.backend(), "store ready");
     let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));
@@ -131,30 +156,69 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let watch_slots =
+        WatchSlots::new(config.limits.max_watch_streams, config.limits.max_watch_streams_per_caller);
     let grpc = {
         let mut rx = shutdown_rx.clone();
-        let router = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(CacheServer::new(CacheService::new(
+        let limits = &config.limits;
+        let cache_service = CacheServer::with_interceptor(
+            CacheService::new(
                 cache.clone(),
                 invalidator.clone(),
                 bus.clone(),
                 config.cache.watch_buffer,
                 shutdown_rx.clone(),
-            )));
-        tokio::spawn(async move {
-            router
-                // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms).
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                    async move {
-                        let _ = rx.wait_for(|stop| *stop).await;
-                    },
-                )
-                .await
-        })
+                watch_slots.clone(),
+                &config.limits,
+            ),
+            // Every Cache call is authenticated first (health and
+            // reflection stay open: probes and tooling).
+            Authenticate { auth: auth.clone() },
+        );
+        let builder = tonic::transport::Server::builder()
+            // Dead peers are found by HTTP/2 pings and their streams reaped.
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // Backstop: no call's handler runs past this (a Get answers
+            // DEADLINE_EXCEEDED at limits.request_timeout itself; tonic's
+            // own expiry would say CANCELLED).
+            .timeout(limits.request_timeout + std::time::Duration::from_secs(1))
+            .layer(
+                tower::ServiceBuilder::new()
+                    // Past the instance-wide limit, refuse at once (RESOURCE_EXHAUSTED)
+                    // rather than queue without bound...
+                    .load_shed()
+                    // ...the limit itself, shared by every connection.
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests)),
+            )
+            .add_service(health_service)
+            .add_service(cache_service);
+        // Reflection (open, like health) unless turned off.
+        let router = if config.auth.reflection {
+            builder.add_service(reflection_v1).add_service(reflection_v1alpha)
+        } else {
+            builder
+        };
+        let stop = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        match &tls {
+            Some(tls) => {
+                let conns = crate::tls::accept(grpc_listener, tls.grpc.clone());
+                let incoming =
+                    tokio_stream::wrappers::ReceiverStream::new(conns).map(Ok::<_, std::io::Error>);
+                tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
+            }
+            None => tokio::spawn(async move {
+                router
+                    // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms).
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                        stop,
+                    )
+                    .await
+            }),
+        }
     };
     let http = {
         let mut rx = shutdown_rx.clone();
@@ -164,16 +228,29 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             invalidator: invalidator.clone(),
             webhook: Arc::new(config.webhook.clone()),
             data_action: Arc::new(config.data_action.clone()),
+            auth: auth.clone(),
+            metrics_need_caller: config.auth.metrics_need_caller,
             notifications: notifier.as_ref().map(|n| n.status.clone()),
         });
-        tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        })
+        let stop = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        match &tls {
+            Some(tls) => {
+                let listener = crate::tls::HttpsListener {
+                    rx: crate::tls::accept(http_listener, tls.http.clone()),
+                    local: http_addr,
+                };
+                tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await })
+            }
+            None => {
+                tokio::spawn(
+                    async move { axum::serve(http_listener, app).with_graceful_shutdown(stop).await },
+                )
+            }
+        }
     };
+    let tls_watch = tls.as_ref().map(|t| t.cert.watch(config.tls.reload_interval));
     tracing::info!(%grpc_addr, %http_addr, env = %config.env, "cxcache serving");
     let emulator_url = emulator.as_ref().map(Bundled::url);
     let grace = config.shutdown_grace;
@@ -192,6 +269,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         bus,
         grace,
         notifier,
+        auth,
+        watch_slots,
+        tls_watch,
     })
 }
 
@@ -205,6 +285,25 @@ impl Running {
     /// tests and diagnostics.
     pub fn upstream_stats(&self) -> impl std::fmt::Debug {
         self.upstream.stats()
+    }
+
+    /// Swaps in the callers of `settings` (SIGHUP): calls already
+    /// authenticated keep their caller; new calls see the new table. A
+    /// table that does not build leaves the old one in force.
+    pub fn reload_auth(&self, settings: &crate::config::AuthSettings) -> anyhow::Result<()> {
+        let table = AuthTable::build(settings).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+        tracing::info!(
+            callers = settings.callers.len(),
+            issuers = settings.issuers.len(),
+            "callers reloaded"
+        );
+        self.auth.store(Arc::new(table));
+        Ok(())
+    }
+
+    /// Open Watch streams on this instance.
+    pub fn watch_streams(&self) -> usize {
+        self.watch_slots.open()
     }
 
     /// What the Notification API listener is doing (None: disabled).
@@ -230,6 +329,9 @@ impl Running {
         // Serving no more: purges need not wait for this instance.
         self.bus.leave().await;
         self.follower.abort();
+        if let Some(t) = &self.tls_watch {
+            t.abort();
+        }
         if let Some(notifier) = self.notifier {
             // It saw the shutdown signal: let it release its lease.
             notifier.stop(std::time::Duration::from_secs(2)).await;

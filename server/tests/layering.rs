@@ -34,6 +34,10 @@ const LAYERS: &[&[&str]] = &[
         "ttl",
         "metrics",
         "telemetry",
+        // Pure logic: identities, scopes, key hashes, JWT checks (on config and error).
+        "auth",
+        // Listener TLS (reloading certificates); names auth for client-certificate SANs.
+        "tls",
     ],
     // The shared store and what sits on it.
     &["store", "l1", "tiers", "bus"],

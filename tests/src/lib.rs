@@ -501,6 +501,11 @@ impl ProcessInstance {
         std::fs::read_to_string(self.log.path()).unwrap_or_default().lines().map(str::to_string).collect()
     }
 
+    /// Sends `signal` (e.g. `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+    }
+
     /// SIGKILL: no graceful anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

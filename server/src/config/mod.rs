@@ -15,11 +15,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, Kind};
 
+mod auth;
 mod cache;
 mod http;
 mod services;
 mod upstream;
 
+pub use self::auth::{
+    AuthSettings, CallerSettings, IssuerSettings, JwtIdentity, LimitSettings, Scopes, TlsSettings,
+};
 pub use self::cache::{CacheSettings, L1Settings, TtlSettings};
 pub use self::http::{DataActionSettings, TopicMapping, WebhookSettings};
 pub use self::services::{EmulatorSettings, NotificationSettings, RedisSettings, TelemetrySettings};
@@ -143,6 +147,12 @@ pub struct Config {
     pub data_action: DataActionSettings,
     /// Notification API channels that purge on platform change events.
     pub notifications: NotificationSettings,
+    /// Who may call, and what each caller may do.
+    pub auth: AuthSettings,
+    /// TLS on the gRPC and HTTP listeners.
+    pub tls: TlsSettings,
+    /// Admission limits.
+    pub limits: LimitSettings,
 }
 
 impl Default for Config {
@@ -162,6 +172,9 @@ impl Default for Config {
             data_action: DataActionSettings::default(),
             telemetry: TelemetrySettings::default(),
             notifications: NotificationSettings::default(),
+            auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -229,8 +242,10 @@ impl Config {
                 || url.starts_with("redis-cluster://")
                 || url.starts_with("rediss-cluster://"))
             {
-                problems
-                    .push(format!("redis.url {:?}: expected redis:// or redis-cluster://", redacted(url)));
+                problems.push(format!(
+                    "redis.url {:?}: expected redis://, rediss://, redis-cluster:// or rediss-cluster://",
+                    redacted(url)
+                ));
             }
         }
         if let Err(e) = crate::catalog::Catalog::with_presets(&self.catalog) {
@@ -305,10 +320,133 @@ impl Config {
         if let Err(e) = Catalog::with_presets(&self.catalog) {
             problems.push(e);
         }
+        self.validate_security(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems.join("\n"))
+        }
+    }
+}
+
+impl Config {
+    /// Callers, issuers, TLS files and limits; and secure by default: a
+    /// listener on a non-loopback address needs callers (or an explicit
+    /// `auth.allow_anonymous`).
+    fn validate_security(&self, problems: &mut Vec<String>) {
+        let auth = &self.auth;
+        let exposed: Vec<SocketAddr> =
+            [self.grpc_addr, self.http_addr].into_iter().filter(|a| !a.ip().is_loopback()).collect();
+        if !exposed.is_empty() && !auth.enabled() && !auth.allow_anonymous {
+            let addrs = exposed.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+            problems.push(format!(
+                "{addrs}: not a loopback address, and no callers are configured: anyone who can reach it \
+                 could read, purge and spend the upstream quota. Add callers to the config file, e.g.\n  \
+                 [[auth.callers]]\n  name = \"my-service\"\n  api_keys = [\"sha256:<hex of sha256(key)>\"]\n  \
+                 scopes = {{ get = [\"routing.*\"] }}\n\
+                 (see README \"Callers and scopes\"), or set auth.allow_anonymous = true \
+                 (CXCACHE_AUTH__ALLOW_ANONYMOUS=true) to serve anyone"
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in auth.callers.iter().enumerate() {
+            let at = format!("auth.callers[{i}]");
+            if c.name.trim().is_empty() {
+                problems.push(format!("{at}.name: required"));
+            } else if !names.insert(c.name.as_str()) {
+                problems.push(format!("{at}.name {:?}: two callers share it", c.name));
+            }
+            if c.api_keys.is_empty() && c.jwt.is_empty() && c.tls_san.is_empty() {
+                problems.push(format!("{at} ({}): give it api_keys, jwt or tls_san", c.name));
+            }
+            for (j, k) in c.api_keys.iter().enumerate() {
+                let hex = k.strip_prefix("sha256:").unwrap_or("");
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    // Not echoed: it may be a key pasted by mistake.
+                    problems.push(format!(
+                        "{at}.api_keys[{j}] is not sha256:<64 hex digits> (store the hash, never the key)"
+                    ));
+                }
+            }
+            for j in &c.jwt {
+                if !auth.issuers.iter().any(|iss| iss.issuer == j.issuer) {
+                    problems.push(format!("{at}.jwt: issuer {:?} is not in auth.issuers", j.issuer));
+                }
+            }
+            if !c.tls_san.is_empty() && self.tls.client_ca.is_none() {
+                problems.push(format!("{at}.tls_san needs tls.client_ca (mutual TLS)"));
+            }
+        }
+        for (i, iss) in auth.issuers.iter().enumerate() {
+            let at = format!("auth.issuers[{i}]");
+            if iss.issuer.is_empty() {
+                problems.push(format!("{at}.issuer: required"));
+            }
+            match (&iss.secret, &iss.jwks_file) {
+                (Some(s), None) if s.expose().len() < 16 => {
+                    problems.push(format!("{at}.secret: at least 16 bytes"))
+                }
+                (Some(_), None) => {}
+                (None, Some(path)) if !path.is_file() => {
+                    problems.push(format!("{at}.jwks_file {}: not a readable file", path.display()))
+                }
+                (None, Some(_)) => {}
+                _ => problems
+                    .push(format!("{at}: set exactly one of secret (HS256) or jwks_file (RS256/ES256)")),
+            }
+        }
+        if auth.enabled() && self.data_action.token.is_some() {
+            problems.push(
+                "data_action.token and auth.callers are both set: with callers, the data-action door \
+                 authenticates callers and checks their data_actions scope; unset data_action.token"
+                    .into(),
+            );
+        }
+        let r = &self.redis;
+        let redis_tls = r.url.as_deref().is_some_and(|u| u.starts_with("rediss"));
+        if (r.tls_ca.is_some() || r.tls_cert.is_some()) && !redis_tls {
+            problems.push(
+                "redis.tls_ca / tls_cert are set but redis.url is not rediss:// (or rediss-cluster://)"
+                    .into(),
+            );
+        }
+        if r.tls_cert.is_some() != r.tls_key.is_some() {
+            problems.push("redis.tls_cert and redis.tls_key: set both or neither".into());
+        }
+        for path in [&r.tls_ca, &r.tls_cert, &r.tls_key].into_iter().flatten() {
+            if !path.is_file() {
+                problems.push(format!("redis: {} is not a readable file", path.display()));
+            }
+        }
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            problems.push("tls.cert and tls.key: set both or neither".into());
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            problems.push("tls.client_ca needs tls.cert and tls.key".into());
+        }
+        for path in [&tls.cert, &tls.key, &tls.client_ca].into_iter().flatten() {
+            if !path.is_file() {
+                problems.push(format!("tls: {} is not a readable file", path.display()));
+            }
+        }
+        if tls.enabled() && tls.reload_interval.is_zero() {
+            problems.push("tls.reload_interval must be positive".into());
+        }
+        let l = &self.limits;
+        if l.max_watch_streams == 0 || l.max_watch_streams_per_caller == 0 || l.max_concurrent_requests == 0 {
+            problems.push(
+                "limits.max_watch_streams, .max_watch_streams_per_caller and .max_concurrent_requests must be positive"
+                    .into(),
+            );
+        }
+        if l.max_list_entries == 0 || l.max_string_bytes == 0 {
+            problems.push("limits.max_list_entries and .max_string_bytes must be positive".into());
+        }
+        if l.request_timeout.is_zero() || l.keepalive_interval.is_zero() || l.keepalive_timeout.is_zero() {
+            problems.push(
+                "limits.request_timeout, .keepalive_interval and .keepalive_timeout must be positive".into(),
+            );
         }
     }
 }
@@ -405,6 +543,39 @@ mod tests {
         c.cache.ttl.analytics_min = std::time::Duration::from_secs(600);
         c.cache.ttl.analytics_max = std::time::Duration::from_secs(60);
         assert!(c.validate().unwrap_err().contains("analytics_min"));
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_callers_or_explicit_anonymous() {
+        let mut c = Config { grpc_addr: ([0, 0, 0, 0], 50051).into(), ..Config::default() };
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("0.0.0.0:50051") && err.contains("[[auth.callers]]"), "{err}");
+        assert!(err.contains("auth.allow_anonymous"), "{err}");
+        c.auth.allow_anonymous = true;
+        c.validate().unwrap();
+        c.auth.allow_anonymous = false;
+        c.auth.callers = vec![CallerSettings {
+            name: "svc".into(),
+            api_keys: vec![format!("sha256:{}", "ab".repeat(32))],
+            ..CallerSettings::default()
+        }];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn callers_are_checked() {
+        let mut c = Config::default();
+        c.auth.callers = vec![
+            CallerSettings { name: "a".into(), api_keys: vec!["plaintext-key".into()], ..Default::default() },
+            CallerSettings {
+                name: "a".into(),
+                jwt: vec![JwtIdentity { issuer: "https://nowhere".into(), subject: None }],
+                ..Default::default()
+            },
+        ];
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("not sha256:") && !err.contains("plaintext"), "{err}");
+        assert!(err.contains("two callers share it") && err.contains("not in auth.issuers"), "{err}");
     }
 
     #[test]

@@ -99,6 +99,15 @@ pub struct RedisSettings {
     /// fails as a store error (and `Invalidate` retries it).
     #[serde(with = "humantime_serde")]
     pub purge_replica_timeout: Duration,
+    /// `rediss://` only: PEM CA bundle the server's certificate must chain
+    /// to (unset: the system's roots).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// `rediss://` only: client certificate and key (Redis `tls-auth-clients`).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The TLS client built from the options above at start (not configured directly).
+    #[serde(skip)]
+    pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +138,10 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(5),
             purge_replicas: 0,
             purge_replica_timeout: Duration::from_millis(500),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client: None,
         }
     }
 }

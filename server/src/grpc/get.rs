@@ -1,21 +1,30 @@
 //! `Get`: serve one resource through the cache.
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::deadline;
+use crate::auth::{GetAsk, MissBudgets};
 use crate::cache::{Cache, Served};
 use crate::entry::now_ms;
+use crate::error::Error;
 use crate::proto::v1::{self, GetRequest, GetResponse};
 use crate::source::Source;
 
 /// Runs the Get in a `get` span carrying its request id (echoed back as
 /// `x-request-id`); the cache counts the outcome.
-pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+pub async fn handle(
+    cache: &Cache,
+    request: Request<GetRequest>,
+    server_limit: Duration,
+    budgets: &MissBudgets,
+) -> Result<Response<GetResponse>, Status> {
     let request_id = crate::telemetry::request_id(request.metadata());
     let (kind, id) = (&request.get_ref().kind, &request.get_ref().id);
     let span = tracing::info_span!("get", %request_id, %kind, %id, source = tracing::field::Empty);
-    let result = serve(cache, request).instrument(span).await;
+    let result = serve(cache, request, server_limit, budgets).instrument(span).await;
     let echo = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
     match result {
         Ok(mut response) => {
@@ -29,12 +38,49 @@ pub async fn handle(cache: &Cache, request: Request<GetRequest>) -> Result<Respo
     }
 }
 
-async fn serve(cache: &Cache, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+async fn serve(
+    cache: &Cache,
+    request: Request<GetRequest>,
+    server_limit: Duration,
+    budgets: &MissBudgets,
+) -> Result<Response<GetResponse>, Status> {
     let deadline = deadline::answer_by(request.metadata()).inspect_err(|e| {
         crate::metrics::get_failed(e.code().name());
     })?;
+    let caller = super::admission::caller(&request)?;
     let req = request.into_inner();
-    let served = cache.get(&req, deadline).await?;
+    let freshness = req.freshness.as_ref();
+    let forced = freshness.is_some_and(|f| f.force_refresh);
+    caller
+        .check_get(GetAsk {
+            kind: &req.kind,
+            force_refresh: forced,
+            max_age: freshness
+                .and_then(|f| f.max_age.as_ref())
+                .is_some_and(|d| d.seconds != 0 || d.nanos != 0),
+        })
+        .map_err(|e| {
+            crate::metrics::get_failed(e.code().name());
+            super::admission::refused(e)
+        })?;
+    // The upstream calls it causes are charged to the caller's budget.
+    budgets.admit(&caller, forced, std::time::Instant::now()).map_err(|e| {
+        crate::metrics::get_failed(e.code().name());
+        Status::from(e)
+    })?;
+    // The server's own limit (`limits.request_timeout`) bounds every Get,
+    // outside the cache's own deadline handling (which keeps its meaning).
+    let served = match tokio::time::timeout(server_limit, cache.get(&req, deadline)).await {
+        Ok(served) => served?,
+        Err(_) => {
+            let e = Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"));
+            crate::metrics::get_failed(e.code().name());
+            return Err(e.into());
+        }
+    };
+    if !forced && matches!(served.source, Source::Upstream | Source::Revalidated) {
+        budgets.charge(&caller, std::time::Instant::now());
+    }
     tracing::Span::current().record("source", served.source.label());
     let as_json = req.value_format == v1::ValueFormat::Json as i32;
     Ok(Response::new(to_response(served, as_json)))

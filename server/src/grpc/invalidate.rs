@@ -9,12 +9,12 @@ pub async fn handle(
     invalidator: &Invalidator,
     request: Request<InvalidateRequest>,
 ) -> Result<Response<InvalidateResponse>, Status> {
-    let actor = match request.remote_addr() {
-        Some(addr) => format!("grpc:{addr}"),
-        None => "grpc".to_string(),
-    };
+    // The audit line names the authenticated caller, not an address.
+    let caller = super::admission::caller(&request)?;
+    let actor = format!("grpc:{}", caller.name());
     let deadline = super::deadline::answer_by(request.metadata())?;
     let req = request.into_inner();
+    caller.check_invalidate(&req.keys, &req.prefixes, &req.tags).map_err(super::admission::refused)?;
     let purge = Purge {
         keys: req.keys,
         prefixes: req.prefixes,

@@ -39,7 +39,24 @@ struct DataActionRequest {
 }
 
 pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(token) = &state.data_action.token {
+    // With callers configured, the door serves only callers whose
+    // `data_actions` scope lists the action; otherwise the door token
+    // (if any) is its rule.
+    let table = state.auth.load_full();
+    let caller = if table.enabled() {
+        let sent =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
+        match table.authenticate(sent, &[]) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::metrics::refused("unauthenticated");
+                return error_response(e);
+            }
+        }
+    } else {
+        None
+    };
+    if let (None, Some(token)) = (&caller, &state.data_action.token) {
         let sent = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -62,6 +79,12 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
                 .into_response()
         }
     };
+    if let Some(caller) = &caller {
+        if let Err(e) = caller.check_data_action(&req.kind, &req.id) {
+            crate::metrics::refused("permission_denied");
+            return error_response(e);
+        }
+    }
     let get = GetRequest {
         kind: req.kind,
         id: req.id,

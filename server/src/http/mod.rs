@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::config::{DataActionSettings, WebhookSettings};
 use crate::error::{Error, FieldViolation};
@@ -25,6 +26,10 @@ pub struct AppState {
     pub invalidator: Arc<Invalidator>,
     pub webhook: Arc<WebhookSettings>,
     pub data_action: Arc<DataActionSettings>,
+    /// Callers of the data-action door (when configured).
+    pub auth: Auth,
+    /// `/metrics` only for a caller's credential (`auth.metrics_need_caller`).
+    pub metrics_need_caller: bool,
     /// The notification listener's status, when it runs here.
     pub notifications: Option<Arc<parking_lot::Mutex<ListenerStatus>>>,
 }
@@ -47,7 +52,19 @@ pub fn router(state: AppState) -> Router {
 /// elsewhere (L1 bytes, Watch subscribers, the notification listener) are read at scrape time.
 async fn prometheus(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> impl axum::response::IntoResponse {
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.metrics_need_caller {
+        let sent = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::bearer);
+        if let Err(e) = state.auth.load().authenticate(sent, &[]) {
+            crate::metrics::refused("unauthenticated");
+            return error_response(e);
+        }
+    }
     crate::metrics::l1_size(state.cache.tiers().l1_bytes());
     crate::metrics::store_available(state.cache.tiers().store_available());
     crate::metrics::watch_subscribers(crate::watch::SUBSCRIBERS.load(std::sync::atomic::Ordering::Relaxed));
@@ -59,6 +76,7 @@ async fn prometheus(
         crate::metrics::notifications(gauges);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+        .into_response()
 }
 
 /// A JSON error body: `{"error": {"code", "message", "fieldViolations"?}}`.

@@ -140,7 +140,14 @@ fn ms(d: Duration) -> i64 {
 
 impl RedisStore {
     pub async fn connect(url: &str, settings: &RedisSettings) -> Result<Self> {
-        let config = Config::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
+        let mut config = Config::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
+        // TLS (issue 13): the configured CA / client certificate; a rediss URL never downgrades.
+        if let (Some(tls), Some(_)) = (&settings.tls_client, &config.tls) {
+            config.tls = Some(fred::types::config::TlsConnector::from((**tls).clone()).into());
+        }
+        if url.starts_with("rediss") && config.tls.is_none() {
+            return Err(Error::Store("redis url asks for TLS and this build has none".into()));
+        }
         let pool = Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = settings.command_timeout)
             .with_connection_config(|c| {

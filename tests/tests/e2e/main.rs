@@ -18,6 +18,7 @@ mod jobs;
 mod notifications;
 mod outage;
 mod quota;
+mod security;
 mod shutdown;
 mod spine;
 mod telemetry;
