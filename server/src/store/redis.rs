@@ -138,7 +138,60 @@ fn ms(d: Duration) -> i64 {
     d.as_millis().max(1) as i64
 }
 
+/// Every store command fails at once while its connection is down (a
+/// killed node, a failover) instead of queueing for a command timeout: the
+/// read path then goes upstream and the tiers skip the store until a probe
+/// finds it back; `Invalidate` retries within its deadline and lands soon
+/// after a replica is promoted. Only a node that stops answering on a live
+/// connection costs a command timeout.
+const FAIL_FAST: Options = Options {
+    max_attempts: None,
+    max_redirections: None,
+    timeout: None,
+    cluster_node: None,
+    cluster_hash: None,
+    fail_fast: true,
+};
+
+/// `EVALSHA` of `script` on `client`, failing fast, loading the script
+/// where a node does not have it yet (`NOSCRIPT`: a fresh replica promoted).
+async fn eval_on<R, K, V>(
+    client: &fred::clients::Client,
+    script: &Script,
+    keys: K,
+    args: V,
+) -> std::result::Result<R, RedisError>
+where
+    R: fred::types::FromValue,
+    K: Into<fred::types::MultipleKeys> + Send + Clone,
+    V: TryInto<fred::types::MultipleValues> + Send + Clone,
+    V::Error: Into<RedisError> + Send,
+{
+    let fast = client.with_options(&FAIL_FAST);
+    match fast.evalsha(script.sha1().clone(), keys.clone(), args.clone()).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            script.load(client).await?;
+            fast.evalsha(script.sha1().clone(), keys, args).await
+        }
+        other => other,
+    }
+}
+
 impl RedisStore {
+    fn fast(&self) -> fred::clients::WithOptions<fred::clients::Client> {
+        self.pool.next().with_options(&FAIL_FAST)
+    }
+
+    async fn eval<R, K, V>(&self, script: &Script, keys: K, args: V) -> std::result::Result<R, RedisError>
+    where
+        R: fred::types::FromValue,
+        K: Into<fred::types::MultipleKeys> + Send + Clone,
+        V: TryInto<fred::types::MultipleValues> + Send + Clone,
+        V::Error: Into<RedisError> + Send,
+    {
+        eval_on(self.pool.next(), script, keys, args).await
+    }
+
     pub async fn connect(url: &str, settings: &RedisSettings) -> Result<Self> {
         let mut config = Config::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
         // TLS (issue 13): the configured CA / client certificate; a rediss URL never downgrades.
@@ -199,11 +252,11 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        self.pool.get::<Option<Bytes>, _>(key).await.map_err(store_err)
+        self.fast().get::<Option<Bytes>, _>(key).await.map_err(store_err)
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        self.pool
+        self.fast()
             .set::<(), _, _>(key, value, Some(Expiration::PX(ms(ttl))), None, false)
             .await
             .map_err(store_err)
@@ -213,28 +266,14 @@ impl Store for RedisStore {
         let keys = vec![key.to_string(), keys::lease_key(key)];
         let args: Vec<fred::types::Value> =
             vec![value.into(), ms(ttl).into(), lease.token().to_string().into()];
-        let wrote: i64 =
-            self.scripts.commit.evalsha_with_reload(self.pool.next(), keys, args).await.map_err(store_err)?;
+        let wrote: i64 = self.eval(&self.scripts.commit, keys, args).await.map_err(store_err)?;
         Ok(wrote == 1)
     }
 
     async fn purge(&self, key: &str) -> Result<bool> {
         let keys = vec![key.to_string(), keys::lease_key(key)];
         let client = self.pool.next();
-        // Fails at once while the key's node is unreachable (a failover)
-        // instead of queueing for a command timeout: `Invalidate` retries
-        // with backoff within its deadline and so lands soon after the
-        // replica is promoted.
-        let fast = client.with_options(&Options { fail_fast: true, ..Default::default() });
-        let sha = self.scripts.purge.sha1().to_string();
-        let deleted: i64 = match fast.evalsha(sha.as_str(), keys.clone(), ()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                self.scripts.purge.load(client).await.map_err(store_err)?;
-                fast.evalsha(sha.as_str(), keys, ()).await
-            }
-            other => other,
-        }
-        .map_err(store_err)?;
+        let deleted: i64 = eval_on(client, &self.scripts.purge, keys, ()).await.map_err(store_err)?;
         if self.purge_replicas > 0 {
             // Same client, same node (the key's slot), after the script on
             // that connection: WAIT covers the purge.
@@ -260,24 +299,14 @@ impl Store for RedisStore {
 
     async fn try_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool> {
         let args: Vec<fred::types::Value> = vec![lease.token().to_string().into(), ms(ttl).into()];
-        let took: i64 = self
-            .scripts
-            .try_lease
-            .evalsha_with_reload(self.pool.next(), vec![keys::lease_key(key)], args)
-            .await
-            .map_err(store_err)?;
+        let took: i64 =
+            self.eval(&self.scripts.try_lease, vec![keys::lease_key(key)], args).await.map_err(store_err)?;
         Ok(took == 1)
     }
 
     async fn release_lease(&self, key: &str, lease: Lease) -> Result<()> {
         let _: i64 = self
-            .scripts
-            .release_lease
-            .evalsha_with_reload(
-                self.pool.next(),
-                vec![keys::lease_key(key)],
-                vec![lease.token().to_string()],
-            )
+            .eval(&self.scripts.release_lease, vec![keys::lease_key(key)], vec![lease.token().to_string()])
             .await
             .map_err(store_err)?;
         Ok(())
@@ -286,39 +315,29 @@ impl Store for RedisStore {
     async fn renew_lease(&self, key: &str, lease: Lease, ttl: Duration) -> Result<bool> {
         let args: Vec<fred::types::Value> = vec![lease.token().to_string().into(), ms(ttl).into()];
         let renewed: i64 = self
-            .scripts
-            .renew_lease
-            .evalsha_with_reload(self.pool.next(), vec![keys::lease_key(key)], args)
+            .eval(&self.scripts.renew_lease, vec![keys::lease_key(key)], args)
             .await
             .map_err(store_err)?;
         Ok(renewed == 1)
     }
 
     async fn lease_held(&self, key: &str) -> Result<bool> {
-        let n: i64 = self.pool.exists(keys::lease_key(key)).await.map_err(store_err)?;
+        let n: i64 = self.fast().exists(keys::lease_key(key)).await.map_err(store_err)?;
         Ok(n > 0)
     }
 
     async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<Indexed> {
         let args: Vec<fred::types::Value> = vec![member.into(), expires_at_ms.into(), now_ms().into()];
-        let score: i64 = self
-            .scripts
-            .index_add
-            .evalsha_with_reload(self.pool.next(), vec![index.to_string()], args)
-            .await
-            .map_err(store_err)?;
+        let score: i64 =
+            self.eval(&self.scripts.index_add, vec![index.to_string()], args).await.map_err(store_err)?;
         Ok(Indexed { key: member.to_string(), expires_at_ms: score })
     }
 
     async fn index_rescore(&self, index: &str, member: &Indexed, expires_at_ms: i64) -> Result<()> {
         let args: Vec<fred::types::Value> =
             vec![member.key.as_str().into(), member.expires_at_ms.into(), expires_at_ms.into()];
-        let _: i64 = self
-            .scripts
-            .index_rescore
-            .evalsha_with_reload(self.pool.next(), vec![index.to_string()], args)
-            .await
-            .map_err(store_err)?;
+        let _: i64 =
+            self.eval(&self.scripts.index_rescore, vec![index.to_string()], args).await.map_err(store_err)?;
         Ok(())
     }
 
@@ -333,7 +352,7 @@ impl Store for RedisStore {
         loop {
             let max = ZRange { kind: ZRangeKind::Inclusive, range: ZRangeBound::InfiniteScore };
             let page: Vec<(String, f64)> = self
-                .pool
+                .fast()
                 .zrangebyscore(index, from.clone(), max, true, Some((offset, INDEX_PAGE) as Limit))
                 .await
                 .map_err(store_err)?;
@@ -363,9 +382,7 @@ impl Store for RedisStore {
             let args: Vec<fred::types::Value> =
                 chunk.iter().flat_map(|m| [m.key.as_str().into(), m.expires_at_ms.into()]).collect();
             let _: i64 = self
-                .scripts
-                .index_remove
-                .evalsha_with_reload(self.pool.next(), vec![index.to_string()], args)
+                .eval(&self.scripts.index_remove, vec![index.to_string()], args)
                 .await
                 .map_err(store_err)?;
         }
@@ -374,7 +391,7 @@ impl Store for RedisStore {
 
     async fn set_nx(&self, key: &str, ttl: Duration) -> Result<bool> {
         let set: Option<String> = self
-            .pool
+            .fast()
             .set(key, "1", Some(Expiration::PX(ms(ttl))), Some(fred::types::SetOptions::NX), false)
             .await
             .map_err(store_err)?;
@@ -384,9 +401,9 @@ impl Store for RedisStore {
     async fn delete(&self, keys: &[String]) -> Result<u64> {
         // One DEL per key: keys of different entities live on different
         // cluster slots, and a multi-key DEL across slots is refused.
-        let counts = try_join_all(keys.iter().map(|k| self.pool.del::<u64, _>(k.as_str())))
-            .await
-            .map_err(store_err)?;
+        let fast = self.fast();
+        let counts =
+            try_join_all(keys.iter().map(|k| fast.del::<u64, _>(k.as_str()))).await.map_err(store_err)?;
         Ok(counts.into_iter().sum())
     }
 

@@ -82,3 +82,68 @@ async fn gets_survive_a_redis_outage_and_the_store_is_used_again_after() {
     }
     s.stop().await;
 }
+
+/// Every Redis node killed while 16 callers read: no Get fails and none
+/// waits on the dead store for long. While this instance cannot renew its
+/// fleet membership its L1 does not serve (purges elsewhere might pass it
+/// by), so the reads go upstream, coalesced per key, within the limiter's
+/// fallback share: the budget here is large enough that quota is not what
+/// is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_under_load_fails_no_get_and_none_waits_a_second() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut s = Scenario::new("outage-load")
+        .private_cluster()
+        .alone()
+        .emulator(EmulatorConfig { rate_limit: 1_000_000, ..EmulatorConfig::default() })
+        .configure(|c| c.upstream.rate_limit.allowed = 1_000_000)
+        .start()
+        .await;
+    let (cx, cluster) = (s.cx(), s.cluster());
+    for q in 0..20 {
+        cx.get(get_queue(&queue_id(q))).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..16)
+        .map(|n| {
+            let (mut client, stop) = (cx.client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut gets, mut failed, mut slowest) = (0u64, 0u64, Duration::ZERO);
+                let mut q = n;
+                while !stop.load(Ordering::Relaxed) {
+                    q = (q + 7) % 20;
+                    let mut req = tonic::Request::new(get_queue(&queue_id(q)));
+                    req.set_timeout(Duration::from_secs(5));
+                    let started = Instant::now();
+                    let ok = client.get(req).await.is_ok();
+                    slowest = slowest.max(started.elapsed());
+                    gets += 1;
+                    failed += u64::from(!ok);
+                }
+                (gets, failed, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for port in cluster.ports() {
+        cluster.kill_node(port).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(
+        std::env::var("CXCACHE_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5),
+    ))
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut gets, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for r in readers {
+        let (g, f, w) = r.await.unwrap();
+        (gets, failed, slowest) = (gets + g, failed + f, slowest.max(w));
+    }
+    println!("all nodes killed under 16 callers: {gets} Gets, {failed} failed, slowest {slowest:?}");
+    assert_eq!(failed, 0, "{failed} of {gets} Gets failed");
+    assert!(slowest < Duration::from_secs(1), "a Get took {slowest:?}");
+    for port in cluster.ports() {
+        cluster.restart_node(port).unwrap();
+    }
+    s.stop().await;
+}
