@@ -173,6 +173,9 @@ impl Cache {
 
     async fn serve(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Served> {
         let served = |entry: Arc<Entry>, source: Source| Served { entry, source, key: r.key.clone() };
+        if !r.cacheable {
+            return self.call_through(r, deadline).await.map(|entry| served(entry, Source::Upstream));
+        }
         let mut stored = None;
         if !r.freshness.force_refresh {
             match self.tiers.get(&r.store_key).await {
@@ -252,6 +255,17 @@ impl Cache {
             },
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// An action that may have side effects: called upstream for this
+    /// caller alone, never coalesced with another caller's call, never
+    /// stored, never served stale.
+    async fn call_through(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Arc<Entry>> {
+        let fetched = self.fetcher.fetch(&r.call(), r.kind.paged, deadline).await?;
+        let drop: Vec<String> =
+            self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
+        let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;
+        Ok(Arc::new(Entry::new(value.into(), Duration::ZERO, Vec::new())))
     }
 
     /// Whether `entry` may stand in for a failed fetch: within

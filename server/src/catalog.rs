@@ -84,9 +84,37 @@ pub struct Kind {
     /// Cached keys of kinds with a topic are kept subscribed (see `notifications`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// The call executes something upstream (a data action) rather than
+    /// reading a resource: it may have side effects, and it runs with
+    /// cxcache's own OAuth identity. Only the ids listed in `actions` may be
+    /// called; only those marked `cacheable` (they just read) are cached and
+    /// coalesced, the others go upstream on every call.
+    #[serde(default)]
+    pub executes: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub actions: BTreeMap<String, ActionRule>,
+}
+
+/// What the catalog allows of one action of an executing kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRule {
+    /// The action only reads: its answer may be cached and shared.
+    #[serde(default)]
+    pub cacheable: bool,
 }
 
 impl Kind {
+    /// Whether an answer for entity `id` may be cached: always, except for
+    /// executing kinds, where only for actions listed as cacheable. None:
+    /// `id` may not be called at all.
+    pub fn cacheable(&self, id: Option<&str>) -> Option<bool> {
+        if !self.executes {
+            return Some(true);
+        }
+        self.actions.get(id?).map(|rule| rule.cacheable)
+    }
+
     /// Whether requests must name an entity id.
     pub fn needs_id(&self) -> bool {
         self.path.contains("{id}")
@@ -204,6 +232,8 @@ mod tests {
                 drop_fields: vec![],
                 job: false,
                 topic: None,
+                executes: false,
+                actions: BTreeMap::new(),
             },
         );
         assert!(Catalog::with_presets(&over).is_err());

@@ -86,6 +86,13 @@ pub enum Error {
     #[error("caller {caller} lacks scope {scope} for {what}")]
     Forbidden { caller: String, scope: String, what: String },
 
+    /// A kind that executes something upstream (a data action) was asked
+    /// for an action the catalog does not allow.
+    #[error(
+        "action {action} of {kind} is not allowed: list it under catalog.\"{kind}\".actions (with cacheable = true only if it just reads)"
+    )]
+    ActionNotAllowed { kind: String, action: String },
+
     /// The caller spent its miss budget (upstream calls it may cause).
     #[error(
         "caller {caller} spent its miss budget (auth.callers.misses_per_minute); retry after {retry_after:?}"
@@ -169,7 +176,7 @@ impl Error {
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, 504),
             Error::Internal(_) => (Code::Internal, 500),
             Error::NotAuthenticated(_) => (Code::Unauthenticated, 401),
-            Error::Forbidden { .. } => (Code::PermissionDenied, 403),
+            Error::Forbidden { .. } | Error::ActionNotAllowed { .. } => (Code::PermissionDenied, 403),
             Error::LimitReached(_) | Error::CallerBudget { .. } => (Code::ResourceExhausted, 429),
         }
     }

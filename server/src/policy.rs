@@ -44,6 +44,9 @@ pub struct Resolved {
     /// is upstream (the key comes from its canonical form).
     pub body: Option<Value>,
     pub freshness: Freshness,
+    /// Whether the answer may be cached and shared (false: an action with
+    /// side effects, called upstream every time).
+    pub cacheable: bool,
     /// Accepted query parameters, kept raw: the upstream call is only built
     /// on a miss ([`Resolved::call`]), so a hit allocates as little as
     /// possible.
@@ -103,6 +106,9 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
     if !bad.is_empty() {
         return Err(Error::InvalidArgument(bad));
     }
+    let Some(cacheable) = kind.cacheable(id.as_deref()) else {
+        return Err(Error::ActionNotAllowed { kind: kind_name.to_string(), action: id.unwrap_or_default() });
+    };
 
     let variant = (!req.variant.is_empty()).then_some(req.variant.as_str());
     let key = match (&kind.key, &body) {
@@ -122,6 +128,7 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
         id,
         body,
         freshness,
+        cacheable,
         kind,
         params,
     })
@@ -269,9 +276,30 @@ fn check_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Code;
 
     fn catalog() -> Catalog {
-        Catalog::with_presets(&BTreeMap::new()).unwrap()
+        // The presets, with one read-only data action allowed.
+        let presets = Catalog::with_presets(&BTreeMap::new()).unwrap();
+        let mut action = (**presets.get("integrations.action.execute").unwrap()).clone();
+        action.actions.insert("custom-abc".into(), crate::catalog::ActionRule { cacheable: true });
+        Catalog::with_presets(&BTreeMap::from([("integrations.action.execute".to_string(), action)])).unwrap()
+    }
+
+    /// An executing kind calls only the actions the catalog lists.
+    #[test]
+    fn an_action_the_catalog_does_not_list_is_refused() {
+        let req = GetRequest {
+            kind: "integrations.action.execute".into(),
+            id: "custom-other".into(),
+            body_json: "{}".into(),
+            ..Default::default()
+        };
+        let err = resolve(&req, "p", &catalog(), &CacheSettings::default()).unwrap_err();
+        assert!(matches!(err, Error::ActionNotAllowed { .. }), "{err:?}");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let listed = GetRequest { id: "custom-abc".into(), ..req };
+        assert!(resolve(&listed, "p", &catalog(), &CacheSettings::default()).unwrap().cacheable);
     }
 
     fn fields(err: Error) -> Vec<String> {

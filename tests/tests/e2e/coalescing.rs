@@ -229,7 +229,25 @@ async fn a_304_revalidation_extends_the_ttl_without_a_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
-    let mut s = Scenario::new("l1").configure(|c| c.cache.l1.max_bytes = 1 << 20).start().await;
+    let mut s = Scenario::new("l1")
+        .configure(|c| {
+            c.cache.l1.max_bytes = 1 << 20;
+            // Large values from a kind keyed by body: 40 read-only actions.
+            let actions: serde_json::Map<String, serde_json::Value> =
+                (0..40).map(|n| (format!("action-{n}"), serde_json::json!({ "cacheable": true }))).collect();
+            let kind = serde_json::json!({
+                "method": "POST",
+                "path": "/api/v2/integrations/actions/{id}/execute",
+                "key": "body",
+                "ttl_class": "realtime",
+                "tags": ["action:{id}"],
+                "executes": true,
+                "actions": actions,
+            });
+            c.catalog.insert("integrations.action.execute".into(), serde_json::from_value(kind).unwrap());
+        })
+        .start()
+        .await;
     let cx = s.cx();
     let id = queue_id(15);
     cx.get(get_queue(&id)).await.unwrap();

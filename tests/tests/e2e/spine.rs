@@ -307,3 +307,47 @@ async fn redis_keys_all_expire_and_spread_over_slots() {
     assert_eq!(thirds.len(), 3, "keys on every master: {slots:?}");
     s.stop().await;
 }
+
+/// Data actions may have side effects and run with cxcache's identity: an
+/// action the catalog does not list is refused (PERMISSION_DENIED, nothing
+/// called), a listed one that is not `cacheable` goes upstream on every
+/// call (never stored, never shared), a cacheable one is cached.
+#[tokio::test]
+async fn data_actions_run_only_if_listed_and_are_cached_only_if_read_only() {
+    let mut s = Scenario::new("actions")
+        .configure(|c| {
+            let kind = serde_json::json!({
+                "method": "POST",
+                "path": "/api/v2/integrations/actions/{id}/execute",
+                "key": "body",
+                "ttl_class": "realtime",
+                "tags": ["action:{id}"],
+                "executes": true,
+                "actions": { "lookup-customer": { "cacheable": true }, "update-case": {} },
+            });
+            c.catalog.insert("integrations.action.execute".into(), serde_json::from_value(kind).unwrap());
+        })
+        .start()
+        .await;
+    let (cx, emu) = (s.cx(), s.emu());
+    const ROUTE: &str = "POST /api/v2/integrations/actions/{action_id}/execute";
+    let action = |id: &str| GetRequest {
+        kind: "integrations.action.execute".into(),
+        id: id.into(),
+        body_json: r#"{"caseId":"c1"}"#.into(),
+        ..Default::default()
+    };
+    let err = cx.get(action("delete-everything")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("actions"), "names where to allow it: {}", err.message());
+    assert_eq!(emu.counters().route(ROUTE), 0, "nothing executed");
+
+    for _ in 0..2 {
+        assert_eq!(cx.get(action("update-case")).await.unwrap().source(), Source::Upstream);
+    }
+    assert_eq!(emu.counters().route(ROUTE), 2, "an action with side effects runs every time");
+    assert_eq!(cx.get(action("lookup-customer")).await.unwrap().source(), Source::Upstream);
+    assert_eq!(cx.get(action("lookup-customer")).await.unwrap().source(), Source::Store);
+    assert_eq!(emu.counters().route(ROUTE), 3);
+    s.stop().await;
+}
