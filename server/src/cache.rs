@@ -262,10 +262,8 @@ impl Cache {
     /// stored, never served stale.
     async fn call_through(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Arc<Entry>> {
         let fetched = self.fetcher.fetch(&r.call(), r.kind.paged, deadline).await?;
-        let drop: Vec<String> =
-            self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
-        let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;
-        Ok(Arc::new(Entry::new(value.into(), Duration::ZERO, Vec::new())))
+        let value = normalized(&self.settings, r, &fetched.body)?;
+        Ok(Arc::new(Entry::new(value, Duration::ZERO, Vec::new())))
     }
 
     /// Whether `entry` may stand in for a failed fetch: within
@@ -344,6 +342,13 @@ async fn abandon(store: Arc<dyn crate::store::Store>, key: String, held: Held) {
     if let Err(e) = store.release_lease(&key, held.lease).await {
         tracing::debug!(error = %e, "lease release failed; it expires by itself");
     }
+}
+
+/// An upstream body as stored and served: volatile fields (the settings'
+/// and the kind's) dropped, the requested variant's projection applied.
+fn normalized(settings: &CacheSettings, r: &Resolved, body: &[u8]) -> Result<bytes::Bytes> {
+    let drop: Vec<String> = settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
+    Ok(normalize(body, &drop, r.projection.as_deref())?.into())
 }
 
 /// The answer for a resource the upstream does not have.
@@ -586,12 +591,7 @@ impl Fetch {
 
         let (mut entry, origin) = match (fetched.not_modified, previous) {
             (true, Some(prev)) => (Entry::new(prev.value.clone(), ttl, r.tags()), Origin::Revalidated),
-            _ => {
-                let drop: Vec<String> =
-                    self.settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
-                let value = normalize(&fetched.body, &drop, r.projection.as_deref())?;
-                (Entry::new(value.into(), ttl, r.tags()), Origin::Fetched)
-            }
+            _ => (Entry::new(normalized(&self.settings, r, &fetched.body)?, ttl, r.tags()), Origin::Fetched),
         };
         entry.etag = fetched.etag.or_else(|| previous.map(|p| p.etag.clone())).unwrap_or_default();
         entry.last_modified =

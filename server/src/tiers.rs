@@ -70,8 +70,13 @@ impl Tiers {
     /// membership may have lapsed (purges could be passing it by), and
     /// cleared first after each lapse.
     fn l1(&self) -> Option<&L1> {
+        self.l1_at(now_ms())
+    }
+
+    /// [`Tiers::l1`] at `now` (unix ms), for a caller that has read the clock.
+    fn l1_at(&self, now: i64) -> Option<&L1> {
         let l1 = self.l1.as_ref()?;
-        if !self.membership.valid(now_ms()) {
+        if !self.membership.valid(now) {
             return None;
         }
         let lapses = self.membership.lapses();
@@ -112,10 +117,12 @@ impl Tiers {
     /// fresh copy, else from the store (filling L1 with fresh entries).
     #[tracing::instrument(level = "debug", name = "tiers.get", skip_all)]
     pub async fn get(&self, store_key: &str) -> Result<Option<(Arc<Entry>, Source)>> {
-        let l1 = self.l1();
+        // One clock read for the membership check and the freshness of a hit.
+        let now = now_ms();
+        let l1 = self.l1_at(now);
         let ticket = match l1 {
             Some(l1) => {
-                if let Some(e) = l1.get(store_key).filter(|e| e.is_fresh(now_ms())) {
+                if let Some(e) = l1.get(store_key).filter(|e| e.is_fresh(now)) {
                     return Ok(Some((e, Source::L1)));
                 }
                 Some(l1.ticket(store_key))

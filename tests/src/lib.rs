@@ -285,6 +285,21 @@ pub async fn connect(addr: std::net::SocketAddr) -> CacheClient<Channel> {
     }
 }
 
+/// Lets `actions` (action id → `{"cacheable": bool}`) of the data-action
+/// kind `integrations.action.execute` run; the catalog allows none by default.
+pub fn allow_actions(config: &mut Config, actions: serde_json::Value) {
+    let kind = serde_json::json!({
+        "method": "POST",
+        "path": "/api/v2/integrations/actions/{id}/execute",
+        "key": "body",
+        "ttl_class": "realtime",
+        "tags": ["action:{id}"],
+        "executes": true,
+        "actions": actions,
+    });
+    config.catalog.insert("integrations.action.execute".into(), serde_json::from_value(kind).unwrap());
+}
+
 /// A queue Get request.
 pub fn get_queue(id: &str) -> GetRequest {
     GetRequest { kind: "routing.queue".into(), id: id.into(), ..Default::default() }

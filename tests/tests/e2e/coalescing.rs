@@ -235,16 +235,7 @@ async fn l1_serves_hot_keys_and_stays_within_its_byte_bound() {
             // Large values from a kind keyed by body: 40 read-only actions.
             let actions: serde_json::Map<String, serde_json::Value> =
                 (0..40).map(|n| (format!("action-{n}"), serde_json::json!({ "cacheable": true }))).collect();
-            let kind = serde_json::json!({
-                "method": "POST",
-                "path": "/api/v2/integrations/actions/{id}/execute",
-                "key": "body",
-                "ttl_class": "realtime",
-                "tags": ["action:{id}"],
-                "executes": true,
-                "actions": actions,
-            });
-            c.catalog.insert("integrations.action.execute".into(), serde_json::from_value(kind).unwrap());
+            allow_actions(c, actions.into());
         })
         .start()
         .await;
