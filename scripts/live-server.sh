@@ -11,6 +11,17 @@
 #   CXCACHE_HTTP_ADDR=127.0.0.1:PORT       side HTTP port
 #   CXCACHE_EMULATOR_URL=http://127.0.0.1:PORT
 # plus target/live/{emulator,cxcache}.pid and .log.
+# With CXCACHE_SECURE=1 (or `start --secure`) it also starts, on the same emulator, two
+# instances that authenticate callers (certificates and keys generated with openssl
+# into target/live/tls, config in target/live/secure.toml), and adds to the env file:
+#   CXCACHE_TLS_ADDR=127.0.0.1:PORT        TLS gRPC; callers by bearer API key
+#   CXCACHE_MTLS_ADDR=127.0.0.1:PORT       TLS gRPC requiring a client certificate
+#   CXCACHE_TLS_CA=…/ca.pem                 CA that signed the server and client certificates
+#   CXCACHE_TLS_CLIENT_CERT=…/client.pem, CXCACHE_TLS_CLIENT_KEY=…/client.key
+#                                           (SAN "clients.test": caller "mtls", every scope)
+#   CXCACHE_API_KEY=…                       caller "full": every scope
+#   CXCACHE_ROUTING_KEY=…                   caller "routing": may Get/Watch routing.* only,
+#                                           purge dev:routing. only, no data actions
 # Env: CXCACHE_BIN_DIR (default target/debug), LIVE_SERVER_WAIT_SECS (default 30),
 #      LIVE_DIR (default target/live), CXCACHE_EXTRA_ARGS (extra cxcache flags).
 set -euo pipefail
@@ -67,6 +78,8 @@ stop_one() {
 
 cmd_stop() {
   stop_one cxcache
+  stop_one cxcache-tls
+  stop_one cxcache-mtls
   stop_one emulator
   rm -f "$LIVE/env"
 }
@@ -120,8 +133,105 @@ CXCACHE_ADDR=$grpc
 CXCACHE_HTTP_ADDR=$http
 CXCACHE_EMULATOR_URL=$emu_url
 ENV
+  if [[ "${CXCACHE_SECURE:-0}" == 1 ]]; then
+    start_secure "$emu_url" || {
+      cmd_stop
+      exit 1
+    }
+  fi
   log "emulator $emu_url (pid $(cat "$LIVE/emulator.pid")), cxcache grpc=$grpc http=$http (pid $(cat "$LIVE/cxcache.pid"))"
   log "env: ${LIVE#$ROOT/}/env"
+}
+
+# Certificates for loopback: a CA, a server certificate for 127.0.0.1/localhost, and a
+# client certificate whose SAN names the "mtls" caller.
+make_certs() {
+  local d="$1"
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=cxcache live test CA" -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  local name san
+  for name in server client; do
+    if [[ $name == server ]]; then san="DNS:localhost,IP:127.0.0.1"; else san="DNS:clients.test"; fi
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+      -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+    printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$san" >"$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 2 -extfile "$d/$name.ext" -out "$d/$name.pem" 2>/dev/null
+  done
+}
+
+# start_one NAME CONFIG EMULATOR_URL -> prints the gRPC address
+start_one() {
+  local name="$1" config="$2" emu_url="$3" line
+  : >"$LIVE/$name.log"
+  setsid "$CX_BIN" --config "$config" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    --upstream-url "$emu_url" --client-id cxcache-demo --client-secret demo-secret \
+    >"$LIVE/$name.log" 2>&1 </dev/null &
+  echo $! >"$LIVE/$name.pid"
+  line="$(wait_for_line "$LIVE/$name.log" '^cxcache listening grpc=' "$(cat "$LIVE/$name.pid")")" || return 1
+  sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$line"
+}
+
+start_secure() {
+  local emu_url="$1" tls="$LIVE/tls" full routing tls_addr mtls_addr
+  make_certs "$tls"
+  full="full-$(openssl rand -hex 16)"
+  routing="routing-$(openssl rand -hex 16)"
+  sha() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+  cat >"$LIVE/secure.toml" <<TOML
+[tls]
+cert = "$tls/server.pem"
+key = "$tls/server.key"
+
+[[auth.callers]]
+name = "full"
+api_keys = ["sha256:$(sha "$full")"]
+[auth.callers.scopes]
+get = ["*"]
+force_refresh = true
+max_age = true
+invalidate_prefixes = [""]
+invalidate_tags = ["*"]
+watch = ["*"]
+data_actions = ["*"]
+
+[[auth.callers]]
+name = "routing"
+api_keys = ["sha256:$(sha "$routing")"]
+[auth.callers.scopes]
+get = ["routing.*"]
+invalidate_prefixes = ["dev:routing."]
+invalidate_tags = ["queue:*"]
+watch = ["routing.*"]
+TOML
+  # The mutual-TLS instance: the same callers, plus one named by its certificate.
+  sed "s|^key = .*|&\nclient_ca = \"$tls/ca.pem\"|" "$LIVE/secure.toml" >"$LIVE/mtls.toml"
+  cat >>"$LIVE/mtls.toml" <<TOML
+
+[[auth.callers]]
+name = "mtls"
+tls_san = ["clients.test"]
+[auth.callers.scopes]
+get = ["*"]
+force_refresh = true
+max_age = true
+invalidate_prefixes = [""]
+invalidate_tags = ["*"]
+watch = ["*"]
+TOML
+  tls_addr="$(start_one cxcache-tls "$LIVE/secure.toml" "$emu_url")" || return 1
+  mtls_addr="$(start_one cxcache-mtls "$LIVE/mtls.toml" "$emu_url")" || return 1
+  cat >>"$LIVE/env" <<ENV
+CXCACHE_TLS_ADDR=$tls_addr
+CXCACHE_MTLS_ADDR=$mtls_addr
+CXCACHE_TLS_CA=$tls/ca.pem
+CXCACHE_TLS_CLIENT_CERT=$tls/client.pem
+CXCACHE_TLS_CLIENT_KEY=$tls/client.key
+CXCACHE_API_KEY=$full
+CXCACHE_ROUTING_KEY=$routing
+ENV
+  log "secure instances: tls=$tls_addr mtls=$mtls_addr"
 }
 
 cmd_status() {
@@ -134,7 +244,10 @@ cmd_status() {
 }
 
 case "${1:-}" in
-  start) cmd_start ;;
+  start)
+    [[ "${2:-}" == --secure ]] && export CXCACHE_SECURE=1
+    cmd_start
+    ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   *)
