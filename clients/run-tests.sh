@@ -8,7 +8,8 @@
 # when it is already done. Unless CXCACHE_ADDR is already set (then CXCACHE_EMULATOR_URL
 # must be too) it starts a live server pair with scripts/live-server.sh (the Rust
 # binaries must be built: cargo build -p cxcache-server -p genesys-emulator) and stops
-# it at the end. --no-live runs only the offline tests (live ones are skipped).
+# it at the end (with --secure: TLS and mutual-TLS instances too, see live-server.sh).
+# --no-live runs only the offline tests (live ones are skipped).
 # Exits non-zero if any suite failed.
 set -uo pipefail
 
@@ -21,7 +22,7 @@ for a in "$@"; do
     --no-live) LIVE=0 ;;
     proto | python | node | java) SUITES+=("$a") ;;
     -h | --help)
-      sed -n '2,13p' "$0"
+      sed -n '2,14p' "$0"
       exit 0
       ;;
     *)
@@ -115,7 +116,7 @@ if ((LIVE)) && { want python || want node || want java; }; then
     echo "run-tests: using the server at CXCACHE_ADDR=$CXCACHE_ADDR"
   else
     section "live server"
-    if ! "$ROOT/scripts/live-server.sh" start; then
+    if ! CXCACHE_SECURE=1 "$ROOT/scripts/live-server.sh" start; then
       echo "run-tests: could not start the live server (use --no-live for offline tests only)" >&2
       exit 2
     fi

@@ -133,6 +133,7 @@ impl Outbox {
                 reason: event.reason.clone(),
                 time: Some(timestamp(event.at_ms)),
                 sequence: self.seq + 1,
+                position: String::new(),
             };
             self.send(ev)?;
         }
