@@ -1,7 +1,7 @@
 package io.cxcache.client;
 
 import io.cxcache.v1.CacheGrpc;
-import io.cxcache.v1.GetResponse;
+import io.cxcache.v1.GetRequest;
 import io.cxcache.v1.InvalidateResponse;
 import io.grpc.CallCredentials;
 import io.grpc.CallOptions;
@@ -59,6 +59,7 @@ public final class CacheClient implements AutoCloseable {
   private final RetryPolicy watchReconnect;
   private final boolean waitForReady;
   private final CallCredentials credentials;
+  private final NearCache near;
 
   private CacheClient(Builder b, Channel channel, ManagedChannel owned) {
     this.channel = channel;
@@ -68,7 +69,15 @@ public final class CacheClient implements AutoCloseable {
     this.watchReconnect = b.watchReconnect;
     this.waitForReady = b.waitForReady;
     this.credentials = b.credentials;
+    NearCacheOptions n = b.nearCache;
+    this.near = n == null ? null : new NearCache(n, sink -> new WatchCore(channel, options(null),
+        NearCache.watchRequest(n), NEAR_RECONNECT, sink, true, new WatchCore.Mode(true, true)));
   }
+
+  /** Reconnect policy of the near cache's stream: 50 ms doubling to 2 s, jittered, forever. */
+  private static final RetryPolicy NEAR_RECONNECT = RetryPolicy.watchDefaults()
+      .withInitialBackoff(Duration.ofMillis(50)).withMaxBackoff(Duration.ofSeconds(2))
+      .withMaxElapsed(Duration.ofDays(365 * 100));
 
   /**
    * A client for {@code host:port} with no default timeout: plaintext for a loopback address,
@@ -99,6 +108,7 @@ public final class CacheClient implements AutoCloseable {
     private RetryPolicy watchReconnect = RetryPolicy.watchDefaults();
     private boolean waitForReady;
     private boolean tracePropagation = true;
+    private NearCacheOptions nearCache;
     private final List<ClientInterceptor> interceptors = new ArrayList<>();
 
     private Builder() {}
@@ -221,6 +231,16 @@ public final class CacheClient implements AutoCloseable {
      */
     public Builder traceContextPropagation(boolean enabled) {
       this.tracePropagation = enabled;
+      return this;
+    }
+
+    /**
+     * Keep Get replies in a near cache in this process, kept coherent by one Watch stream (opened
+     * on the first near-cacheable Get); see {@link NearCacheOptions} and the README's "Near cache"
+     * for what it guarantees. Default: none.
+     */
+    public Builder nearCache(NearCacheOptions options) {
+      this.nearCache = options;
       return this;
     }
 
@@ -451,8 +471,31 @@ public final class CacheClient implements AutoCloseable {
 
   /** Get one catalog resource (blocking). */
   public CacheResult get(GetQuery query) {
-    GetResponse r = blocking(CacheGrpc.getGetMethod(), query.toProto(), query.timeout());
-    return CacheResult.fromProto(r);
+    GetRequest request = query.toProto();
+    if (near == null || !near.applies(query.kind())) {
+      return CacheResult.fromProto(blocking(CacheGrpc.getGetMethod(), request, query.timeout()));
+    }
+    near.ensureStream(near.startWait(timeoutOf(query)));
+    GetRequest identity = NearCache.identity(request);
+    if (!query.forceRefresh()) {
+      CacheResult hit = near.lookup(identity, query.maxAge());
+      if (hit != null) {
+        return hit;
+      }
+    }
+    NearCache.Ticket ticket = near.ticket();
+    CacheResult r = CacheResult.fromProto(blocking(CacheGrpc.getGetMethod(), request, query.timeout()));
+    near.fill(ticket, identity, r);
+    return r;
+  }
+
+  private Duration timeoutOf(GetQuery query) {
+    return query.timeout() != null ? query.timeout() : defaultTimeout;
+  }
+
+  /** Counters of the near cache, or null when the client has none. */
+  public NearCacheStats nearCacheStats() {
+    return near == null ? null : near.stats();
   }
 
   /** Shortcut for {@code get(GetQuery.of(kind).id(id))}. */
@@ -462,19 +505,47 @@ public final class CacheClient implements AutoCloseable {
 
   /** Get one catalog resource; the future fails with a {@link CacheException}. */
   public CompletableFuture<CacheResult> getAsync(GetQuery query) {
-    return async(CacheGrpc.getGetMethod(), query.toProto(), query.timeout(), CacheResult::fromProto);
+    GetRequest request = query.toProto();
+    if (near == null || !near.applies(query.kind())) {
+      return async(CacheGrpc.getGetMethod(), request, query.timeout(), CacheResult::fromProto);
+    }
+    near.ensureStream(null); // never blocks an async caller
+    GetRequest identity = NearCache.identity(request);
+    if (!query.forceRefresh()) {
+      CacheResult hit = near.lookup(identity, query.maxAge());
+      if (hit != null) {
+        return CompletableFuture.completedFuture(hit);
+      }
+    }
+    NearCache.Ticket ticket = near.ticket();
+    return async(CacheGrpc.getGetMethod(), request, query.timeout(), r -> {
+      CacheResult res = CacheResult.fromProto(r);
+      near.fill(ticket, identity, res);
+      return res;
+    });
   }
 
   /** Purge entries by key, prefix or tag; returns the number of stored entries removed. */
   public long invalidate(InvalidateQuery query) {
+    dropNear(query);
     InvalidateResponse r = blocking(CacheGrpc.getInvalidateMethod(), query.toProto(), query.timeout());
+    dropNear(query);
     return r.getPurged();
+  }
+
+  private void dropNear(InvalidateQuery query) {
+    if (near != null) {
+      near.invalidated(query.keys(), query.prefixes(), query.tags());
+    }
   }
 
   /** Like {@link #invalidate(InvalidateQuery)}; the future fails with a {@link CacheException}. */
   public CompletableFuture<Long> invalidateAsync(InvalidateQuery query) {
-    return async(CacheGrpc.getInvalidateMethod(), query.toProto(), query.timeout(),
-        InvalidateResponse::getPurged);
+    dropNear(query);
+    return async(CacheGrpc.getInvalidateMethod(), query.toProto(), query.timeout(), r -> {
+      dropNear(query);
+      return r.getPurged();
+    });
   }
 
   private CallOptions watchOptions(WatchQuery query) {
@@ -486,9 +557,13 @@ public final class CacheClient implements AutoCloseable {
     return query.reconnect() != null ? query.reconnect() : watchReconnect;
   }
 
+  private static WatchCore.Mode mode(WatchQuery query) {
+    return new WatchCore.Mode(query.deliversHeartbeats(), query.autoResume());
+  }
+
   /** Subscribe to events as a blocking iterator; close it to unsubscribe. */
   public WatchStream watch(WatchQuery query) {
-    return new WatchStream(channel, watchOptions(query), query.toProto(), reconnectPolicy(query));
+    return new WatchStream(channel, watchOptions(query), query.toProto(), reconnectPolicy(query), mode(query));
   }
 
   /**
@@ -517,7 +592,7 @@ public final class CacheClient implements AutoCloseable {
           public void error(CacheException error) {
             observer.onError(error);
           }
-        }, true);
+        }, true, mode(query));
     core.start();
     return core::cancel;
   }
@@ -525,6 +600,9 @@ public final class CacheClient implements AutoCloseable {
   /** Shut the owned channel down (no-op for a caller-supplied channel). */
   @Override
   public void close() {
+    if (near != null) {
+      near.close();
+    }
     if (owned != null) {
       owned.shutdown();
       try {

@@ -80,6 +80,18 @@ public final class GetQuery {
     return timeout;
   }
 
+  String kind() {
+    return kind;
+  }
+
+  Duration maxAge() {
+    return maxAge;
+  }
+
+  boolean forceRefresh() {
+    return forceRefresh;
+  }
+
   GetRequest toProto() {
     GetRequest.Builder b =
         GetRequest.newBuilder().setKind(kind).setId(id).setVariant(variant).putAllParams(params)

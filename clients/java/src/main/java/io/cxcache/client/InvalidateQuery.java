@@ -46,6 +46,18 @@ public final class InvalidateQuery {
     return this;
   }
 
+  List<String> keys() {
+    return keys;
+  }
+
+  List<String> prefixes() {
+    return prefixes;
+  }
+
+  List<String> tags() {
+    return tags;
+  }
+
   Duration timeout() {
     return timeout;
   }

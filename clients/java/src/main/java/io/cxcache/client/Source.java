@@ -8,7 +8,12 @@ public enum Source {
   UPSTREAM,
   STALE,
   COALESCED,
-  REVALIDATED;
+  REVALIDATED,
+  /**
+   * Served by this client's own near cache ({@link CacheClient.Builder#nearCache(NearCacheOptions)})
+   * without a call; client-side only, the server never answers it.
+   */
+  NEAR;
 
   static Source fromProto(io.cxcache.v1.Source s) {
     switch (s) {
@@ -22,8 +27,8 @@ public enum Source {
     }
   }
 
-  /** True for the two cache tiers (L1 and the shared store). */
+  /** True for the cache tiers (L1, the shared store, and the client's near cache). */
   public boolean isCached() {
-    return this == L1 || this == STORE;
+    return this == L1 || this == STORE || this == NEAR;
   }
 }

@@ -28,6 +28,14 @@ final class WatchCore {
     void end();
 
     void error(CacheException error);
+
+    /** The current call was lost and a new one is scheduled (the subscription goes on). */
+    default void lost(CacheException cause) {}
+  }
+
+  /** How a watch treats heartbeats and positions. */
+  record Mode(boolean deliverHeartbeats, boolean autoResume) {
+    static final Mode CLASSIC = new Mode(false, false);
   }
 
   private final Channel channel;
@@ -36,6 +44,7 @@ final class WatchCore {
   private final RetryPolicy reconnect;
   private final Sink sink;
   private final boolean autoRequest;
+  private final Mode mode;
   private final Object lock = new Object();
 
   private ClientCall<WatchRequest, io.cxcache.v1.WatchEvent> current;
@@ -46,9 +55,17 @@ final class WatchCore {
   private boolean reconnecting;
   private int failures;
   private long outageStart;
+  private String lastPosition = "";
+  private boolean resumedCall;
 
   WatchCore(Channel channel, CallOptions options, WatchRequest request, RetryPolicy reconnect,
       Sink sink, boolean autoRequest) {
+    this(channel, options, request, reconnect, sink, autoRequest, Mode.CLASSIC);
+  }
+
+  WatchCore(Channel channel, CallOptions options, WatchRequest request, RetryPolicy reconnect,
+      Sink sink, boolean autoRequest, Mode mode) {
+    this.mode = mode;
     this.channel = channel;
     this.options = options;
     this.request = request;
@@ -71,12 +88,18 @@ final class WatchCore {
       }
       call = channel.newCall(CacheGrpc.getWatchMethod(), options);
       current = call;
+      WatchRequest req = request;
+      resumedCall = false;
+      if (mode.autoResume() && !lastPosition.isEmpty()) {
+        req = request.toBuilder().setResumeAfter(lastPosition).build();
+        resumedCall = true;
+      }
       // started under the lock so that cancel() never cancels a call before its start
-      start(call);
+      start(call, req);
     }
   }
 
-  private void start(ClientCall<WatchRequest, io.cxcache.v1.WatchEvent> call) {
+  private void start(ClientCall<WatchRequest, io.cxcache.v1.WatchEvent> call, WatchRequest req) {
     call.start(new ClientCall.Listener<>() {
       @Override
       public void onHeaders(Metadata headers) {
@@ -86,7 +109,8 @@ final class WatchCore {
           if (call != current) {
             return;
           }
-          resubscribed = reconnecting && everReady;
+          // a resumed call needs no gap event: the server replays or sends RESET first
+          resubscribed = reconnecting && everReady && !resumedCall;
           first = !everReady;
           everReady = true;
           reconnecting = false;
@@ -102,6 +126,19 @@ final class WatchCore {
 
       @Override
       public void onMessage(io.cxcache.v1.WatchEvent message) {
+        synchronized (lock) {
+          if (call != current) {
+            return;
+          }
+          if (!message.getPosition().isEmpty()) {
+            lastPosition = message.getPosition();
+          }
+        }
+        boolean heartbeat = message.getType() == io.cxcache.v1.WatchEvent.Type.TYPE_HEARTBEAT;
+        if (heartbeat && !mode.deliverHeartbeats()) {
+          call.request(1); // consumed here: ask for the next one ourselves
+          return;
+        }
         sink.event(WatchEvent.fromProto(message), false);
         if (autoRequest) {
           call.request(1);
@@ -113,7 +150,7 @@ final class WatchCore {
         closed(call, status, trailers);
       }
     }, new Metadata());
-    call.sendMessage(request);
+    call.sendMessage(req);
     call.halfClose();
     call.request(1);
   }
@@ -155,6 +192,8 @@ final class WatchCore {
         if (fits) {
           reconnecting = true;
           pending = Scheduler.get().schedule(this::subscribe, delay.toNanos(), TimeUnit.NANOSECONDS);
+          CacheException cause = error;
+          Scheduler.get().execute(() -> sink.lost(cause));
           return;
         }
       }
@@ -172,6 +211,13 @@ final class WatchCore {
       sink.end();
     } else {
       sink.error(error);
+    }
+  }
+
+  /** The position of the last message received (empty before any). */
+  String lastPosition() {
+    synchronized (lock) {
+      return lastPosition;
     }
   }
 

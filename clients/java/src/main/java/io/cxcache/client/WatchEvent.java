@@ -19,10 +19,19 @@ import java.time.Instant;
  * @param reason the Invalidate reason, "webhook:&lt;event id&gt;", "stored", ...
  * @param time when it happened, or null when the server did not say
  * @param sequence per-stream sequence number starting at 1 (0 for the client's resubscribed event)
+ * @param position where the event stands in the server instance's event log (opaque; pass it to
+ *     {@link WatchQuery#resumeAfter(String)} to resume after it); empty for the client's own event
+ *     and from servers that do not send positions
  */
 public record WatchEvent(
     EventType type, String key, String prefix, String tag, String kind, String reason,
-    Instant time, long sequence) {
+    Instant time, long sequence, String position) {
+
+  /** The event without a position (as before positions existed). */
+  public WatchEvent(EventType type, String key, String prefix, String tag, String kind, String reason,
+      Instant time, long sequence) {
+    this(type, key, prefix, tag, kind, reason, time, sequence, "");
+  }
 
   /** Reason of the LAGGED event the client delivers after it resubscribed. */
   public static final String RESUBSCRIBED = "cxcache-client:resubscribed";
@@ -31,9 +40,9 @@ public record WatchEvent(
     return new WatchEvent(EventType.LAGGED, "", "", "", "", RESUBSCRIBED, Instant.now(), 0);
   }
 
-  /** True for LAGGED events, from the server or the client's resubscription: resync. */
+  /** True for LAGGED and RESET events, from the server or the client's resubscription: resync. */
   public boolean needsResync() {
-    return type == EventType.LAGGED;
+    return type == EventType.LAGGED || type == EventType.RESET;
   }
 
   /** True for the event the client delivers after it reconnected a lost stream. */
@@ -50,6 +59,7 @@ public record WatchEvent(
         e.getKind(),
         e.getReason(),
         e.hasTime() ? Instant.ofEpochSecond(e.getTime().getSeconds(), e.getTime().getNanos()) : null,
-        e.getSequence());
+        e.getSequence(),
+        e.getPosition());
   }
 }

@@ -14,6 +14,10 @@ public final class WatchQuery {
   private final List<String> tags = new ArrayList<>();
   private Duration timeout;
   private RetryPolicy reconnect;
+  private String resumeAfter = "";
+  private boolean invalidatedOnly;
+  private Duration heartbeatInterval;
+  private boolean autoResume;
 
   private WatchQuery() {}
 
@@ -60,6 +64,52 @@ public final class WatchQuery {
     return this;
   }
 
+  /**
+   * Resume after this position ({@link WatchEvent#position()} of the last event handled): the
+   * server replays the matching events since, or sends one {@link EventType#RESET} first when it
+   * cannot (another instance, a restart, past its retention): then treat everything as changed.
+   */
+  public WatchQuery resumeAfter(String position) {
+    this.resumeAfter = position == null ? "" : position;
+    return this;
+  }
+
+  /** Only INVALIDATED events (no UPDATED). */
+  public WatchQuery invalidatedOnly(boolean invalidatedOnly) {
+    this.invalidatedOnly = invalidatedOnly;
+    return this;
+  }
+
+  /**
+   * Deliver the server's {@link EventType#HEARTBEAT} events, asking for one every {@code interval}
+   * (the server clamps it to its bounds; {@link Duration#ZERO}: the server's own interval).
+   * Without this call heartbeats are consumed by the client and never delivered.
+   */
+  public WatchQuery heartbeats(Duration interval) {
+    this.heartbeatInterval = interval == null ? Duration.ZERO : interval;
+    return this;
+  }
+
+  /**
+   * When a lost stream is resubscribed, resume after the last position received (including
+   * heartbeats' positions) instead of delivering the client's resubscribed LAGGED event: a
+   * successful resume replays what was missed, a failed one starts with a {@link EventType#RESET}
+   * (resync). Before any position arrived the resubscribed LAGGED event is still delivered.
+   * Default off.
+   */
+  public WatchQuery autoResume(boolean autoResume) {
+    this.autoResume = autoResume;
+    return this;
+  }
+
+  boolean autoResume() {
+    return autoResume;
+  }
+
+  boolean deliversHeartbeats() {
+    return heartbeatInterval != null;
+  }
+
   RetryPolicy reconnect() {
     return reconnect;
   }
@@ -69,11 +119,16 @@ public final class WatchQuery {
   }
 
   WatchRequest toProto() {
-    return WatchRequest.newBuilder()
+    WatchRequest.Builder b = WatchRequest.newBuilder()
         .addAllKeys(keys)
         .addAllPrefixes(prefixes)
         .addAllKinds(kinds)
         .addAllTags(tags)
-        .build();
+        .setResumeAfter(resumeAfter)
+        .setInvalidatedOnly(invalidatedOnly);
+    if (heartbeatInterval != null && !heartbeatInterval.isZero()) {
+      b.setHeartbeatInterval(Durations.toProto(heartbeatInterval));
+    }
+    return b.build();
   }
 }

@@ -35,7 +35,8 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
   private Object next;
   private boolean finished;
 
-  WatchStream(Channel channel, CallOptions options, WatchRequest request, RetryPolicy reconnect) {
+  WatchStream(Channel channel, CallOptions options, WatchRequest request, RetryPolicy reconnect,
+      WatchCore.Mode mode) {
     core = new WatchCore(channel, options, request, reconnect, new WatchCore.Sink() {
       @Override
       public void ready() {
@@ -58,8 +59,16 @@ public final class WatchStream implements Iterator<WatchEvent>, AutoCloseable {
         ready.completeExceptionally(error);
         queue.add(error);
       }
-    }, false);
+    }, false, mode);
     core.start();
+  }
+
+  /**
+   * The position of the last message received from the server (events and heartbeats alike; empty
+   * before any): pass it to {@link WatchQuery#resumeAfter(String)} to resume there.
+   */
+  public String lastPosition() {
+    return core.lastPosition();
   }
 
   /**
