@@ -240,6 +240,10 @@ public class CacheException extends RuntimeException {
     if (message == null) {
       message = "";
     }
+    if (answeredWithTls(t)) {
+      message += " (the server answered with TLS but this client connects in plaintext: use"
+          + " CacheClient.Builder.tls() or caFile(...))";
+    }
     Status.Code c = status.getCode();
     switch (c) {
       case CANCELLED: return new Cancelled(c, message, details, violations, retry, t);
@@ -255,6 +259,24 @@ public class CacheException extends RuntimeException {
       case UNAUTHENTICATED: return new Unauthenticated(c, message, details, violations, retry, t);
       default: return new CacheException(c, message, details, violations, retry, t);
     }
+  }
+
+  /**
+   * True when netty saw a TLS record (0x15 alert / 0x16 handshake, version 3.x) where an HTTP/2
+   * plaintext SETTINGS frame was expected: a plaintext client talking to a TLS port.
+   */
+  private static boolean answeredWithTls(Throwable t) {
+    for (Throwable c = t; c != null; c = c.getCause()) {
+      String m = c.getMessage();
+      if (m != null && m.contains("First received frame was not SETTINGS")
+          && (m.contains("Hex dump for first 5 bytes: 1503") || m.contains("Hex dump for first 5 bytes: 1603"))) {
+        return true;
+      }
+      if (c.getCause() == c) {
+        break;
+      }
+    }
+    return false;
   }
 
   /** CANCELLED. */
