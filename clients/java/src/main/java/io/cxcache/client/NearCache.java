@@ -85,6 +85,8 @@ final class NearCache implements AutoCloseable {
   private final LongAdder rejected = new LongAdder();
   private final LongAdder invalidations = new LongAdder();
   private final LongAdder events = new LongAdder();
+  private final LongAdder resumes = new LongAdder();
+  private boolean resuming;
 
   NearCache(NearCacheOptions options, Function<WatchCore.Sink, WatchCore> opener) {
     this.options = options;
@@ -338,6 +340,12 @@ final class NearCache implements AutoCloseable {
         }
         boolean first = firstOfCall;
         firstOfCall = false;
+        if (first && resuming && ev.type() != EventType.RESET && ev.type() != EventType.LAGGED) {
+          resumes.increment();
+        }
+        if (first) {
+          resuming = false;
+        }
         switch (ev.type()) {
           case HEARTBEAT -> {
             if (first) {
@@ -374,6 +382,7 @@ final class NearCache implements AutoCloseable {
       synchronized (lock) {
         up = false;
         firstOfCall = true;
+        resuming = true;
         barrierLocked();
       }
     }
@@ -405,7 +414,7 @@ final class NearCache implements AutoCloseable {
     cache.cleanUp();
     long weight = cache.policy().eviction().map(ev -> ev.weightedSize().orElse(0L)).orElse(0L);
     return new NearCacheStats(hits.sum(), misses.sum(), evictions.sum(), flushes.sum(), rejected.sum(),
-        events.sum(), invalidations.sum(), cache.estimatedSize(), weight, healthy(System.nanoTime()));
+        resumes.sum(), events.sum(), invalidations.sum(), cache.estimatedSize(), weight, healthy(System.nanoTime()));
   }
 
   @Override

@@ -10,6 +10,7 @@ package io.cxcache.client;
  *     resume, a tag purge by this client)
  * @param rejectedFills replies not kept because an event, flush or reconnect happened while they
  *     were in flight (the race rule)
+ * @param resumes lost streams resumed after their last position without a RESET (nothing flushed)
  * @param events INVALIDATED / UPDATED events received on the near cache's Watch stream
  * @param invalidations entries dropped by events or this client's Invalidate
  * @param entries entries held now
@@ -18,5 +19,5 @@ package io.cxcache.client;
  *     max staleness ago)
  */
 public record NearCacheStats(
-    long hits, long misses, long evictions, long flushes, long rejectedFills, long events, long invalidations,
+    long hits, long misses, long evictions, long flushes, long rejectedFills, long resumes, long events, long invalidations,
     long entries, long weightBytes, boolean streamHealthy) {}

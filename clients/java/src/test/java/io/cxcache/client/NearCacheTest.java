@@ -328,6 +328,7 @@ class NearCacheTest {
         && c.nearCacheStats().entries() == 1);
     assertEquals(last, fake.watches.get(1).getResumeAfter());
     assertEquals(0, c.nearCacheStats().flushes());
+    assertEquals(1, c.nearCacheStats().resumes());
     assertNotEquals(Source.NEAR, c.get("routing.queue", "q1").source());
     assertEquals(Source.NEAR, c.get("routing.queue", "q2").source());
   }
@@ -342,6 +343,7 @@ class NearCacheTest {
     fake.beating = true;
     await("reset", () -> c.nearCacheStats().flushes() == 1 && fake.watches.size() == 2);
     assertEquals("x1", fake.watches.get(1).getResumeAfter());
+    assertEquals(0, c.nearCacheStats().resumes());
     assertNotEquals(Source.NEAR, c.get("routing.queue", "q1").source());
   }
 
