@@ -6,8 +6,8 @@ package io.cxcache.client;
  * @param hits Gets answered from the near cache ({@link Source#NEAR})
  * @param misses near-cacheable Gets that went to the server
  * @param evictions entries evicted by the byte bound
- * @param flushes times the whole near cache was dropped (RESET, LAGGED, a stream that could not
- *     resume, a tag purge by this client)
+ * @param flushes times the whole near cache was dropped (RESET, LAGGED, a stream that failed for
+ *     good, an event or purge of this client naming no key, prefix or tag, or the prefix "")
  * @param rejectedFills replies not kept because an event, flush or reconnect happened while they
  *     were in flight (the race rule)
  * @param resumes lost streams resumed after their last position without a RESET (nothing flushed)

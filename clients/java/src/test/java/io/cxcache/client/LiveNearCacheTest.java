@@ -256,6 +256,26 @@ class LiveNearCacheTest {
         Writer toOther = new OutputStreamWriter(other.getOutputStream(), StandardCharsets.UTF_8)) {
       assertEquals("ready", fromOther.readLine());
       String key = c.get("routing.queue", id).key();
+      WatchStream events = plain.watch(WatchQuery.create().keys(key).invalidatedOnly(true));
+      assertTrue(events.awaitReady(Duration.ofSeconds(10)));
+      java.util.concurrent.BlockingQueue<Long> arrivals = new java.util.concurrent.LinkedBlockingQueue<>();
+      Thread reader = new Thread(() -> {
+        try {
+          while (events.hasNext()) {
+            WatchEvent ev = events.next();
+            if (ev.type() == EventType.INVALIDATED && "java race checker".equals(ev.reason())) {
+              arrivals.add(System.nanoTime());
+            }
+          }
+        } catch (CacheException e) {
+          // closed
+        }
+      }, "race-watch");
+      reader.setDaemon(true);
+      reader.start();
+      long[] phase = new long[6];
+      long worstEventAfterAck = 0;
+      long eventsBeforeAck = 0;
       long worstNearStaleNanos = 0;
       int nearStaleReads = 0;
       int lateNearStaleReads = 0;
@@ -264,7 +284,9 @@ class LiveNearCacheTest {
       long t0 = System.nanoTime();
       for (int round = 1; round <= rounds; round++) {
         String name = "java-race-" + round + "-" + t0;
+        long p0 = System.nanoTime();
         c.invalidate(InvalidateQuery.create().keys(key).reason("java race round"));
+        long p1 = System.nanoTime();
         admin(emulator, "POST", "/admin/faults", "{\"path_prefix\":\"" + path + "\",\"hold\":true,\"count\":1}");
         CompletableFuture<CacheResult> inflight = c.getAsync(GetQuery.of("routing.queue").id(id));
         long heldBy = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
@@ -272,7 +294,9 @@ class LiveNearCacheTest {
             && System.nanoTime() < heldBy && !inflight.isDone()) {
           Thread.sleep(1);
         }
+        long p2 = System.nanoTime();
         admin(emulator, "PATCH", "/admin/queues/" + id, "{\"name\":\"" + name + "\"}");
+        long p3 = System.nanoTime();
         toOther.write(key + "\n");
         toOther.flush();
         String ack = fromOther.readLine();
@@ -281,6 +305,15 @@ class LiveNearCacheTest {
         admin(emulator, "POST", "/admin/release", null);
         admin(emulator, "DELETE", "/admin/faults", null);
         inflight.get(10, TimeUnit.SECONDS);
+        long p4 = System.nanoTime();
+        // the Watch delay: when the other process's INVALIDATED reached a watcher, relative to its ack
+        Long eventAt = arrivals.poll(5, TimeUnit.SECONDS);
+        assertNotNull(eventAt, "no INVALIDATED event for round " + round);
+        if (eventAt - acked <= 0) {
+          eventsBeforeAck++;
+        }
+        worstEventAfterAck = Math.max(worstEventAfterAck, eventAt - acked);
+        long p5 = System.nanoTime();
         for (int i = 0; i < 5; i++) {
           CacheResult r = c.get("routing.queue", id);
           long at = System.nanoTime();
@@ -298,7 +331,21 @@ class LiveNearCacheTest {
             serverStaleReads++;
           }
         }
+        long p6 = System.nanoTime();
+        phase[0] += p1 - p0;
+        phase[1] += p2 - p1;
+        phase[2] += p3 - p2;
+        phase[3] += p4 - p3;
+        phase[4] += p5 - p4;
+        phase[5] += p6 - p5;
       }
+      events.close();
+      System.out.printf("java live near: racing checker phases, mean ms per round: own invalidate %.1f, hold + Get"
+          + " in flight %.1f, PATCH %.1f, other process's Invalidate + release + reply %.1f, event wait %.1f,"
+          + " 5 reads %.1f; the INVALIDATED reached a watcher at most %.3f ms after the ack (%d of %d rounds"
+          + " before the ack was read)%n", phase[0] / 1e6 / rounds, phase[1] / 1e6 / rounds, phase[2] / 1e6 / rounds,
+          phase[3] / 1e6 / rounds, phase[4] / 1e6 / rounds, phase[5] / 1e6 / rounds, worstEventAfterAck / 1e6,
+          eventsBeforeAck, rounds);
       toOther.write("\n");
       toOther.flush();
       NearCacheStats s = c.nearCacheStats();
