@@ -101,6 +101,9 @@ final class WatchCore {
 
   private void start(ClientCall<WatchRequest, io.cxcache.v1.WatchEvent> call, WatchRequest req) {
     call.start(new ClientCall.Listener<>() {
+      /** Heartbeats consumed on this call: delivered sequences are renumbered without them. */
+      private long hidden;
+
       @Override
       public void onHeaders(Metadata headers) {
         boolean resubscribed;
@@ -136,10 +139,17 @@ final class WatchCore {
         }
         boolean heartbeat = message.getType() == io.cxcache.v1.WatchEvent.Type.TYPE_HEARTBEAT;
         if (heartbeat && !mode.deliverHeartbeats()) {
+          hidden++;
           call.request(1); // consumed here: ask for the next one ourselves
           return;
         }
-        sink.event(WatchEvent.fromProto(message), false);
+        WatchEvent ev = WatchEvent.fromProto(message);
+        if (hidden > 0 && ev.sequence() > hidden) {
+          // keep the sequence gap-free for watches that never see heartbeats, as before them
+          ev = new WatchEvent(ev.type(), ev.key(), ev.prefix(), ev.tag(), ev.kind(), ev.reason(), ev.time(),
+              ev.sequence() - hidden, ev.position());
+        }
+        sink.event(ev, false);
         if (autoRequest) {
           call.request(1);
         }

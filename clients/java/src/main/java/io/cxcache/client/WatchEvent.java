@@ -18,7 +18,9 @@ import java.time.Instant;
  * @param kind resource kind of the key, when known
  * @param reason the Invalidate reason, "webhook:&lt;event id&gt;", "stored", ...
  * @param time when it happened, or null when the server did not say
- * @param sequence per-stream sequence number starting at 1 (0 for the client's resubscribed event)
+ * @param sequence per-stream sequence number starting at 1 (0 for the client's resubscribed event);
+ *     for a watch that does not ask for heartbeats, the server's sequence less the heartbeats the
+ *     client consumed on the stream, so the numbers stay gap-free as before heartbeats existed
  * @param position where the event stands in the server instance's event log (opaque; pass it to
  *     {@link WatchQuery#resumeAfter(String)} to resume after it); empty for the client's own event
  *     and from servers that do not send positions

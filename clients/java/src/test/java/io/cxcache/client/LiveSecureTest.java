@@ -58,6 +58,20 @@ class LiveSecureTest {
   }
 
   @Test
+  void nearCacheStreamOverTlsCarriesTheKey() {
+    // the routing caller may Watch routing.* only: its near cache's stream (prefix "") is
+    // accepted and filtered to those kinds, and heartbeats make near hits possible
+    try (CacheClient c = tls("CXCACHE_TLS_ADDR").bearerToken(env("CXCACHE_ROUTING_KEY"))
+        .nearCache(NearCacheOptions.maxBytes(1 << 20)).build()) {
+      String id = anyQueueId(c);
+      LiveNearCacheTest.warm(c, id);
+      c.get("routing.queue", id);
+      assertEquals(Source.NEAR, c.get("routing.queue", id).source(), String.valueOf(c.nearCacheStats()));
+      assertTrue(c.nearCacheStats().streamHealthy());
+    }
+  }
+
+  @Test
   void noKeyIsUnauthenticated() {
     try (CacheClient c = tls("CXCACHE_TLS_ADDR").build()) {
       CacheException.Unauthenticated e = assertThrows(CacheException.Unauthenticated.class,

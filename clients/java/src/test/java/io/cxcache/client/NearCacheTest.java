@@ -122,8 +122,9 @@ class NearCacheTest {
     }
 
     io.cxcache.v1.WatchEvent ev(io.cxcache.v1.WatchEvent.Type type, String key) {
+      long p = position.incrementAndGet();
       return io.cxcache.v1.WatchEvent.newBuilder().setType(type).setKey(key)
-          .setPosition("p" + position.incrementAndGet()).build();
+          .setPosition("p" + p).setSequence(p).build();
     }
 
     ServerCallStreamObserver<io.cxcache.v1.WatchEvent> stream() {
@@ -434,6 +435,7 @@ class NearCacheTest {
       assertNotNull(ev);
       assertEquals(EventType.INVALIDATED, ev.type(), "the heartbeat was not delivered");
       assertEquals("p2", ev.position());
+      assertEquals(1, ev.sequence(), "renumbered without the hidden heartbeat");
       assertEquals("p2", s.lastPosition());
       assertTrue(fake.watches.get(0).getResumeAfter().isEmpty());
       assertFalse(fake.watches.get(0).hasHeartbeatInterval());
