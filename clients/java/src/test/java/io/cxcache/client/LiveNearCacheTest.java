@@ -175,9 +175,7 @@ class LiveNearCacheTest {
               .defaultTimeout(Duration.ofSeconds(2))
               .nearCache(NearCacheOptions.maxBytes(1 << 20).maxStaleness(maxStaleness)).build()) {
         String id = queueIds(c).get(0);
-        warm(c, id);
-        c.get("routing.queue", id);
-        assertEquals(Source.NEAR, c.get("routing.queue", id).source());
+        awaitNear(c, id);
         cx.kill();
         long killed = System.nanoTime();
         long lastNear = 0;
@@ -201,6 +199,7 @@ class LiveNearCacheTest {
             + " ms), then " + failed + " Gets failed");
         assertTrue(lastNearAfterKill.compareTo(maxStaleness) <= 0, "near hit " + lastNearAfterKill + " after the kill");
         assertTrue(failed > 0, "Gets after max staleness went to the (dead) server");
+        assertTrue(nearHits > 0, "the near cache served nothing right after the kill: " + c.nearCacheStats());
         long flushes = c.nearCacheStats().flushes();
         cx = LiveProcesses.cxcache(emuUrl, logs.resolve("cxcache-2.log"));
         proxy.target(LiveProcesses.port(cx.line().group(1)));
