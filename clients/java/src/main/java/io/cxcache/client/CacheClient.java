@@ -189,10 +189,13 @@ public final class CacheClient implements AutoCloseable {
       return callCredentials(new AuthorizationCredentials("Bearer ", Objects.requireNonNull(token)));
     }
 
-    /** Send {@code authorization: ApiKey <key>} with every call. */
+    /**
+     * A cxcache API key: sent as {@code authorization: Bearer <key>} with every call (Get,
+     * Invalidate, Watch), the form cxcache reads API keys in (same as {@link #bearerToken(String)}).
+     */
     public Builder apiKey(String key) {
       Objects.requireNonNull(key, "key");
-      return callCredentials(new AuthorizationCredentials("ApiKey ", () -> key));
+      return bearerToken(key);
     }
 
     /** Any other grpc {@link CallCredentials} for every call (replaces bearerToken / apiKey). */

@@ -36,7 +36,7 @@ class LiveSecureTest {
 
   @Test
   void tlsWithApiKeyGetsInvalidatesAndWatches() {
-    try (CacheClient c = tls("CXCACHE_TLS_ADDR").bearerToken(env("CXCACHE_API_KEY")).build()) {
+    try (CacheClient c = tls("CXCACHE_TLS_ADDR").apiKey(env("CXCACHE_API_KEY")).build()) {
       String id = anyQueueId(c);
       CacheResult r = c.get("routing.queue", id);
       assertEquals(id, r.value().getStructValue().getFieldsOrThrow("id").getStringValue());

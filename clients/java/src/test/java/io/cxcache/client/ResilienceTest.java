@@ -402,7 +402,7 @@ class ResilienceTest {
     }
     try (CacheClient c = CacheClient.builder().channel(channel).apiKey("k-123").header("x-team", "java").build()) {
       c.get(GetQuery.of("ok"));
-      assertEquals("ApiKey k-123", LAST_HEADERS.get().get(AUTHORIZATION));
+      assertEquals("Bearer k-123", LAST_HEADERS.get().get(AUTHORIZATION), "cxcache reads API keys as Bearer");
       assertEquals("java", LAST_HEADERS.get().get(Metadata.Key.of("x-team", Metadata.ASCII_STRING_MARSHALLER)));
     }
     try (CacheClient c = CacheClient.builder().channel(channel).retryPolicy(RetryPolicy.disabled())
