@@ -385,6 +385,7 @@ class UnaryCall(Generic[_T]):
     parse: Callable[[Any], _T]
     retry: RetryPolicy = NO_RETRY
     wait_for_ready: Optional[bool] = None
+    plaintext: bool = False
 
     def start(self, timeout: Optional[float] = None) -> Any:
         """Call the stub (with ``timeout``, what is left of the deadline): the reply
@@ -402,7 +403,23 @@ class UnaryCall(Generic[_T]):
         try:
             yield
         except grpc.RpcError as err:
-            raise from_rpc_error(err, self.deadline is not None) from err
+            raise with_connection_hint(from_rpc_error(err, self.deadline is not None), self.plaintext) from err
+
+
+def with_connection_hint(err: CacheError, plaintext: bool) -> CacheError:
+    """Say what a TLS mismatch looks like: a plaintext client whose connection the
+    server closes (it speaks TLS), or a TLS client the server refuses a certificate."""
+    if err.code != grpc.StatusCode.UNAVAILABLE:
+        return err
+    hint = None
+    if plaintext and "Socket closed" in err.message:
+        hint = "this client connects without TLS and the server closed the connection: if it serves TLS, pass tls=TLS(ca=...)"
+    elif not plaintext and ("TSI_" in err.message or "handshake" in err.message.lower()):
+        hint = "the TLS handshake failed: check tls=TLS(ca=...) and, if the server requires one, the client certificate"
+    if hint is not None:
+        err.message = f"{err.message} ({hint})"
+        err.args = (err.message,)
+    return err
 
 
 class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
@@ -456,6 +473,7 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
                 channel = self._channel_api.secure_channel(target, credentials, options=opts)
             else:
                 channel = self._channel_api.insecure_channel(target, options=opts)
+        self._plaintext = channel is not None and self._owns_channel and credentials is None
         self._channel: _ChannelT = channel
         self._stub = cache_pb2_grpc.CacheStub(channel)
         self._default_timeout = default_timeout
@@ -532,6 +550,7 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
             parse,
             resolve_retry(retry, self._retry),
             self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+            self._plaintext,
         )
 
     def get(
