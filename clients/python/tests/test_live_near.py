@@ -59,7 +59,7 @@ def near_client(addr, **kw):
 
 
 def require_heartbeats(c):
-    assert c.near_cache.connected and c.near_cache.last_heard is not None, (
+    assert c.near_stats().heartbeats > 0 and c.near_cache.last_heard is not None, (
         "the server sent no HEARTBEAT on the near cache's Watch: it predates Watch resume"
     )
 
@@ -337,8 +337,11 @@ def test_racing_checker_no_near_read_older_than_ack_plus_max_staleness(addr, emu
         with near_client(addr, max_staleness=max_staleness) as c:
             key = c.get("routing.queue", id=qid).key
             require_heartbeats(c)
+            ev = Events(c)
             for i in range(rounds):
-                purge(key)
+                n = len(ev.msgs)
+                purge(key)  # and wait until this client heard it, so the next Get misses
+                ev.wait_for(lambda m: m.type == T.TYPE_INVALIDATED and m.key == key, after=n)  # noqa: B023
                 emulator.fault(path_prefix=f"/api/v2/routing/queues/{qid}", hold=True, count=1)
                 box = {}
                 g = threading.Thread(target=_get_into, args=(c, qid, box), daemon=True)
