@@ -194,10 +194,13 @@ class NearStreamThread:
         self._call: Any = None
         self._thread = threading.Thread(target=self._run, name="cxcache-near-watch", daemon=True)
 
-    def start(self, ready_wait: float) -> None:
-        """Start the thread; wait up to ``ready_wait`` for the subscription."""
+    def start(self) -> None:
         self._thread.start()
-        self._first.wait(ready_wait)
+
+    def wait_first(self, timeout: float) -> None:
+        """Wait up to ``timeout`` until the first call delivered a message (or failed)."""
+        if not self._first.is_set():
+            self._first.wait(timeout)
 
     def _run(self) -> None:
         state = self._state
@@ -318,13 +321,12 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
         near = self._near
         if near is None or plan.rid is None:
             return self._run_unary(lambda: plan.call)
-        stream = self._near_stream
-        if stream is None:
+        if self._near_stream is None:
             with _START_LOCK:
-                stream = self._near_stream
-                if stream is None:
-                    stream = self._near_stream = NearStreamThread(self._stub.Watch, near, self._metadata)
-                    stream.start(near.config.ready_wait)
+                if self._near_stream is None:
+                    self._near_stream = NearStreamThread(self._stub.Watch, near, self._metadata)
+                    self._near_stream.start()
+        self._near_stream.wait_first(near.config.ready_wait)
         ticket = near.begin_fill(plan.rid)
         result: GetResult = self._run_unary(lambda: plan.call)
         near.finish_fill(ticket, result)
