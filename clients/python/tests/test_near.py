@@ -465,3 +465,92 @@ def test_plain_watch_hides_heartbeats_unless_asked():
         req = ch.watches[1].request
         assert req.resume_after == "e2" and req.heartbeat_interval.ToMilliseconds() == 500
         s2.cancel()
+
+
+# ---------------------------------------------------------------- over a real gRPC transport
+
+
+class WatchServer:
+    """An in-process gRPC Cache (loopback, port 0) whose Watch follows the resume
+    contract: HEARTBEAT first (or RESET for an unknown position), then the events
+    the test publishes, with heartbeats every 50 ms."""
+
+    def __init__(self):
+        from concurrent import futures
+
+        from cxcache.v1 import cache_pb2_grpc
+
+        self.events = queue.Queue()
+        self.requests = []
+        self.gets = 0
+        outer = self
+
+        class Servicer(cache_pb2_grpc.CacheServicer):
+            def Get(self, request, context):
+                outer.gets += 1
+                return reply(key="k1")
+
+            def Invalidate(self, request, context):
+                return cache_pb2.InvalidateResponse(purged=1)
+
+            def Watch(self, request, context):
+                outer.requests.append(request)
+                known = request.resume_after in ("", "p1", "p2")
+                yield msg(T.TYPE_HEARTBEAT if known else T.TYPE_RESET, pos="p1")
+                while context.is_active():
+                    try:
+                        m = outer.events.get(timeout=0.05)
+                    except queue.Empty:
+                        m = msg(T.TYPE_HEARTBEAT, pos="p1")
+                    yield m
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        cache_pb2_grpc.add_CacheServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(0)
+
+
+@pytest.fixture()
+def watch_server():
+    s = WatchServer()
+    yield s
+    s.stop()
+
+
+def test_real_transport_sync_near_cache(watch_server):
+    with CacheClient(f"127.0.0.1:{watch_server.port}", near_cache=NearCache(), default_timeout=5) as c:
+        assert c.get("routing.queue", id="q1").source is Source.L1
+        assert c.get("routing.queue", id="q1").source is Source.NEAR
+        seen = Seen(c.near_cache)
+        watch_server.events.put(msg(T.TYPE_INVALIDATED, key="k1", pos="p2"))
+        seen.wait(1)
+        end = threading.Event()
+        for _ in range(100):  # bounded: the heartbeats before it may be applied first
+            if c.near_stats().events:
+                break
+            end.wait(0.02)
+        assert c.near_stats().events == 1
+        assert c.get("routing.queue", id="q1").source is Source.L1
+        assert watch_server.gets == 2
+        thread = c._near_stream._thread
+    assert not thread.is_alive()  # close() ended the stream
+    req = watch_server.requests[0]
+    assert list(req.prefixes) == [""] and req.heartbeat_interval.ToMilliseconds() == 250
+
+
+async def test_real_transport_async_near_cache(watch_server):
+    async with AsyncCacheClient(f"127.0.0.1:{watch_server.port}", near_cache=NearCache(), default_timeout=5) as c:
+        assert (await c.get("routing.queue", id="q1")).source is Source.L1
+        assert (await c.get("routing.queue", id="q1")).source is Source.NEAR
+        watch_server.events.put(msg(T.TYPE_LAGGED, pos="p2"))
+        for _ in range(200):  # bounded
+            if c.near_stats().flushes:
+                break
+            await asyncio.sleep(0.01)
+        assert c.near_stats().flushes == 1
+        assert (await c.get("routing.queue", id="q1")).source is Source.L1
+        task = c._near_stream._task
+    assert task.done()
