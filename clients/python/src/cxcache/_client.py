@@ -318,9 +318,11 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
         plan = prepare()
         if plan.hit is not None:
             return plan.hit
+        call = plan.call
+        assert call is not None
         near = self._near
         if near is None or plan.rid is None:
-            return self._run_unary(lambda: plan.call)
+            return self._run_unary(lambda: call)
         if self._near_stream is None:
             with _START_LOCK:
                 if self._near_stream is None:
@@ -328,7 +330,7 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
                     self._near_stream.start()
         self._near_stream.wait_first(near.config.ready_wait)
         ticket = near.begin_fill(plan.rid)
-        result: GetResult = self._run_unary(lambda: plan.call)
+        result: GetResult = self._run_unary(lambda: call)
         near.finish_fill(ticket, result)
         return result
 
@@ -473,16 +475,18 @@ class AsyncCacheClient(
         plan = prepare()
         if plan.hit is not None:
             return plan.hit
+        call = plan.call
+        assert call is not None
         near = self._near
         if near is None or plan.rid is None:
-            return await self._run_unary(lambda: plan.call)
+            return await self._run_unary(lambda: call)
         stream = self._near_stream
         if stream is None:
             stream = self._near_stream = NearStreamTask(self._stub.Watch, near, self._metadata)
             stream.start()
         await stream.wait_first(near.config.ready_wait)
         ticket = near.begin_fill(plan.rid)
-        result: GetResult = await self._run_unary(lambda: plan.call)
+        result: GetResult = await self._run_unary(lambda: call)
         near.finish_fill(ticket, result)
         return result
 

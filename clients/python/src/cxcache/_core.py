@@ -508,16 +508,24 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         reply may fill it; or (asyncio) a coroutine of that."""
         raise NotImplementedError
 
-    def _get_plan(self, call: UnaryCall[GetResult], force_refresh: bool, max_age: Optional[Seconds]) -> "GetPlan":
+    def _get_plan(
+        self,
+        req: cache_pb2.GetRequest,
+        make_call: Callable[[], UnaryCall[GetResult]],
+        force_refresh: bool,
+        max_age: Optional[Seconds],
+    ) -> "GetPlan":
+        """A near hit (the call is not even built: no metadata, no trace context), or
+        the call to make and, if near-cacheable, the request's identity."""
         near = self._near
-        if near is None or not near.cacheable(call.request):
-            return GetPlan(call)
-        rid = request_id(call.request)
+        if near is None or not near.cacheable(req):
+            return GetPlan(make_call())
+        rid = request_id(req)
         if not force_refresh:
             hit = near.lookup(rid, resolve_timeout(max_age, None))
             if hit is not None:
-                return GetPlan(call, rid, hit)
-        return GetPlan(call, rid)
+                return GetPlan(None, rid, hit)
+        return GetPlan(make_call(), rid)
 
     @property
     def near_cache(self) -> Optional[NearState]:
@@ -588,8 +596,12 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
                     fr.max_age.CopyFrom(_duration(max_age))
                 fr.allow_stale = bool(allow_stale)
                 fr.force_refresh = bool(force_refresh)
-            call = self._unary_call(self._stub.Get, req, timeout, get_result, retry, wait_for_ready)
-            return self._get_plan(call, force_refresh, max_age)
+            return self._get_plan(
+                req,
+                lambda: self._unary_call(self._stub.Get, req, timeout, get_result, retry, wait_for_ready),
+                force_refresh,
+                max_age,
+            )
 
         return cast(_GetT, self._run_get(prepare))
 
@@ -687,7 +699,7 @@ class GetPlan:
     """A prepared Get: the call, the near-cache identity of its request (None when
     it is not near-cacheable) and the near hit that answers it, if any."""
 
-    call: UnaryCall[GetResult]
+    call: Optional[UnaryCall[GetResult]]
     rid: Optional[RequestId] = None
     hit: Optional[GetResult] = None
 
