@@ -50,6 +50,8 @@ pub const COALESCED_WAITERS: &str = "cxcache_coalesced_waiters";
 pub const WATCH_SUBSCRIBERS: &str = "cxcache_watch_subscribers";
 /// LAGGED events sent to Watch subscribers (they must resync).
 pub const WATCH_LAGGED: &str = "cxcache_watch_lagged_total";
+/// Watch streams that asked to resume, by outcome (replayed, reset).
+pub const WATCH_RESUMES: &str = "cxcache_watch_resumes_total";
 /// Requests refused at the edge, by reason (unauthenticated, permission_denied,
 /// watch_limit).
 pub const AUTH_REFUSED: &str = "cxcache_refused_total";
@@ -244,6 +246,11 @@ pub fn tls_reloaded(ok: bool) {
 /// A Watch subscriber was told it lagged.
 pub fn watch_lagged() {
     counter!(WATCH_LAGGED).increment(1);
+}
+
+/// A Watch stream asked to resume: `replayed` or `reset`.
+pub fn watch_resumed(outcome: &'static str) {
+    counter!(WATCH_RESUMES, "outcome" => outcome).increment(1);
 }
 
 /// Whether the shared store is in use (read at scrape time).

@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{Auth, AuthTable};
-use crate::bus::Bus;
+use crate::bus::{Bus, Retention};
 use crate::cache::Cache;
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -87,13 +87,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     tracing::info!(backend = connected.store.backend(), "store ready");
     let l1 = config.cache.l1.enabled.then(|| L1::new(config.cache.l1.max_bytes, config.cache.l1.ttl));
     let instance_id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let retention = Retention { keys: config.cache.watch_retention_keys, age: config.cache.watch_retention };
     let bus = match (&connected.redis, &config.redis.url) {
         (Some(pool), Some(url)) => {
-            Bus::redis(instance_id, &config.env, pool.clone(), url, config.redis.command_timeout)
+            Bus::redis(instance_id, &config.env, pool.clone(), url, config.redis.command_timeout, retention)
                 .await
                 .context("subscribing to the invalidation bus")?
         }
-        _ => Bus::local(instance_id),
+        _ => Bus::local_with(instance_id, retention),
     };
     let tiers = Arc::new(Tiers::new(connected.store, l1, config.cache.stale_grace, bus.membership()));
     // The bus knows the fleet that shares the upstream budgets.
@@ -166,7 +167,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
                 cache.clone(),
                 invalidator.clone(),
                 bus.clone(),
-                config.cache.watch_buffer,
+                crate::watch::Settings {
+                    buffer: config.cache.watch_buffer,
+                    heartbeat: config.cache.watch_heartbeat,
+                    heartbeat_min: config.cache.watch_heartbeat_min,
+                },
                 shutdown_rx.clone(),
                 watch_slots.clone(),
                 &config.limits,

@@ -21,6 +21,7 @@
 pub mod checker;
 pub mod faults;
 mod scenario;
+pub mod tcp_proxy;
 pub use scenario::{redis_url, Scenario, Scene};
 
 use std::path::{Path, PathBuf};
@@ -335,10 +336,21 @@ pub fn invalidate(keys: &[&str], prefixes: &[&str], tags: &[&str]) -> Invalidate
     }
 }
 
-/// Next Watch event within `limit`.
-pub async fn next_event(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Option<WatchEvent> {
+/// Next Watch message of any type (HEARTBEAT included) within `limit`.
+pub async fn next_message(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Option<WatchEvent> {
     use tokio_stream::StreamExt;
     tokio::time::timeout(limit, stream.next()).await.ok().flatten().map(|r| r.expect("watch item"))
+}
+
+/// Next Watch event within `limit`, skipping HEARTBEATs.
+pub async fn next_event(stream: &mut Streaming<WatchEvent>, limit: Duration) -> Option<WatchEvent> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let ev = next_message(stream, deadline.saturating_duration_since(Instant::now())).await?;
+        if ev.r#type() != watch_event::Type::Heartbeat {
+            return Some(ev);
+        }
+    }
 }
 
 /// Next Watch event of `ty` for `key` within `limit`, skipping others.

@@ -48,6 +48,18 @@ pub struct CacheSettings {
     pub invalidation_retry: Duration,
     /// Events buffered per Watch stream before it is told it lagged.
     pub watch_buffer: usize,
+    /// HEARTBEAT interval of a Watch stream that asks for none.
+    #[serde(with = "humantime_serde")]
+    pub watch_heartbeat: Duration,
+    /// Shortest HEARTBEAT interval a subscriber may ask for (a shorter ask
+    /// is raised to it).
+    #[serde(with = "humantime_serde")]
+    pub watch_heartbeat_min: Duration,
+    /// Keys of recent events retained for resuming Watch streams.
+    pub watch_retention_keys: usize,
+    /// Age of the oldest event retained for resuming Watch streams.
+    #[serde(with = "humantime_serde")]
+    pub watch_retention: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +120,10 @@ impl Default for CacheSettings {
             invalidation_ack_timeout: Duration::from_secs(1),
             invalidation_retry: Duration::from_secs(5),
             watch_buffer: 256,
+            watch_heartbeat: Duration::from_secs(1),
+            watch_heartbeat_min: Duration::from_millis(100),
+            watch_retention_keys: 100_000,
+            watch_retention: Duration::from_secs(300),
         }
     }
 }

@@ -434,6 +434,14 @@ impl Config {
             problems.push("tls.reload_interval must be positive".into());
         }
         let l = &self.limits;
+        let c = &self.cache;
+        if c.watch_heartbeat_min.is_zero() || c.watch_heartbeat < c.watch_heartbeat_min {
+            problems
+                .push("cache.watch_heartbeat_min must be positive and at most cache.watch_heartbeat".into());
+        }
+        if c.watch_retention_keys == 0 || c.watch_retention.is_zero() {
+            problems.push("cache.watch_retention_keys and cache.watch_retention must be positive".into());
+        }
         if l.max_watch_streams == 0 || l.max_watch_streams_per_caller == 0 || l.max_concurrent_requests == 0 {
             problems.push(
                 "limits.max_watch_streams, .max_watch_streams_per_caller and .max_concurrent_requests must be positive"

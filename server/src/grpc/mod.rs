@@ -30,7 +30,7 @@ pub struct CacheService {
     cache: Arc<Cache>,
     invalidator: Arc<Invalidator>,
     bus: Arc<Bus>,
-    watch_buffer: usize,
+    watch: watch::Settings,
     shutdown: shutdown_watch::Receiver<bool>,
     watch_slots: Arc<WatchSlots>,
     /// The longest a Get may take (`limits.request_timeout`), caller deadline or not.
@@ -47,7 +47,7 @@ impl CacheService {
         cache: Arc<Cache>,
         invalidator: Arc<Invalidator>,
         bus: Arc<Bus>,
-        watch_buffer: usize,
+        watch: watch::Settings,
         shutdown: shutdown_watch::Receiver<bool>,
         watch_slots: Arc<WatchSlots>,
         limits: &crate::config::LimitSettings,
@@ -56,7 +56,7 @@ impl CacheService {
             cache,
             invalidator,
             bus,
-            watch_buffer,
+            watch,
             shutdown,
             watch_slots,
             request_timeout: limits.request_timeout,
@@ -105,8 +105,9 @@ impl CacheRpc for CacheService {
             )
             .map_err(admission::refused)?;
         let filter = watch::Filter::from_request(req, self.cache.catalog().clone())?;
+        let opening = watch::Opening::from_request(req, &self.watch)?;
         let slot = self.watch_slots.acquire(caller.name())?;
-        let stream = watch::open(&self.bus, filter, self.watch_buffer, self.shutdown.clone());
+        let stream = watch::open(self.bus.clone(), filter, opening, &self.watch, self.shutdown.clone());
         // Prefix and tag watches reach only the kinds the caller may watch;
         // the slot is held as long as the stream lives.
         let everything = caller.watches_everything();

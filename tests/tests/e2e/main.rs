@@ -22,3 +22,4 @@ mod security;
 mod shutdown;
 mod spine;
 mod telemetry;
+mod watch;

@@ -760,3 +760,109 @@ async fn pump(
         }
     }
 }
+
+/// Resident memory of this process (the in-process server and the test).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).expect("resident pages") * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watch_streams_from_one_caller_stop_at_its_limit_with_memory_bounded() {
+    let mut s = Scenario::new("watch10k")
+        .alone() // measures this process's memory
+        .configure(|c| {
+            with_callers(c);
+            c.limits.max_watch_streams_per_caller = 1000;
+        })
+        .start()
+        .await;
+    let cx = s.cx();
+    let running = cx.running.as_ref().unwrap();
+    // Ten connections, as a fleet of pods of one service would open.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(cx.new_client().await);
+    }
+    let req = || WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() };
+    let before = rss_bytes();
+    let mut open = Vec::new();
+    let mut refused = 0usize;
+    let mut rss_at_limit = 0;
+    for round in 0..100 {
+        let calls = (0..100).map(|i| {
+            let mut c = clients[i % clients.len()].clone();
+            async move { c.watch(keyed(req(), "routing-key")).await }
+        });
+        for result in futures::future::join_all(calls).await {
+            match result {
+                Ok(stream) => open.push(stream.into_inner()),
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                    assert!(e.message().contains("max_watch_streams_per_caller"), "{}", e.message());
+                    refused += 1;
+                }
+            }
+        }
+        if round == 9 {
+            rss_at_limit = rss_bytes();
+        }
+    }
+    assert_eq!((open.len(), refused), (1000, 9000), "exactly the limit is served");
+    assert_eq!(running.watch_streams(), 1000);
+    let after = rss_bytes();
+    let per_stream = rss_at_limit.saturating_sub(before) / 1000;
+    let refusals = after.saturating_sub(rss_at_limit);
+    eprintln!(
+        "watch10k: {} KiB per open stream (server and client), {} KiB more over 9000 refusals",
+        per_stream / 1024,
+        refusals / 1024
+    );
+    assert!(per_stream < 64 * 1024, "an open stream costs {per_stream} bytes");
+    assert!(refusals < 32 << 20, "refused streams hold no memory: +{refusals} bytes");
+    // The streams work, and closing them frees every slot.
+    let mut admin = cx.new_client().await;
+    let first = open[999].message().await.unwrap().unwrap();
+    assert_eq!(first.r#type(), cxcache::proto::v1::watch_event::Type::Heartbeat);
+    drop(open);
+    assert!(
+        wait_until(Duration::from_secs(10), || running.watch_streams() == 0).await,
+        "{}",
+        running.watch_streams()
+    );
+    admin.watch(keyed(req(), "routing-key")).await.expect("the caller watches again");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_vanished_without_closing_is_reaped_by_keepalive() {
+    let mut s = Scenario::new("keepalive")
+        .configure(|c| {
+            c.limits.keepalive_interval = Duration::from_millis(200);
+            c.limits.keepalive_timeout = Duration::from_millis(200);
+        })
+        .start()
+        .await;
+    let cx = s.cx();
+    let running = cx.running.as_ref().unwrap();
+    let proxy = harness::tcp_proxy::TcpProxy::start(cx.grpc_addr).await;
+    let mut client = connect(proxy.addr).await;
+    let mut stream = client
+        .watch(WatchRequest { kinds: vec!["routing.queue".into()], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("the first heartbeat");
+    assert_eq!(running.watch_streams(), 1);
+    let cut = std::time::Instant::now();
+    proxy.go_silent(); // the peer is gone: no FIN, no RST, no byte
+    assert!(
+        wait_until(Duration::from_secs(10), || running.watch_streams() == 0).await,
+        "the dead connection's stream was not reaped"
+    );
+    let reaped = cut.elapsed();
+    eprintln!("keepalive: stream of a silent peer reaped after {reaped:?} (interval 200 ms, timeout 200 ms)");
+    assert!(reaped >= Duration::from_millis(200), "reaped by the keepalive, not by chance: {reaped:?}");
+    drop(stream);
+    s.stop().await;
+}

@@ -39,6 +39,9 @@ use tokio::sync::broadcast;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 
+mod journal;
+pub use journal::{Journal, Logged, Position, Retention, Start};
+
 /// What happened to cached data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +85,27 @@ pub enum BusMessage {
 /// lags (and is told so) rather than holding memory.
 const FANOUT_CAPACITY: usize = 4096;
 
+/// The local fan-out: every message is journaled (for Watch streams and
+/// their resumes) before the instance's own followers see it.
+pub struct Fanout {
+    local: broadcast::Sender<BusMessage>,
+    journal: Journal,
+}
+
+impl Fanout {
+    fn new(retention: Retention) -> Arc<Fanout> {
+        let (local, _) = broadcast::channel(FANOUT_CAPACITY);
+        Arc::new(Fanout { local, journal: Journal::new(retention) })
+    }
+
+    fn send(&self, msg: BusMessage) {
+        self.journal.append(msg.clone());
+        let _ = self.local.send(msg);
+    }
+}
+
 pub struct Bus {
-    fanout: broadcast::Sender<BusMessage>,
+    fanout: Arc<Fanout>,
     redis: Option<RedisBus>,
     pub instance_id: String,
     published: AtomicU64,
@@ -181,11 +203,26 @@ impl RedisBus {
 }
 
 impl Bus {
-    /// An in-process bus (embedded mode: one instance).
+    /// An in-process bus with the default journal retention.
+    #[cfg(test)]
     pub fn local(instance_id: String) -> Arc<Bus> {
-        let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
+        Bus::local_with(instance_id, Retention::default())
+    }
+
+    /// An in-process bus whose journal retains `retention`.
+    pub fn local_with(instance_id: String, retention: Retention) -> Arc<Bus> {
+        let fanout = Fanout::new(retention);
         let fleet = Arc::new(AtomicUsize::new(1));
         let membership = Membership::always();
+        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet, membership })
+    }
+
+    /// An in-process bus whose membership is `membership` (tests of what
+    /// depends on it).
+    #[cfg(test)]
+    pub(crate) fn local_with_membership(instance_id: String, membership: Arc<Membership>) -> Arc<Bus> {
+        let fanout = Fanout::new(Retention::default());
+        let fleet = Arc::new(AtomicUsize::new(1));
         Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet, membership })
     }
 
@@ -196,8 +233,9 @@ impl Bus {
         pool: Pool,
         url: &str,
         command_timeout: Duration,
+        retention: Retention,
     ) -> Result<Arc<Bus>> {
-        let (fanout, _) = broadcast::channel(FANOUT_CAPACITY);
+        let fanout = Fanout::new(retention);
         let channel = crate::keys::bus_channel(env);
         let mut config = RedisConfig::from_url(url).map_err(|e| Error::Store(format!("redis url: {e}")))?;
         // TLS as the store's pool has it (issue 13: configured CA / client certificate).
@@ -220,7 +258,7 @@ impl Bus {
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
                 tracing::warn!("invalidation bus reconnected: treating the gap as lost events");
-                let _ = tx.send(BusMessage::Gap);
+                tx.send(BusMessage::Gap);
             }
         });
         subscriber.ssubscribe(channel.clone()).await.map_err(|e| Error::Store(e.to_string()))?;
@@ -275,7 +313,7 @@ impl Bus {
         self.published.fetch_add(1, Ordering::Relaxed);
         match &self.redis {
             None => {
-                let _ = self.fanout.send(BusMessage::Event(Arc::new(event)));
+                self.fanout.send(BusMessage::Event(Arc::new(event)));
                 Ok(1)
             }
             Some(r) => {
@@ -283,7 +321,7 @@ impl Bus {
                 match r.pool.next().spublish::<u64, _, _>(r.channel.as_str(), payload).await {
                     Ok(n) => Ok(n),
                     Err(e) => {
-                        let _ = self.fanout.send(BusMessage::Gap);
+                        self.fanout.send(BusMessage::Gap);
                         Err(Error::Store(format!("bus publish: {e}")))
                     }
                 }
@@ -299,7 +337,12 @@ impl Bus {
 
     /// A receiver of everything published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
-        self.fanout.subscribe()
+        self.fanout.local.subscribe()
+    }
+
+    /// The journal Watch streams subscribe to (and resume from).
+    pub fn journal(&self) -> &Journal {
+        &self.fanout.journal
     }
 
     /// Publishes `event` and waits (at most `timeout`) until every live
@@ -388,12 +431,7 @@ impl Heartbeat {
     /// the fleet size and this instance's membership current; a renewal
     /// after a lapse is announced as a gap. The last count stands while
     /// Redis is unreachable.
-    async fn run(
-        self,
-        fleet: Weak<AtomicUsize>,
-        membership: Weak<Membership>,
-        fanout: broadcast::Sender<BusMessage>,
-    ) {
+    async fn run(self, fleet: Weak<AtomicUsize>, membership: Weak<Membership>, fanout: Arc<Fanout>) {
         loop {
             tokio::time::sleep(HEARTBEAT_EVERY).await;
             let (Some(fleet), Some(membership)) = (fleet.upgrade(), membership.upgrade()) else { return };
@@ -403,7 +441,7 @@ impl Heartbeat {
                     fleet.store((live as usize).max(1), Ordering::Relaxed);
                     if membership.renewed(sent) {
                         tracing::warn!("fleet membership renewed after a lapse: treating it as lost events");
-                        let _ = fanout.send(BusMessage::Gap);
+                        fanout.send(BusMessage::Gap);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "fleet registry renewal failed; retrying"),
@@ -417,20 +455,18 @@ impl Heartbeat {
 /// gap, announced as one, and forwarding goes on.
 async fn forward<M: Clone>(
     mut messages: broadcast::Receiver<M>,
-    tx: broadcast::Sender<BusMessage>,
+    tx: Arc<Fanout>,
     decode: impl Fn(&M) -> Option<Event>,
 ) {
     loop {
         match messages.recv().await {
             Ok(msg) => match decode(&msg) {
-                Some(event) => {
-                    let _ = tx.send(BusMessage::Event(Arc::new(event)));
-                }
+                Some(event) => tx.send(BusMessage::Event(Arc::new(event))),
                 None => tracing::warn!("undecodable bus message ignored"),
             },
             Err(broadcast::error::RecvError::Lagged(lost)) => {
                 tracing::warn!(lost, "invalidation bus subscriber fell behind: treating it as lost events");
-                let _ = tx.send(BusMessage::Gap);
+                tx.send(BusMessage::Gap);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -486,11 +522,13 @@ mod tests {
     #[tokio::test]
     async fn a_burst_past_the_subscriber_buffer_is_a_gap_not_the_end() {
         let (redis_tx, redis_rx) = broadcast::channel::<Event>(4);
-        let (fanout, mut local) = broadcast::channel(64);
+        let fanout = Fanout::new(Retention::default());
+        let mut local = fanout.local.subscribe();
+        let (mut journaled, _) = fanout.journal.subscribe(None);
         for n in 0..10 {
             redis_tx.send(event(n)).unwrap(); // 6 of these overflow the buffer of 4
         }
-        let forwarder = tokio::spawn(forward(redis_rx, fanout, |e: &Event| Some(e.clone())));
+        let forwarder = tokio::spawn(forward(redis_rx, fanout.clone(), |e: &Event| Some(e.clone())));
         let first = tokio::time::timeout(Duration::from_secs(5), local.recv()).await.unwrap().unwrap();
         assert!(matches!(first, BusMessage::Gap), "the lost events are announced first: {first:?}");
         let mut keys = Vec::new();
@@ -506,6 +544,8 @@ mod tests {
             BusMessage::Event(e) => assert_eq!(e.keys, ["t:k:99:full"], "still forwarding after the burst"),
             BusMessage::Gap => panic!("no new gap"),
         }
+        let first = journaled.recv().await.unwrap();
+        assert!(matches!(first.msg, BusMessage::Gap) && first.seq == 1, "the journal saw the same, numbered");
         drop(redis_tx);
         tokio::time::timeout(Duration::from_secs(5), forwarder)
             .await
