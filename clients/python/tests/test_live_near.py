@@ -197,12 +197,17 @@ def test_server_killed_and_restarted_flushes_and_stops_near_hits(pair):
             except CacheError:
                 errors += 1
         heard = c.near_cache.last_heard
-        assert last_near is not None and heard is not None
-        print(f"\nnear: server SIGKILLed; last near hit {(last_near - killed) * 1e3:.0f} ms after the kill, "
-              f"{(last_near - heard) * 1e3:.0f} ms after the last Watch message (max_staleness "
-              f"{max_staleness * 1e3:.0f} ms); {errors} Gets failed while it was down")
-        assert last_near - heard < max_staleness
-        assert last_near - killed < max_staleness + 0.1
+        assert heard is not None
+        if last_near is None:  # the host stalled this process past max_staleness right after the kill
+            print(f"\nnear: server SIGKILLed; no near hit after the kill ({errors} Gets failed while it was down)")
+        else:
+            print(
+                f"\nnear: server SIGKILLed; last near hit {(last_near - killed) * 1e3:.0f} ms after the kill, "
+                f"{(last_near - heard) * 1e3:.0f} ms after the last Watch message (max_staleness "
+                f"{max_staleness * 1e3:.0f} ms); {errors} Gets failed while it was down"
+            )
+            assert last_near - heard < max_staleness  # the guarantee (heard precedes or follows the kill)
+            assert last_near - max(heard, killed) < max_staleness
         flushes = c.near_stats().flushes
         n = len(ev.msgs)
         pair.start(pair.addr)  # the same port: the client's channel reconnects to it
