@@ -99,7 +99,7 @@ const fake: CacheServer = {
   watch(call: ServerWritableStream<WatchRequest, PbWatchEvent>) {
     const r = call.request;
     const ev = (key: string, sequence: number): PbWatchEvent => ({
-      type: WatchEvent_Type.TYPE_INVALIDATED, key, prefix: "", tag: "", kind: "routing.queue", reason: "t", time: undefined, sequence,
+      type: WatchEvent_Type.TYPE_INVALIDATED, key, prefix: "", tag: "", kind: "routing.queue", reason: "t", time: undefined, sequence, position: "",
     });
     const [mode, tok] = (r.prefixes[0] ?? "").split(":");
     const n = (watchOpens.get(tok) ?? 0) + 1;
