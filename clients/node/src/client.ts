@@ -813,6 +813,9 @@ export class CacheClient {
     if (this.plaintext && e.code === Status.UNAVAILABLE && /Protocol error|Connection dropped|ECONNRESET|Received HTTP status code|Failed to connect|Connection closed/i.test(e.details)) {
       e.hint = "this client connects without TLS: if the server is TLS-only, pass `tls: { ca }` (or `credentials`)";
       e.message = `${e.message} (${e.hint})`;
+    } else if (!this.plaintext && e.code === Status.UNAVAILABLE && /certificate required/i.test(e.details)) {
+      e.hint = "the server requires a client certificate (mutual TLS): pass `tls: { cert, key }` (or certFile/keyFile)";
+      e.message = `${e.message} (${e.hint})`;
     }
     return e;
   }
