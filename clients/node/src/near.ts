@@ -133,6 +133,7 @@ export class NearCache extends EventEmitter {
   private started = false;
   private closed = false;
   private live = false;
+  private everLive = false;
   private lastMessageAt = -Infinity;
   private position = "";
   private failures = 0;
@@ -389,12 +390,15 @@ export class NearCache extends EventEmitter {
     if (!this.live) {
       this.live = true;
       this.failures = 0;
-      if (ev.type !== WatchEvent_Type.TYPE_RESET && this.resumeSent) {
-        if (this.sawHeartbeat) {
+      const reconnect = this.everLive;
+      this.everLive = true;
+      if (reconnect && ev.type !== WatchEvent_Type.TYPE_RESET) {
+        if (this.resumeSent && this.sawHeartbeat) {
           this.c.resumes++;
           this.emit("resume");
         } else {
-          this.flush("reconnected to a server that does not resume"); // no HEARTBEAT seen: no resume contract
+          // No position to resume from, or a server that never sent a HEARTBEAT (no resume contract).
+          this.flush("reconnected without a resume");
         }
       }
       this.emit("live");

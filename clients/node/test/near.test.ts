@@ -254,6 +254,21 @@ describe("near cache (fake stream)", () => {
     h.near.close();
   });
 
+  test("a reconnect to a server that never sent a HEARTBEAT (no resume contract) flushes", async () => {
+    const h = harness();
+    const p = h.near.ready()!;
+    h.last().send(T.TYPE_INVALIDATED, "x", ""); // an old server: events, no heartbeats, no positions
+    await p;
+    assert.equal(h.near.fill("a", reply("K", 1), h.near.ticket()), true);
+    h.last().fail();
+    for (let i = 0; i < 200 && h.calls.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(h.last().req.resumeAfter, "");
+    h.last().send(T.TYPE_INVALIDATED, "y", "");
+    assert.equal(h.near.stats().flushes, 1);
+    assert.equal(h.near.lookup("a", undefined), undefined);
+    h.near.close();
+  });
+
   test("byte bound: least recently used entries are evicted and counted", async () => {
     const h = harness({ maxBytes: 4096 });
     await started(h);
