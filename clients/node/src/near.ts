@@ -20,7 +20,7 @@ export interface NearCacheOptions {
   /** Reconnect backoff of the Watch stream: first wait (default 50 ms), doubling up to maxBackoffMs (default 2000 ms), with jitter. */
   initialBackoffMs?: number;
   maxBackoffMs?: number;
-  /** How many recent event keys are kept to judge racing fills (default 4096). */
+  /** How many recent event keys are kept, at least, to judge racing fills (default 4096; up to twice as many). */
   eventLogSize?: number;
   /** How long the first near-cacheable Gets wait for the Watch stream to start (default maxStalenessMs). */
   startWaitMs?: number;
@@ -286,7 +286,8 @@ export class NearCache extends EventEmitter {
   private change(key: string, prefix: string, tag: string): void {
     this.seq++;
     this.log.push({ seq: this.seq, key, prefix, tag });
-    if (this.log.length > this.logSize) {
+    if (this.log.length >= 2 * this.logSize) {
+      // trimmed in batches (between logSize and 2 * logSize changes kept)
       const cut = this.log.length - this.logSize;
       this.logFloor = this.log[cut - 1].seq;
       this.log = this.log.slice(cut);

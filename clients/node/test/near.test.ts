@@ -156,7 +156,7 @@ describe("near cache (fake stream)", () => {
     h.last().send(T.TYPE_INVALIDATED, "K", "p3");
     assert.equal(h.near.fill("a", reply("K", 1), t2), false);
     const t3 = h.near.ticket();
-    for (let i = 0; i < 20; i++) h.last().send(T.TYPE_INVALIDATED, `x${i}`, `q${i}`);
+    for (let i = 0; i < 40; i++) h.last().send(T.TYPE_INVALIDATED, `x${i}`, `q${i}`);
     assert.equal(h.near.fill("a", reply("K", 1), t3), false, "the log no longer reaches back");
     assert.equal(h.near.stats().rejectedFills, 2);
     h.near.close();
