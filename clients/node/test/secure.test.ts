@@ -50,6 +50,15 @@ describe("live secure instances (TLS, API keys, mutual TLS)", { skip: !ADDR ? "n
     }
   });
 
+  test("TLS + API key: the near cache's Watch stream is authorized too (near hits)", async () => {
+    const c = make(tlsAddr, { tls: { caFile: ca }, apiKey: E.CXCACHE_API_KEY, nearCache: { maxStalenessMs: 1000 } });
+    const ids = ((await c.get("routing.queues")).value as { entities: Array<{ id: string }> }).entities.map((e) => e.id);
+    let source = "";
+    for (let i = 0; i < 5 && source !== "NEAR"; i++) source = (await c.get("routing.queue", { id: ids[3 % ids.length] })).source;
+    assert.equal(source, "NEAR", JSON.stringify(c.nearCacheStats()));
+    assert.ok(c.nearCacheStats()!.heartbeats >= 1);
+  });
+
   test("no key: UnauthenticatedError", async () => {
     const c = make(tlsAddr, { tls: { caFile: ca } });
     await assert.rejects(c.get("routing.queues"), (e: unknown) => {
