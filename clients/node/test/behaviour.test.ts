@@ -434,6 +434,24 @@ describe("client behaviours", () => {
     });
   });
 
+  describe("caller credential", () => {
+    test("apiKey is sent as authorization: Bearer on every call; a function is called per call", async () => {
+      const headersOf = (c: CacheClient) => c.get("headers", { parse: (v) => v as Record<string, string> }).then((r) => r.value);
+      const c = new CacheClient(addr, { apiKey: "k-123", tracing: false });
+      let n = 0;
+      const r = new CacheClient(addr, { apiKey: () => `rot-${++n}`, tracing: false });
+      try {
+        assert.equal((await headersOf(c)).authorization, "Bearer k-123");
+        assert.equal((await headersOf(r)).authorization, "Bearer rot-1");
+        assert.equal((await headersOf(r)).authorization, "Bearer rot-2");
+      } finally {
+        c.close();
+        r.close();
+      }
+      assert.throws(() => new CacheClient(addr, { apiKey: "" }), /apiKey/);
+    });
+  });
+
   describe("reconnecting watch", () => {
     test("a broken stream is resubscribed and a RESYNC event marks the gap", async () => {
       const delays: number[] = [];
