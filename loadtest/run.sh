@@ -248,7 +248,7 @@ scenario mixed-watch "$mem_grpc"
 kill "$invalidator" 2>/dev/null || true
 alive=0
 for pid in "${watch_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); kill "$pid" 2>/dev/null || true; done
-events=$(cat "$work"/watch.*.out 2>/dev/null | grep -c '"type"' || true)
+events=$(cat "$work"/watch.*.out 2>/dev/null | grep -cE '"TYPE_(INVALIDATED|UPDATED)"' || true)
 [ -z "$watch_note" ] && watch_note="$alive of $watchers Watch subscribers stayed connected and received $events events."
 
 # --- targets ----------------------------------------------------------------

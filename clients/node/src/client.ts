@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import {
   CallOptions,
   ChannelCredentials,
@@ -15,19 +16,27 @@ import {
   Source as PbSource,
   sourceToJSON,
   WatchEvent as PbWatchEvent,
+  WatchEvent_Type,
   watchEvent_TypeToJSON,
+  WatchRequest,
   ValueFormat,
 } from "./gen/cxcache/v1/cache.js";
 import { Duration } from "./gen/google/protobuf/duration.js";
 import { CacheError, CancelledError, toCacheError, UnavailableError, ValueParseError } from "./errors.js";
+import { NearCache, type NearCacheOptions, type NearCacheStats } from "./near.js";
 import { traceHeaders, traceHeadersSync, warmTracing } from "./tracing.js";
 
-/** Where a Get reply's value came from (cxcache.v1.Source without the prefix). */
-export type Source = "UNSPECIFIED" | "L1" | "STORE" | "UPSTREAM" | "STALE" | "COALESCED" | "REVALIDATED";
+/**
+ * Where a Get reply's value came from (cxcache.v1.Source without the prefix), plus NEAR: served
+ * by this client's near cache without a call (client-side only; the proto has no NEAR).
+ */
+export type Source = "UNSPECIFIED" | "L1" | "STORE" | "UPSTREAM" | "STALE" | "COALESCED" | "REVALIDATED" | "NEAR";
 
-/** cxcache.v1.WatchEvent.Type without the prefix. */
-/** cxcache.v1.WatchEvent.Type without the prefix, plus RESYNC: emitted by this client after it reconnected. */
-export type EventType = "UNSPECIFIED" | "INVALIDATED" | "UPDATED" | "LAGGED" | "RESYNC";
+/**
+ * cxcache.v1.WatchEvent.Type without the prefix, plus RESYNC: emitted by this client after it
+ * reconnected without a resume. HEARTBEAT is only yielded with `WatchOptions.heartbeats`.
+ */
+export type EventType = "UNSPECIFIED" | "INVALIDATED" | "UPDATED" | "LAGGED" | "HEARTBEAT" | "RESET" | "RESYNC";
 
 /** Retry policy for unary calls (get, invalidate). */
 export interface RetryOptions {
@@ -73,9 +82,36 @@ export interface ReconnectOptions {
   random?: () => number;
 }
 
+/** TLS for the channel. PEM contents as Buffer/string, or file paths (`*File`). */
+export interface TlsOptions {
+  /** CA certificate(s) that signed the server's certificate (default: the system roots). */
+  ca?: Buffer | string;
+  caFile?: string;
+  /** Client certificate chain for mutual TLS (needs `key`). */
+  cert?: Buffer | string;
+  certFile?: string;
+  /** Private key of the client certificate. */
+  key?: Buffer | string;
+  keyFile?: string;
+  /** Name to check the server certificate against instead of the target's host. */
+  serverName?: string;
+}
+
 export interface ClientOptions {
-  /** Channel credentials (grpc-js `credentials.createSsl(...)` etc.); plaintext (insecure) when omitted. */
+  /**
+   * Channel credentials (grpc-js `credentials.createSsl(...)` etc.); plaintext (insecure) when
+   * neither this nor `tls` is given.
+   */
   credentials?: ChannelCredentials;
+  /** TLS (and mutual TLS) for the channel; ignored when `credentials` is given. `true`: TLS with the system roots. */
+  tls?: TlsOptions | true;
+  /**
+   * The caller's credential (API key or bearer token), sent as `authorization: Bearer <key>` on
+   * every call, Watch included. A function is called for each call (key rotation).
+   */
+  apiKey?: string | (() => string);
+  /** Opt-in near cache kept coherent by one Watch stream (see NearCacheOptions); `true` for the defaults. */
+  nearCache?: NearCacheOptions | true;
   /** Options passed to the grpc-js channel, e.g. `{ "grpc.keepalive_time_ms": 30000 }`. */
   channelOptions?: Partial<GrpcClientOptions>;
   /** Deadline applied to get/invalidate calls without their own timeoutMs. */
@@ -160,6 +196,17 @@ export interface InvalidateOptions extends CallSettings {
 }
 
 export interface WatchOptions {
+  /**
+   * Start after this position (a WatchEvent.position): missed events are replayed, or the
+   * stream starts with a RESET event when the server cannot resume from it.
+   */
+  resumeAfter?: string;
+  /** Only INVALIDATED events (no UPDATED). */
+  invalidatedOnly?: boolean;
+  /** Ask the server for HEARTBEAT events at this interval (server default when unset). */
+  heartbeatIntervalMs?: number;
+  /** Yield HEARTBEAT events too (default false: they only advance `position`). */
+  heartbeats?: boolean;
   keys?: string[];
   prefixes?: string[];
   kinds?: string[];
@@ -191,6 +238,8 @@ export interface WatchEvent {
   reason: string;
   time: Date | undefined;
   sequence: number;
+  /** Where the event stands in the server's log: pass it as `resumeAfter` ("" for RESYNC). */
+  position: string;
 }
 
 /** Turn a type guard into a `parse` function for get(): throws TypeError when the guard rejects. */
@@ -310,25 +359,21 @@ export function toWatchEvent(ev: PbWatchEvent): WatchEvent {
     reason: ev.reason,
     time: ev.time,
     sequence: ev.sequence,
+    position: ev.position,
   };
 }
 
 export function buildGetRequest(kind: string, o: GetOptions = {}): GetRequest {
   const params: Record<string, string> = {};
   for (const [k, v] of Object.entries(o.params ?? {})) params[k] = String(v);
-  let bodyJson = "";
-  if (o.body !== undefined && o.body !== null) {
-    if (typeof o.body === "string") bodyJson = o.body;
-    else if (Buffer.isBuffer(o.body) || o.body instanceof Uint8Array) bodyJson = Buffer.from(o.body).toString("utf8");
-    else bodyJson = JSON.stringify(o.body);
-  }
+  const body = o.body !== undefined && o.body !== null ? bodyJson(o.body) : "";
   const wantsFreshness = o.maxAgeMs !== undefined || !!o.allowStale || !!o.forceRefresh;
   return {
     kind,
     id: o.id ?? "",
     variant: o.variant ?? "",
     params,
-    bodyJson,
+    bodyJson: body,
     freshness: wantsFreshness
       ? {
           maxAge: o.maxAgeMs !== undefined ? toDuration(o.maxAgeMs) : undefined,
@@ -351,8 +396,11 @@ const HIGH_WATER = 256;
  *
  * When the stream breaks with a retryable status (UNAVAILABLE etc., see
  * ReconnectOptions), or the server ends it (it does so when shutting down), it resubscribes by itself with exponential backoff + jitter
- * (honouring RetryInfo); once the new subscription is accepted it yields a
- * `RESYNC` event, because events may have been missed in the gap. A stream that
+ * (honouring RetryInfo), resuming after the last position received. When the server
+ * resumes it (it has sent HEARTBEATs, and the new stream does not start with RESET) the
+ * missed events are replayed and nothing else is yielded; otherwise, once the new
+ * subscription is accepted, it yields a `RESYNC` event, because events may have been
+ * missed in the gap. A stream that
  * cannot be re-established (attempts spent, deadline, non-retryable status) throws
  * the last CacheError from the iteration.
  */
@@ -368,17 +416,29 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
   private lastError: CacheError | undefined;
   private readonly sleepAbort = new AbortController();
   private waiters: Array<() => void> = [];
+  private lastPosition: string;
+  private sawHeartbeat = false;
   /** How many times the stream was re-established. */
   reconnects = 0;
+  /** Of those, how many the server resumed (missed events replayed, no RESYNC). */
+  resumes = 0;
 
   /** @internal use CacheClient.watch() */
   constructor(
-    private readonly open: () => ClientReadableStream<PbWatchEvent>,
+    private readonly open: (resumeAfter: string) => ClientReadableStream<PbWatchEvent>,
     private readonly hadDeadline = false,
     private readonly policy: ReconnectPolicy | undefined = undefined,
     private readonly deadline: number | undefined = undefined,
+    resumeAfter = "",
+    private readonly heartbeats = false,
   ) {
-    this.attach(open());
+    this.lastPosition = resumeAfter;
+    this.attach(open(resumeAfter), resumeAfter !== "");
+  }
+
+  /** The position of the last message received (HEARTBEATs included): resume a later watch() after it. */
+  get position(): string {
+    return this.lastPosition;
   }
 
   /** True while the current subscription is accepted by the server (the ready signal; see waitReady). */
@@ -386,10 +446,13 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
     return this.isReady;
   }
 
-  private attach(call: ClientReadableStream<PbWatchEvent>): void {
+  private attach(call: ClientReadableStream<PbWatchEvent>, resumeSent = false): void {
     this.call = call;
     let settled = false;
     let accepted = false;
+    // A reconnect the server may resume: the first message tells (RESET: it could not).
+    const reconnecting = this.everReady;
+    let judging = reconnecting && resumeSent && this.sawHeartbeat;
     // The subscription counts as accepted with its first event, or one turn after the
     // headers (letting a status that came with them, a trailers-only refusal, land first).
     const accept = () => {
@@ -397,18 +460,9 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
       accepted = true;
       this.isReady = true;
       this.failures = 0;
-      if (this.everReady) {
-        this.reconnects++;
-        this.queue.push({
-          type: "RESYNC",
-          key: "",
-          prefix: "",
-          tag: "",
-          kind: "",
-          reason: `reconnected after ${this.lastError?.message ?? "a broken stream"}`,
-          time: new Date(),
-          sequence: 0,
-        });
+      if (this.everReady) this.reconnects++;
+      if (this.everReady && !judging) {
+        this.queue.push(this.resync());
       }
       this.everReady = true;
       this.wake();
@@ -417,6 +471,20 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
     call.on("data", (ev: PbWatchEvent) => {
       if (this.call !== call || this.cancelled) return;
       accept();
+      if (ev.position !== "") this.lastPosition = ev.position;
+      if (judging) {
+        judging = false;
+        if (ev.type === WatchEvent_Type.TYPE_RESET) {
+          this.queue.push(this.resync("the server could not resume the stream (RESET)"));
+          this.wake();
+          return;
+        }
+        this.resumes++;
+      }
+      if (ev.type === WatchEvent_Type.TYPE_HEARTBEAT) {
+        this.sawHeartbeat = true;
+        if (!this.heartbeats) return;
+      }
       this.queue.push(toWatchEvent(ev));
       if (this.queue.length >= HIGH_WATER) call.pause();
       this.wake();
@@ -431,6 +499,20 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
       settled = true;
       this.ended(call, undefined);
     });
+  }
+
+  private resync(why?: string): WatchEvent {
+    return {
+      type: "RESYNC",
+      key: "",
+      prefix: "",
+      tag: "",
+      kind: "",
+      reason: why ?? `reconnected after ${this.lastError?.message ?? "a broken stream"}`,
+      time: new Date(),
+      sequence: 0,
+      position: "",
+    };
   }
 
   private ended(call: ClientReadableStream<PbWatchEvent>, err: ServiceError | undefined): void {
@@ -452,7 +534,7 @@ export class WatchStream implements AsyncIterable<WatchEvent> {
         this.lastError = e;
         (p.sleep ?? abortableSleep)(delay, this.sleepAbort.signal).then(
           () => {
-            if (!this.cancelled) this.attach(this.open());
+            if (!this.cancelled) this.attach(this.open(this.lastPosition), this.lastPosition !== "");
           },
           () => {
             /* cancelled while waiting */
@@ -558,13 +640,21 @@ export class CacheClient {
   private readonly reconnect: ReconnectOptions | false;
   private readonly waitForReady: boolean;
   private readonly tracing: boolean;
+  private readonly apiKey: string | (() => string) | undefined;
+  private readonly plaintext: boolean;
+  private readonly near: NearCache | undefined;
 
   constructor(target = "127.0.0.1:50051", options: ClientOptions = {}) {
-    this.stub = new GeneratedCacheClient(
-      target,
-      options.credentials ?? grpcCredentials.createInsecure(),
-      options.channelOptions,
-    );
+    const channelOptions: Partial<GrpcClientOptions> = { ...(options.channelOptions ?? {}) };
+    let creds = options.credentials;
+    if (!creds && options.tls) {
+      creds = tlsCredentials(options.tls === true ? {} : options.tls);
+      if (options.tls !== true && options.tls.serverName) channelOptions["grpc.ssl_target_name_override"] = options.tls.serverName;
+    }
+    this.plaintext = !creds;
+    this.stub = new GeneratedCacheClient(target, creds ?? grpcCredentials.createInsecure(), channelOptions);
+    this.apiKey = options.apiKey;
+    if (typeof this.apiKey === "string") checkApiKey(this.apiKey);
     this.defaultTimeoutMs = options.defaultTimeoutMs;
     this.baseMetadata = options.metadata ?? {};
     this.retry = options.retry ?? {};
@@ -572,10 +662,33 @@ export class CacheClient {
     this.waitForReady = options.waitForReady ?? false;
     this.tracing = options.tracing ?? true;
     if (this.tracing) warmTracing();
+    if (options.nearCache) {
+      const trace = this.tracing ? traceHeadersSync() : {};
+      this.near = new NearCache(options.nearCache === true ? {} : options.nearCache, (req: WatchRequest) =>
+        this.stub.watch(req, this.metadata(undefined, trace, false)),
+      );
+    }
+  }
+
+  /** The near cache's counters (undefined without `nearCache`). */
+  nearCacheStats(): NearCacheStats | undefined {
+    return this.near?.stats();
+  }
+
+  /**
+   * The near cache itself (undefined without `nearCache`): an EventEmitter of "live", "event",
+   * "flush", "disconnect", "resume", "streamError", and `stats()`.
+   */
+  get nearCache(): NearCache | undefined {
+    return this.near;
   }
 
   private metadata(extra: Record<string, string> | undefined, trace: Record<string, string>, waitForReady: boolean | undefined): Metadata {
     const md = new Metadata({ waitForReady: waitForReady ?? this.waitForReady });
+    if (this.apiKey !== undefined) {
+      const key = typeof this.apiKey === "string" ? this.apiKey : checkApiKey(this.apiKey());
+      md.set("authorization", `Bearer ${key}`);
+    }
     for (const [k, v] of Object.entries(this.baseMetadata)) md.set(k, v);
     for (const [k, v] of Object.entries(extra ?? {})) md.set(k, v);
     for (const [k, v] of Object.entries(trace)) if (!md.get(k).length) md.set(k, v);
@@ -606,7 +719,7 @@ export class CacheClient {
         deadline === undefined ? {} : { deadline: new Date(deadline) },
         (err, res) => {
           signal?.removeEventListener("abort", onAbort);
-          if (err) reject(toCacheError(err, deadline !== undefined));
+          if (err) reject(this.explain(toCacheError(err, deadline !== undefined)));
           else resolve(res);
         },
       );
@@ -651,12 +764,65 @@ export class CacheClient {
   get<T>(kind: string, options: GetOptions<T> & { parse: (value: unknown) => T }): Promise<GetResult<T>>;
   get(kind: string, options?: GetOptions<unknown>): Promise<GetResult<unknown>>;
   async get<T>(kind: string, options: GetOptions<T> = {}): Promise<GetResult<T>> {
+    const near = this.near;
+    if (near !== undefined && near.covers(kind)) return this.nearGet(near, kind, options);
     const resp = await this.unary<GetRequest, GetResponse>(this.stub.get, buildGetRequest(kind, options), options);
     return toGetResult<T>(resp, kind, options.parse);
   }
 
+  private async nearGet<T>(near: NearCache, kind: string, options: GetOptions<T>): Promise<GetResult<T>> {
+    const id = requestIdentity(kind, options);
+    if (!options.forceRefresh) {
+      const hit = near.lookup(id, options.maxAgeMs);
+      if (hit !== undefined) {
+        const e = hit.entry;
+        let value: T;
+        if (options.parse) {
+          try {
+            value = options.parse(e.value);
+          } catch (err) {
+            throw new ValueParseError(`${kind}: ${(err as Error)?.message ?? String(err)}`, kind, e.key, e.raw, err);
+          }
+        } else {
+          value = e.value as T;
+        }
+        return {
+          value,
+          raw: e.raw,
+          source: "NEAR",
+          key: e.key,
+          ageMs: e.ageMs + hit.elapsed,
+          ttlRemainingMs: e.ttlMs - hit.elapsed,
+          tags: e.tags,
+        };
+      }
+    } else {
+      near.lookup("", undefined); // counted as a miss
+    }
+    const starting = near.ready();
+    if (starting !== undefined) await starting;
+    const ticket = near.ticket();
+    const resp = await this.unary<GetRequest, GetResponse>(this.stub.get, buildGetRequest(kind, options), options);
+    const result = toGetResult<T>(resp, kind, options.parse);
+    near.fill(id, resp, ticket);
+    return result;
+  }
+
+  /** A plaintext channel that meets a TLS port fails with an opaque UNAVAILABLE: say why. */
+  private explain(e: CacheError): CacheError {
+    if (this.plaintext && e.code === Status.UNAVAILABLE && /Protocol error|Connection dropped|ECONNRESET|Received HTTP status code|Failed to connect|Connection closed/i.test(e.details)) {
+      e.hint = "this client connects without TLS: if the server is TLS-only, pass `tls: { ca }` (or `credentials`)";
+      e.message = `${e.message} (${e.hint})`;
+    } else if (!this.plaintext && e.code === Status.UNAVAILABLE && /certificate required/i.test(e.details)) {
+      e.hint = "the server requires a client certificate (mutual TLS): pass `tls: { cert, key }` (or certFile/keyFile)";
+      e.message = `${e.message} (${e.hint})`;
+    }
+    return e;
+  }
+
   /** Purge entries by key, prefix or tag; resolves to the number purged. */
   async invalidate(options: InvalidateOptions): Promise<number> {
+    this.near?.invalidateLocal(options);
     const resp = await this.unary(
       this.stub.invalidate,
       {
@@ -667,22 +833,26 @@ export class CacheClient {
       },
       options,
     );
+    // Again once the purge is acknowledged: a Get that raced the call cannot have kept the old value.
+    this.near?.invalidateLocal(options);
     return resp.purged;
   }
 
   /** Subscribe to events; iterate the returned stream with `for await`. */
   watch(options: WatchOptions = {}): WatchStream {
-    const req = {
+    const base = WatchRequest.fromPartial({
       keys: options.keys ?? [],
       prefixes: options.prefixes ?? [],
       kinds: options.kinds ?? [],
       tags: options.tags ?? [],
-    };
+      invalidatedOnly: !!options.invalidatedOnly,
+      heartbeatInterval: options.heartbeatIntervalMs !== undefined ? toDuration(options.heartbeatIntervalMs) : undefined,
+    });
     const deadline = options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs;
     const trace = this.tracing ? traceHeadersSync() : {};
-    const open = () =>
+    const open = (resumeAfter: string) =>
       this.stub.watch(
-        req,
+        { ...base, resumeAfter },
         this.metadata(options.metadata, trace, options.waitForReady),
         deadline === undefined ? {} : { deadline: new Date(deadline) },
       );
@@ -690,13 +860,58 @@ export class CacheClient {
       options.reconnect === false || this.reconnect === false
         ? undefined
         : { ...DEFAULT_RECONNECT, ...this.reconnect, ...(options.reconnect ?? {}) };
-    const stream = new WatchStream(open, deadline !== undefined, policy, deadline);
+    const stream = new WatchStream(open, deadline !== undefined, policy, deadline, options.resumeAfter ?? "", !!options.heartbeats);
     options.signal?.addEventListener("abort", () => stream.cancel(), { once: true });
     return stream;
   }
 
-  /** Close the channel. */
+  /** Close the channel (and the near cache's Watch stream). */
   close(): void {
+    this.near?.close();
     this.stub.close();
   }
+}
+
+function pem(v: Buffer | string | undefined, file: string | undefined, what: string): Buffer | undefined {
+  if (v !== undefined) return Buffer.isBuffer(v) ? v : Buffer.from(v);
+  if (file === undefined) return undefined;
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new TypeError(`tls.${what}File: cannot read ${file}: ${(e as Error).message}`);
+  }
+}
+
+/** grpc-js SSL credentials from TlsOptions (a client certificate needs its key and the other way round). */
+export function tlsCredentials(t: TlsOptions): ChannelCredentials {
+  const ca = pem(t.ca, t.caFile, "ca");
+  const cert = pem(t.cert, t.certFile, "cert");
+  const key = pem(t.key, t.keyFile, "key");
+  if ((cert === undefined) !== (key === undefined)) throw new TypeError("tls: a client certificate needs its key (cert and key together)");
+  return grpcCredentials.createSsl(ca ?? null, key ?? null, cert ?? null);
+}
+
+function checkApiKey(k: string): string {
+  if (!k || /[\s\x00-\x1f\x7f]/.test(k)) throw new TypeError("apiKey must be a non-empty token without whitespace or control characters");
+  return k;
+}
+
+/** A Get's identity for the near cache: kind, id, variant, params, body (the value format is always bytes). */
+export function requestIdentity(kind: string, o: GetOptions<unknown>): string {
+  let s = `${kind}\u0000${o.id ?? ""}\u0000${o.variant ?? ""}\u0000`;
+  if (o.params) {
+    const names = Object.keys(o.params);
+    if (names.length) {
+      names.sort();
+      s += JSON.stringify(names.map((n) => [n, String(o.params![n])]));
+    }
+  }
+  if (o.body !== undefined && o.body !== null) s += `\u0000${bodyJson(o.body)}`;
+  return s;
+}
+
+function bodyJson(body: unknown): string {
+  if (typeof body === "string") return body;
+  if (Buffer.isBuffer(body) || body instanceof Uint8Array) return Buffer.from(body).toString("utf8");
+  return JSON.stringify(body);
 }

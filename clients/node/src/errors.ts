@@ -96,6 +96,8 @@ export class CacheError extends Error {
   readonly metadata: Metadata | undefined;
   /** How many attempts the call made (more than 1 when it was retried). */
   attempts = 1;
+  /** What this client thinks the cause is, when the status alone does not say (e.g. plaintext against TLS). */
+  hint: string | undefined;
 
   constructor(
     code: Status,
@@ -177,12 +179,30 @@ export class CancelledError extends CacheError {}
 export class InvalidArgumentError extends CacheError {}
 export class DeadlineExceededError extends CacheError {}
 export class NotFoundError extends CacheError {}
-export class PermissionDeniedError extends CacheError {}
+/**
+ * The caller is known but its scopes do not allow the call. The server names them in the
+ * message ("caller routing lacks scope get for kind user"): `caller`, `scope` and `what` are
+ * parsed from it (undefined when the message has another shape).
+ */
+export class PermissionDeniedError extends CacheError {
+  readonly caller: string | undefined;
+  readonly scope: string | undefined;
+  readonly what: string | undefined;
+
+  constructor(...args: ConstructorParameters<typeof CacheError>) {
+    super(...args);
+    const m = /caller (\S+) lacks scope (\S+) for (.+)$/.exec(this.details);
+    this.caller = m?.[1];
+    this.scope = m?.[2];
+    this.what = m?.[3];
+  }
+}
 export class ResourceExhaustedError extends CacheError {}
 export class FailedPreconditionError extends CacheError {}
 export class UnimplementedError extends CacheError {}
 export class InternalError extends CacheError {}
 export class UnavailableError extends CacheError {}
+/** No credential, or one the server does not know (send `apiKey`, or a client certificate under mutual TLS). */
 export class UnauthenticatedError extends CacheError {}
 
 type ErrorClass = new (...args: ConstructorParameters<typeof CacheError>) => CacheError;

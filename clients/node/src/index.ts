@@ -4,6 +4,8 @@ export {
   abortableSleep,
   backoffDelay,
   guard,
+  requestIdentity,
+  tlsCredentials,
   type CallSettings,
   type ClientOptions,
   type EventType,
@@ -12,6 +14,7 @@ export {
   type InvalidateOptions,
   type ReconnectOptions,
   type RetryOptions,
+  type TlsOptions,
   type Source,
   type WatchEvent,
   type WatchOptions,
@@ -37,5 +40,6 @@ export {
   type FieldViolation,
   type UpstreamError,
 } from "./errors.js";
+export { NearCache, type NearCacheOptions, type NearCacheStats, type NearEntry } from "./near.js";
 export { status } from "@grpc/grpc-js";
 export { VERSION } from "./gen/version.js";

@@ -99,7 +99,7 @@ const fake: CacheServer = {
   watch(call: ServerWritableStream<WatchRequest, PbWatchEvent>) {
     const r = call.request;
     const ev = (key: string, sequence: number): PbWatchEvent => ({
-      type: WatchEvent_Type.TYPE_INVALIDATED, key, prefix: "", tag: "", kind: "routing.queue", reason: "t", time: undefined, sequence,
+      type: WatchEvent_Type.TYPE_INVALIDATED, key, prefix: "", tag: "", kind: "routing.queue", reason: "t", time: undefined, sequence, position: "",
     });
     const [mode, tok] = (r.prefixes[0] ?? "").split(":");
     const n = (watchOpens.get(tok) ?? 0) + 1;
@@ -431,6 +431,24 @@ describe("client behaviours", () => {
       } finally {
         otel.propagation.disable();
       }
+    });
+  });
+
+  describe("caller credential", () => {
+    test("apiKey is sent as authorization: Bearer on every call; a function is called per call", async () => {
+      const headersOf = (c: CacheClient) => c.get("headers", { parse: (v) => v as Record<string, string> }).then((r) => r.value);
+      const c = new CacheClient(addr, { apiKey: "k-123", tracing: false });
+      let n = 0;
+      const r = new CacheClient(addr, { apiKey: () => `rot-${++n}`, tracing: false });
+      try {
+        assert.equal((await headersOf(c)).authorization, "Bearer k-123");
+        assert.equal((await headersOf(r)).authorization, "Bearer rot-1");
+        assert.equal((await headersOf(r)).authorization, "Bearer rot-2");
+      } finally {
+        c.close();
+        r.close();
+      }
+      assert.throws(() => new CacheClient(addr, { apiKey: "" }), /apiKey/);
     });
   });
 

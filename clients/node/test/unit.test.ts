@@ -104,10 +104,11 @@ const fake: CacheServer = {
         reason: "test",
         time: new Date(Date.UTC(2026, 0, 2, 3, 4, 5)),
         sequence: ++seq,
+        position: "",
       });
     }
     if (r.prefixes.includes("lag")) {
-      call.write({ type: WatchEvent_Type.TYPE_LAGGED, key: "", prefix: "", tag: "", kind: "", reason: "", time: undefined, sequence: ++seq });
+      call.write({ type: WatchEvent_Type.TYPE_LAGGED, key: "", prefix: "", tag: "", kind: "", reason: "", time: undefined, sequence: ++seq, position: "" });
     }
     if (r.prefixes.includes("hang")) {
       const t = setTimeout(() => call.end(), 3000);

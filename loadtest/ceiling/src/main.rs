@@ -24,6 +24,10 @@ use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+/// cxcache's allocator, so the ratio measures cxcache's work, not malloc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "cxcache-ceiling", about = "Bare tonic Get server: the load test's ceiling")]
 struct Args {

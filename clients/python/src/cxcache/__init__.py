@@ -12,7 +12,7 @@ deprecated aliases that still work (with a DeprecationWarning).
 from typing import Any
 
 from ._client import AsyncCacheClient, AsyncWatchStream, CacheClient, WatchStream
-from ._core import RetryPolicy
+from ._core import TLS, RetryPolicy
 from ._errors import (
     CacheError,
     CancelledError,
@@ -30,6 +30,7 @@ from ._errors import (
     deprecated_alias,
     from_rpc_error,
 )
+from ._near import NearCache, NearStats
 from ._types import EventType, GetResult, JSONValue, Source, WatchEvent
 
 try:  # written at build time from the repository's VERSION (see setup.py)
@@ -66,11 +67,14 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "JSONValue",
+    "NearCache",
+    "NearStats",
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "RetryPolicy",
     "Source",
+    "TLS",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

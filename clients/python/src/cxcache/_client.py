@@ -16,8 +16,9 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Coroutine, Iterator, 
 import grpc
 import grpc.aio
 
-from ._core import ClientCore, UnaryCall, WatchOpener, WatchStreamCore
+from ._core import ClientCore, GetPlan, UnaryCall, WatchOpener, WatchStreamCore
 from ._errors import CacheError
+from ._near import NearState
 from ._types import GetResult, WatchEvent
 
 _T = TypeVar("_T")
@@ -93,6 +94,8 @@ class WatchStream(WatchStreamCore, Iterator[WatchEvent]):
         while True:
             kind, item = self._take(until)
             if kind == _MSG:
+                if not self._wanted(item):
+                    continue
                 return self._event(item)
             if kind == _READY:
                 self._opener.subscribed()
@@ -173,6 +176,121 @@ class WatchStream(WatchStreamCore, Iterator[WatchEvent]):
         self.cancel()
 
 
+_START_LOCK = threading.Lock()
+
+
+class NearStreamThread:
+    """The near cache's Watch stream of a sync client, read by a daemon thread:
+    every message goes to the NearState; a broken or ended call is reopened after
+    the state's backoff, resuming from the last position, until closed."""
+
+    def __init__(self, method: Callable[..., Any], state: NearState, metadata: Any) -> None:
+        self._method = method
+        self._state = state
+        self._metadata = metadata
+        self._stop = threading.Event()
+        self._first = threading.Event()  # the first call delivered a message (or gave up)
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._thread = threading.Thread(target=self._run, name="cxcache-near-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_first(self, timeout: float) -> None:
+        """Wait up to ``timeout`` until the first call delivered a message (or failed)."""
+        if not self._first.is_set():
+            self._first.wait(timeout)
+
+    def _run(self) -> None:
+        state = self._state
+        while not self._stop.is_set():
+            state.connecting()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._call = call = self._method(state.watch_request(), metadata=self._metadata)
+            try:
+                for msg in call:
+                    state.on_message(msg)
+                    self._first.set()
+            except grpc.RpcError:
+                pass
+            except Exception:  # pragma: no cover - a bug in a listener must not stop the stream
+                pass
+            self._first.set()
+            if self._stop.is_set():
+                return
+            self._stop.wait(state.on_break())
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class NearStreamTask:
+    """The near cache's Watch stream of an asyncio client: the same loop as
+    :class:`NearStreamThread`, in a task of the client's event loop."""
+
+    def __init__(self, method: Callable[..., Any], state: NearState, metadata: Any) -> None:
+        self._method = method
+        self._state = state
+        self._metadata = metadata
+        self._stop = asyncio.Event()
+        self._first = asyncio.Event()
+        self._call: Any = None
+        self._task: Optional["asyncio.Task[None]"] = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="cxcache-near-watch")
+
+    async def wait_first(self, timeout: float) -> None:
+        if not self._first.is_set():
+            try:
+                await asyncio.wait_for(self._first.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run(self) -> None:
+        state = self._state
+        while not self._stop.is_set():
+            state.connecting()
+            self._call = call = self._method(state.watch_request(), metadata=self._metadata)
+            try:
+                async for msg in call:
+                    state.on_message(msg)
+                    self._first.set()
+            except grpc.aio.AioRpcError:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # pragma: no cover - a bug in a listener must not stop the stream
+                pass
+            self._first.set()
+            if self._stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(self._stop.wait(), state.on_break())
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._call is not None:
+            self._call.cancel()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
 class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
     """Blocking client. ``timeout`` arguments are seconds (float or timedelta);
     every call raises a :class:`cxcache.CacheError` subclass on failure."""
@@ -194,7 +312,33 @@ class CacheClient(ClientCore[grpc.Channel, GetResult, int, WatchStream]):
     def _open_watch(self, watch: WatchOpener, event_timeout: Optional[float]) -> WatchStream:
         return WatchStream(watch, event_timeout)
 
+    _near_stream: Optional["NearStreamThread"] = None
+
+    def _run_get(self, prepare: Callable[[], GetPlan]) -> GetResult:
+        plan = prepare()
+        if plan.hit is not None:
+            return plan.hit
+        call = plan.call
+        assert call is not None
+        near = self._near
+        if near is None or plan.rid is None:
+            return self._run_unary(lambda: call)
+        if self._near_stream is None:
+            with _START_LOCK:
+                if self._near_stream is None:
+                    self._near_stream = NearStreamThread(self._stub.Watch, near, self._metadata)
+                    self._near_stream.start()
+        self._near_stream.wait_first(near.config.ready_wait)
+        ticket = near.begin_fill(plan.rid)
+        result: GetResult = self._run_unary(lambda: call)
+        near.finish_fill(ticket, result)
+        return result
+
     def close(self) -> None:
+        if self._near_stream is not None:
+            self._near_stream.close()
+        if self._near is not None:
+            self._near.close()
         if self._owns_channel:
             self._channel.close()
 
@@ -213,6 +357,13 @@ class AsyncWatchStream(WatchStreamCore, AsyncIterator[WatchEvent]):
         return self
 
     async def __anext__(self) -> WatchEvent:
+        while True:
+            event = await self._next_message()
+            if event is not None:
+                return event
+
+    async def _next_message(self) -> Optional[WatchEvent]:
+        """The next event, or None for a message the stream does not yield."""
         try:
             msg = await self._call.read()
         except asyncio.CancelledError:
@@ -231,6 +382,8 @@ class AsyncWatchStream(WatchStreamCore, AsyncIterator[WatchEvent]):
             error = self._server_ended()
             await self._reconnect(error)
             return self._resync_event(error)
+        if not self._wanted(msg):
+            return None
         return self._event(msg)
 
     async def _reconnect(self, err: CacheError) -> None:
@@ -316,7 +469,32 @@ class AsyncCacheClient(
     def _open_watch(self, watch: WatchOpener, event_timeout: Optional[float]) -> AsyncWatchStream:
         return AsyncWatchStream(watch, event_timeout)
 
+    _near_stream: Optional["NearStreamTask"] = None
+
+    async def _run_get(self, prepare: Callable[[], GetPlan]) -> GetResult:
+        plan = prepare()
+        if plan.hit is not None:
+            return plan.hit
+        call = plan.call
+        assert call is not None
+        near = self._near
+        if near is None or plan.rid is None:
+            return await self._run_unary(lambda: call)
+        stream = self._near_stream
+        if stream is None:
+            stream = self._near_stream = NearStreamTask(self._stub.Watch, near, self._metadata)
+            stream.start()
+        await stream.wait_first(near.config.ready_wait)
+        ticket = near.begin_fill(plan.rid)
+        result: GetResult = await self._run_unary(lambda: call)
+        near.finish_fill(ticket, result)
+        return result
+
     async def close(self) -> None:
+        if self._near_stream is not None:
+            await self._near_stream.close()
+        if self._near is not None:
+            self._near.close()
         if self._owns_channel:
             await self._channel.close()
 

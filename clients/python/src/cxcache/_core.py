@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import datetime as _dt
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from ._errors import CacheError, UnavailableError, from_rpc_error
+from ._near import NearCache, NearState, RequestId, request_id
 from ._types import EventType, GetResult, Seconds, Source, WatchEvent
 from .v1 import cache_pb2, cache_pb2_grpc
 
@@ -199,6 +201,55 @@ class Try:
     wait: float = 0.0
 
 
+# ---------------------------------------------------------------- TLS and credentials
+
+PemSource = Union[bytes, str, "os.PathLike[str]"]
+"""PEM data (bytes) or the path of a PEM file (str or path-like)."""
+
+
+def _pem(value: Optional[PemSource]) -> Optional[bytes]:
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(os.fspath(value), "rb") as f:
+        return f.read()
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS options of a client channel.
+
+    ``ca``: the CA certificate(s) that verify the server (PEM bytes or a file path;
+    None: the system roots). ``cert`` + ``key``: a client certificate chain and its
+    private key, for mutual TLS (both or neither). ``server_name``: the name to verify
+    the server certificate against, when it differs from the target's host."""
+
+    ca: Optional[PemSource] = None
+    cert: Optional[PemSource] = None
+    key: Optional[PemSource] = None
+    server_name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLS: a client certificate needs its key (cert and key together)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.ca), private_key=_pem(self.key), certificate_chain=_pem(self.cert)
+        )
+
+    def options(self) -> List[Tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def bearer_metadata(api_key: Optional[str]) -> List[Tuple[str, str]]:
+    """The ``authorization: Bearer <key>`` metadata of a credential (none for None)."""
+    if api_key is None:
+        return []
+    if not api_key or any(c in api_key for c in "\r\n"):
+        raise ValueError("api_key must be a non-empty single-line string")
+    return [("authorization", f"Bearer {api_key}")]
+
+
 # ---------------------------------------------------------------- trace context
 
 _otel_inject: Optional[Callable[..., Any]] = None
@@ -315,6 +366,7 @@ def watch_event(ev: cache_pb2.WatchEvent) -> WatchEvent:
         reason=ev.reason,
         time=ev.time.ToDatetime(tzinfo=_dt.timezone.utc) if ev.HasField("time") else None,
         sequence=ev.sequence,
+        position=ev.position,
     )
 
 
@@ -333,6 +385,7 @@ class UnaryCall(Generic[_T]):
     parse: Callable[[Any], _T]
     retry: RetryPolicy = NO_RETRY
     wait_for_ready: Optional[bool] = None
+    plaintext: bool = False
 
     def start(self, timeout: Optional[float] = None) -> Any:
         """Call the stub (with ``timeout``, what is left of the deadline): the reply
@@ -350,7 +403,23 @@ class UnaryCall(Generic[_T]):
         try:
             yield
         except grpc.RpcError as err:
-            raise from_rpc_error(err, self.deadline is not None) from err
+            raise with_connection_hint(from_rpc_error(err, self.deadline is not None), self.plaintext) from err
+
+
+def with_connection_hint(err: CacheError, plaintext: bool) -> CacheError:
+    """Say what a TLS mismatch looks like: a plaintext client whose connection the
+    server closes (it speaks TLS), or a TLS client the server refuses a certificate."""
+    if err.code != grpc.StatusCode.UNAVAILABLE:
+        return err
+    hint = None
+    if plaintext and "Socket closed" in err.message:
+        hint = "this client connects without TLS and the server closed the connection: if it serves TLS, pass tls=TLS(ca=...)"
+    elif not plaintext and ("TSI_" in err.message or "handshake" in err.message.lower()):
+        hint = "the TLS handshake failed: check tls=TLS(ca=...) and, if the server requires one, the client certificate"
+    if hint is not None:
+        err.message = f"{err.message} ({hint})"
+        err.args = (err.message,)
+    return err
 
 
 class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
@@ -370,6 +439,8 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         target: str = DEFAULT_TARGET,
         *,
         channel: Optional[_ChannelT] = None,
+        tls: Union[TLS, bool, None] = None,
+        api_key: Optional[str] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Optional[Sequence[Tuple[str, Any]]] = None,
         default_timeout: Optional[float] = None,
@@ -380,6 +451,7 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         sleep: Optional[Callable[[float], Any]] = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
+        near_cache: Optional[NearCache] = None,
     ) -> None:
         self._retry = resolve_retry(retry, RetryPolicy())
         self._wait_for_ready = wait_for_ready
@@ -388,15 +460,28 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._owns_channel = channel is None
+        if tls is not None and tls is not False and credentials is not None:
+            raise ValueError("pass either tls or credentials, not both")
+        if tls is True:
+            tls = TLS()
         if channel is None:
+            opts = list(options or ())
+            if isinstance(tls, TLS):
+                credentials = tls.credentials()
+                opts += tls.options()
             if credentials is not None:
-                channel = self._channel_api.secure_channel(target, credentials, options=options)
+                channel = self._channel_api.secure_channel(target, credentials, options=opts)
             else:
-                channel = self._channel_api.insecure_channel(target, options=options)
+                channel = self._channel_api.insecure_channel(target, options=opts)
+        self._plaintext = channel is not None and self._owns_channel and credentials is None
         self._channel: _ChannelT = channel
         self._stub = cache_pb2_grpc.CacheStub(channel)
         self._default_timeout = default_timeout
-        self._metadata = tuple(metadata or ())
+        given = tuple(metadata or ())
+        if api_key is not None and any(k.lower() == "authorization" for k, _ in given):
+            raise ValueError("pass either api_key or an authorization entry in metadata, not both")
+        self._metadata: Tuple[Tuple[str, Union[str, bytes]], ...] = tuple(bearer_metadata(api_key)) + given
+        self._near: Optional[NearState] = NearState(near_cache, clock, self._rng) if near_cache else None
 
     @staticmethod
     def _default_sleep() -> Callable[[float], Any]:
@@ -417,6 +502,39 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
     def _run_unary(self, prepare: Callable[[], UnaryCall[Any]]) -> Any:
         """Prepare and run one unary call: its parsed reply, or (asyncio) a coroutine of it."""
         raise NotImplementedError
+
+    def _run_get(self, prepare: Callable[[], "GetPlan"]) -> Any:
+        """Run one Get through the near cache (if any): a near hit, or the call whose
+        reply may fill it; or (asyncio) a coroutine of that."""
+        raise NotImplementedError
+
+    def _get_plan(
+        self,
+        req: cache_pb2.GetRequest,
+        make_call: Callable[[], UnaryCall[GetResult]],
+        force_refresh: bool,
+        max_age: Optional[Seconds],
+    ) -> "GetPlan":
+        """A near hit (the call is not even built: no metadata, no trace context), or
+        the call to make and, if near-cacheable, the request's identity."""
+        near = self._near
+        if near is None or not near.cacheable(req):
+            return GetPlan(make_call())
+        rid = request_id(req)
+        if not force_refresh:
+            hit = near.lookup(rid, resolve_timeout(max_age, None))
+            if hit is not None:
+                return GetPlan(None, rid, hit)
+        return GetPlan(make_call(), rid)
+
+    @property
+    def near_cache(self) -> Optional[NearState]:
+        """The near cache's state (``.snapshot()`` for its counters), or None."""
+        return self._near
+
+    def near_stats(self) -> Any:
+        """The near cache's counters (a :class:`cxcache.NearStats`), or None without one."""
+        return self._near.snapshot() if self._near is not None else None
 
     def _open_watch(self, watch: "WatchOpener", event_timeout: Optional[float]) -> _StreamT:
         """Wrap a Watch (its first call started) in the client's watch stream."""
@@ -440,6 +558,7 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
             parse,
             resolve_retry(retry, self._retry),
             self._wait_for_ready if wait_for_ready is None else wait_for_ready,
+            self._plaintext,
         )
 
     def get(
@@ -463,7 +582,7 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         call including retries; ``retry`` and ``wait_for_ready`` override the client's
         settings for this call."""
 
-        def prepare() -> UnaryCall[GetResult]:
+        def prepare() -> GetPlan:
             req = cache_pb2.GetRequest(kind=kind, id=id or "", variant=variant or "")
             if params:
                 for k, v in params.items():
@@ -477,9 +596,14 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
                     fr.max_age.CopyFrom(_duration(max_age))
                 fr.allow_stale = bool(allow_stale)
                 fr.force_refresh = bool(force_refresh)
-            return self._unary_call(self._stub.Get, req, timeout, get_result, retry, wait_for_ready)
+            return self._get_plan(
+                req,
+                lambda: self._unary_call(self._stub.Get, req, timeout, get_result, retry, wait_for_ready),
+                force_refresh,
+                max_age,
+            )
 
-        return cast(_GetT, self._run_unary(prepare))
+        return cast(_GetT, self._run_get(prepare))
 
     def invalidate(
         self,
@@ -493,13 +617,22 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         wait_for_ready: Optional[bool] = None,
     ) -> _CountT:
         """Purge entries by exact key, key prefix or tag; returns the number purged.
-        All arguments are keyword-only (see :meth:`get` for the last three)."""
+        All arguments are keyword-only (see :meth:`get` for the last three). With a
+        near cache, its matching entries are dropped as soon as the server answers OK."""
 
         def prepare() -> UnaryCall[int]:
             req = cache_pb2.InvalidateRequest(
                 keys=_as_list(keys), prefixes=_as_list(prefixes), tags=_as_list(tags), reason=reason or ""
             )
-            return self._unary_call(self._stub.Invalidate, req, timeout, purged, retry, wait_for_ready)
+            near = self._near
+            parse: Callable[[Any], int] = purged
+            if near is not None:
+
+                def parse(resp: cache_pb2.InvalidateResponse) -> int:
+                    near.invalidated(req.keys, req.prefixes, req.tags)
+                    return purged(resp)
+
+            return self._unary_call(self._stub.Invalidate, req, timeout, parse, retry, wait_for_ready)
 
         return cast(_CountT, self._run_unary(prepare))
 
@@ -515,6 +648,10 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         reconnect: bool = True,
         retry: RetryOption = None,
         wait_for_ready: Optional[bool] = None,
+        resume_after: Optional[str] = None,
+        invalidated_only: bool = False,
+        heartbeat_interval: Optional[Seconds] = None,
+        heartbeats: bool = False,
     ) -> _StreamT:
         """Subscribe to events; iterate the returned stream. All arguments are
         keyword-only.
@@ -526,10 +663,23 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
         policy's codes (UNAVAILABLE, RESOURCE_EXHAUSTED), or ended by the server (it
         does so only when it shuts down), is resubscribed with backoff, and the stream
         then yields a synthetic ``LAGGED`` event with ``resync=True``:
-        events may have been missed, so re-read what you watch."""
+        events may have been missed, so re-read what you watch.
+
+        ``resume_after`` (an event's ``position``) asks the server to replay what
+        matched since then (a ``RESET`` event comes first when it cannot);
+        ``invalidated_only`` drops UPDATED events; ``heartbeat_interval`` asks for
+        HEARTBEAT events at that interval, which the stream yields only with
+        ``heartbeats=True`` (every event carries ``position`` either way)."""
         req = cache_pb2.WatchRequest(
-            keys=_as_list(keys), prefixes=_as_list(prefixes), kinds=_as_list(kinds), tags=_as_list(tags)
+            keys=_as_list(keys),
+            prefixes=_as_list(prefixes),
+            kinds=_as_list(kinds),
+            tags=_as_list(tags),
+            resume_after=resume_after or "",
+            invalidated_only=bool(invalidated_only),
         )
+        if heartbeat_interval is not None:
+            req.heartbeat_interval.CopyFrom(_duration(heartbeat_interval))
         deadline = resolve_timeout(timeout, None)
         policy = resolve_retry(retry, self._retry) if reconnect else NO_RETRY
         opener = WatchOpener(
@@ -539,8 +689,19 @@ class ClientCore(Generic[_ChannelT, _GetT, _CountT, _StreamT]):
             wait_for_ready=self._wait_for_ready if wait_for_ready is None else wait_for_ready,
             attempts=Attempts(policy, deadline, self._clock, self._rng),
             sleep=self._sleep,
+            heartbeats=heartbeats,
         )
         return self._open_watch(opener, resolve_timeout(event_timeout, None))
+
+
+@dataclass(frozen=True)
+class GetPlan:
+    """A prepared Get: the call, the near-cache identity of its request (None when
+    it is not near-cacheable) and the near hit that answers it, if any."""
+
+    call: Optional[UnaryCall[GetResult]]
+    rid: Optional[RequestId] = None
+    hit: Optional[GetResult] = None
 
 
 @dataclass
@@ -553,6 +714,7 @@ class WatchOpener:
     wait_for_ready: Optional[bool]
     attempts: Attempts
     sleep: Callable[[float], Any]
+    heartbeats: bool = False
 
     @property
     def had_deadline(self) -> bool:
@@ -597,6 +759,8 @@ class WatchStreamCore:
         self._event_timeout = event_timeout
         self.reconnects = 0
         """How many times the stream resubscribed."""
+        self.position = ""
+        """The position of the last message received (HEARTBEATs included)."""
 
     def cancel(self) -> None:
         """End the subscription; iteration then stops cleanly."""
@@ -613,6 +777,11 @@ class WatchStreamCore:
     @staticmethod
     def _event(msg: cache_pb2.WatchEvent) -> WatchEvent:
         return watch_event(msg)
+
+    def _wanted(self, msg: cache_pb2.WatchEvent) -> bool:
+        """Whether the stream yields ``msg`` (HEARTBEATs only when asked for)."""
+        self.position = msg.position or self.position
+        return self._opener.heartbeats or msg.type != cache_pb2.WatchEvent.TYPE_HEARTBEAT
 
     @staticmethod
     def _server_ended() -> CacheError:

@@ -35,6 +35,8 @@ class Source(_NameEnum):
     STALE = "STALE"
     COALESCED = "COALESCED"
     REVALIDATED = "REVALIDATED"
+    NEAR = "NEAR"
+    """Served by the client's own near cache (client-side only; not in the proto)."""
 
 
 class EventType(_NameEnum):
@@ -44,6 +46,10 @@ class EventType(_NameEnum):
     INVALIDATED = "INVALIDATED"
     UPDATED = "UPDATED"
     LAGGED = "LAGGED"
+    HEARTBEAT = "HEARTBEAT"
+    """Nothing was missed up to ``position`` (only yielded by ``watch(heartbeats=True)``)."""
+    RESET = "RESET"
+    """The requested resume position could not be honoured: treat everything as changed."""
 
 
 _UNSET = object()
@@ -111,7 +117,7 @@ class GetResult:
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """One Watch event. ``resync`` is True on the LAGGED event the client itself
+    """One Watch event (``position``: see ``watch(resume_after=...)``). ``resync`` is True on the LAGGED event the client itself
     yields after it reconnected a broken subscription: events may have been missed
     in between, so re-read what you watch (as for a server-sent LAGGED)."""
 
@@ -124,6 +130,9 @@ class WatchEvent:
     time: Optional[_dt.datetime]
     sequence: int
     resync: bool = False
+    position: str = ""
+    """Where the event stands in the server instance's log: pass it as
+    ``watch(resume_after=...)`` to resume after it (opaque)."""
 
 
 __all__ = [
