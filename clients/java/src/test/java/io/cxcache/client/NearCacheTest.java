@@ -46,6 +46,8 @@ class NearCacheTest {
     final AtomicInteger cancelled = new AtomicInteger();
     final AtomicLong position = new AtomicLong();
     volatile boolean heartbeatFirst = true;
+    volatile boolean refuseWatch;
+    final AtomicInteger watchCalls = new AtomicInteger();
     /** Periodic heartbeats (every 20 ms) to the newest stream while true. */
     volatile boolean beating = true;
     final java.util.concurrent.ScheduledExecutorService beat =
@@ -103,6 +105,11 @@ class NearCacheTest {
 
     @Override
     public synchronized void watch(WatchRequest r, StreamObserver<io.cxcache.v1.WatchEvent> obs) {
+      watchCalls.incrementAndGet();
+      if (refuseWatch) {
+        obs.onError(Status.UNAVAILABLE.withDescription("refused by the test").asRuntimeException());
+        return;
+      }
       ServerCallStreamObserver<io.cxcache.v1.WatchEvent> s = (ServerCallStreamObserver<io.cxcache.v1.WatchEvent>) obs;
       s.setOnCancelHandler(cancelled::incrementAndGet);
       watches.add(r);
@@ -301,6 +308,49 @@ class NearCacheTest {
     assertEquals(1, c.nearCacheStats().rejectedFills());
     assertNotEquals(Source.NEAR, c.get("routing.queue", "q1").source());
     assertEquals(Source.NEAR, c.get("routing.queue", "q1").source());
+  }
+
+  @Test
+  void ownInvalidateWhileAGetIsInFlightRefusesItsReply() throws Exception {
+    CacheClient c = client();
+    c.get("routing.queue", "q0");
+    fake.hold = new CountDownLatch(1);
+    Future<CacheResult> inflight = c.getAsync(GetQuery.of("routing.queue").id("q1"));
+    assertTrue(fake.held.await(5, TimeUnit.SECONDS));
+    c.invalidate(InvalidateQuery.create().keys("dev:routing.queue:q1"));
+    fake.hold.countDown();
+    fake.hold = null;
+    inflight.get(5, TimeUnit.SECONDS);
+    assertEquals(1, c.nearCacheStats().rejectedFills());
+    assertEquals(0, c.nearCacheStats().entries() - 1, "only q0 is held");
+  }
+
+  @Test
+  void whileTheStreamIsDownEntriesServeUntilMaxStalenessAndFillsAreRefused() throws Exception {
+    CacheClient c = client(NearCacheOptions.maxBytes(1 << 20).maxStaleness(Duration.ofMillis(300)));
+    c.get("routing.queue", "q1");
+    fake.beating = false;
+    fake.refuseWatch = true;
+    long cut = System.nanoTime();
+    fake.fail(Status.UNAVAILABLE.withDescription("cut"));
+    await("reconnect attempts", () -> fake.watchCalls.get() >= 2);
+    CacheResult during = c.get("routing.queue", "q2"); // a miss while down: not kept
+    assertEquals(Source.L1, during.source());
+    assertEquals(1, c.nearCacheStats().rejectedFills());
+    long lastNear = 0;
+    while (System.nanoTime() - cut < TimeUnit.MILLISECONDS.toNanos(600)) {
+      if (c.get("routing.queue", "q1").source() == Source.NEAR) {
+        lastNear = System.nanoTime();
+      }
+      Thread.sleep(5);
+    }
+    assertTrue(lastNear == 0 || lastNear - cut < TimeUnit.MILLISECONDS.toNanos(300), "near hit past max staleness");
+    assertEquals(0, c.nearCacheStats().flushes(), "a lost stream alone flushes nothing");
+    fake.refuseWatch = false;
+    fake.beating = true;
+    await("resumed", () -> c.nearCacheStats().streamHealthy());
+    assertEquals(1, c.nearCacheStats().resumes());
+    assertEquals(Source.NEAR, c.get("routing.queue", "q1").source(), "kept across a resumed gap");
   }
 
   @Test
