@@ -6,7 +6,7 @@
 #
 # Uses CXCACHE_ADDR when set; otherwise starts its own pair with scripts/live-server.sh
 # (LIVE_DIR=target/near-java, binaries from CXCACHE_BIN_DIR or target/debug) and stops it.
-# Results: loadtest/near-java.md.
+# Results: loadtest/results/2026-12-01-near-java.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JAVA_DIR="$ROOT/clients/java"
