@@ -140,16 +140,44 @@ impl Cache {
     /// Answers a Get by `deadline` (when the caller stops waiting), and
     /// counts it: served by kind and source, or failed by code.
     pub async fn get(&self, req: &GetRequest, deadline: Option<Instant>) -> Result<Served> {
+        let r = self.resolve(req)?;
+        match self.l1_hit(&r) {
+            Some(served) => Ok(served),
+            None => self.get_resolved(&r, deadline).await,
+        }
+    }
+
+    /// The request checked against the catalog and its key built; a bad
+    /// one is counted as failed.
+    pub fn resolve(&self, req: &GetRequest) -> Result<Resolved> {
+        policy::resolve(req, &self.env, &self.catalog, &self.settings).inspect_err(|e| {
+            metrics::get_failed(e.code().name());
+        })
+    }
+
+    /// The hit path: an acceptable value in this instance's L1, answered
+    /// (and counted) without an await. `None`: take [`Cache::get_resolved`].
+    pub fn l1_hit(&self, r: &Resolved) -> Option<Served> {
+        if !r.cacheable || r.freshness.force_refresh {
+            return None;
+        }
         let started = std::time::Instant::now();
-        let r = match policy::resolve(req, &self.env, &self.catalog, &self.settings) {
-            Ok(r) => r,
-            Err(e) => {
-                metrics::get_failed(e.code().name());
-                return Err(e);
-            }
-        };
+        let (entry, now) = self.tiers.l1_get(&r.store_key)?;
+        if entry.not_found || !acceptable(&entry, &r.freshness, now) {
+            return None;
+        }
+        if self.should_refresh_early(&entry, now) {
+            self.refresh_in_background(r, true);
+        }
+        metrics::get_served(&r.kind_name, Source::L1, started.elapsed());
+        Some(Served { entry, source: Source::L1, key: r.key.clone() })
+    }
+
+    /// Answers a resolved Get through every tier, by `deadline`, and counts it.
+    pub async fn get_resolved(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Served> {
+        let started = std::time::Instant::now();
         let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, self.serve(&r, Some(d))).await {
+            Some(d) => match tokio::time::timeout_at(d, self.serve(r, Some(d))).await {
                 Err(_) => Err(Error::DeadlineExceeded("no answer within the caller's deadline".into())),
                 // An upstream call cut short by the caller's deadline is the
                 // deadline's doing, not the upstream's.
@@ -160,7 +188,7 @@ impl Cache {
                 }
                 Ok(other) => other,
             },
-            None => self.serve(&r, None).await,
+            None => self.serve(r, None).await,
         };
         match &result {
             // The catalog's name, never the caller's spelling: the label

@@ -57,7 +57,10 @@ pub fn init_logging(format: LogFormat) {
 /// subscriber and returns an empty [`Telemetry`].
 pub fn init(format: LogFormat, settings: &TelemetrySettings) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: log collectors get plain text, and no
+    // escape codes are formatted into every span's fields.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => {
@@ -127,19 +130,21 @@ impl Drop for Telemetry {
     }
 }
 
-/// The request id of a call: the caller's `x-request-id` when it is a short
-/// printable token, else a new one: a random per-process prefix and a
-/// counter (unique across instances, and no syscall on the hit path).
-pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
-    static PREFIX: LazyLock<String> =
-        LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-    static NEXT: AtomicU64 = AtomicU64::new(1);
+/// The caller's `x-request-id` when it is a short printable token.
+pub fn caller_request_id(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
     metadata
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{}-{:x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// A new request id: a random per-process prefix and a counter (unique
+/// across instances, and no syscall).
+pub fn new_request_id() -> String {
+    static PREFIX: LazyLock<String> =
+        LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{}-{:x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -149,11 +154,12 @@ mod tests {
     #[test]
     fn request_id_from_metadata_or_generated() {
         let mut m = tonic::metadata::MetadataMap::new();
-        let (a, b) = (request_id(&m), request_id(&m));
+        assert_eq!(caller_request_id(&m), None);
+        let (a, b) = (new_request_id(), new_request_id());
         assert!(a.len() > 12 && a != b, "{a} {b}");
         m.insert("x-request-id", "abc-123".parse().unwrap());
-        assert_eq!(request_id(&m), "abc-123");
+        assert_eq!(caller_request_id(&m), Some("abc-123"));
         m.insert("x-request-id", "has space".parse().unwrap());
-        assert_ne!(request_id(&m), "has space");
+        assert_eq!(caller_request_id(&m), None);
     }
 }

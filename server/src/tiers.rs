@@ -116,6 +116,13 @@ impl Tiers {
     /// The entry for `store_key`, fresh or not: from L1 when it holds a
     /// fresh copy, else from the store (filling L1 with fresh entries).
     #[tracing::instrument(level = "debug", name = "tiers.get", skip_all)]
+    /// The L1 copy of `store_key`, fresh or not, with the time it was read
+    /// at, when L1 may serve.
+    pub fn l1_get(&self, store_key: &str) -> Option<(Arc<Entry>, i64)> {
+        let now = now_ms();
+        self.l1_at(now)?.get(store_key).map(|e| (e, now))
+    }
+
     pub async fn get(&self, store_key: &str) -> Result<Option<(Arc<Entry>, Source)>> {
         // One clock read for the membership check and the freshness of a hit.
         let now = now_ms();

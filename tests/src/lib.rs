@@ -21,7 +21,6 @@
 pub mod checker;
 pub mod faults;
 mod scenario;
-pub mod tcp_proxy;
 pub use scenario::{redis_url, Scenario, Scene};
 
 use std::path::{Path, PathBuf};

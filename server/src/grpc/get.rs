@@ -10,51 +10,87 @@ use crate::auth::{GetAsk, MissBudgets};
 use crate::cache::{Cache, Served};
 use crate::entry::now_ms;
 use crate::error::Error;
+use crate::policy::Resolved;
 use crate::proto::v1::{self, GetRequest, GetResponse};
 use crate::source::Source;
 
-/// Runs the Get in a `get` span carrying its request id (echoed back as
-/// `x-request-id`); the cache counts the outcome.
+/// Serves one Get. An L1 hit is answered at once, with no span and no
+/// request id of its own (it logs nothing; the caller's `x-request-id` is
+/// still echoed). Everything else runs in a `get` span carrying the request
+/// id (the caller's or a new one, echoed back as `x-request-id`), so every
+/// line it logs and every span it exports names it.
 pub async fn handle(
     cache: &Cache,
     request: Request<GetRequest>,
     server_limit: Duration,
     budgets: &MissBudgets,
 ) -> Result<Response<GetResponse>, Status> {
-    let request_id = crate::telemetry::request_id(request.metadata());
-    let (kind, id) = (&request.get_ref().kind, &request.get_ref().id);
-    let span = tracing::info_span!("get", %request_id, %kind, %id, source = tracing::field::Empty);
-    let result = serve(cache, request, server_limit, budgets).instrument(span).await;
-    let echo = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
+    let caller_id = crate::telemetry::caller_request_id(request.metadata()).map(str::to_owned);
+    let checked = check(cache, request);
+    let (req, r, deadline, caller) = match checked {
+        Ok(checked) => checked,
+        Err(status) => return Err(echo_status(status, caller_id.as_deref())),
+    };
+    let as_json = req.value_format == v1::ValueFormat::Json as i32;
+    if let Some(served) = cache.l1_hit(&r) {
+        let mut response = Response::new(to_response(served, as_json));
+        echo(response.metadata_mut(), caller_id.as_deref());
+        return Ok(response);
+    }
+    let request_id = caller_id.unwrap_or_else(crate::telemetry::new_request_id);
+    let span = tracing::info_span!("get", %request_id, kind = %r.kind_name, id = %req.id, source = tracing::field::Empty);
+    let forced = r.freshness.force_refresh;
+    let result = async {
+        // The upstream calls it causes are charged to the caller's budget
+        // (an L1 hit, above, causes none).
+        budgets.admit(&caller, forced, std::time::Instant::now()).map_err(|e| {
+            crate::metrics::get_failed(e.code().name());
+            Status::from(e)
+        })?;
+        // The server's own limit (`limits.request_timeout`) bounds every
+        // Get, outside the cache's own deadline handling.
+        let served = match tokio::time::timeout(server_limit, cache.get_resolved(&r, deadline)).await {
+            Ok(served) => served?,
+            Err(_) => {
+                let e = Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"));
+                crate::metrics::get_failed(e.code().name());
+                return Err(Status::from(e));
+            }
+        };
+        if !forced && matches!(served.source, Source::Upstream | Source::Revalidated) {
+            budgets.charge(&caller, std::time::Instant::now());
+        }
+        tracing::Span::current().record("source", served.source.label());
+        Ok(Response::new(to_response(served, as_json)))
+    }
+    .instrument(span)
+    .await;
     match result {
         Ok(mut response) => {
-            echo.map(|v| response.metadata_mut().insert("x-request-id", v));
+            echo(response.metadata_mut(), Some(&request_id));
             Ok(response)
         }
-        Err(mut status) => {
-            echo.map(|v| status.metadata_mut().insert("x-request-id", v));
-            Err(status)
-        }
+        Err(status) => Err(echo_status(status, Some(&request_id))),
     }
 }
 
-async fn serve(
+/// What every Get passes before the cache: a readable deadline, the
+/// caller's scopes, a request the catalog knows.
+#[allow(clippy::result_large_err)]
+fn check(
     cache: &Cache,
     request: Request<GetRequest>,
-    server_limit: Duration,
-    budgets: &MissBudgets,
-) -> Result<Response<GetResponse>, Status> {
+) -> Result<(GetRequest, Resolved, Option<tokio::time::Instant>, crate::auth::Caller), Status> {
     let deadline = deadline::answer_by(request.metadata()).inspect_err(|e| {
         crate::metrics::get_failed(e.code().name());
     })?;
     let caller = super::admission::caller(&request)?;
     let req = request.into_inner();
     let freshness = req.freshness.as_ref();
-    let forced = freshness.is_some_and(|f| f.force_refresh);
     caller
         .check_get(GetAsk {
             kind: &req.kind,
-            force_refresh: forced,
+            force_refresh: freshness.is_some_and(|f| f.force_refresh),
             max_age: freshness
                 .and_then(|f| f.max_age.as_ref())
                 .is_some_and(|d| d.seconds != 0 || d.nanos != 0),
@@ -63,27 +99,19 @@ async fn serve(
             crate::metrics::get_failed(e.code().name());
             super::admission::refused(e)
         })?;
-    // The upstream calls it causes are charged to the caller's budget.
-    budgets.admit(&caller, forced, std::time::Instant::now()).map_err(|e| {
-        crate::metrics::get_failed(e.code().name());
-        Status::from(e)
-    })?;
-    // The server's own limit (`limits.request_timeout`) bounds every Get,
-    // outside the cache's own deadline handling (which keeps its meaning).
-    let served = match tokio::time::timeout(server_limit, cache.get(&req, deadline)).await {
-        Ok(served) => served?,
-        Err(_) => {
-            let e = Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"));
-            crate::metrics::get_failed(e.code().name());
-            return Err(e.into());
-        }
-    };
-    if !forced && matches!(served.source, Source::Upstream | Source::Revalidated) {
-        budgets.charge(&caller, std::time::Instant::now());
+    let r = cache.resolve(&req)?;
+    Ok((req, r, deadline, caller))
+}
+
+fn echo(metadata: &mut tonic::metadata::MetadataMap, id: Option<&str>) {
+    if let Some(v) = id.and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok()) {
+        metadata.insert("x-request-id", v);
     }
-    tracing::Span::current().record("source", served.source.label());
-    let as_json = req.value_format == v1::ValueFormat::Json as i32;
-    Ok(Response::new(to_response(served, as_json)))
+}
+
+fn echo_status(mut status: Status, id: Option<&str>) -> Status {
+    echo(status.metadata_mut(), id);
+    status
 }
 
 /// The reply: the value as canonical JSON bytes, or (asked for) as
