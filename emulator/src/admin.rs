@@ -156,10 +156,14 @@ async fn set_rate_limit(State(s): State<SharedState>, body: Bytes) -> Result<Jso
         allowed = v
             .as_u64()
             .filter(|v| (1..=u32::MAX as u64).contains(v))
-            .ok_or_else(|| ApiError::bad_request("'allowed' must be a positive integer"))? as u32;
+            .ok_or_else(|| ApiError::bad_request("'allowed' must be a positive integer"))?
+            as u32;
     }
     if let Some(v) = body.get("window_ms") {
-        let ms = v.as_u64().filter(|v| *v > 0).ok_or_else(|| ApiError::bad_request("'window_ms' must be positive"))?;
+        let ms = v
+            .as_u64()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| ApiError::bad_request("'window_ms' must be positive"))?;
         window = std::time::Duration::from_millis(ms);
     }
     s.limiter.set(allowed, window);

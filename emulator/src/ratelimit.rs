@@ -41,7 +41,10 @@ pub(crate) struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(allowed: u32, window: Duration) -> Self {
-        Self { limit: Mutex::new((allowed, window.max(Duration::from_millis(1)))), windows: Mutex::new(HashMap::new()) }
+        Self {
+            limit: Mutex::new((allowed, window.max(Duration::from_millis(1)))),
+            windows: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Changes the budget of every token from now on.

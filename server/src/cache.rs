@@ -215,7 +215,12 @@ impl Cache {
         let mut outcome = match deadline.filter(|_| fallback) {
             Some(d) => {
                 let budget = d.saturating_duration_since(Instant::now()).mul_f64(0.8);
-                match tokio::time::timeout(budget, self.flight(r, deadline, stored.clone(), false, Priority::Foreground)).await {
+                match tokio::time::timeout(
+                    budget,
+                    self.flight(r, deadline, stored.clone(), false, Priority::Foreground),
+                )
+                .await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => (
                         Err(Error::DeadlineExceeded("upstream too slow for the deadline".into())),

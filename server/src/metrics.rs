@@ -134,7 +134,10 @@ fn describe() {
         UPSTREAM_CALLS_BY_PRIORITY,
         "Upstream calls sent, by OAuth client id and priority (foreground, background)"
     );
-    describe_gauge!(UPSTREAM_BUDGET_ALLOWED, "Calls per window each OAuth client follows (learned from headers)");
+    describe_gauge!(
+        UPSTREAM_BUDGET_ALLOWED,
+        "Calls per window each OAuth client follows (learned from headers)"
+    );
     describe_gauge!(
         UPSTREAM_BUDGET_WINDOW,
         Unit::Seconds,

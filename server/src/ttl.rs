@@ -177,13 +177,17 @@ mod tests {
         let catalog = Catalog::with_presets(&BTreeMap::new()).unwrap();
         let analytics = catalog.get("analytics.conversations.aggregates").unwrap();
         let p = policy();
-        let yesterday = json!({"interval": "2024-03-09T00:00:00Z/2024-03-10T00:00:00Z", "granularity": "PT1H"});
+        let yesterday =
+            json!({"interval": "2024-03-09T00:00:00Z/2024-03-10T00:00:00Z", "granularity": "PT1H"});
         assert_eq!(p.base_ttl_at(analytics, Some(&yesterday), noon()), Duration::from_secs(24 * 3600));
         // An offset is read as the instant it names (ended 10:30Z: settled).
         let offset = json!({"interval": "2024-03-10T08:00:00+02:00/2024-03-10T12:30:00+02:00"});
         assert_eq!(p.base_ttl_at(analytics, Some(&offset), noon()), Duration::from_secs(24 * 3600));
         // The class is configurable, and 0 turns it off.
-        let week = TtlPolicy::new(TtlSettings { analytics_closed: Duration::from_secs(7 * 86_400), ..Default::default() });
+        let week = TtlPolicy::new(TtlSettings {
+            analytics_closed: Duration::from_secs(7 * 86_400),
+            ..Default::default()
+        });
         assert_eq!(week.base_ttl_at(analytics, Some(&yesterday), noon()), Duration::from_secs(7 * 86_400));
         let off = TtlPolicy::new(TtlSettings { analytics_closed: Duration::ZERO, ..Default::default() });
         assert_eq!(off.base_ttl_at(analytics, Some(&yesterday), noon()), Duration::from_secs(3420));
@@ -194,10 +198,12 @@ mod tests {
         let catalog = Catalog::with_presets(&BTreeMap::new()).unwrap();
         let analytics = catalog.get("analytics.conversations.aggregates").unwrap();
         let p = policy();
-        let ending_now = json!({"interval": "2024-03-10T00:00:00Z/2024-03-10T12:00:00Z", "granularity": "PT1H"});
+        let ending_now =
+            json!({"interval": "2024-03-10T00:00:00Z/2024-03-10T12:00:00Z", "granularity": "PT1H"});
         assert_eq!(p.base_ttl_at(analytics, Some(&ending_now), noon()), Duration::from_secs(3420));
         // Ended 30 min ago: late data may still arrive (settle 1 h).
-        let settling = json!({"interval": "2024-03-10T10:00:00Z/2024-03-10T11:30:00Z", "granularity": "PT15M"});
+        let settling =
+            json!({"interval": "2024-03-10T10:00:00Z/2024-03-10T11:30:00Z", "granularity": "PT15M"});
         assert_eq!(p.base_ttl_at(analytics, Some(&settling), noon()), Duration::from_secs(855));
         let future = json!({"interval": "2024-03-10T00:00:00Z/2024-03-11T00:00:00Z", "granularity": "PT1H"});
         assert_eq!(p.base_ttl_at(analytics, Some(&future), noon()), Duration::from_secs(3420));

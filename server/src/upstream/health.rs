@@ -518,7 +518,10 @@ mod tests {
         let now = Instant::now();
         let mut h = health();
         let headers = RateHeaders { allowed: Some(300), ..Default::default() };
-        assert_eq!(h.observe(now, &headers, 200, 1).budget_changed.map(|c| (c.from.allowed, c.to.allowed)), Some((100, 300)));
+        assert_eq!(
+            h.observe(now, &headers, 200, 1).budget_changed.map(|c| (c.from.allowed, c.to.allowed)),
+            Some((100, 300))
+        );
         assert_eq!(h.allowed(), 300);
         assert_eq!(h.observe(now, &headers, 200, 1).budget_changed, None);
         let zero = RateHeaders { allowed: Some(0), ..Default::default() };

@@ -394,7 +394,12 @@ impl Upstream {
     /// A background call never sleeps for quota: it takes only what the
     /// limiter grants it at once (see [`priority`]) or fails with
     /// [`Error::RateLimited`].
-    async fn acquire(&self, deadline: Option<Instant>, pin: Option<usize>, priority: Priority) -> Result<Grant> {
+    async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+        pin: Option<usize>,
+        priority: Priority,
+    ) -> Result<Grant> {
         if self.tokens.is_empty() {
             return Err(Error::Unauthenticated("no upstream credentials configured".into()));
         }
@@ -901,5 +906,54 @@ mod tests {
             Error::RateLimited { retry_after } => assert_eq!(retry_after, Duration::from_secs(7)),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(all(test, feature = "emulator"))]
+mod learning_tests {
+    use super::*;
+    use crate::config::{Credential, Secret};
+
+    /// Against the emulator saying 20 calls per 2 s, a client configured
+    /// with 300 per 60 s follows the headers from its first answers.
+    #[tokio::test]
+    async fn the_budget_and_window_are_learned_from_the_emulator() {
+        let emu = genesys_emulator::start(
+            genesys_emulator::EmulatorConfig {
+                rate_limit: 20,
+                window: Duration::from_secs(2),
+                clients: vec![("c".into(), "s".into())],
+                ..Default::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let settings = UpstreamSettings {
+            credentials: vec![Credential { client_id: "c".into(), client_secret: Secret::new("s") }],
+            ..UpstreamSettings::default()
+        };
+        let up = Upstream::new(&emu.base_url(), settings, None, Default::default()).unwrap();
+        let call = Call::get("/api/v2/routing/queues");
+        up.fetch(&call, false, None).await.unwrap();
+        assert_eq!(up.tokens.budget(0), Budget { allowed: 20, window: Duration::from_secs(2) });
+        let started = Instant::now();
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_secs(4) {
+            up.fetch(&call, false, Some(Instant::now() + Duration::from_secs(3))).await.unwrap();
+            calls += 1;
+        }
+        assert!(calls >= 20, "paced at the learned budget: {calls} calls in two windows");
+        emu.set_rate_limit(40, Duration::from_secs(4));
+        let started = Instant::now();
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_secs(5) {
+            up.fetch(&call, false, Some(Instant::now() + Duration::from_secs(3))).await.unwrap();
+            calls += 1;
+        }
+        assert_eq!(up.tokens.budget(0), Budget { allowed: 40, window: Duration::from_secs(4) });
+        assert_eq!(emu.counters().rate_limited, 0);
+        assert!(calls >= 40, "{calls}");
+        emu.shutdown().await;
     }
 }

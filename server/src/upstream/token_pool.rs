@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::headers::RateHeaders;
-use super::learn::Budget;
 pub use super::health::Ranking;
 use super::health::{self, Health, Outcome, ParkReason};
+use super::learn::Budget;
 use super::stats::UpstreamStats;
 use crate::config::Credential;
 use crate::error::{Error, Result};

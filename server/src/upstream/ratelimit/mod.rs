@@ -57,8 +57,15 @@ impl Limits {
     /// Limits for `share` of the budget (the fallback when Redis is down).
     pub fn scaled(budget: Budget, s: &RateLimitSettings, share: f64) -> Limits {
         let allowed = budget.allowed.max(1) as f64 * share.clamp(0.0, 1.0);
-        let burst = if s.burst > 0 { s.burst as f64 * share } else { (allowed * 0.03).round().max(2.0) };
-        let burst = burst.clamp(1.0, (allowed - 1.0).max(1.0)).floor();
+        // A configured burst is for the configured budget: a learned budget
+        // scales it, and it never takes more than half of any budget (the
+        // steady rate keeps the rest).
+        let burst = if s.burst > 0 {
+            s.burst as f64 * share * budget.allowed.max(1) as f64 / s.allowed.max(1) as f64
+        } else {
+            (allowed * 0.03).round().max(2.0)
+        };
+        let burst = burst.min((allowed / 2.0).max(2.0)).clamp(1.0, (allowed - 1.0).max(1.0)).floor();
         // At most burst - 1 + per_window calls in any window: keep it at or
         // under allowed - 1.
         let per_window = (allowed * s.utilization).min(allowed - burst).max(1.0);
@@ -202,6 +209,11 @@ mod tests {
         let l = Limits::for_budget(budget(300, 60_000), &s);
         assert_eq!(l.burst, 9);
         let share = Limits::scaled(budget(300, 60_000), &s, 0.25);
+        // A configured burst far over a learned budget does not starve the
+        // steady rate: it scales with the budget.
+        let big = RateLimitSettings { burst: 100, ..settings(300, 60_000) };
+        let learned = Limits::for_budget(budget(20, 2000), &big);
+        assert!(learned.burst <= 10 && learned.interval_us <= 2_000_000 / 9, "{learned:?}");
         assert!(share.interval_us >= l.interval_us * 4 - 10 && share.burst <= 3, "{share:?}");
     }
 
@@ -211,8 +223,14 @@ mod tests {
     async fn embedded_mode_uses_the_full_budget_locally() {
         let limiter = Limiter::new(None, settings(40, 2000), Arc::new(AtomicUsize::new(1)));
         let stats = UpstreamStats::default();
-        assert!(matches!(limiter.acquire("a", budget(40, 2000), FG, &stats).await, Verdict::Allowed { remaining: 1 }));
-        assert!(matches!(limiter.acquire("a", budget(40, 2000), FG, &stats).await, Verdict::Allowed { remaining: 0 }));
+        assert!(matches!(
+            limiter.acquire("a", budget(40, 2000), FG, &stats).await,
+            Verdict::Allowed { remaining: 1 }
+        ));
+        assert!(matches!(
+            limiter.acquire("a", budget(40, 2000), FG, &stats).await,
+            Verdict::Allowed { remaining: 0 }
+        ));
         // The burst (2) is spent: the next call waits about one interval.
         match limiter.acquire("a", budget(40, 2000), FG, &stats).await {
             Verdict::Wait(d) => assert!(d <= Duration::from_millis(60), "{d:?}"),
@@ -231,7 +249,8 @@ mod tests {
         let (mut fg, mut bg) = (0, 0);
         let end = Instant::now() + span;
         while Instant::now() < end {
-            if matches!(limiter.acquire("k", b, Priority::Background, &stats).await, Verdict::Allowed { .. }) {
+            if matches!(limiter.acquire("k", b, Priority::Background, &stats).await, Verdict::Allowed { .. })
+            {
                 bg += 1;
             }
             if foreground && matches!(limiter.acquire("k", b, FG, &stats).await, Verdict::Allowed { .. }) {
@@ -275,7 +294,13 @@ mod fallback_tests {
 
     #[async_trait::async_trait]
     impl SharedBudgets for Unreachable {
-        async fn take(&self, _key: &str, _interval_us: u64, _tolerance_us: u64, _reserve: u64) -> Result<Take> {
+        async fn take(
+            &self,
+            _key: &str,
+            _interval_us: u64,
+            _tolerance_us: u64,
+            _reserve: u64,
+        ) -> Result<Take> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Err(Error::Store("unreachable".into()))
         }
@@ -319,7 +344,8 @@ mod fallback_tests {
         let mut allowed = 0;
         while Instant::now() < end {
             let b = tests::budget(100, 10_000);
-            if matches!(limiter.acquire("k", b, Priority::Foreground, &stats).await, Verdict::Allowed { .. }) {
+            if matches!(limiter.acquire("k", b, Priority::Foreground, &stats).await, Verdict::Allowed { .. })
+            {
                 allowed += 1;
             }
             tokio::time::advance(Duration::from_millis(1)).await;
