@@ -108,10 +108,9 @@ pub struct Health {
 }
 
 impl Health {
-    /// A healthy credential starting with `budget` (learned budgets capped
-    /// at `ceiling` calls, 0: none), parked for `park_for` when it is
-    /// refused or failing.
-    pub fn new(budget: Budget, ceiling: u32, park_for: Duration) -> Health {
+    /// A healthy credential starting with budget `learned`, parked for
+    /// `park_for` when it is refused or failing.
+    pub fn new(learned: Learned, park_for: Duration) -> Health {
         Health {
             park_for,
             parked_until: None,
@@ -120,7 +119,7 @@ impl Health {
             ready_at: None,
             remaining: None,
             remaining_until: None,
-            learned: Learned::new(budget, ceiling),
+            learned,
             token_failures: 0,
             auth_strikes: 0,
             forbidden: 0,
@@ -340,7 +339,7 @@ mod tests {
     const PARK: Duration = Duration::from_secs(60);
 
     fn health() -> Health {
-        Health::new(Budget { allowed: 100, window: Duration::from_secs(60) }, 0, PARK)
+        Health::new(Learned::new(Budget { allowed: 100, window: Duration::from_secs(60) }, 0), PARK)
     }
 
     fn at(now: Instant, secs: u64) -> Instant {

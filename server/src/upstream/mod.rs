@@ -188,8 +188,10 @@ impl Upstream {
             token_url,
             http.clone(),
             settings.request_timeout,
-            Budget { allowed: settings.rate_limit.allowed, window: settings.rate_limit.window },
-            settings.rate_limit.ceiling,
+            learn::Learned::new(
+                Budget { allowed: settings.rate_limit.allowed, window: settings.rate_limit.window },
+                settings.rate_limit.ceiling,
+            ),
             settings.credential_park,
             stats.clone(),
         );

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::headers::RateHeaders;
 pub use super::health::Ranking;
 use super::health::{self, Health, Outcome, ParkReason};
-use super::learn::Budget;
+use super::learn::{Budget, Learned};
 use super::stats::UpstreamStats;
 use crate::config::Credential;
 use crate::error::{Error, Result};
@@ -108,12 +108,11 @@ impl TokenPool {
         token_url: String,
         http: reqwest::Client,
         fetch_timeout: Duration,
-        budget: Budget,
-        ceiling: u32,
+        start: Learned,
         park_for: Duration,
         stats: Arc<UpstreamStats>,
     ) -> Self {
-        let health = Arc::new(Mutex::new(vec![Health::new(budget, ceiling, park_for); credentials.len()]));
+        let health = Arc::new(Mutex::new(vec![Health::new(start, park_for); credentials.len()]));
         let slots = credentials
             .into_iter()
             .map(|credential| {
@@ -539,8 +538,7 @@ mod tests {
             "http://127.0.0.1:1/oauth/token".into(),
             reqwest::Client::new(),
             Duration::from_secs(10),
-            Budget { allowed: 100, window: Duration::from_secs(60) },
-            0,
+            Learned::new(Budget { allowed: 100, window: Duration::from_secs(60) }, 0),
             Duration::from_secs(60),
             Arc::default(),
         )
