@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<SharedState> {
         .route("/admin/users/{id}/routingstatus", patch(patch_routing_status))
         .route("/admin/clients/{client_id}/revoke", post(revoke))
         .route("/admin/requests", get(requests))
+        .route("/admin/ratelimit", get(rate_limit).post(set_rate_limit))
 }
 
 type IdParam = Result<Path<String>, PathRejection>;
@@ -80,9 +81,21 @@ async fn held(State(s): State<SharedState>) -> Json<Value> {
 }
 
 fn patch_entity(s: &SharedState, kind: Kind, id: IdParam, body: &[u8]) -> Result<Json<Value>, ApiError> {
+    patch_entity_as(s, kind, id, body, false)
+}
+
+/// `silent`: no change event is sent.
+fn patch_entity_as(
+    s: &SharedState,
+    kind: Kind,
+    id: IdParam,
+    body: &[u8],
+    silent: bool,
+) -> Result<Json<Value>, ApiError> {
     let id = path_param(id)?;
     let patch = json_object(body)?;
-    s.mutate(kind, &id, &patch)
+    let changed = if silent { s.mutate_silently(kind, &id, &patch) } else { s.mutate(kind, &id, &patch) };
+    changed
         .map(|e| Json(e.doc))
         .ok_or_else(|| ApiError::not_found(format!("Unable to find a {} with id '{id}'", kind.label())))
 }
@@ -90,9 +103,12 @@ fn patch_entity(s: &SharedState, kind: Kind, id: IdParam, body: &[u8]) -> Result
 async fn patch_queue(
     State(s): State<SharedState>,
     id: IdParam,
+    RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    patch_entity(&s, Kind::Queue, id, &body)
+    let silent = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "silent" && (v == "true" || v == "1"));
+    patch_entity_as(&s, Kind::Queue, id, &body, silent)
 }
 
 async fn patch_user(State(s): State<SharedState>, id: IdParam, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -124,6 +140,34 @@ async fn patch_routing_status(
     s.set_routing_status(&id, status)
         .map(|rs| Json(rs.to_json()))
         .ok_or_else(|| ApiError::not_found(format!("Unable to find a user with id '{id}'")))
+}
+
+/// The per-token budget: `{"allowed": n, "window_ms": n}`.
+async fn rate_limit(State(s): State<SharedState>) -> Json<Value> {
+    let (allowed, window) = s.limiter.limit();
+    Json(json!({ "allowed": allowed, "window_ms": window.as_millis() as u64 }))
+}
+
+/// Changes the per-token budget at run time (either field may be left out).
+async fn set_rate_limit(State(s): State<SharedState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = json_object(&body)?;
+    let (mut allowed, mut window) = s.limiter.limit();
+    if let Some(v) = body.get("allowed") {
+        allowed = v
+            .as_u64()
+            .filter(|v| (1..=u32::MAX as u64).contains(v))
+            .ok_or_else(|| ApiError::bad_request("'allowed' must be a positive integer"))?
+            as u32;
+    }
+    if let Some(v) = body.get("window_ms") {
+        let ms = v
+            .as_u64()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| ApiError::bad_request("'window_ms' must be positive"))?;
+        window = std::time::Duration::from_millis(ms);
+    }
+    s.limiter.set(allowed, window);
+    Ok(rate_limit(State(s)).await)
 }
 
 async fn revoke(State(s): State<SharedState>, client_id: IdParam) -> Result<Json<Value>, ApiError> {

@@ -46,6 +46,9 @@ pub struct RequestRecord {
     pub path: String,
     pub client_id: String,
     pub status: u16,
+    /// The caller's `x-cxcache-priority` header (`foreground`, `background`), if sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +105,7 @@ mod tests {
 
     fn rec(status: u16) -> RequestRecord {
         RequestRecord {
+            priority: None,
             at_ms: 1,
             method: "GET".into(),
             route: "GET /a".into(),

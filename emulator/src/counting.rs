@@ -52,6 +52,7 @@ pub(crate) async fn count(State(state): State<SharedState>, req: Request, next: 
         return next.run(req).await;
     }
     let method = req.method().to_string();
+    let priority = req.headers().get("x-cxcache-priority").and_then(|v| v.to_str().ok()).map(str::to_string);
     let at_ms = unix_ms();
     let resp = next.run(req).await;
     let route = resp
@@ -62,6 +63,7 @@ pub(crate) async fn count(State(state): State<SharedState>, req: Request, next: 
     let client_id =
         resp.extensions().get::<ClientTag>().map(|c| c.0.clone()).unwrap_or_else(|| ANONYMOUS.to_string());
     state.counters.record(RequestRecord {
+        priority,
         at_ms,
         method,
         route,

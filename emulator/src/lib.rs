@@ -159,6 +159,18 @@ impl EmulatorHandle {
         self.inner.state.mutate(Kind::Queue, id, &patch).is_some()
     }
 
+    /// Like [`EmulatorHandle::mutate_queue`], but without any change event
+    /// (no notification): a change cxcache can only find by looking.
+    pub fn mutate_queue_silently(&self, id: &str, patch: Value) -> bool {
+        self.inner.state.mutate_silently(Kind::Queue, id, &patch).is_some()
+    }
+
+    /// Changes every token's budget from now on (the platform raising or
+    /// lowering an org's limit); windows under way keep their count.
+    pub fn set_rate_limit(&self, allowed: u32, window: std::time::Duration) {
+        self.inner.state.limiter.set(allowed, window);
+    }
+
     /// Like [`EmulatorHandle::mutate_queue`], for a user.
     pub fn mutate_user(&self, id: &str, patch: Value) -> bool {
         self.inner.state.mutate(Kind::User, id, &patch).is_some()

@@ -30,36 +30,51 @@ struct Window {
 }
 
 /// Fixed windows keyed by token; a token's window starts with its first call.
+/// The budget can be changed at run time ([`RateLimiter::set`]), as the
+/// platform does when an org's limit is raised: windows under way keep
+/// their count and end when the new window length says.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
-    allowed: u32,
-    window: Duration,
+    limit: Mutex<(u32, Duration)>,
     windows: Mutex<HashMap<String, Window>>,
 }
 
 impl RateLimiter {
     pub fn new(allowed: u32, window: Duration) -> Self {
-        Self { allowed, window: window.max(Duration::from_millis(1)), windows: Mutex::new(HashMap::new()) }
+        Self {
+            limit: Mutex::new((allowed, window.max(Duration::from_millis(1)))),
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Changes the budget of every token from now on.
+    pub fn set(&self, allowed: u32, window: Duration) {
+        *self.limit.lock() = (allowed, window.max(Duration::from_millis(1)));
+    }
+
+    /// The budget per window, and the window.
+    pub fn limit(&self) -> (u32, Duration) {
+        *self.limit.lock()
     }
 
     /// Counts one call of `token` at `now`.
     pub fn check(&self, token: &str, now: Instant) -> Decision {
+        let (allowed, window) = self.limit();
         let mut windows = self.windows.lock();
         if windows.len() > PRUNE_ABOVE {
-            let span = self.window;
-            windows.retain(|_, w| now.duration_since(w.start) < span);
+            windows.retain(|_, w| now.duration_since(w.start) < window);
         }
         let w = windows.entry(token.to_string()).or_insert(Window { start: now, count: 0 });
-        if now.duration_since(w.start) >= self.window {
+        if now.duration_since(w.start) >= window {
             *w = Window { start: now, count: 0 };
         }
         w.count = w.count.saturating_add(1);
-        let left = (w.start + self.window).saturating_duration_since(now);
+        let left = (w.start + window).saturating_duration_since(now);
         Decision {
             count: w.count,
-            allowed: self.allowed,
+            allowed,
             reset_secs: left.as_secs_f64().ceil().max(1.0) as u64,
-            limited: w.count > self.allowed,
+            limited: w.count > allowed,
         }
     }
 }
@@ -82,5 +97,17 @@ mod tests {
         assert_eq!((d.count, d.limited), (1, false));
         let d = rl.check("a", t0 + Duration::from_millis(119_900));
         assert_eq!(d.reset_secs, 1);
+    }
+
+    #[test]
+    fn the_budget_changes_at_run_time() {
+        let rl = RateLimiter::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        rl.check("a", t0);
+        rl.set(5, Duration::from_secs(10));
+        let d = rl.check("a", t0 + Duration::from_secs(1));
+        assert_eq!((d.count, d.allowed, d.reset_secs, d.limited), (2, 5, 9, false));
+        let d = rl.check("a", t0 + Duration::from_secs(10));
+        assert_eq!((d.count, d.reset_secs), (1, 10));
     }
 }

@@ -51,6 +51,11 @@ impl AppState {
         Some(entity)
     }
 
+    /// JSON merge-patch of an entity with no change event sent.
+    pub fn mutate_silently(&self, kind: Kind, id: &str, patch: &Value) -> Option<Entity> {
+        self.store.write().collection_mut(kind).patch(id, patch)
+    }
+
     /// Changes a user's routing status; `None` for an unknown user or status.
     pub fn set_routing_status(&self, user_id: &str, status: &str) -> Option<RoutingStatus> {
         let status = self.store.write().set_routing_status(user_id, status)?;

@@ -42,7 +42,7 @@ use crate::source::Source;
 use crate::store::{Indexed, Lease};
 use crate::tiers::{LocalCopies, Tiers};
 use crate::ttl::TtlPolicy;
-use crate::upstream::{Call, Fetched, Upstream, Validators};
+use crate::upstream::{Call, Fetched, Priority, Upstream, Validators};
 
 #[cfg(test)]
 mod tests;
@@ -243,7 +243,12 @@ impl Cache {
         let mut outcome = match deadline.filter(|_| fallback) {
             Some(d) => {
                 let budget = d.saturating_duration_since(Instant::now()).mul_f64(0.8);
-                match tokio::time::timeout(budget, self.flight(r, deadline, stored.clone(), false)).await {
+                match tokio::time::timeout(
+                    budget,
+                    self.flight(r, deadline, stored.clone(), false, Priority::Foreground),
+                )
+                .await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => (
                         Err(Error::DeadlineExceeded("upstream too slow for the deadline".into())),
@@ -251,17 +256,20 @@ impl Cache {
                     ),
                 }
             }
-            None => self.flight(r, deadline, stored.clone(), false).await,
+            None => self.flight(r, deadline, stored.clone(), false, Priority::Foreground).await,
         };
         // A joined flight runs on its starter's deadline: if that one gave up
         // while this caller still has time, start over on our own deadline.
         for _ in 0..3 {
-            let gave_up_early = matches!(outcome, (Err(Error::DeadlineExceeded(_)), Role::Follower))
-                && deadline.is_none_or(|d| Instant::now() < d);
+            // So did a background refresh refused budget (it never waits).
+            let gave_up_early = matches!(
+                outcome,
+                (Err(Error::DeadlineExceeded(_) | Error::RateLimited { .. }), Role::Follower)
+            ) && deadline.is_none_or(|d| Instant::now() < d);
             if !gave_up_early {
                 break;
             }
-            outcome = self.flight(r, deadline, stored.clone(), false).await;
+            outcome = self.flight(r, deadline, stored.clone(), false, Priority::Foreground).await;
         }
         match outcome {
             (Ok(f), _) if f.entry.not_found => Err(not_found(r)),
@@ -315,8 +323,10 @@ impl Cache {
         now as f64 + gap >= entry.fresh_until_ms as f64
     }
 
-    fn refresh_in_background(&self, r: &Resolved, force: bool) {
-        let refresh = self.flight(r, None, None, force);
+    /// One refresh of `r` nobody waits for, on the budget foreground calls
+    /// leave (see [`crate::upstream::Priority`]).
+    pub(crate) fn refresh_in_background(&self, r: &Resolved, force: bool) {
+        let refresh = self.flight(r, None, None, force, Priority::Background);
         tokio::spawn(async move {
             if let (Err(e), _) = refresh.await {
                 tracing::debug!(error = %e, "background refresh failed");
@@ -331,10 +341,12 @@ impl Cache {
         deadline: Option<Instant>,
         stored: Option<Arc<Entry>>,
         force: bool,
+        priority: Priority,
     ) -> impl std::future::Future<Output = (Result<Outcome>, Role)> + Send + 'static {
         let fetch = Fetch {
             r: r.clone(),
             deadline,
+            priority,
             stored,
             force: force || r.freshness.force_refresh,
             env: self.env.clone(),
@@ -394,6 +406,8 @@ struct Fetch {
     r: Resolved,
     /// The deadline of the caller that started the flight.
     deadline: Option<Instant>,
+    /// Foreground for a caller's miss, background for refreshes.
+    priority: Priority,
     /// The stored (stale) entry, for conditional revalidation.
     stored: Option<Arc<Entry>>,
     /// Go upstream even if a fresh value is stored.
@@ -591,6 +605,7 @@ impl Fetch {
             }
         }
         let mut call = r.call();
+        call.priority = self.priority;
         let previous = self
             .stored
             .as_ref()

@@ -32,6 +32,11 @@ pub const GET_ERRORS: &str = "cxcache_get_errors_total";
 /// Upstream HTTP answers, by credential and status.
 pub const UPSTREAM_REQUESTS: &str = "cxcache_upstream_requests_total";
 /// Upstream 429 answers, by credential.
+/// Upstream calls sent, by credential and priority (foreground, background).
+pub const UPSTREAM_CALLS_BY_PRIORITY: &str = "cxcache_upstream_calls_total";
+/// The budget each credential follows (configured, then learned from headers).
+pub const UPSTREAM_BUDGET_ALLOWED: &str = "cxcache_upstream_budget_allowed";
+pub const UPSTREAM_BUDGET_WINDOW: &str = "cxcache_upstream_budget_window_seconds";
 pub const UPSTREAM_RATE_LIMITED: &str = "cxcache_upstream_rate_limited_total";
 /// Upstream call latency, by credential.
 pub const UPSTREAM_DURATION: &str = "cxcache_upstream_duration_seconds";
@@ -127,6 +132,19 @@ fn describe() {
     describe_counter!(GET_ERRORS, "Gets that ended in an error, by gRPC code");
     describe_counter!(UPSTREAM_REQUESTS, "Upstream HTTP answers, by OAuth client id and status");
     describe_counter!(UPSTREAM_RATE_LIMITED, "Upstream 429 answers, by OAuth client id");
+    describe_counter!(
+        UPSTREAM_CALLS_BY_PRIORITY,
+        "Upstream calls sent, by OAuth client id and priority (foreground, background)"
+    );
+    describe_gauge!(
+        UPSTREAM_BUDGET_ALLOWED,
+        "Calls per window each OAuth client follows (learned from headers)"
+    );
+    describe_gauge!(
+        UPSTREAM_BUDGET_WINDOW,
+        Unit::Seconds,
+        "Rate-limit window each OAuth client follows (learned from headers)"
+    );
     describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Upstream HTTP call latency, by OAuth client id");
     describe_gauge!(
         UPSTREAM_QUOTA_REMAINING,
@@ -196,6 +214,18 @@ pub fn upstream_answered(client_id: &str, status: u16, elapsed: Duration, remain
     if let Some(remaining) = remaining {
         upstream_quota(client_id, u64::from(remaining));
     }
+}
+
+/// One upstream call sent on `client_id`'s budget at `priority`.
+pub fn upstream_call(client_id: &str, priority: &'static str) {
+    counter!(UPSTREAM_CALLS_BY_PRIORITY, "client_id" => client_id.to_owned(), "priority" => priority)
+        .increment(1);
+}
+
+/// The budget `client_id` now follows.
+pub fn upstream_budget(client_id: &str, allowed: u32, window: Duration) {
+    gauge!(UPSTREAM_BUDGET_ALLOWED, "client_id" => client_id.to_owned()).set(f64::from(allowed));
+    gauge!(UPSTREAM_BUDGET_WINDOW, "client_id" => client_id.to_owned()).set(window.as_secs_f64());
 }
 
 /// An upstream call that got no HTTP answer (timeout, connection refused).

@@ -67,6 +67,7 @@ impl Resolved {
             body: self.body.as_ref().map(|b| Bytes::from(crate::canonical::to_bytes(b))),
             job: self.kind.job,
             validators: None,
+            priority: Default::default(),
         }
     }
 

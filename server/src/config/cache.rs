@@ -94,6 +94,13 @@ pub struct TtlSettings {
     pub analytics_min: Duration,
     #[serde(with = "humantime_serde")]
     pub analytics_max: Duration,
+    /// An analytics query whose interval ended more than `analytics_settle`
+    /// ago (past the platform's late data) cannot change any more: it lives
+    /// this long instead of the granularity rule (0: off).
+    #[serde(with = "humantime_serde")]
+    pub analytics_closed: Duration,
+    #[serde(with = "humantime_serde")]
+    pub analytics_settle: Duration,
     /// Each TTL is shortened by a random fraction up to this, so keys written
     /// together do not all expire together.
     pub jitter: f64,
@@ -137,6 +144,8 @@ impl Default for TtlSettings {
             analytics_fraction: 0.95,
             analytics_min: Duration::from_secs(60),
             analytics_max: Duration::from_secs(24 * 3600),
+            analytics_closed: Duration::from_secs(24 * 3600),
+            analytics_settle: Duration::from_secs(3600),
             jitter: 0.05,
             not_found: Duration::from_secs(30),
         }

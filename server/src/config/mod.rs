@@ -295,6 +295,15 @@ impl Config {
         if !in_unit(rl.utilization) || !in_unit(rl.fallback_share) {
             problems.push("upstream.rate_limit.utilization and .fallback_share must be in (0, 1]".into());
         }
+        if rl.ceiling > 0 && rl.ceiling < rl.allowed {
+            problems.push("upstream.rate_limit.ceiling must be 0 (no cap) or at least .allowed".into());
+        }
+        let share = |v: f64| (0.0..=1.0).contains(&v);
+        if !share(rl.background_reserve) || !share(rl.background_floor) {
+            problems.push(
+                "upstream.rate_limit.background_reserve and .background_floor must be in [0, 1]".into(),
+            );
+        }
         if self.upstream.retry.max_attempts == 0 {
             problems.push("upstream.retry.max_attempts must be at least 1".into());
         }

@@ -53,11 +53,21 @@ pub struct UpstreamSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
-    /// Calls one token may make per window (the platform's default is 300
-    /// per minute); lowered at run time when `inin-ratelimit-allowed` says so.
+    /// Calls one token may make per window at start (the platform's default
+    /// is 300 per minute); then followed, up or down, as the rate-limit
+    /// headers state it.
     pub allowed: u32,
+    /// The window at start; then learned from the headers' reset.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
+    /// Largest budget learned from headers (0: no cap).
+    pub ceiling: u32,
+    /// Share of a credential's burst a background call (refresh,
+    /// verification) must leave banked for foreground calls.
+    pub background_reserve: f64,
+    /// No background call while the headers say less than this share of
+    /// the window's budget is left.
+    pub background_floor: f64,
     /// Share of the budget spent at steady state; the rest is headroom.
     pub utilization: f64,
     /// Calls a token may make back to back; 0 = about 3 % of the budget.
@@ -130,6 +140,9 @@ impl Default for RateLimitSettings {
         RateLimitSettings {
             allowed: 300,
             window: Duration::from_secs(60),
+            ceiling: 0,
+            background_reserve: 0.5,
+            background_floor: 0.1,
             utilization: 0.95,
             burst: 0,
             fallback_share: 0.25,

@@ -27,17 +27,20 @@ pub enum Take {
 #[async_trait]
 pub trait SharedBudgets: Send + Sync {
     /// Takes one call from `key`'s budget: GCRA with emission interval
-    /// `interval_us` and burst tolerance `tolerance_us`.
-    async fn take(&self, key: &str, interval_us: u64, tolerance_us: u64) -> Result<Take>;
+    /// `interval_us` and burst tolerance `tolerance_us`, of which the call
+    /// must leave `reserve_us` unspent (0 for foreground calls; background
+    /// calls keep part of the burst for them).
+    async fn take(&self, key: &str, interval_us: u64, tolerance_us: u64, reserve_us: u64) -> Result<Take>;
 }
 
-/// KEYS[1]: the credential's limiter key. ARGV: interval µs, tolerance µs.
+/// KEYS[1]: the credential's limiter key. ARGV: interval µs, tolerance µs,
+/// reserve µs (the part of the tolerance this call must leave).
 /// Returns {1, remaining} or {0, wait µs}.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[2]) - tonumber(ARGV[3] or '0')
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + interval
@@ -60,9 +63,9 @@ impl RedisBudgets {
 
 #[async_trait]
 impl SharedBudgets for RedisBudgets {
-    async fn take(&self, key: &str, interval_us: u64, tolerance_us: u64) -> Result<Take> {
+    async fn take(&self, key: &str, interval_us: u64, tolerance_us: u64, reserve_us: u64) -> Result<Take> {
         let keys = vec![key.to_string()];
-        let args = vec![interval_us.to_string(), tolerance_us.to_string()];
+        let args = vec![interval_us.to_string(), tolerance_us.to_string(), reserve_us.to_string()];
         let reply: Vec<i64> = self
             .script
             .evalsha_with_reload(self.pool.next(), keys, args)

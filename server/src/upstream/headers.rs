@@ -11,6 +11,8 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 /// The quota state one response reported; every field is optional.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateHeaders {
+    /// Calls made in the current window (`inin-ratelimit-count`).
+    pub count: Option<u32>,
     /// Calls left in the current window.
     pub remaining: Option<u32>,
     /// The budget per window.
@@ -50,6 +52,7 @@ pub fn parse(headers: &HeaderMap) -> RateHeaders {
         }
     });
     RateHeaders {
+        count: count.map(|v| v.min(u32::MAX as u64) as u32),
         remaining: remaining.map(|v| v.min(u32::MAX as u64) as u32),
         allowed: allowed.map(|v| v.min(u32::MAX as u64) as u32),
         reset,
@@ -90,6 +93,7 @@ mod tests {
         ]);
         let r = parse(&h);
         assert_eq!(r.remaining, Some(10));
+        assert_eq!(r.count, Some(290));
         assert_eq!(r.allowed, Some(300));
         assert_eq!(r.reset, Some(Duration::from_secs(61)));
         assert_eq!(r.retry_after, None);

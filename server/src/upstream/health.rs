@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::headers::RateHeaders;
+use super::learn::{Budget, Change, Learned};
 
 /// Consecutive token-endpoint failures after which a credential is parked.
 pub const TOKEN_FAILURES_TO_PARK: u32 = 3;
@@ -59,8 +60,8 @@ impl fmt::Display for ParkReason {
 /// What one response taught about a token's quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
-    /// The headers report another budget per window: (from, to); followed.
-    pub budget_changed: Option<(u32, u32)>,
+    /// The headers report another budget or window; followed.
+    pub budget_changed: Option<Change>,
     pub outcome: Outcome,
 }
 
@@ -96,8 +97,10 @@ pub struct Health {
     ready_at: Option<Instant>,
     /// Calls left in the platform's window, from the last response headers.
     remaining: Option<u32>,
-    /// The budget per window (configured, or learned from headers).
-    allowed: u32,
+    /// When that window resets (then the full budget is back).
+    remaining_until: Option<Instant>,
+    /// The budget per window (configured, then learned from headers).
+    learned: Learned,
     token_failures: u32,
     /// 401s since the last success: the second one means even a fresh token was refused.
     auth_strikes: u32,
@@ -105,9 +108,9 @@ pub struct Health {
 }
 
 impl Health {
-    /// A healthy credential with `allowed` calls per window, parked for
+    /// A healthy credential starting with budget `learned`, parked for
     /// `park_for` when it is refused or failing.
-    pub fn new(allowed: u32, park_for: Duration) -> Health {
+    pub fn new(learned: Learned, park_for: Duration) -> Health {
         Health {
             park_for,
             parked_until: None,
@@ -115,7 +118,8 @@ impl Health {
             rest_until: None,
             ready_at: None,
             remaining: None,
-            allowed,
+            remaining_until: None,
+            learned,
             token_failures: 0,
             auth_strikes: 0,
             forbidden: 0,
@@ -124,7 +128,12 @@ impl Health {
 
     /// The budget per window.
     pub fn allowed(&self) -> u32 {
-        self.allowed
+        self.learned.budget().allowed
+    }
+
+    /// The budget and its window.
+    pub fn budget(&self) -> Budget {
+        self.learned.budget()
     }
 
     pub fn is_parked(&self, now: Instant) -> bool {
@@ -146,8 +155,11 @@ impl Health {
     }
 
     /// Calls believed left in the window (the full budget when unknown).
-    pub fn budget_left(&self) -> u32 {
-        self.remaining.unwrap_or(self.allowed)
+    pub fn budget_left(&self, now: Instant) -> u32 {
+        match self.remaining_until {
+            Some(reset) if now >= reset => self.allowed(),
+            _ => self.remaining.unwrap_or(self.allowed()),
+        }
     }
 
     /// When it was (or is) parked until, if it ever was.
@@ -238,19 +250,17 @@ impl Health {
         status: u16,
         nearly_spent: u32,
     ) -> Observation {
-        let mut budget_changed = None;
-        if let Some(allowed) = headers.allowed.filter(|a| *a > 0 && *a != self.allowed) {
-            budget_changed = Some((self.allowed, allowed));
-            self.allowed = allowed;
-        }
+        let budget_changed = self.learned.observe(headers);
         if headers.remaining.is_some() {
             self.remaining = headers.remaining;
+            self.remaining_until = headers.reset.map(|r| now + r);
         }
         let outcome = if status == 429 {
             if headers.remaining.is_none_or(|left| left == 0 || left < nearly_spent) {
                 let rest = headers.retry_after.or(headers.reset).unwrap_or(Duration::from_secs(1));
                 self.rest_until = Some(now + rest);
                 self.remaining = Some(0);
+                self.remaining_until = headers.reset.map(|r| now + r);
                 Outcome::Rested429(rest)
             } else {
                 Outcome::Kept429
@@ -297,7 +307,7 @@ pub fn rank(slots: &[Health], now: Instant, start: usize) -> Ranking {
             continue;
         }
         if h.is_usable(now) {
-            ready.push((slot, h.budget_left()));
+            ready.push((slot, h.budget_left(now)));
         } else if let Some(t) = h.blocked_until(now) {
             next_ready = Some(next_ready.map_or(t, |n| n.min(t)));
         }
@@ -329,7 +339,7 @@ mod tests {
     const PARK: Duration = Duration::from_secs(60);
 
     fn health() -> Health {
-        Health::new(100, PARK)
+        Health::new(Learned::new(Budget { allowed: 100, window: Duration::from_secs(60) }, 0), PARK)
     }
 
     fn at(now: Instant, secs: u64) -> Instant {
@@ -468,7 +478,7 @@ mod tests {
         );
         let reset = RateHeaders { reset: Some(Duration::from_secs(7)), ..Default::default() };
         assert_eq!(h.observe(now, &reset, 429, 1).outcome, Outcome::Rested429(Duration::from_secs(7)));
-        assert_eq!(h.budget_left(), 0);
+        assert_eq!(h.budget_left(now), 0);
     }
 
     #[test]
@@ -483,7 +493,7 @@ mod tests {
         let seen = h.observe(now, &other, 429, 1);
         assert_eq!(seen.outcome, Outcome::Kept429);
         assert!(!seen.rested_by_429() && h.is_usable(now));
-        assert_eq!(h.budget_left(), 80);
+        assert_eq!(h.budget_left(now), 80);
     }
 
     #[test]
@@ -507,7 +517,10 @@ mod tests {
         let now = Instant::now();
         let mut h = health();
         let headers = RateHeaders { allowed: Some(300), ..Default::default() };
-        assert_eq!(h.observe(now, &headers, 200, 1).budget_changed, Some((100, 300)));
+        assert_eq!(
+            h.observe(now, &headers, 200, 1).budget_changed.map(|c| (c.from.allowed, c.to.allowed)),
+            Some((100, 300))
+        );
         assert_eq!(h.allowed(), 300);
         assert_eq!(h.observe(now, &headers, 200, 1).budget_changed, None);
         let zero = RateHeaders { allowed: Some(0), ..Default::default() };

@@ -184,6 +184,7 @@ impl Upstream {
             body: Some(q.body_for(start, end)),
             job: false,
             validators: None,
+            priority: call.priority,
         };
         let reply: Value = json_of(&self.call(&submit, deadline).await?)?;
         let id = reply

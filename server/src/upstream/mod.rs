@@ -13,7 +13,9 @@
 mod headers;
 mod health;
 mod jobs;
+mod learn;
 mod paging;
+mod priority;
 mod ratelimit;
 mod retry;
 mod stats;
@@ -37,6 +39,8 @@ use token_pool::{without_url, Grant, TokenPool};
 
 pub use headers::retry_after;
 pub use jobs::check_job_body;
+pub use learn::Budget;
+pub use priority::Priority;
 pub use stats::{StatsSnapshot, UpstreamStats};
 pub use token_pool::CredentialState;
 
@@ -53,6 +57,8 @@ pub struct Call {
     /// Validators of the stored copy: sent as If-None-Match /
     /// If-Modified-Since so an unchanged resource costs no body (HTTP 304).
     pub validators: Option<Validators>,
+    /// Whether a caller waits on it: see [`priority`].
+    pub priority: Priority,
 }
 
 /// Upstream validators of a stored value.
@@ -72,6 +78,7 @@ impl Call {
             body: None,
             job: false,
             validators: None,
+            priority: Priority::Foreground,
         }
     }
 }
@@ -110,7 +117,15 @@ enum Quota {
     Busy,
     /// Parked meanwhile.
     Unusable,
+    /// Too little left in the platform's window for a background call.
+    Low,
 }
+
+/// Request header naming the priority of a call.
+pub const PRIORITY_HEADER: &str = "x-cxcache-priority";
+
+/// The longest a background call waits for a credential's queue or token.
+const BACKGROUND_WAIT: Duration = Duration::from_millis(100);
 
 /// One HTTP request for [`Upstream::attempt`]: a cache fetch ([`Call`]) or
 /// a platform call.
@@ -123,6 +138,7 @@ struct Request<'a> {
     validators: Option<&'a Validators>,
     /// Only this slot's credential (APIs tied to one OAuth client).
     pin: Option<usize>,
+    priority: Priority,
 }
 
 impl<'a> Request<'a> {
@@ -137,6 +153,7 @@ impl<'a> Request<'a> {
             body: call.body.clone(),
             validators: call.validators.as_ref(),
             pin: None,
+            priority: call.priority,
         }
     }
 }
@@ -171,7 +188,10 @@ impl Upstream {
             token_url,
             http.clone(),
             settings.request_timeout,
-            settings.rate_limit.allowed,
+            learn::Learned::new(
+                Budget { allowed: settings.rate_limit.allowed, window: settings.rate_limit.window },
+                settings.rate_limit.ceiling,
+            ),
             settings.credential_park,
             stats.clone(),
         );
@@ -231,7 +251,15 @@ impl Upstream {
             .map(|b| serde_json::to_vec(b).map(Bytes::from))
             .transpose()
             .map_err(|e| Error::Internal(format!("{path}: request body: {e}")))?;
-        let request = Request { method, path, query: &[], body, validators: None, pin: Some(slot) };
+        let request = Request {
+            method,
+            path,
+            query: &[],
+            body,
+            validators: None,
+            pin: Some(slot),
+            priority: Priority::Foreground,
+        };
         let fetched = match self.attempt(&request, None).await {
             Ok(f) => f,
             Err(Failure::Final(e) | Failure::Retry(e, _)) => return Err(e),
@@ -283,7 +311,7 @@ impl Upstream {
         // A pinned call has one credential to refresh; others may move on.
         let auth_budget = if call.pin.is_some() { 1 } else { self.tokens.len() + 1 };
         loop {
-            let grant = self.acquire(deadline, call.pin).await.map_err(Failure::Final)?;
+            let grant = self.acquire(deadline, call.pin, call.priority).await.map_err(Failure::Final)?;
             let (started, client_id) = (Instant::now(), self.tokens.client_id(grant.slot));
             let resp = self
                 .send(call, &grant, deadline)
@@ -364,11 +392,23 @@ impl Upstream {
     /// (with their own timeout) and sleeps for quota hold no lock, so a
     /// slow token endpoint, limiter or budget of one credential never holds
     /// a call another credential can serve.
-    async fn acquire(&self, deadline: Option<Instant>, pin: Option<usize>) -> Result<Grant> {
+    ///
+    /// A background call never sleeps for quota: it takes only what the
+    /// limiter grants it at once (see [`priority`]) or fails with
+    /// [`Error::RateLimited`].
+    async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+        pin: Option<usize>,
+        priority: Priority,
+    ) -> Result<Grant> {
         if self.tokens.is_empty() {
             return Err(Error::Unauthenticated("no upstream credentials configured".into()));
         }
-        let give_up = deadline.unwrap_or_else(|| Instant::now() + self.settings.max_wait);
+        let mut give_up = deadline.unwrap_or_else(|| Instant::now() + self.settings.max_wait);
+        if priority.is_background() {
+            give_up = give_up.min(Instant::now() + BACKGROUND_WAIT);
+        }
         // Queue for a credential, but leave time to answer before the deadline.
         let queue_until = give_up - (give_up.saturating_duration_since(Instant::now()) / 20);
         // Slots whose token fetch failed during this acquire (not asked
@@ -378,6 +418,7 @@ impl Upstream {
         let mut fresh: Vec<Option<Grant>> = vec![None; self.tokens.len()];
         let mut waited = false;
         let mut last_err = None;
+        let mut low = false;
         loop {
             let now = Instant::now();
             let ranking = self.tokens.rank(now, pin);
@@ -395,7 +436,7 @@ impl Upstream {
                     tokenless.push(slot);
                     continue;
                 };
-                match self.take_quota(slot, queue_until).await {
+                match self.take_quota(slot, queue_until, priority).await {
                     Quota::Allowed => {
                         // Better-ranked slots without a token get one for
                         // the next calls, so the load keeps spreading.
@@ -403,8 +444,13 @@ impl Upstream {
                             self.tokens.prefetch(slot);
                         }
                         UpstreamStats::bump(&self.stats.calls);
+                        if priority.is_background() {
+                            UpstreamStats::bump(&self.stats.background_calls);
+                        }
+                        crate::metrics::upstream_call(self.tokens.client_id(slot), priority.label());
                         return Ok(grant);
                     }
+                    Quota::Low => low = true,
                     Quota::Throttled(at) => next_ready = Some(next_ready.map_or(at, |n| n.min(at))),
                     Quota::Busy => busy = true,
                     Quota::Unusable => {}
@@ -435,6 +481,10 @@ impl Upstream {
             }
             let Some(at) = next_ready else {
                 let now = Instant::now();
+                if low {
+                    // Background calls only: the budget is low; try later.
+                    return Err(Error::RateLimited { retry_after: Duration::from_secs(1) });
+                }
                 if busy {
                     // Every usable credential's queue was too long to reach in time.
                     UpstreamStats::bump(&self.stats.quota_exhausted);
@@ -468,7 +518,7 @@ impl Upstream {
     /// One call from `slot`'s budget, asked in its turn: first come first
     /// served within the credential, its queue held only for this one
     /// limiter decision.
-    async fn take_quota(&self, slot: usize, queue_until: Instant) -> Quota {
+    async fn take_quota(&self, slot: usize, queue_until: Instant, priority: Priority) -> Quota {
         let Ok(_turn) = tokio::time::timeout_at(queue_until, self.tokens.queue(slot).lock()).await else {
             return Quota::Busy;
         };
@@ -479,8 +529,11 @@ impl Upstream {
             Err(Some(at)) => return Quota::Throttled(at),
             Err(None) => return Quota::Unusable,
         }
-        let allowed = self.tokens.allowed(slot);
-        match self.limiter.acquire(self.tokens.limiter_key(slot), allowed, &self.stats).await {
+        let budget = self.tokens.budget(slot);
+        if priority.is_background() && self.tokens.low(slot, self.settings.rate_limit.background_floor) {
+            return Quota::Low;
+        }
+        match self.limiter.acquire(self.tokens.limiter_key(slot), budget, priority, &self.stats).await {
             Verdict::Allowed { .. } => {
                 self.tokens.note_allowed(slot);
                 Quota::Allowed
@@ -534,7 +587,12 @@ impl Upstream {
     ) -> Result<reqwest::Response> {
         let url = format!("{}{}", self.base_url, call.path);
         let mut req = self.http.request(call.method.clone(), &url);
-        req = req.bearer_auth(&grant.token).query(call.query).header("accept", "application/json");
+        req = req
+            .bearer_auth(&grant.token)
+            .query(call.query)
+            .header("accept", "application/json")
+            // For the upstream's logs (and the emulator's call log by priority).
+            .header(PRIORITY_HEADER, call.priority.label());
         if let Some(v) = call.validators {
             if let Some(etag) = &v.etag {
                 req = req.header("if-none-match", etag);
@@ -850,5 +908,54 @@ mod tests {
             Error::RateLimited { retry_after } => assert_eq!(retry_after, Duration::from_secs(7)),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(all(test, feature = "emulator"))]
+mod learning_tests {
+    use super::*;
+    use crate::config::{Credential, Secret};
+
+    /// Against the emulator saying 20 calls per 2 s, a client configured
+    /// with 300 per 60 s follows the headers from its first answers.
+    #[tokio::test]
+    async fn the_budget_and_window_are_learned_from_the_emulator() {
+        let emu = genesys_emulator::start(
+            genesys_emulator::EmulatorConfig {
+                rate_limit: 20,
+                window: Duration::from_secs(2),
+                clients: vec![("c".into(), "s".into())],
+                ..Default::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let settings = UpstreamSettings {
+            credentials: vec![Credential { client_id: "c".into(), client_secret: Secret::new("s") }],
+            ..UpstreamSettings::default()
+        };
+        let up = Upstream::new(&emu.base_url(), settings, None, Default::default()).unwrap();
+        let call = Call::get("/api/v2/routing/queues");
+        up.fetch(&call, false, None).await.unwrap();
+        assert_eq!(up.tokens.budget(0), Budget { allowed: 20, window: Duration::from_secs(2) });
+        let started = Instant::now();
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_secs(4) {
+            up.fetch(&call, false, Some(Instant::now() + Duration::from_secs(3))).await.unwrap();
+            calls += 1;
+        }
+        assert!(calls >= 20, "paced at the learned budget: {calls} calls in two windows");
+        emu.set_rate_limit(40, Duration::from_secs(4));
+        let started = Instant::now();
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_secs(5) {
+            up.fetch(&call, false, Some(Instant::now() + Duration::from_secs(3))).await.unwrap();
+            calls += 1;
+        }
+        assert_eq!(up.tokens.budget(0), Budget { allowed: 40, window: Duration::from_secs(4) });
+        assert_eq!(emu.counters().rate_limited, 0);
+        assert!(calls >= 40, "{calls}");
+        emu.shutdown().await;
     }
 }

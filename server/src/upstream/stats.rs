@@ -26,6 +26,8 @@ macro_rules! stats {
 stats!(
     /// HTTP calls sent to the API (token endpoint excluded).
     calls,
+    /// Of those, background calls (refreshes, verification).
+    background_calls,
     /// API answers 429.
     responses_429,
     /// Attempts repeated after 429, 5xx or a timeout.

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use super::headers::RateHeaders;
 pub use super::health::Ranking;
 use super::health::{self, Health, Outcome, ParkReason};
+use super::learn::{Budget, Learned};
 use super::stats::UpstreamStats;
 use crate::config::Credential;
 use crate::error::{Error, Result};
@@ -107,11 +108,11 @@ impl TokenPool {
         token_url: String,
         http: reqwest::Client,
         fetch_timeout: Duration,
-        allowed: u32,
+        start: Learned,
         park_for: Duration,
         stats: Arc<UpstreamStats>,
     ) -> Self {
-        let health = Arc::new(Mutex::new(vec![Health::new(allowed, park_for); credentials.len()]));
+        let health = Arc::new(Mutex::new(vec![Health::new(start, park_for); credentials.len()]));
         let slots = credentials
             .into_iter()
             .map(|credential| {
@@ -152,8 +153,9 @@ impl TokenPool {
         self.slots.iter().position(|s| s.credential.client_id == client_id)
     }
 
-    pub fn allowed(&self, slot: usize) -> u32 {
-        self.health.lock()[slot].allowed()
+    /// The budget of `slot`: configured, then learned from its answers.
+    pub fn budget(&self, slot: usize) -> Budget {
+        self.health.lock()[slot].budget()
     }
 
     /// The slots that may take a call at `now`, most budget left first
@@ -190,6 +192,13 @@ impl TokenPool {
             reasons.join("; "),
             health::earliest_return(&h[range], now)
         ))
+    }
+
+    /// Whether the platform's headers say less than `floor` of `slot`'s
+    /// window budget is left.
+    pub fn low(&self, slot: usize, floor: f64) -> bool {
+        let h = &self.health.lock()[slot];
+        (h.budget_left(Instant::now()) as f64) < floor * h.allowed() as f64
     }
 
     /// The limiter allowed a call on `slot`.
@@ -347,8 +356,16 @@ impl TokenPool {
     pub fn observe(&self, slot: usize, headers: &RateHeaders, status: u16, nearly_spent: u32) -> bool {
         let client_id = &self.slots[slot].credential.client_id;
         let seen = self.health.lock()[slot].observe(Instant::now(), headers, status, nearly_spent);
-        if let Some((from, to)) = seen.budget_changed {
-            tracing::info!(%client_id, from, to, "upstream reports a different rate-limit budget; following it");
+        if let Some(c) = seen.budget_changed {
+            crate::metrics::upstream_budget(client_id, c.to.allowed, c.to.window);
+            tracing::info!(
+                %client_id,
+                from_allowed = c.from.allowed,
+                from_window = ?c.from.window,
+                allowed = c.to.allowed,
+                window = ?c.to.window,
+                "upstream reports a different rate-limit budget; following it"
+            );
         }
         if status == 429 {
             UpstreamStats::bump(&self.stats.responses_429);
@@ -521,7 +538,7 @@ mod tests {
             "http://127.0.0.1:1/oauth/token".into(),
             reqwest::Client::new(),
             Duration::from_secs(10),
-            100,
+            Learned::new(Budget { allowed: 100, window: Duration::from_secs(60) }, 0),
             Duration::from_secs(60),
             Arc::default(),
         )

@@ -10,6 +10,7 @@
 //!
 //! Run one area with `cargo test -p cxcache-e2e --test e2e quota::`.
 
+mod budget;
 mod coalescing;
 mod faults;
 mod growth;

@@ -29,12 +29,13 @@ impl LocalLimiter {
         self.tat.lock().clear();
     }
 
-    pub fn acquire(&self, key: &str, limits: Limits, now: Instant) -> Verdict {
+    /// One call from `key`, leaving `reserve_us` of the tolerance unspent.
+    pub fn acquire(&self, key: &str, limits: Limits, reserve_us: u64, now: Instant) -> Verdict {
         let interval = Duration::from_micros(limits.interval_us);
-        let tolerance = Duration::from_micros(limits.tolerance_us());
+        let tolerance = Duration::from_micros(limits.tolerance_us().saturating_sub(reserve_us));
         let mut map = self.tat.lock();
         if self.cold && !map.contains_key(key) {
-            map.insert(key.to_string(), now + tolerance);
+            map.insert(key.to_string(), now + Duration::from_micros(limits.tolerance_us()));
         }
         let tat = map.get(key).copied().filter(|t| *t > now).unwrap_or(now);
         let new_tat = tat + interval;
@@ -57,16 +58,16 @@ mod tests {
         let l = LocalLimiter::default();
         let limits = Limits { interval_us: 100_000, burst: 3 };
         let t0 = Instant::now();
-        assert_eq!(l.acquire("k", limits, t0), Verdict::Allowed { remaining: 2 });
-        assert_eq!(l.acquire("k", limits, t0), Verdict::Allowed { remaining: 1 });
-        assert_eq!(l.acquire("k", limits, t0), Verdict::Allowed { remaining: 0 });
-        assert_eq!(l.acquire("k", limits, t0), Verdict::Wait(Duration::from_millis(100)));
+        assert_eq!(l.acquire("k", limits, 0, t0), Verdict::Allowed { remaining: 2 });
+        assert_eq!(l.acquire("k", limits, 0, t0), Verdict::Allowed { remaining: 1 });
+        assert_eq!(l.acquire("k", limits, 0, t0), Verdict::Allowed { remaining: 0 });
+        assert_eq!(l.acquire("k", limits, 0, t0), Verdict::Wait(Duration::from_millis(100)));
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(l.acquire("k", limits, t1), Verdict::Allowed { remaining: 0 });
+        assert_eq!(l.acquire("k", limits, 0, t1), Verdict::Allowed { remaining: 0 });
         // Over a long stretch: one call per interval.
         let mut allowed = 0;
         for ms in (200..10_200).step_by(10) {
-            if matches!(l.acquire("k", limits, t0 + Duration::from_millis(ms)), Verdict::Allowed { .. }) {
+            if matches!(l.acquire("k", limits, 0, t0 + Duration::from_millis(ms)), Verdict::Allowed { .. }) {
                 allowed += 1;
             }
         }

@@ -27,6 +27,9 @@ use tokio::time::Instant;
 
 use crate::config::RateLimitSettings;
 
+use super::learn::Budget;
+use super::priority::{self, Priority};
+
 use crate::store::SharedBudgets;
 pub use crate::store::Take as Verdict;
 pub use local::LocalLimiter;
@@ -47,25 +50,42 @@ pub struct Limits {
 
 impl Limits {
     /// Limits for a budget of `allowed` calls per `window`.
-    pub fn for_budget(allowed: u32, s: &RateLimitSettings) -> Limits {
-        Self::scaled(allowed, s, 1.0)
+    pub fn for_budget(budget: Budget, s: &RateLimitSettings) -> Limits {
+        Self::scaled(budget, s, 1.0)
     }
 
     /// Limits for `share` of the budget (the fallback when Redis is down).
-    pub fn scaled(allowed: u32, s: &RateLimitSettings, share: f64) -> Limits {
-        let allowed = allowed.max(1) as f64 * share.clamp(0.0, 1.0);
-        let burst = if s.burst > 0 { s.burst as f64 * share } else { (allowed * 0.03).round().max(2.0) };
-        let burst = burst.clamp(1.0, (allowed - 1.0).max(1.0)).floor();
+    pub fn scaled(budget: Budget, s: &RateLimitSettings, share: f64) -> Limits {
+        let allowed = budget.allowed.max(1) as f64 * share.clamp(0.0, 1.0);
+        // A configured burst is for the configured budget: a learned budget
+        // scales it, and it never takes more than half of any budget (the
+        // steady rate keeps the rest).
+        let burst = if s.burst > 0 {
+            s.burst as f64 * share * budget.allowed.max(1) as f64 / s.allowed.max(1) as f64
+        } else {
+            (allowed * 0.03).round().max(2.0)
+        };
+        let burst = burst.min((allowed / 2.0).max(2.0)).clamp(1.0, (allowed - 1.0).max(1.0)).floor();
         // At most burst - 1 + per_window calls in any window: keep it at or
         // under allowed - 1.
         let per_window = (allowed * s.utilization).min(allowed - burst).max(1.0);
-        let window_us = s.window.as_micros().max(1) as f64;
+        let window_us = budget.window.as_micros().max(1) as f64;
         Limits { interval_us: (window_us / per_window).ceil().max(1.0) as u64, burst: burst as u32 }
     }
 
     /// Burst tolerance: how far ahead of now the theoretical arrival time may be.
     pub fn tolerance_us(&self) -> u64 {
         self.interval_us.saturating_mul(self.burst as u64)
+    }
+
+    /// The part of the tolerance a call of `priority` must leave unspent.
+    pub fn reserve_us(&self, priority: Priority, s: &RateLimitSettings) -> u64 {
+        match priority {
+            Priority::Foreground => 0,
+            Priority::Background => {
+                priority::reserve_us(self.interval_us, self.tolerance_us(), s.background_reserve)
+            }
+        }
     }
 }
 
@@ -102,17 +122,26 @@ impl Limiter {
         }
     }
 
-    /// Takes one call from `key`'s budget of `allowed` per window, if it fits.
-    pub async fn acquire(&self, key: &str, allowed: u32, stats: &UpstreamStats) -> Verdict {
+    /// Takes one call of `priority` from `key`'s `budget`, if it fits.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        budget: Budget,
+        priority: Priority,
+        stats: &UpstreamStats,
+    ) -> Verdict {
+        let s = &self.settings;
         let Some(redis) = &self.redis else {
-            return self.local.acquire(key, Limits::for_budget(allowed, &self.settings), Instant::now());
+            let limits = Limits::for_budget(budget, s);
+            return self.local.acquire(key, limits, limits.reserve_us(priority, s), Instant::now());
         };
         let down = self.redis_down_until.lock().is_some_and(|until| Instant::now() < until);
         if !down {
-            let limits = Limits::for_budget(allowed, &self.settings);
+            let limits = Limits::for_budget(budget, s);
             // A stuck node must not hold calls up: past the timeout the
             // caller falls back to its local share.
-            let take = redis.take(key, limits.interval_us, limits.tolerance_us());
+            let take =
+                redis.take(key, limits.interval_us, limits.tolerance_us(), limits.reserve_us(priority, s));
             let answer = tokio::time::timeout(self.settings.redis_timeout, take)
                 .await
                 .unwrap_or_else(|_| Err(crate::error::Error::Store("rate limiter timed out".into())));
@@ -140,14 +169,18 @@ impl Limiter {
         }
         UpstreamStats::bump(&stats.limiter_fallbacks);
         let fleet = self.fleet.load(Ordering::Relaxed).max(1) as f64;
-        let limits = Limits::scaled(allowed, &self.settings, self.settings.fallback_share / fleet);
-        self.fallback.acquire(key, limits, Instant::now())
+        let limits = Limits::scaled(budget, s, s.fallback_share / fleet);
+        self.fallback.acquire(key, limits, limits.reserve_us(priority, s), Instant::now())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    pub(super) fn budget(allowed: u32, window_ms: u64) -> Budget {
+        Budget { allowed, window: Duration::from_millis(window_ms) }
+    }
 
     fn settings(allowed: u32, window_ms: u64) -> RateLimitSettings {
         RateLimitSettings {
@@ -161,7 +194,7 @@ mod tests {
     fn limits_stay_under_the_budget_in_any_window() {
         for (allowed, window_ms) in [(300u32, 60_000u64), (40, 2000), (20, 2000), (5, 1000), (1, 1000)] {
             let s = settings(allowed, window_ms);
-            let l = Limits::for_budget(allowed, &s);
+            let l = Limits::for_budget(budget(allowed, window_ms), &s);
             let per_window = (window_ms * 1000) as f64 / l.interval_us as f64;
             let max_in_window = l.burst as f64 - 1.0 + per_window;
             assert!(
@@ -173,27 +206,80 @@ mod tests {
             }
         }
         let s = settings(300, 60_000);
-        let l = Limits::for_budget(300, &s);
+        let l = Limits::for_budget(budget(300, 60_000), &s);
         assert_eq!(l.burst, 9);
-        let share = Limits::scaled(300, &s, 0.25);
+        let share = Limits::scaled(budget(300, 60_000), &s, 0.25);
+        // A configured burst far over a learned budget does not starve the
+        // steady rate: it scales with the budget.
+        let big = RateLimitSettings { burst: 100, ..settings(300, 60_000) };
+        let learned = Limits::for_budget(budget(20, 2000), &big);
+        assert!(learned.burst <= 10 && learned.interval_us <= 2_000_000 / 9, "{learned:?}");
         assert!(share.interval_us >= l.interval_us * 4 - 10 && share.burst <= 3, "{share:?}");
     }
+
+    const FG: Priority = Priority::Foreground;
 
     #[tokio::test]
     async fn embedded_mode_uses_the_full_budget_locally() {
         let limiter = Limiter::new(None, settings(40, 2000), Arc::new(AtomicUsize::new(1)));
         let stats = UpstreamStats::default();
-        assert!(matches!(limiter.acquire("a", 40, &stats).await, Verdict::Allowed { remaining: 1 }));
-        assert!(matches!(limiter.acquire("a", 40, &stats).await, Verdict::Allowed { remaining: 0 }));
+        assert!(matches!(
+            limiter.acquire("a", budget(40, 2000), FG, &stats).await,
+            Verdict::Allowed { remaining: 1 }
+        ));
+        assert!(matches!(
+            limiter.acquire("a", budget(40, 2000), FG, &stats).await,
+            Verdict::Allowed { remaining: 0 }
+        ));
         // The burst (2) is spent: the next call waits about one interval.
-        match limiter.acquire("a", 40, &stats).await {
+        match limiter.acquire("a", budget(40, 2000), FG, &stats).await {
             Verdict::Wait(d) => assert!(d <= Duration::from_millis(60), "{d:?}"),
             v => panic!("{v:?}"),
         }
         assert!(
-            matches!(limiter.acquire("b", 40, &stats).await, Verdict::Allowed { .. }),
+            matches!(limiter.acquire("b", budget(40, 2000), FG, &stats).await, Verdict::Allowed { .. }),
             "keys are separate"
         );
+    }
+
+    /// Calls of each priority allowed over `span`, asking every millisecond
+    /// (background first, then foreground when `foreground`).
+    async fn contend(limiter: &Limiter, b: Budget, span: Duration, foreground: bool) -> (usize, usize) {
+        let stats = UpstreamStats::default();
+        let (mut fg, mut bg) = (0, 0);
+        let end = Instant::now() + span;
+        while Instant::now() < end {
+            if matches!(limiter.acquire("k", b, Priority::Background, &stats).await, Verdict::Allowed { .. })
+            {
+                bg += 1;
+            }
+            if foreground && matches!(limiter.acquire("k", b, FG, &stats).await, Verdict::Allowed { .. }) {
+                fg += 1;
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        (fg, bg)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_calls_get_only_what_foreground_leaves() {
+        let s = RateLimitSettings { burst: 4, ..settings(100, 2000) };
+        let limiter = Limiter::new(None, s, Arc::new(AtomicUsize::new(1)));
+        let b = budget(100, 2000);
+        let stats = UpstreamStats::default();
+        while matches!(limiter.acquire("k", b, FG, &stats).await, Verdict::Allowed { .. }) {}
+        // A foreground load that takes every call: background gets none.
+        let (fg, bg) = contend(&limiter, b, Duration::from_secs(4), true).await;
+        assert_eq!(bg, 0, "background took {bg} while foreground took {fg}");
+        assert!(fg >= 180, "foreground spends the budget: {fg} of 200");
+        // Foreground quiet: background spends the budget at the steady rate...
+        let (_, bg) = contend(&limiter, b, Duration::from_secs(2), false).await;
+        assert!(bg >= 85, "background uses spare budget: {bg} of 100");
+        // ...yet leaves part of the burst banked: foreground goes at once.
+        for _ in 0..2 {
+            let v = limiter.acquire("k", b, FG, &stats).await;
+            assert!(matches!(v, Verdict::Allowed { .. }), "{v:?}");
+        }
     }
 }
 
@@ -208,7 +294,13 @@ mod fallback_tests {
 
     #[async_trait::async_trait]
     impl SharedBudgets for Unreachable {
-        async fn take(&self, _key: &str, _interval_us: u64, _tolerance_us: u64) -> Result<Take> {
+        async fn take(
+            &self,
+            _key: &str,
+            _interval_us: u64,
+            _tolerance_us: u64,
+            _reserve: u64,
+        ) -> Result<Take> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Err(Error::Store("unreachable".into()))
         }
@@ -227,8 +319,8 @@ mod fallback_tests {
         let started = Instant::now();
         // No burst: the first fallback call waits one interval of the share
         // (a quarter of the budget, so four times the full interval).
-        let full = Duration::from_micros(Limits::for_budget(40, &s).interval_us);
-        match limiter.acquire("k", 40, &stats).await {
+        let full = Duration::from_micros(Limits::for_budget(tests::budget(40, 2000), &s).interval_us);
+        match limiter.acquire("k", tests::budget(40, 2000), Priority::Foreground, &stats).await {
             Verdict::Wait(d) => assert!(d > full * 3, "fallback share is conservative: {d:?} vs {full:?}"),
             v => panic!("starts without a burst: {v:?}"),
         }
@@ -251,7 +343,9 @@ mod fallback_tests {
         let end = Instant::now() + s.window;
         let mut allowed = 0;
         while Instant::now() < end {
-            if matches!(limiter.acquire("k", 100, &stats).await, Verdict::Allowed { .. }) {
+            let b = tests::budget(100, 10_000);
+            if matches!(limiter.acquire("k", b, Priority::Foreground, &stats).await, Verdict::Allowed { .. })
+            {
                 allowed += 1;
             }
             tokio::time::advance(Duration::from_millis(1)).await;
