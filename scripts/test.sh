@@ -87,6 +87,8 @@ trap cleanup EXIT
 if [ -x loadtest/run.sh ]; then
   stage "load test (short mode)"
   bash loadtest/run.sh --short
+  stage "Watch heartbeat cost (short mode)"
+  bash loadtest/watch-heartbeats.sh --short
 fi
 
 stage "done"
