@@ -1,0 +1,13 @@
+-- wrk script of loadtest/peers.sh: the same data-action POST (body from
+-- $PEERS_BODY) against every peer; done() prints one JSON line of totals.
+wrk.method = "POST"
+wrk.body = os.getenv("PEERS_BODY")
+wrk.headers["Content-Type"] = "application/json"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
