@@ -11,10 +11,11 @@
 #
 # Starts (all on 127.0.0.1, stopped on exit): the emulator (rate limit
 # lifted), a 3+3 Redis Cluster (scripts/redis-cluster.sh) that both cxcache
-# instances use, a standalone redis-server for the FastAPI service, cxcache
+# instances use, a standalone redis-server, cxcache
 # (default configuration: L1 on) and cxcache with L1 off (every hit from the
-# cluster), nginx (loadtest/peers/nginx.conf.template) and uvicorn with 2
-# workers (loadtest/peers/app.py). Builds nothing: it uses the binaries in
+# cluster), nginx (loadtest/peers/nginx.conf.template) and the FastAPI
+# service (loadtest/peers/app.py, 2 uvicorn workers) twice: on the standalone
+# redis-server and on the cluster. Builds nothing: it uses the binaries in
 # target/ (run cargo build first) and says which in the results.
 #
 # Per peer: warm hits under wrk (same settings for all; req/s, p50/p99, server
@@ -30,7 +31,7 @@
 #
 # Environment: PEERS_DURATION (seconds), PEERS_PROFILE (debug|release),
 # PEERS_CONNECTIONS (50), PEERS_THREADS (2), PEERS_STAMPEDE (200),
-# PEERS_STAMPEDE_LATENCY_MS (100), PEERS_FASTAPI_REDIS (standalone|cluster),
+# PEERS_STAMPEDE_LATENCY_MS (100), PEERS_FASTAPI_REDIS (both|standalone|cluster: which FastAPI rows),
 # PEERS_KEEP=1 (keep the work directory: logs, configs, wrk output);
 # CARGO_TARGET_DIR (where the binaries are; default target/).
 set -euo pipefail
@@ -55,7 +56,7 @@ conns=${PEERS_CONNECTIONS:-50}
 threads=${PEERS_THREADS:-2}
 stampede_n=${PEERS_STAMPEDE:-200}
 stampede_latency=${PEERS_STAMPEDE_LATENCY_MS:-100}
-fastapi_redis=${PEERS_FASTAPI_REDIS:-standalone}
+fastapi_redis=${PEERS_FASTAPI_REDIS:-both}
 
 log() { printf 'peers: %s\n' "$*" >&2; }
 # Everything this script starts (servers, Redis, wrk) runs at nice 10: the
@@ -113,7 +114,7 @@ cleanup() {
   local rc=$?
   set +e
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
-    for f in "$work"/fastapi.out "$work"/nginx/error.log "$work"/*.err; do
+    for f in "$work"/fastapi-*.out "$work"/nginx/error.log "$work"/*.err; do
       [ -s "$f" ] && { log "last lines of ${f#"$work"/}:"; tail -n 15 "$f" >&2; }
     done
   fi
@@ -160,8 +161,17 @@ stampede_id=$(sed -n 2p <<<"$queue_ids")
 hit_body="{\"kind\":\"routing.queue\",\"id\":\"$hit_id\"}"
 stampede_body="{\"kind\":\"routing.queue\",\"id\":\"$stampede_id\"}"
 
-redis_dir="$work/redis"
-cluster_url=$(bash scripts/redis-cluster.sh start "$redis_dir") || die "the Redis cluster did not start"
+# Two tries: on a busy shared machine a node can be slow to answer, or a
+# port picked as free be taken by another test's cluster in the meantime.
+cluster_url=""
+for try in 1 2; do
+  redis_dir="$work/redis$try"
+  cluster_url=$(bash scripts/redis-cluster.sh start "$redis_dir") && break
+  bash scripts/redis-cluster.sh stop "$redis_dir" >/dev/null 2>&1 || true
+  cluster_url=""
+  log "the Redis cluster did not start (try $try)"
+done
+[ -n "$cluster_url" ] || die "the Redis cluster did not start"
 cluster_pids=$(cat "$redis_dir"/*/redis.pid)
 
 solo_port=$(free_port)
@@ -206,29 +216,46 @@ pids+=($nginx_pid)
 wait_http "http://$ng_addr/healthz" || { cat "$work/nginx/error.log" >&2 || true; die "nginx did not start"; }
 
 # FastAPI: 2 uvicorn workers, access log off (nginx's is off too; cxcache logs no hits).
-fa_port=$(free_port)
-fa_addr=127.0.0.1:$fa_port
-if [ "$fastapi_redis" = cluster ]; then
-  fa_redis_url="redis://${cluster_url#redis-cluster://}"; fa_redis_url=${fa_redis_url%%\?*}; fa_cluster=1
-  fa_redis_pids=$cluster_pids fa_redis_note="the 3+3 cluster (redis.asyncio.RedisCluster)"
-else
-  fa_redis_url="redis://127.0.0.1:$solo_port"; fa_cluster=0
-  fa_redis_pids=$solo_pid fa_redis_note="a standalone redis-server (redis.asyncio.Redis)"
-fi
-tokens_before=$(counters | jq '.by_route["POST /oauth/token"] // 0')
-( cd loadtest/peers && exec env UPSTREAM_URL="$emu" CLIENT_ID=cxcache-demo CLIENT_SECRET=demo-secret \
-    REDIS_URL="$fa_redis_url" REDIS_CLUSTER=$fa_cluster CACHE_TTL=300 \
-    .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$fa_port" --workers 2 \
-    --no-access-log --log-level warning ) >"$work/fastapi.out" 2>&1 &
-fa_pid=$!
-pids+=($fa_pid)
-
-wait_http "http://$fa_addr/healthz" || { tail -n 30 "$work/fastapi.out" >&2; die "the FastAPI service did not start"; }
-# Each worker fetches its token at startup: wait for both.
-for _ in $(seq 1 200); do
-  [ "$(counters | jq '.by_route["POST /oauth/token"] // 0')" -ge $((tokens_before + 2)) ] && break; sleep 0.05
+# start_fastapi NAME standalone|cluster: 2 uvicorn workers, access log off
+# (nginx's is off too; cxcache logs no hits). Sets $fa_addr, $fa_pid, $fa_redis_pids.
+start_fastapi() {
+  local name=$1 which=$2 url cluster
+  if [ "$which" = cluster ]; then
+    url="redis://${cluster_url#redis-cluster://}"; url=${url%%\?*}; cluster=1; fa_redis_pids=$cluster_pids
+  else
+    url="redis://127.0.0.1:$solo_port"; cluster=0; fa_redis_pids=$solo_pid
+  fi
+  local port; port=$(free_port)
+  fa_addr=127.0.0.1:$port
+  local before; before=$(counters | jq '.by_route["POST /oauth/token"] // 0')
+  ( cd loadtest/peers && exec env UPSTREAM_URL="$emu" CLIENT_ID=cxcache-demo CLIENT_SECRET=demo-secret \
+      REDIS_URL="$url" REDIS_CLUSTER=$cluster CACHE_TTL=300 \
+      .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port" --workers 2 \
+      --no-access-log --log-level warning ) >"$work/$name.out" 2>&1 &
+  fa_pid=$!
+  pids+=($fa_pid)
+  wait_http "http://$fa_addr/healthz" || { tail -n 30 "$work/$name.out" >&2; die "the FastAPI service ($which) did not start"; }
+  # Each worker fetches its token at startup: wait for both.
+  for _ in $(seq 1 200); do
+    [ "$(counters | jq '.by_route["POST /oauth/token"] // 0')" -ge $((before + 2)) ] && break; sleep 0.05
+  done
+}
+fa_rows=()
+case "$fastapi_redis" in
+  both) fa_kinds="standalone cluster" ;;
+  standalone|cluster) fa_kinds=$fastapi_redis ;;
+  *) die "PEERS_FASTAPI_REDIS must be both, standalone or cluster" ;;
+esac
+declare -A fa_addr_of fa_pid_of fa_rpids_of
+for k in $fa_kinds; do
+  start_fastapi "fastapi-$k" "$k"
+  fa_addr_of[$k]=$fa_addr fa_pid_of[$k]=$fa_pid fa_rpids_of[$k]=$fa_redis_pids
 done
-log "emulator $emu; cxcache $cx_addr (L1 on), $cxr_addr (L1 off); nginx $ng_addr; FastAPI $fa_addr; cluster ${cluster_url%%\?*}"
+declare -A fa_label=(
+  [standalone]="FastAPI + redis.asyncio, standalone redis-server"
+  [cluster]="FastAPI + redis.asyncio, RedisCluster on the 3+3 cluster"
+)
+log "emulator $emu; cxcache $cx_addr (L1 on), $cxr_addr (L1 off); nginx $ng_addr; FastAPI $(for k in $fa_kinds; do printf '%s ' "$k ${fa_addr_of[$k]}"; done); cluster ${cluster_url%%\?*}"
 
 # --- measuring --------------------------------------------------------------
 hz=$(getconf CLK_TCK)
@@ -305,7 +332,9 @@ stampede() {
 hits cx "cxcache HTTP door (default config, L1 on)" "$cx_addr" "$cx_pid" "$cluster_pids"
 hits cxr "cxcache HTTP door, L1 off (hits from the cluster)" "$cxr_addr" "$cxr_pid" "$cluster_pids"
 hits nginx "nginx proxy_cache" "$ng_addr" "$nginx_pid" ""
-hits fastapi "FastAPI + redis.asyncio (2 uvicorn workers)" "$fa_addr" "$fa_pid" "$fa_redis_pids"
+for k in $fa_kinds; do
+  hits "fastapi-$k" "${fa_label[$k]} (2 uvicorn workers)" "${fa_addr_of[$k]}" "${fa_pid_of[$k]}" "${fa_rpids_of[$k]}"
+done
 
 curl -fsS -X POST "$emu/admin/faults" -H 'content-type: application/json' \
   -d "{\"path_prefix\":\"/api/v2/routing/queues/$stampede_id\",\"latency_ms\":$stampede_latency}" >/dev/null \
@@ -313,7 +342,9 @@ curl -fsS -X POST "$emu/admin/faults" -H 'content-type: application/json' \
 stampede cx "cxcache HTTP door (default config, L1 on)" "$cx_addr"
 stampede cxr "cxcache HTTP door, L1 off" "$cxr_addr"
 stampede nginx "nginx proxy_cache (proxy_cache_lock on)" "$ng_addr"
-stampede fastapi "FastAPI + redis.asyncio" "$fa_addr"
+for k in $fa_kinds; do
+  stampede "fastapi-$k" "${fa_label[$k]}" "${fa_addr_of[$k]}"
+done
 curl -fsS -X DELETE "$emu/admin/faults" >/dev/null || true
 
 # --- report -----------------------------------------------------------------
@@ -329,10 +360,10 @@ pyver=$("$venv/bin/python" -c 'import fastapi, uvicorn, redis, httpx, sys; print
     "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs || echo unknown)), shared by wrk, the servers, Redis and the emulator"
   echo "- request, the same for every peer: \`POST /data-action $hit_body\` → \`GET /api/v2/routing/queues/$hit_id\` upstream (the emulator, rate limit lifted; cxcache's per-token budget lifted to match)"
   echo "- load: $(ver wrk -v | sed -E 's/ \[.*//') \`-t$threads -c$conns -d${duration}s\` after a ${warmup} s warm-up, keep-alive, the same Lua script (\`loadtest/peers/post.lua\`) for every peer; latencies in ms"
-  echo "- server CPU µs/req: user+system CPU of the server's whole process tree over the run (\`/proc/<pid>/stat\`: cxcache's one process; nginx master + 2 workers; uvicorn master + 2 workers) ÷ requests answered. Redis CPU µs/req: the Redis processes that peer uses (cxcache: the 6 cluster nodes; FastAPI: $fa_redis_note), counted apart"
+  echo "- server CPU µs/req: user+system CPU of the server's whole process tree over the run (\`/proc/<pid>/stat\`: cxcache's one process; nginx master + 2 workers; uvicorn master + 2 workers) ÷ requests answered. Redis CPU µs/req: the Redis processes that peer uses (cxcache and FastAPI on the cluster: its 6 nodes; FastAPI standalone: that redis-server), counted apart"
   echo "- cxcache: default configuration and log level (\`RUST_LOG\` unset), \`--redis-url\` the 3+3 cluster; the L1-off instance sets \`CXCACHE_CACHE__L1__ENABLED=false\`, so each hit is one Redis read"
   echo "- nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (Debian): \`loadtest/peers/nginx.conf.template\` — 2 workers, \`proxy_cache\` on disk with \`proxy_cache_lock on\` (lock timeout 5 s), \`proxy_ignore_headers Cache-Control Expires\`, \`proxy_cache_valid 200 300s\`, upstream keep-alive, one bearer token from the emulator's \`/oauth/token\` templated in at startup, access log off; the queue id is read from the body by regex (\`mirror_request_body\` reads the body first); it answers the platform's bytes as they came"
-  echo "- FastAPI: \`loadtest/peers/app.py\` — $pyver; SHA-256 of the inputs with sorted keys, \`SETEX\` 300 s in $fa_redis_note, httpx.AsyncClient upstream with one client-credentials token per worker, pydantic input model, \`--workers 2\`, access log off"
+  echo "- FastAPI: \`loadtest/peers/app.py\` — $pyver; SHA-256 of the inputs with sorted keys, \`SETEX\` 300 s (a standalone redis-server through \`redis.asyncio.Redis\` with a blocking pool of 100 connections per worker, and/or the 3+3 cluster through \`redis.asyncio.RedisCluster\`), httpx.AsyncClient upstream with one client-credentials token per worker, pydantic input model, \`--workers 2\`, access log off"
   echo "- stampede: $stampede_n connections opened first, then the same request written on all at once (\`loadtest/peers/stampede.py\`) for a queue no peer has cached (\`$stampede_id\`), the emulator answering that path in ${stampede_latency} ms; upstream calls = the emulator's count of \`GET /api/v2/routing/queues/{id}\` during it (other = any other upstream call, e.g. tokens)"
   echo
   echo "## Warm hits"

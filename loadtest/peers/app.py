@@ -76,7 +76,9 @@ async def fetch_token() -> str:
 async def lifespan(_app: FastAPI):
     state.http = httpx.AsyncClient(base_url=UPSTREAM_URL, timeout=10.0)
     if REDIS_CLUSTER:
-        state.store = redis.RedisCluster.from_url(REDIS_URL)
+        # Its per-node pool has no blocking mode: past max_connections it
+        # raises MaxConnectionsError, so it gets room for every caller.
+        state.store = redis.RedisCluster.from_url(REDIS_URL, max_connections=10 * REDIS_MAX_CONNECTIONS)
     else:
         # A blocking pool: redis-py's default pool (100 connections per
         # process) raises "Too many connections" past that instead of waiting,
