@@ -274,29 +274,35 @@ us_per() { awk -v t="$1" -v hz="$hz" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f"
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
 
 failures=0
+declare -A cpu_of
 rows=()
 stampede_rows=()
 
-# one_post ADDR BODY: status and the header that says who answered.
+# one_post URL BODY: status and the header that says who answered (an empty
+# BODY sends a GET).
 one_post() {
-  curl -sS -o /dev/null -D - -H 'content-type: application/json' -d "$2" "http://$1/data-action" \
+  local data=(-H 'content-type: application/json' -d "$2"); [ -n "$2" ] || data=()
+  curl -sS -o /dev/null -D - "${data[@]}" "$1" \
     | tr -d '\r' | awk 'NR==1 { s=$2 } tolower($1) ~ /^(x-cxcache-source|x-cache-status|x-cache):$/ { h=$2 } END { print s, h }'
 }
 
-# hits NAME LABEL ADDR SERVER_PID REDIS_PIDS
+# hits NAME LABEL ADDR SERVER_PID REDIS_PIDS [PATH]: the data-action POST,
+# or with PATH a plain GET of it.
 hits() {
-  local name=$1 label=$2 addr=$3 spid=$4 rpids=$5
+  local name=$1 label=$2 addr=$3 spid=$4 rpids=$5 path=${6:-}
+  local url="http://$addr/data-action" body=$hit_body method=POST
+  [ -n "$path" ] && url="http://$addr$path" body="" method=GET
   local first second
-  first=$(one_post "$addr" "$hit_body"); second=$(one_post "$addr" "$hit_body")
+  first=$(one_post "$url" "$body"); second=$(one_post "$url" "$body")
   [ "${first%% *}" = 200 ] && [ "${second%% *}" = 200 ] || die "$name warm-up answered '$first' then '$second'"
   local answered=${second#* }
-  PEERS_BODY=$hit_body wrk -t"$threads" -c"$conns" -d"${warmup}s" -s loadtest/peers/post.lua "http://$addr/data-action" >/dev/null 2>&1 || true
-  answered=$(one_post "$addr" "$hit_body"); answered=${answered#* }
+  PEERS_METHOD=$method PEERS_BODY=$body wrk -t"$threads" -c"$conns" -d"${warmup}s" -s loadtest/peers/post.lua "$url" >/dev/null 2>&1 || true
+  answered=$(one_post "$url" "$body"); answered=${answered#* }
   local procs; procs=$(tree "$spid" | xargs)
   local c0 t0 r0 c1 t1 r1
   c0=$(counters); t0=$(ticks $procs); r0=$(ticks $rpids)
-  PEERS_BODY=$hit_body wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 5s -s loadtest/peers/post.lua \
-    "http://$addr/data-action" >"$work/$name.wrk" 2>&1 || { cat "$work/$name.wrk" >&2; die "wrk against $name"; }
+  PEERS_METHOD=$method PEERS_BODY=$body wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 5s -s loadtest/peers/post.lua \
+    "$url" >"$work/$name.wrk" 2>&1 || { cat "$work/$name.wrk" >&2; die "wrk against $name"; }
   t1=$(ticks $procs); r1=$(ticks $rpids); c1=$(counters)
   local j; j=$(grep -m1 '^{' "$work/$name.wrk") || { cat "$work/$name.wrk" >&2; die "no wrk summary for $name"; }
   local n errs rps
@@ -307,6 +313,7 @@ hits() {
   local up=$(( $(total_calls "$c1") - $(total_calls "$c0") ))
   local nproc_s; nproc_s=$(wc -w <<<"$procs")
   local rcpu="—"; [ -n "$rpids" ] && rcpu=$(us_per $((r1 - r0)) "$n")
+  cpu_of[$name]=$(us_per $((t1 - t0)) "$n")
   rows+=("| $label | ${answered:-?} | $rps | $(us_per $((t1 - t0)) "$n") | $rcpu | $(ms "$(jq .p50_us <<<"$j")") | $(ms "$(jq .p99_us <<<"$j")") | $(jq '.bytes / .requests | floor' <<<"$j") | $nproc_s | $errs | $up |")
   log "$name: $rps req/s, CPU $(us_per $((t1 - t0)) "$n") µs/req, p99 $(ms "$(jq .p99_us <<<"$j")") ms, $errs errors, $up upstream calls"
 }
@@ -332,6 +339,9 @@ stampede() {
 hits cx "cxcache HTTP door (default config, L1 on)" "$cx_addr" "$cx_pid" "$cluster_pids"
 hits cxr "cxcache HTTP door, L1 off (hits from the cluster)" "$cxr_addr" "$cxr_pid" "$cluster_pids"
 hits nginx "nginx proxy_cache" "$ng_addr" "$nginx_pid" ""
+# nginx's best case, beside: the same cache on a plain GET (no body, no mirror).
+hits nginx-get "nginx proxy_cache, plain \`GET /q/{id}\` (no body to read: its best case, not the same request)" \
+  "$ng_addr" "$nginx_pid" "" "/q/$hit_id"
 for k in $fa_kinds; do
   hits "fastapi-$k" "${fa_label[$k]} (2 uvicorn workers)" "${fa_addr_of[$k]}" "${fa_pid_of[$k]}" "${fa_rpids_of[$k]}"
 done
@@ -360,7 +370,7 @@ pyver=$("$venv/bin/python" -c 'import fastapi, uvicorn, redis, httpx, sys; print
     "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs || echo unknown)), shared by wrk, the servers, Redis and the emulator"
   echo "- request, the same for every peer: \`POST /data-action $hit_body\` → \`GET /api/v2/routing/queues/$hit_id\` upstream (the emulator, rate limit lifted; cxcache's per-token budget lifted to match)"
   echo "- load: $(ver wrk -v | sed -E 's/ \[.*//') \`-t$threads -c$conns -d${duration}s\` after a ${warmup} s warm-up, keep-alive, the same Lua script (\`loadtest/peers/post.lua\`) for every peer; latencies in ms"
-  echo "- server CPU µs/req: user+system CPU of the server's whole process tree over the run (\`/proc/<pid>/stat\`: cxcache's one process; nginx master + 2 workers; uvicorn master + 2 workers) ÷ requests answered. Redis CPU µs/req: the Redis processes that peer uses (cxcache and FastAPI on the cluster: its 6 nodes; FastAPI standalone: that redis-server), counted apart"
+  echo "- server CPU µs/req: user+system CPU of the server's whole process tree over the run (\`/proc/<pid>/stat\` of the server's pid and all its descendants, counted in the table: cxcache's one process; nginx's master, 2 workers, cache manager and cache loader; uvicorn's master, 2 workers and multiprocessing's helper) ÷ requests answered. Redis CPU µs/req: the Redis processes that peer uses (cxcache and FastAPI on the cluster: its 6 nodes; FastAPI standalone: that redis-server), counted apart"
   echo "- cxcache: default configuration and log level (\`RUST_LOG\` unset), \`--redis-url\` the 3+3 cluster; the L1-off instance sets \`CXCACHE_CACHE__L1__ENABLED=false\`, so each hit is one Redis read"
   echo "- nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (Debian): \`loadtest/peers/nginx.conf.template\` — 2 workers, \`proxy_cache\` on disk with \`proxy_cache_lock on\` (lock timeout 5 s), \`proxy_ignore_headers Cache-Control Expires\`, \`proxy_cache_valid 200 300s\`, upstream keep-alive, one bearer token from the emulator's \`/oauth/token\` templated in at startup, access log off; the queue id is read from the body by regex (\`mirror_request_body\` reads the body first); it answers the platform's bytes as they came"
   echo "- FastAPI: \`loadtest/peers/app.py\` — $pyver; SHA-256 of the inputs with sorted keys, \`SETEX\` 300 s (a standalone redis-server through \`redis.asyncio.Redis\` with a blocking pool of 100 connections per worker, and/or the 3+3 cluster through \`redis.asyncio.RedisCluster\`), httpx.AsyncClient upstream with one client-credentials token per worker, pydantic input model, \`--workers 2\`, access log off"
@@ -371,6 +381,9 @@ pyver=$("$venv/bin/python" -c 'import fastapi, uvicorn, redis, httpx, sys; print
   echo "| peer | answered by | req/s | server CPU µs/req | Redis CPU µs/req | p50 | p99 | bytes/resp | server processes | errors | upstream calls |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   printf '%s\n' "${rows[@]}"
+  echo
+  verdict() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f× (%s)", b / a, (a < b ? "cxcache ahead" : "cxcache behind"); else print "n/a" }'; }
+  echo "Server CPU per hit, peer ÷ cxcache door (default config): nginx $(verdict "${cpu_of[cx]}" "${cpu_of[nginx]}"), nginx plain GET $(verdict "${cpu_of[cx]}" "${cpu_of[nginx-get]}")$(for k in $fa_kinds; do printf ', FastAPI %s %s' "$k" "$(verdict "${cpu_of[cx]}" "${cpu_of[fastapi-$k]}")"; done)."
   echo
   echo "## Cold stampede ($stampede_n identical requests, empty cache)"
   echo

@@ -1,8 +1,11 @@
 -- wrk script of loadtest/peers.sh: the same data-action POST (body from
--- $PEERS_BODY) against every peer; done() prints one JSON line of totals.
-wrk.method = "POST"
-wrk.body = os.getenv("PEERS_BODY")
-wrk.headers["Content-Type"] = "application/json"
+-- $PEERS_BODY) against every peer ($PEERS_METHOD=GET: a plain GET, no body);
+-- done() prints one JSON line of totals.
+wrk.method = os.getenv("PEERS_METHOD") or "POST"
+if wrk.method == "POST" then
+  wrk.body = os.getenv("PEERS_BODY")
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors
