@@ -261,12 +261,22 @@ log "emulator $emu; cxcache $cx_addr (L1 on), $cxr_addr (L1 off); nginx $ng_addr
 hz=$(getconf CLK_TCK)
 # tree PID: the pid and all its descendants.
 tree() { echo "$1"; local c; for c in $(pgrep -P "$1" || true); do tree "$c"; done; }
-# ticks PID...: user+system CPU ticks of those processes (comm may hold spaces).
-ticks() {
-  local sum=0 p s
+# snap PID...: "pid:ticks" for each, user+system CPU so far (comm may hold spaces).
+snap() {
+  local p v
   for p in "$@"; do
-    s=$(sed -E 's/^.*\) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || s=0
-    sum=$((sum + ${s:-0}))
+    v=$(sed -E 's/^.*\) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || v=""
+    [ -n "$v" ] && printf '%s:%s ' "$p" "$v"
+  done
+}
+# spent SNAPSHOT: CPU ticks used since the snapshot by the processes in it (one
+# that has exited since, such as nginx's cache loader, adds nothing).
+spent() {
+  local sum=0 e p v
+  for e in $1; do
+    p=${e%%:*}
+    v=$(sed -E 's/^.*\) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || v=""
+    [ -n "$v" ] && sum=$((sum + v - ${e#*:}))
   done
   echo "$sum"
 }
@@ -299,11 +309,11 @@ hits() {
   PEERS_METHOD=$method PEERS_BODY=$body wrk -t"$threads" -c"$conns" -d"${warmup}s" -s loadtest/peers/post.lua "$url" >/dev/null 2>&1 || true
   answered=$(one_post "$url" "$body"); answered=${answered#* }
   local procs; procs=$(tree "$spid" | xargs)
-  local c0 t0 r0 c1 t1 r1
-  c0=$(counters); t0=$(ticks $procs); r0=$(ticks $rpids)
+  local c0 t0 r0 c1
+  c0=$(counters); t0=$(snap $procs); r0=$(snap $rpids)
   PEERS_METHOD=$method PEERS_BODY=$body wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 5s -s loadtest/peers/post.lua \
     "$url" >"$work/$name.wrk" 2>&1 || { cat "$work/$name.wrk" >&2; die "wrk against $name"; }
-  t1=$(ticks $procs); r1=$(ticks $rpids); c1=$(counters)
+  local dt dr; dt=$(spent "$t0"); dr=$(spent "$r0"); c1=$(counters)
   local j; j=$(grep -m1 '^{' "$work/$name.wrk") || { cat "$work/$name.wrk" >&2; die "no wrk summary for $name"; }
   local n errs rps
   n=$(jq '.requests' <<<"$j")
@@ -312,10 +322,10 @@ hits() {
   if [ "$errs" -ne 0 ]; then failures=$((failures + errs)); log "$name: errors $(jq -c '{connect,read,write,status,timeout}' <<<"$j")"; fi
   local up=$(( $(total_calls "$c1") - $(total_calls "$c0") ))
   local nproc_s; nproc_s=$(wc -w <<<"$procs")
-  local rcpu="—"; [ -n "$rpids" ] && rcpu=$(us_per $((r1 - r0)) "$n")
-  cpu_of[$name]=$(us_per $((t1 - t0)) "$n")
-  rows+=("| $label | ${answered:-?} | $rps | $(us_per $((t1 - t0)) "$n") | $rcpu | $(ms "$(jq .p50_us <<<"$j")") | $(ms "$(jq .p99_us <<<"$j")") | $(jq '.bytes / .requests | floor' <<<"$j") | $nproc_s | $errs | $up |")
-  log "$name: $rps req/s, CPU $(us_per $((t1 - t0)) "$n") µs/req, p99 $(ms "$(jq .p99_us <<<"$j")") ms, $errs errors, $up upstream calls"
+  local rcpu="—"; [ -n "$rpids" ] && rcpu=$(us_per $dr "$n")
+  cpu_of[$name]=$(us_per $dt "$n")
+  rows+=("| $label | ${answered:-?} | $rps | $(us_per $dt "$n") | $rcpu | $(ms "$(jq .p50_us <<<"$j")") | $(ms "$(jq .p99_us <<<"$j")") | $(jq '.bytes / .requests | floor' <<<"$j") | $nproc_s | $errs | $up |")
+  log "$name: $rps req/s, CPU $(us_per $dt "$n") µs/req, p99 $(ms "$(jq .p99_us <<<"$j")") ms, $errs errors, $up upstream calls"
 }
 
 # stampede NAME LABEL ADDR: N identical requests at once on the fresh key.
