@@ -89,6 +89,8 @@ if [ -x loadtest/run.sh ]; then
   bash loadtest/run.sh --short
   stage "Watch heartbeat cost (short mode)"
   bash loadtest/watch-heartbeats.sh --short
+  stage "peers: nginx proxy_cache and FastAPI beside the HTTP door (short mode)"
+  bash loadtest/peers.sh --short
 fi
 
 stage "done"
