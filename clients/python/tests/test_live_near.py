@@ -217,8 +217,10 @@ def test_server_killed_and_restarted_flushes_and_stops_near_hits(pair):
         ev.wait_for(lambda m: m.type in (T.TYPE_RESET, T.TYPE_HEARTBEAT), timeout=15, after=n)
         s = c.near_stats()
         assert s.flushes > flushes and s.entries == 0, s  # a new instance: RESET (or no position) -> flushed
-        c.get("routing.queue", id=qid)
-        assert c.get("routing.queue", id=qid).source is Source.NEAR
+        # Refilled on demand: a reply that raced its own store's UPDATED is
+        # not kept (the race rule), so it may take a server hit or two.
+        sources = [c.get("routing.queue", id=qid).source for _ in range(5)]
+        assert Source.NEAR in sources, sources
 
 
 class Proxy:
