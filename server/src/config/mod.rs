@@ -570,6 +570,28 @@ mod tests {
     }
 
     #[test]
+    fn refresh_ahead_and_verifier_settings_are_checked() {
+        let text = r#"
+            [cache.refresh_ahead]
+            hot_requests = 5
+            pinned = [{ kind = "routing.queue", id = "q-ivr" }, { kind = "routing.nope", id = "x" }]
+            lead = 1.5
+            [cache.verify]
+            interval = "30s"
+            sample = 0
+        "#;
+        let c: Config = toml::from_str(text).expect("parses");
+        assert_eq!(c.cache.refresh_ahead.hot_requests, 5);
+        assert_eq!(c.cache.refresh_ahead.pinned[0].id, "q-ivr");
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("cache.refresh_ahead.lead"), "{err}");
+        assert!(err.contains("pinned[1]: unknown kind \"routing.nope\""), "{err}");
+        assert!(!err.contains("pinned[0]"), "{err}");
+        assert!(err.contains("cache.verify.sample"), "{err}");
+        assert!(Config::default().validate().is_ok(), "the defaults are valid");
+    }
+
+    #[test]
     fn empty_door_secrets_are_refused() {
         let mut c = Config::default();
         c.webhook.secret = Some(Secret::new(""));
