@@ -87,6 +87,10 @@ trap cleanup EXIT
 if [ -x loadtest/run.sh ]; then
   stage "load test (short mode)"
   bash loadtest/run.sh --short
+  stage "Watch heartbeat cost (short mode)"
+  bash loadtest/watch-heartbeats.sh --short
+  stage "peers: nginx proxy_cache and FastAPI beside the HTTP door (short mode)"
+  bash loadtest/peers.sh --short
 fi
 
 stage "done"

@@ -399,7 +399,7 @@ async fn abandon(store: Arc<dyn crate::store::Store>, key: String, held: Held) {
 /// and the kind's) dropped, the requested variant's projection applied.
 fn normalized(settings: &CacheSettings, r: &Resolved, body: &[u8]) -> Result<bytes::Bytes> {
     let drop: Vec<String> = settings.drop_fields.iter().chain(r.kind.drop_fields.iter()).cloned().collect();
-    Ok(normalize(body, &drop, r.projection.as_deref())?.into())
+    Ok(normalize(body, &drop, r.projection())?.into())
 }
 
 /// The answer for a resource the upstream does not have.

@@ -34,8 +34,9 @@ pub struct Resolved {
     pub kind_name: String,
     pub kind: Arc<Kind>,
     pub id: Option<String>,
-    /// Fields kept by the requested variant, if any.
-    pub projection: Option<Vec<String>>,
+    /// The requested variant, when it projects fields (see
+    /// [`Resolved::projection`]): its name only, so a hit copies no field list.
+    variant: Option<String>,
     /// Logical key (what clients see).
     pub key: String,
     /// Where the entry lives in the store.
@@ -54,6 +55,11 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// Fields kept by the requested variant, if any.
+    pub fn projection(&self) -> Option<&[String]> {
+        self.variant.as_ref().and_then(|v| self.kind.variants.get(v)).map(Vec::as_slice)
+    }
+
     /// The upstream call that fetches this resource.
     pub fn call(&self) -> Call {
         let path = match &self.id {
@@ -101,7 +107,7 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
     };
 
     let id = check_id(req, &kind, &mut bad);
-    let projection = check_variant(req, &kind, &mut bad);
+    let projected = check_variant(req, &kind, &mut bad);
     let params = check_params(req, &kind, &mut bad);
     let body = check_body(req, &kind, settings, &mut bad);
     if !bad.is_empty() {
@@ -125,7 +131,7 @@ pub fn resolve(req: &GetRequest, env: &str, catalog: &Catalog, settings: &CacheS
         kind_name: kind_name.to_string(),
         store_key: keys::store_key(&key),
         key,
-        projection,
+        variant: projected.then(|| req.variant.clone()),
         id,
         body,
         freshness,
@@ -171,26 +177,19 @@ fn check_id(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Opt
     }
 }
 
-fn check_variant(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Option<Vec<String>> {
+fn check_variant(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> bool {
     if req.variant.is_empty() || req.variant == keys::FULL_VARIANT {
-        return None;
+        return false;
     }
-    match kind.variants.get(&req.variant) {
-        Some(fields) => Some(fields.clone()),
-        None => {
-            let known: Vec<&str> = kind.variants.keys().map(String::as_str).collect();
-            bad.push(FieldViolation::new(
-                "variant",
-                format!(
-                    "unknown variant {:?} for kind {}; known: {}",
-                    req.variant,
-                    req.kind,
-                    known.join(", ")
-                ),
-            ));
-            None
-        }
+    if kind.variants.contains_key(&req.variant) {
+        return true;
     }
+    let known: Vec<&str> = kind.variants.keys().map(String::as_str).collect();
+    bad.push(FieldViolation::new(
+        "variant",
+        format!("unknown variant {:?} for kind {}; known: {}", req.variant, req.kind, known.join(", ")),
+    ));
+    false
 }
 
 /// Query params cxcache sets itself when it assembles a paged list.

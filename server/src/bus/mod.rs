@@ -402,8 +402,13 @@ impl Bus {
     /// it named).
     pub async fn acknowledge(&self, event: &Event) {
         if let (Some(acks), Some(r)) = (&event.ack, &self.redis) {
-            let _ = r.pool.sadd::<i64, _, _>(acks.as_str(), self.instance_id.as_str()).await;
-            let _ = r.pool.pexpire::<i64, _>(acks.as_str(), 30_000, None).await;
+            // One round trip: the set and its expiry travel together.
+            let pipeline = r.pool.next().pipeline();
+            let _ = pipeline.sadd::<(), _, _>(acks.as_str(), self.instance_id.as_str()).await;
+            let _ = pipeline.pexpire::<(), _>(acks.as_str(), 30_000, None).await;
+            if let Err(e) = pipeline.all::<Vec<fred::types::Value>>().await {
+                tracing::debug!(error = %e, "purge acknowledgement not sent");
+            }
         }
     }
 }

@@ -20,7 +20,14 @@ pub fn spawn(local: Arc<dyn LocalCopies>, bus: Arc<Bus>) -> tokio::task::JoinHan
                     for key in &event.keys {
                         local.forget(&keys::store_key(key));
                     }
-                    bus.acknowledge(&event).await;
+                    // Forgotten: acknowledge without holding up the next
+                    // event (a purge waits for every instance's ack, and a
+                    // follower that queued them behind one another's round
+                    // trips fell seconds behind under load).
+                    if event.ack.is_some() {
+                        let bus = bus.clone();
+                        tokio::spawn(async move { bus.acknowledge(&event).await });
+                    }
                 }
                 Ok(BusMessage::Gap) | Err(RecvError::Lagged(_)) => local.forget_all(),
                 Err(RecvError::Closed) => return,
