@@ -44,8 +44,12 @@ use crate::tiers::{LocalCopies, Tiers};
 use crate::ttl::TtlPolicy;
 use crate::upstream::{Call, Fetched, Priority, Upstream, Validators};
 
+mod background;
+pub mod hot;
 #[cfg(test)]
 mod tests;
+
+pub use background::Verdict;
 
 /// Where the cache gets what it does not hold: the upstream client in
 /// production, a scripted double in unit tests.
@@ -106,6 +110,8 @@ pub struct Cache {
     fetcher: Arc<dyn Fetcher>,
     bus: Arc<Bus>,
     flights: Singleflight<Outcome, Error>,
+    /// Request times of keys asked for (refresh ahead's hot keys).
+    hot: Arc<hot::Tracker>,
 }
 
 impl Cache {
@@ -117,7 +123,10 @@ impl Cache {
         fetcher: Arc<dyn Fetcher>,
         bus: Arc<Bus>,
     ) -> Self {
+        let ahead = &settings.refresh_ahead;
+        let hot = Arc::new(hot::Tracker::new(ahead.hot_requests, ahead.max_keys));
         Cache {
+            hot,
             env,
             catalog,
             ttl: Arc::new(TtlPolicy::new(settings.ttl.clone())),
@@ -150,9 +159,11 @@ impl Cache {
     /// The request checked against the catalog and its key built; a bad
     /// one is counted as failed.
     pub fn resolve(&self, req: &GetRequest) -> Result<Resolved> {
-        policy::resolve(req, &self.env, &self.catalog, &self.settings).inspect_err(|e| {
-            metrics::get_failed(e.code().name());
-        })
+        policy::resolve(req, &self.env, &self.catalog, &self.settings)
+            .inspect(|r| self.hot.record(r))
+            .inspect_err(|e| {
+                metrics::get_failed(e.code().name());
+            })
     }
 
     /// The hit path: an acceptable value in this instance's L1, answered

@@ -12,6 +12,7 @@
 //! 4. [`policy`] (a Get's validation, key and freshness) → [`cache`] (the
 //!    read path);
 //! 5. [`invalidation`] (purges, change events, the bus follower, audit);
+//!    then [`refresh`] (refresh ahead, the consistency verifier);
 //! 6. [`notifications`] (the platform's change events), [`watch`] (streams);
 //! 7. the edges — [`grpc`], [`http`];
 //! 8. [`bundled`] (the emulator feature) and [`server`] (assembly, shutdown).
@@ -37,6 +38,7 @@ pub(crate) mod normalize;
 pub(crate) mod notifications;
 pub(crate) mod policy;
 pub mod proto;
+pub(crate) mod refresh;
 pub mod server;
 pub(crate) mod source;
 pub(crate) mod store;

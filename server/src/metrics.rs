@@ -78,6 +78,22 @@ pub const NOTIFY_EVENTS: &str = "cxcache_notifications_events_total";
 /// Purges made because events may have been missed (reconnects, takeovers,
 /// failed subscriptions): a rising rate means coverage is shaky.
 pub const NOTIFY_GAP_PURGES: &str = "cxcache_notifications_gap_purges_total";
+/// Refresh-ahead attempts, by kind and outcome (refreshed, refused, failed).
+pub const REFRESH_AHEAD: &str = "cxcache_refresh_ahead_total";
+/// Stored entries the verifier compared with the upstream, by kind.
+pub const VERIFY_SAMPLED: &str = "cxcache_verify_sampled_total";
+/// Of those, found stale (different, or gone upstream) and purged, by kind:
+/// the stale share is `stale / sampled`.
+pub const VERIFY_STALE: &str = "cxcache_verify_stale_total";
+/// How old stale entries were when found (since they were fetched), by kind.
+pub const VERIFY_STALE_AGE: &str = "cxcache_verify_stale_age_seconds";
+/// Entries the verifier could not compare, by reason (refused: budget
+/// needed; unverifiable: no request known for the key; failed).
+pub const VERIFY_SKIPPED: &str = "cxcache_verify_skipped_total";
+
+/// Age buckets (seconds) of stale entries: a second to a day.
+const AGE_BUCKETS: &[f64] =
+    &[1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3.0 * 3600.0, 6.0 * 3600.0, 86400.0];
 
 /// Latency buckets (seconds): from 50 µs (an L1 hit) to 10 s (a slow
 /// upstream), so hit and miss latencies both land in useful buckets.
@@ -95,6 +111,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("static, non-empty buckets")
+                // Full matchers are tried before suffixes.
+                .set_buckets_for_metric(Matcher::Full(VERIFY_STALE_AGE.into()), AGE_BUCKETS)
                 .expect("static, non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -167,6 +186,41 @@ fn describe() {
     describe_gauge!(NOTIFY_TOPICS, "Notification topics subscribed over all channels");
     describe_counter!(NOTIFY_EVENTS, "Platform notification events that led to a purge");
     describe_counter!(NOTIFY_GAP_PURGES, "Purges made because notification events may have been missed");
+    describe_counter!(
+        REFRESH_AHEAD,
+        "Refresh-ahead attempts, by kind and outcome (refreshed, refused, failed)"
+    );
+    describe_counter!(
+        VERIFY_SAMPLED,
+        "Stored entries the consistency verifier compared with the upstream, by kind"
+    );
+    describe_counter!(VERIFY_STALE, "Sampled entries found stale and purged, by kind");
+    describe_histogram!(
+        VERIFY_STALE_AGE,
+        Unit::Seconds,
+        "Age of entries found stale (since fetched), by kind"
+    );
+    describe_counter!(VERIFY_SKIPPED, "Entries the verifier could not compare, by reason");
+}
+
+/// One refresh-ahead attempt of a `kind` key: `refreshed`, `refused` (the
+/// budget was needed) or `failed`.
+pub fn refreshed_ahead(kind: &str, outcome: &'static str) {
+    counter!(REFRESH_AHEAD, "kind" => kind.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// One entry compared by the verifier; `stale_age` when it was stale.
+pub fn verified(kind: &str, stale_age: Option<Duration>) {
+    counter!(VERIFY_SAMPLED, "kind" => kind.to_owned()).increment(1);
+    if let Some(age) = stale_age {
+        counter!(VERIFY_STALE, "kind" => kind.to_owned()).increment(1);
+        histogram!(VERIFY_STALE_AGE, "kind" => kind.to_owned()).record(age.as_secs_f64());
+    }
+}
+
+/// An entry the verifier could not compare (`reason` from a fixed set).
+pub fn verify_skipped(reason: &'static str) {
+    counter!(VERIFY_SKIPPED, "reason" => reason).increment(1);
 }
 
 /// A Get answered with a value (the hit ratio is `source != upstream` over

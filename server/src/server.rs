@@ -56,6 +56,8 @@ pub struct Running {
     watch_slots: Arc<WatchSlots>,
     /// Re-reads the TLS certificate when its files change.
     tls_watch: Option<JoinHandle<()>>,
+    /// Refresh ahead and the consistency verifier (when on).
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Builds everything the config describes and starts serving.
@@ -119,6 +121,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     });
     let follower = invalidation::follower::spawn(cache.clone(), bus.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Background work on the budget callers leave: hot and pinned keys
+    // refreshed ahead, stored entries verified against the upstream.
+    let refresh_ahead =
+        crate::refresh::ahead::RefreshAhead::new(cache.clone(), config.cache.refresh_ahead.clone())
+            .map_err(|e| anyhow::anyhow!("cache.refresh_ahead.pinned: {e}"))?
+            .spawn(shutdown_rx.clone());
+    let verifier = crate::refresh::verify::Verifier::new(
+        cache.clone(),
+        invalidator.clone(),
+        config.cache.verify.clone(),
+    )
+    .spawn(shutdown_rx.clone());
     // Notification channels: on by default only with the bundled emulator
     // (on a real org they count against the client's channel limit).
     let notifier = config.notifications.enabled.unwrap_or(emulator.is_some()).then(|| {
@@ -277,6 +291,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         auth,
         watch_slots,
         tls_watch,
+        background: std::iter::once(refresh_ahead).chain(verifier).collect(),
     })
 }
 
@@ -334,6 +349,9 @@ impl Running {
         // Serving no more: purges need not wait for this instance.
         self.bus.leave().await;
         self.follower.abort();
+        for task in &self.background {
+            task.abort();
+        }
         if let Some(t) = &self.tls_watch {
             t.abort();
         }

@@ -45,6 +45,7 @@ const LAYERS: &[&[&str]] = &[
     &["policy"],
     &["cache"],
     &["invalidation"],
+    &["refresh"],
     &["notifications", "watch"],
     // The edges.
     &["grpc", "http"],

@@ -60,6 +60,71 @@ pub struct CacheSettings {
     /// Age of the oldest event retained for resuming Watch streams.
     #[serde(with = "humantime_serde")]
     pub watch_retention: Duration,
+    pub refresh_ahead: RefreshAheadSettings,
+    pub verify: VerifySettings,
+}
+
+/// Refresh ahead: hot and pinned keys are refreshed before they expire, on
+/// background budget only (what callers' misses leave), so callers never
+/// find them expired.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshAheadSettings {
+    /// A key is hot once it was asked for at least this many times within
+    /// its last TTL window (0: only pinned keys are refreshed ahead).
+    pub hot_requests: u32,
+    /// How often due keys are looked for.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A key is due when less than this share of its TTL (plus one
+    /// interval) is left.
+    pub lead: f64,
+    /// Keys tracked per instance at most (their request times and request).
+    pub max_keys: usize,
+    /// Keys refreshed ahead whether asked for or not (the queues an IVR
+    /// routes through, say): fetched at start, then never let expire.
+    pub pinned: Vec<PinnedKey>,
+}
+
+/// A key kept fresh from config: what a Get would name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PinnedKey {
+    pub kind: String,
+    pub id: String,
+    pub variant: String,
+}
+
+impl Default for RefreshAheadSettings {
+    fn default() -> Self {
+        RefreshAheadSettings {
+            hot_requests: 3,
+            interval: Duration::from_secs(1),
+            lead: 0.2,
+            max_keys: 10_000,
+            pinned: Vec::new(),
+        }
+    }
+}
+
+/// The consistency verifier: with spare budget, stored entries are
+/// refetched (background priority, conditionally where validators exist)
+/// and compared; a changed one is purged and counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifySettings {
+    /// How often a sample is verified (0: the verifier is off).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Entries per sample: every stored entry is looked at once per
+    /// `ceil(entries / sample) × interval`.
+    pub sample: usize,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        VerifySettings { interval: Duration::ZERO, sample: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +196,8 @@ impl Default for CacheSettings {
             watch_heartbeat_min: Duration::from_millis(100),
             watch_retention_keys: 100_000,
             watch_retention: Duration::from_secs(300),
+            refresh_ahead: RefreshAheadSettings::default(),
+            verify: VerifySettings::default(),
         }
     }
 }

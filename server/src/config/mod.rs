@@ -24,7 +24,9 @@ mod upstream;
 pub use self::auth::{
     AuthSettings, CallerSettings, IssuerSettings, JwtIdentity, LimitSettings, Scopes, TlsSettings,
 };
-pub use self::cache::{CacheSettings, L1Settings, TtlSettings};
+pub use self::cache::{
+    CacheSettings, L1Settings, PinnedKey, RefreshAheadSettings, TtlSettings, VerifySettings,
+};
 pub use self::http::{DataActionSettings, TopicMapping, WebhookSettings};
 pub use self::services::{EmulatorSettings, NotificationSettings, RedisSettings, TelemetrySettings};
 pub use self::upstream::{Credential, JobSettings, RateLimitSettings, RetrySettings, UpstreamSettings};
@@ -278,6 +280,29 @@ impl Config {
         }
         if ttl.analytics_min > ttl.analytics_max {
             problems.push("cache.ttl.analytics_min must not exceed cache.ttl.analytics_max".into());
+        }
+        let ahead = &self.cache.refresh_ahead;
+        if ahead.interval.is_zero() {
+            problems.push("cache.refresh_ahead.interval must be positive".into());
+        }
+        if !(0.0..1.0).contains(&ahead.lead) {
+            problems.push("cache.refresh_ahead.lead must be in [0, 1)".into());
+        }
+        if let Ok(catalog) = crate::catalog::Catalog::with_presets(&self.catalog) {
+            for (i, p) in ahead.pinned.iter().enumerate() {
+                match catalog.get(&p.kind) {
+                    None => {
+                        problems.push(format!("cache.refresh_ahead.pinned[{i}]: unknown kind {:?}", p.kind))
+                    }
+                    Some(k) if k.cacheable(Some(p.id.as_str()).filter(|s| !s.is_empty())) != Some(true) => {
+                        problems.push(format!("cache.refresh_ahead.pinned[{i}]: {} is not cacheable", p.kind))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if !self.cache.verify.interval.is_zero() && self.cache.verify.sample == 0 {
+            problems.push("cache.verify.sample must be positive when cache.verify.interval is set".into());
         }
         // An empty secret would sign with an empty key: anyone could forge.
         if self.webhook.secret.as_ref().is_some_and(|s| s.expose().trim().is_empty()) {
@@ -542,6 +567,28 @@ mod tests {
         c.redis.url = Some("redis-clustr://app:hunter2@h:1".into());
         let err = c.validate().unwrap_err();
         assert!(err.contains("redis.url") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn refresh_ahead_and_verifier_settings_are_checked() {
+        let text = r#"
+            [cache.refresh_ahead]
+            hot_requests = 5
+            pinned = [{ kind = "routing.queue", id = "q-ivr" }, { kind = "routing.nope", id = "x" }]
+            lead = 1.5
+            [cache.verify]
+            interval = "30s"
+            sample = 0
+        "#;
+        let c: Config = toml::from_str(text).expect("parses");
+        assert_eq!(c.cache.refresh_ahead.hot_requests, 5);
+        assert_eq!(c.cache.refresh_ahead.pinned[0].id, "q-ivr");
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("cache.refresh_ahead.lead"), "{err}");
+        assert!(err.contains("pinned[1]: unknown kind \"routing.nope\""), "{err}");
+        assert!(!err.contains("pinned[0]"), "{err}");
+        assert!(err.contains("cache.verify.sample"), "{err}");
+        assert!(Config::default().validate().is_ok(), "the defaults are valid");
     }
 
     #[test]

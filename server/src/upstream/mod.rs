@@ -15,6 +15,7 @@ mod health;
 mod jobs;
 mod learn;
 mod paging;
+mod pressure;
 mod priority;
 mod ratelimit;
 mod retry;
@@ -101,6 +102,8 @@ pub struct Upstream {
     backoff: Backoff,
     stats: Arc<UpstreamStats>,
     settings: UpstreamSettings,
+    /// Foreground callers waiting for quota (background calls then refused).
+    pressure: pressure::Pressure,
 }
 
 /// While the token fetch of the best credential without a token is still
@@ -197,7 +200,16 @@ impl Upstream {
         );
         let limiter = Limiter::new(shared, settings.rate_limit.clone(), fleet);
         let backoff = Backoff::new(settings.retry.clone());
-        Ok(Upstream { http, base_url, tokens, limiter, backoff, stats, settings })
+        Ok(Upstream {
+            http,
+            base_url,
+            tokens,
+            limiter,
+            backoff,
+            stats,
+            settings,
+            pressure: Default::default(),
+        })
     }
 
     /// Performs `call`: a job kind runs as a validated async job; a paged
@@ -407,6 +419,10 @@ impl Upstream {
         }
         let mut give_up = deadline.unwrap_or_else(|| Instant::now() + self.settings.max_wait);
         if priority.is_background() {
+            // Callers of this instance are waiting for quota: it is theirs.
+            if self.pressure.high() {
+                return Err(Error::RateLimited { retry_after: pressure::HOLD });
+            }
             give_up = give_up.min(Instant::now() + BACKGROUND_WAIT);
         }
         // Queue for a credential, but leave time to answer before the deadline.
@@ -511,6 +527,7 @@ impl Upstream {
                 UpstreamStats::bump(&self.stats.quota_waits);
             }
             // No lock held: other credentials serve other calls meanwhile.
+            let _waiting = (!priority.is_background()).then(|| self.pressure.wait());
             tokio::time::sleep_until(at).await;
         }
     }

@@ -11,6 +11,8 @@
 //!   keeps the bucket empty, background calls get nothing;
 //! - none while the platform's headers say less than `background_floor`
 //!   of the window's budget is left;
+//! - none while a foreground caller of this instance waits for quota, or
+//!   waited within the last second ([`super::pressure`]);
 //! - they never wait for quota: refused at once (`RATE_LIMITED`), they are
 //!   tried again later by whoever scheduled them.
 

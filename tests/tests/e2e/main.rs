@@ -19,6 +19,7 @@ mod jobs;
 mod notifications;
 mod outage;
 mod quota;
+mod refresh;
 mod security;
 mod shutdown;
 mod spine;

@@ -1,0 +1,290 @@
+//! Issue 14 end to end: background work on spare budget only.
+//!
+//! - Refresh ahead: under a foreground miss load that needs the whole
+//!   budget, no background call is made (the emulator logs each call's
+//!   `x-cxcache-priority`); once the load stops, hot and pinned keys are
+//!   refreshed ahead and no caller sees a miss on them over three TTL
+//!   windows (short, exact TTLs).
+//! - The verifier: 5 % of the cached queues changed in the emulator without
+//!   any change event are each found within the time the sample rate
+//!   implies, purged (every instance and watcher hears it), counted, and
+//!   reported by the staleness metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cxcache::config::{Credential, PinnedKey, Secret};
+use cxcache::proto::v1::{watch_event, GetRequest, Source, WatchRequest};
+use genesys_emulator::{queue_id, EmulatorConfig, RequestRecord};
+use harness::*;
+use serde_json::json;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A distinct analytics query per `n`: each a foreground miss.
+fn analytics(n: usize) -> GetRequest {
+    GetRequest {
+        kind: "analytics.conversations.aggregates".into(),
+        body_json: json!({
+            "interval": "2020-01-01T00:00:00Z/2020-01-01T01:00:00Z",
+            "metrics": ["nOffered"],
+            "filter": {"type": "and", "predicates": [{"dimension": "queueId", "value": format!("ahead{n}")}]},
+        })
+        .to_string(),
+        ..Default::default()
+    }
+}
+
+fn background(r: &RequestRecord) -> bool {
+    r.priority.as_deref() == Some("background")
+}
+
+fn is_miss(source: Source) -> bool {
+    !matches!(source, Source::L1 | Source::Store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_keys_are_refreshed_ahead_on_spare_budget_only() {
+    let client = (format!("ahead-{}", std::process::id()), "secret".to_string());
+    let emu = EmulatorConfig {
+        rate_limit: 20,
+        window: Duration::from_secs(2),
+        clients: vec![client.clone()],
+        ..EmulatorConfig::default()
+    };
+    let pinned = queue_id(9);
+    let pinned_cfg = pinned.clone();
+    let mut s = Scenario::new("refresh-ahead")
+        .cluster()
+        .emulator(emu)
+        .exact_ttl(TTL)
+        .clients(4)
+        .configure(move |c| {
+            c.upstream.credentials = vec![Credential {
+                client_id: client.0.clone(),
+                client_secret: Secret::new(client.1.clone()),
+            }];
+            c.upstream.rate_limit.allowed = 20;
+            c.upstream.rate_limit.window = Duration::from_secs(2);
+            c.upstream.rate_limit.burst = 0;
+            c.cache.early_refresh_beta = 0.0;
+            let ahead = &mut c.cache.refresh_ahead;
+            ahead.hot_requests = 3;
+            ahead.interval = Duration::from_millis(200);
+            ahead.lead = 0.3;
+            ahead.pinned =
+                vec![PinnedKey { kind: "routing.queue".into(), id: pinned_cfg.clone(), variant: "".into() }];
+        })
+        .start()
+        .await;
+    let emu = s.emu();
+    let hot: Vec<String> = (0..5).map(queue_id).collect();
+    let hot_paths: Vec<String> = hot.iter().map(|id| queue_path(id)).collect();
+    for id in &hot {
+        for _ in 0..3 {
+            s.cx().get(get_queue(id)).await.expect("warm a hot key");
+        }
+    }
+
+    // Callers keep reading the hot keys, every 100 ms each, throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let misses: Arc<parking_lot::Mutex<Vec<(u64, String, Source)>>> = Default::default();
+    let reader = {
+        let (client, hot, stop, misses) = (s.cx().client.clone(), hot.clone(), stop.clone(), misses.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for id in &hot {
+                    let mut req = tonic::Request::new(get_queue(id));
+                    req.set_timeout(Duration::from_secs(10));
+                    if let Ok(resp) = client.clone().get(req).await {
+                        let source = resp.into_inner().source();
+                        if is_miss(source) {
+                            misses.lock().push((unix_ms(), id.clone(), source));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // Phase 1: distinct analytics misses from four clients, two TTL
+    // windows long, more than the budget can serve.
+    let load_start = unix_ms();
+    let load_end_at = tokio::time::Instant::now() + TTL * 2;
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = s
+        .clients
+        .iter()
+        .map(|c| {
+            let (c, next, failed) = (c.clone(), next.clone(), failed.clone());
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < load_end_at {
+                    let mut req = tonic::Request::new(analytics(next.fetch_add(1, Ordering::Relaxed)));
+                    req.set_timeout(Duration::from_secs(10));
+                    if c.clone().get(req).await.is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let load_end = unix_ms();
+    let log = emu.requests(10_000);
+    let during: Vec<&RequestRecord> = log
+        .iter()
+        .filter(|r| (load_start + 200..load_end).contains(&r.at_ms) && r.route != "POST /oauth/token")
+        .collect();
+    // While the workers were still starting Gets: demand above the budget.
+    let asking_until = load_start + (TTL * 2).as_millis() as u64;
+    let foreground = during.iter().filter(|r| !background(r) && r.at_ms < asking_until).count();
+    let bg = during.iter().filter(|r| background(r)).count();
+    let budget = 20.0 * (asking_until - load_start - 200) as f64 / 2000.0;
+    eprintln!(
+        "phase 1: {foreground} foreground calls of a budget of {budget:.0} while asking, {bg} background \
+         until {} ms, {} analytics Gets ({} failed)",
+        load_end - load_start,
+        next.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        bg,
+        0,
+        "background calls under a foreground load that needs the budget: {:?}",
+        during.iter().filter(|r| background(r)).map(|r| (r.at_ms - load_start, &r.path)).collect::<Vec<_>>()
+    );
+    // Four callers always waiting for quota: the limiter's pace (95 %, a
+    // token resting once nearly spent) over the first windows, not idle.
+    assert!(foreground as f64 >= 0.6 * budget, "the load needed the budget: {foreground} of {budget:.0}");
+
+    // Phase 2: the load stopped. Each hot key is refreshed ahead (at
+    // background priority) soon...
+    let refreshed_all = wait_until(Duration::from_secs(5), || {
+        let log = emu.requests(10_000);
+        hot_paths.iter().all(|p| log.iter().any(|r| r.at_ms >= load_end && background(r) && &r.path == p))
+    })
+    .await;
+    assert!(refreshed_all, "every hot key refreshed ahead once the load stopped");
+    // ...and from then on, over three TTL windows, no caller misses.
+    let watch_start = unix_ms();
+    tokio::time::sleep(TTL * 3).await;
+    let watch_end = unix_ms();
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let late_misses: Vec<_> = misses.lock().iter().filter(|(at, ..)| *at >= watch_start).cloned().collect();
+    assert!(late_misses.is_empty(), "callers missed hot keys after the load: {late_misses:?}");
+
+    let log = emu.requests(10_000);
+    let window: Vec<&RequestRecord> =
+        log.iter().filter(|r| (watch_start..watch_end).contains(&r.at_ms)).collect();
+    let mut per_path: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for r in &window {
+        let e = per_path.entry(r.path.as_str()).or_default();
+        if background(r) {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+    eprintln!("phase 2 calls per path (foreground, background): {per_path:?}");
+    for p in hot_paths.iter().chain(std::iter::once(&queue_path(&pinned))) {
+        let (fg, bg) = per_path.get(p.as_str()).copied().unwrap_or_default();
+        assert_eq!(fg, 0, "{p}: no foreground call over three windows");
+        assert!(bg >= 2, "{p}: refreshed ahead in the windows ({bg})");
+    }
+    // The pinned key was never asked for, and is fresh.
+    let pinned_get = s.cx().get(get_queue(&pinned)).await.expect("pinned key");
+    assert!(!is_miss(pinned_get.source()), "the pinned key is stored fresh");
+    let text = s.cx().metrics_text().await;
+    assert!(
+        text.contains(r#"cxcache_refresh_ahead_total{kind="routing.queue",outcome="refreshed"}"#),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_finds_purges_and_counts_every_silent_change() {
+    const QUEUES: usize = 40;
+    const SAMPLE: usize = 5;
+    const INTERVAL: Duration = Duration::from_millis(250);
+    // Budget to spare for the sample rate (20 calls/s): 3000 a minute.
+    let emu =
+        EmulatorConfig { rate_limit: 3000, window: Duration::from_secs(60), ..EmulatorConfig::default() };
+    let mut s = Scenario::new("verifier")
+        .cluster()
+        .alone()
+        .emulator(emu)
+        .configure(|c| {
+            c.upstream.rate_limit.allowed = 3000;
+            c.cache.verify.interval = INTERVAL;
+            c.cache.verify.sample = SAMPLE;
+        })
+        .start()
+        .await;
+    // A second instance without a verifier of its own: it hears the purges.
+    let mut quiet = s.config();
+    quiet.cache.verify.interval = Duration::ZERO;
+    let other = Instance::start(quiet).await;
+    let ids: Vec<String> = (0..QUEUES).map(queue_id).collect();
+    for id in &ids {
+        s.cx().get(get_queue(id)).await.expect("cache a queue");
+        other.get(get_queue(id)).await.expect("and on the other instance");
+    }
+    let before = s.cx().metrics_text().await;
+    let stale_before = metric(&before, r#"cxcache_verify_stale_total{kind="routing.queue"}"#);
+    // 5 %: two queues change upstream, silently.
+    let changed = [ids[7].clone(), ids[23].clone()];
+    let keys: Vec<String> = changed.iter().map(|id| format!("{}:routing.queue:{id}:full", s.env)).collect();
+    let mut watch = other.watch(WatchRequest { keys: keys.clone(), ..Default::default() }).await;
+    for id in &changed {
+        assert!(s.emu().mutate_queue_silently(id, json!({"description": "changed without an event"})));
+    }
+    let started = tokio::time::Instant::now();
+    // One pass over every entry takes ceil(entries / sample) rounds.
+    let implied = INTERVAL * QUEUES.div_ceil(SAMPLE) as u32;
+    let limit = implied * 2 + Duration::from_secs(2);
+    let mut found: BTreeMap<String, Duration> = BTreeMap::new();
+    while found.len() < keys.len() {
+        let left = limit.saturating_sub(started.elapsed());
+        let Some(ev) = next_event(&mut watch, left).await else {
+            panic!("INVALIDATED for every changed key within {limit:?}; found {found:?}");
+        };
+        if ev.r#type() == watch_event::Type::Invalidated && keys.contains(&ev.key) {
+            found.entry(ev.key.clone()).or_insert(started.elapsed());
+        }
+    }
+    eprintln!("found both silent changes after {found:?}; one pass takes {implied:?}");
+    for id in &changed {
+        let resp = other.get(get_queue(id)).await.expect("refetched");
+        assert_eq!(resp.source(), Source::Upstream, "the other instance's copy is gone too");
+        assert!(String::from_utf8_lossy(&resp.value).contains("changed without an event"));
+    }
+    // Let one more pass run: nothing else is stale.
+    tokio::time::sleep(implied + INTERVAL).await;
+    let text = s.cx().metrics_text().await;
+    let stale = metric(&text, r#"cxcache_verify_stale_total{kind="routing.queue"}"#) - stale_before;
+    let sampled = metric(&text, r#"cxcache_verify_sampled_total{kind="routing.queue"}"#);
+    let aged = metric(&text, r#"cxcache_verify_stale_age_seconds_count{kind="routing.queue"}"#);
+    eprintln!("verifier: {sampled} sampled, {stale} stale");
+    assert_eq!(stale, 2.0, "exactly the two changed queues counted stale");
+    assert!(sampled >= QUEUES as f64, "every entry sampled at least once: {sampled}");
+    assert!(aged >= 2.0, "their ages are in the histogram");
+    other.stop().await;
+    s.stop().await;
+}
+
+/// The value of one series in a Prometheus text exposition (0 if absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
