@@ -202,7 +202,8 @@ class LiveNearCacheTest {
             + " ms), then " + failed + " Gets failed");
         assertTrue(lastNearAfterKill.compareTo(maxStaleness) <= 0, "near hit " + lastNearAfterKill + " after the kill");
         assertTrue(failed > 0, "Gets after max staleness went to the (dead) server");
-        assertTrue(nearHits > 0, "the near cache served nothing right after the kill: " + c.nearCacheStats());
+        // Near hits right after the kill are allowed, not required: when the
+        // stream's end is seen first the near cache flushes at once (safer).
         long flushes = c.nearCacheStats().flushes();
         cx = LiveProcesses.cxcache(emuUrl, logs.resolve("cxcache-2.log"));
         proxy.target(LiveProcesses.port(cx.line().group(1)));
