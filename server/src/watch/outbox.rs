@@ -109,14 +109,7 @@ impl Outbox {
             return Ok(());
         }
         let ev = self.marker(Type::Heartbeat, "");
-        match self.tx.try_send(Ok(WatchEvent { sequence: self.sent + 1, ..ev })) {
-            Ok(()) => {
-                self.sent += 1;
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
-        }
+        self.offer(ev).map(drop)
     }
 
     /// Delivers the pending LAGGED event if there is room now.
@@ -125,29 +118,30 @@ impl Outbox {
             return Ok(());
         }
         let ev = self.marker(Type::Lagged, "subscriber fell behind; events were dropped: resync");
-        match self.tx.try_send(Ok(WatchEvent { sequence: self.sent + 1, ..ev })) {
-            Ok(()) => {
-                self.sent += 1;
-                self.lagging = false;
-                crate::metrics::watch_lagged();
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+        if self.offer(ev)? {
+            self.lagging = false;
+            crate::metrics::watch_lagged();
         }
+        Ok(())
     }
 
-    fn try_send(&mut self, mut ev: WatchEvent) -> Result<(), Closed> {
+    /// A live event: a full buffer drops it and a LAGGED is owed.
+    fn try_send(&mut self, ev: WatchEvent) -> Result<(), Closed> {
+        if !self.offer(ev)? {
+            self.lagging = true;
+        }
+        Ok(())
+    }
+
+    /// Numbers and sends `ev` if there is room; whether it went.
+    fn offer(&mut self, mut ev: WatchEvent) -> Result<bool, Closed> {
         ev.sequence = self.sent + 1;
         match self.tx.try_send(Ok(ev)) {
             Ok(()) => {
                 self.sent += 1;
-                Ok(())
+                Ok(true)
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lagging = true;
-                Ok(())
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
         }
     }
