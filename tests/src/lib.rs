@@ -560,3 +560,23 @@ impl Drop for ProcessInstance {
         self.kill();
     }
 }
+
+/// A distinct analytics query per (`tag`, `n`): each a miss, each one
+/// upstream call (the tag keeps tests' keys apart).
+pub fn distinct_analytics(tag: &str, n: usize) -> GetRequest {
+    GetRequest {
+        kind: "analytics.conversations.aggregates".into(),
+        body_json: serde_json::json!({
+            "interval": "2020-01-01T00:00:00Z/2020-01-01T01:00:00Z",
+            "metrics": ["nOffered"],
+            "filter": {"type": "and", "predicates": [{"dimension": "queueId", "value": format!("{tag}{n}")}]},
+        })
+        .to_string(),
+        ..Default::default()
+    }
+}
+
+/// Wall-clock milliseconds (to compare with the emulator's request log).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}

@@ -9,14 +9,12 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cxcache::config::{Credential, Secret};
 use cxcache::proto::v1::cache_client::CacheClient;
-use cxcache::proto::v1::GetRequest;
 use genesys_emulator::{EmulatorConfig, EmulatorHandle};
 use harness::*;
-use serde_json::json;
 use tonic::transport::Channel;
 
 const ANALYTICS_ROUTE: &str = "POST /api/v2/analytics/conversations/aggregates/query";
@@ -47,24 +45,6 @@ impl Learned {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// A distinct analytics query per `n`: each a miss, each one upstream call.
-fn analytics(n: usize) -> GetRequest {
-    GetRequest {
-        kind: "analytics.conversations.aggregates".into(),
-        body_json: json!({
-            "interval": "2020-01-01T00:00:00Z/2020-01-01T01:00:00Z",
-            "metrics": ["nOffered"],
-            "filter": {"type": "and", "predicates": [{"dimension": "queueId", "value": format!("learn{n}")}]},
-        })
-        .to_string(),
-        ..Default::default()
-    }
-}
-
 /// Misses from every client until `end`.
 async fn load(clients: &[CacheClient<Channel>], end: tokio::time::Instant, failed: Arc<AtomicU64>) {
     let next = Arc::new(AtomicUsize::new(0));
@@ -74,7 +54,10 @@ async fn load(clients: &[CacheClient<Channel>], end: tokio::time::Instant, faile
             let (client, next, failed) = (client.clone(), next.clone(), failed.clone());
             tokio::spawn(async move {
                 while tokio::time::Instant::now() < end {
-                    let mut req = tonic::Request::new(analytics(next.fetch_add(1, Ordering::Relaxed)));
+                    let mut req = tonic::Request::new(distinct_analytics(
+                        "learn",
+                        next.fetch_add(1, Ordering::Relaxed),
+                    ));
                     req.set_timeout(Duration::from_secs(10));
                     if let Err(e) = client.clone().get(req).await {
                         eprintln!("failed Get: {:?} {}", e.code(), e.message());

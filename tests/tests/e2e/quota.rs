@@ -5,14 +5,13 @@
 //! asserted as bounds with slack (the suite shares two cores with others).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cxcache::config::{Config, Credential, Secret};
 use cxcache::proto::v1::cache_client::CacheClient;
 use cxcache::proto::v1::{GetRequest, Source};
 use genesys_emulator::{EmulatorConfig, EmulatorHandle, RequestRecord};
 use harness::*;
-use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -72,24 +71,6 @@ impl Budget {
     }
 }
 
-/// A distinct analytics key per `n` (each a miss, each one upstream call).
-fn analytics(n: usize) -> GetRequest {
-    GetRequest {
-        kind: "analytics.conversations.aggregates".into(),
-        body_json: json!({
-            "interval": "2020-01-01T00:00:00Z/2020-01-01T01:00:00Z",
-            "metrics": ["nOffered"],
-            "filter": {"type": "and", "predicates": [{"dimension": "queueId", "value": format!("q{n}")}]},
-        })
-        .to_string(),
-        ..Default::default()
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 /// What a miss-heavy run measured.
 #[derive(Debug)]
 struct Outcome {
@@ -127,7 +108,7 @@ async fn miss_heavy(
             tasks.push(tokio::spawn(async move {
                 while tokio::time::Instant::now() < end {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut req = tonic::Request::new(analytics(n));
+                    let mut req = tonic::Request::new(distinct_analytics("q", n));
                     req.set_timeout(Duration::from_secs(10));
                     if let Err(status) = client.clone().get(req).await {
                         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -234,7 +215,7 @@ async fn expiring_tokens_are_refreshed_without_a_failed_get() {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(5200);
     let mut n = 0;
     while tokio::time::Instant::now() < deadline {
-        let got = cx.get_within(analytics(n), Duration::from_secs(5)).await;
+        let got = cx.get_within(distinct_analytics("q", n), Duration::from_secs(5)).await;
         assert!(got.is_ok(), "Get {n} failed: {got:?}");
         n += 1;
         tokio::time::sleep(Duration::from_millis(15)).await;
@@ -264,7 +245,7 @@ async fn revoked_credential_is_parked_and_the_rest_carry_on() {
             emu.revoke_client(&c1);
             revoked_at = Some(unix_ms());
         }
-        let got = cx.get_within(analytics(n), Duration::from_secs(5)).await;
+        let got = cx.get_within(distinct_analytics("q", n), Duration::from_secs(5)).await;
         assert!(got.is_ok(), "Get {n} failed: {got:?}");
         n += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -313,7 +294,8 @@ async fn retry_after_rests_that_token_for_exactly_its_delay() {
         .start()
         .await;
     let (cx, emu) = (s.cx(), s.emu());
-    let gets: Vec<_> = (0..8).map(|n| cx.get_within(analytics(n), Duration::from_secs(12))).collect();
+    let gets: Vec<_> =
+        (0..8).map(|n| cx.get_within(distinct_analytics("q", n), Duration::from_secs(12))).collect();
     let results = futures::future::join_all(gets).await;
     for (n, r) in results.iter().enumerate() {
         assert!(r.is_ok(), "Get {n}: {r:?}");

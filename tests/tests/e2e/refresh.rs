@@ -13,33 +13,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cxcache::config::{Credential, PinnedKey, Secret};
-use cxcache::proto::v1::{watch_event, GetRequest, Source, WatchRequest};
+use cxcache::proto::v1::{watch_event, Source, WatchRequest};
 use genesys_emulator::{queue_id, EmulatorConfig, RequestRecord};
 use harness::*;
 use serde_json::json;
 
 const TTL: Duration = Duration::from_secs(2);
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// A distinct analytics query per `n`: each a foreground miss.
-fn analytics(n: usize) -> GetRequest {
-    GetRequest {
-        kind: "analytics.conversations.aggregates".into(),
-        body_json: json!({
-            "interval": "2020-01-01T00:00:00Z/2020-01-01T01:00:00Z",
-            "metrics": ["nOffered"],
-            "filter": {"type": "and", "predicates": [{"dimension": "queueId", "value": format!("ahead{n}")}]},
-        })
-        .to_string(),
-        ..Default::default()
-    }
-}
 
 fn background(r: &RequestRecord) -> bool {
     r.priority.as_deref() == Some("background")
@@ -127,7 +109,10 @@ async fn hot_keys_are_refreshed_ahead_on_spare_budget_only() {
             let (c, next, failed) = (c.clone(), next.clone(), failed.clone());
             tokio::spawn(async move {
                 while tokio::time::Instant::now() < load_end_at {
-                    let mut req = tonic::Request::new(analytics(next.fetch_add(1, Ordering::Relaxed)));
+                    let mut req = tonic::Request::new(distinct_analytics(
+                        "ahead",
+                        next.fetch_add(1, Ordering::Relaxed),
+                    ));
                     req.set_timeout(Duration::from_secs(10));
                     if c.clone().get(req).await.is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
