@@ -27,6 +27,7 @@ from typing import Dict, Optional
 
 import httpx
 import redis.asyncio as redis
+from redis.maint_notifications import MaintNotificationsConfig
 from fastapi import FastAPI, HTTPException, Response
 from pydantic import BaseModel
 
@@ -78,7 +79,17 @@ async def lifespan(_app: FastAPI):
     if REDIS_CLUSTER:
         # Its per-node pool has no blocking mode: past max_connections it
         # raises MaxConnectionsError, so it gets room for every caller.
-        state.store = redis.RedisCluster.from_url(REDIS_URL, max_connections=10 * REDIS_MAX_CONNECTIONS)
+        # Maintenance notifications are a Redis Enterprise/Cloud feature that
+        # redis-py 8 tries on every new RESP3 cluster connection ("auto"); open
+        # source redis-server refuses the handshake, and a connection dropped
+        # during it fails the request with AttributeError ('NoneType' has no
+        # 'writelines'), 54 errors in one CI run. A user of an open source
+        # cluster turns it off.
+        state.store = redis.RedisCluster.from_url(
+            REDIS_URL,
+            max_connections=10 * REDIS_MAX_CONNECTIONS,
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        )
     else:
         # A blocking pool: redis-py's default pool (100 connections per
         # process) raises "Too many connections" past that instead of waiting,
