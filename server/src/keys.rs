@@ -251,6 +251,13 @@ pub fn listener_lease(env: &str) -> String {
     format!("cx:{{{env}:notifications}}:leader")
 }
 
+/// The keys of change-callback endpoint `name`, all in one slot: `log` (a
+/// stream of its events), `n` (their count, for what a trim dropped),
+/// `cursor` (the last one delivered) and `deliverer` (the delivery lease).
+pub fn callback_key(env: &str, name: &str, part: &str) -> String {
+    format!("cx:{{{env}:callback:{name}}}:{part}")
+}
+
 /// The channel ids the notification listener holds (so a successor can
 /// release a dead listener's channels).
 pub fn listener_channels(env: &str) -> String {

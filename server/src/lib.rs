@@ -7,13 +7,14 @@
 //!    [`entry`], [`clock`], [`source`], [`ttl`], [`catalog`], [`coalesce`],
 //!    [`metrics`], [`telemetry`], [`proto`], [`tls`];
 //! 2. the shared store and what sits on it — [`store`], [`l1`], [`tiers`],
-//!    [`bus`];
+//!    [`bus`], [`leader`] (one worker per fleet);
 //! 3. [`upstream`] (OAuth token pool, limiter, retries, paging, jobs);
 //! 4. [`policy`] (a Get's validation, key and freshness) → [`cache`] (the
 //!    read path);
 //! 5. [`invalidation`] (purges, change events, the bus follower, audit);
 //!    then [`refresh`] (refresh ahead, the consistency verifier);
-//! 6. [`notifications`] (the platform's change events), [`watch`] (streams);
+//! 6. [`notifications`] (the platform's change events), [`watch`] (streams),
+//!    [`callbacks`] (events POSTed to HTTP endpoints);
 //! 7. the edges — [`grpc`], [`http`];
 //! 8. [`bundled`] (the emulator feature) and [`server`] (assembly, shutdown).
 
@@ -21,6 +22,7 @@ pub mod auth;
 pub(crate) mod bundled;
 pub(crate) mod bus;
 pub(crate) mod cache;
+pub(crate) mod callbacks;
 pub(crate) mod canonical;
 pub(crate) mod catalog;
 pub(crate) mod clock;
@@ -33,6 +35,7 @@ pub(crate) mod http;
 pub(crate) mod invalidation;
 pub mod keys;
 pub(crate) mod l1;
+pub(crate) mod leader;
 pub(crate) mod metrics;
 pub(crate) mod normalize;
 pub(crate) mod notifications;

@@ -91,6 +91,22 @@ pub const VERIFY_STALE_AGE: &str = "cxcache_verify_stale_age_seconds";
 /// needed; unverifiable: no request known for the key; failed).
 pub const VERIFY_SKIPPED: &str = "cxcache_verify_skipped_total";
 
+/// Events POSTed to change-callback endpoints and acknowledged, by endpoint.
+pub const CALLBACK_EVENTS: &str = "cxcache_callback_events_total";
+/// POSTs to change-callback endpoints, by endpoint and outcome (delivered, failed).
+pub const CALLBACK_POSTS: &str = "cxcache_callback_posts_total";
+/// Events dropped from a full backlog before delivery, by endpoint (the
+/// endpoint was sent a RESYNC event).
+pub const CALLBACK_DROPPED: &str = "cxcache_callback_dropped_total";
+/// Events owed to an endpoint, as its deliverer last saw (on the instance
+/// that delivers).
+pub const CALLBACK_BACKLOG: &str = "cxcache_callback_backlog";
+/// 1 while this instance delivers an endpoint's events (one per fleet).
+pub const CALLBACK_DELIVERER: &str = "cxcache_callback_deliverer";
+/// Events that could not be written to an endpoint's outbox (the store
+/// was unavailable): they are not delivered.
+pub const CALLBACK_APPEND_ERRORS: &str = "cxcache_callback_append_errors_total";
+
 /// Age buckets (seconds) of stale entries: a second to a day.
 const AGE_BUCKETS: &[f64] =
     &[1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3.0 * 3600.0, 6.0 * 3600.0, 86400.0];
@@ -201,6 +217,41 @@ fn describe() {
         "Age of entries found stale (since fetched), by kind"
     );
     describe_counter!(VERIFY_SKIPPED, "Entries the verifier could not compare, by reason");
+    describe_counter!(CALLBACK_EVENTS, "Events delivered to change-callback endpoints, by endpoint");
+    describe_counter!(CALLBACK_POSTS, "POSTs to change-callback endpoints, by endpoint and outcome");
+    describe_counter!(CALLBACK_DROPPED, "Events dropped from a full callback backlog, by endpoint");
+    describe_gauge!(CALLBACK_BACKLOG, "Events owed to a change-callback endpoint, by endpoint");
+    describe_gauge!(CALLBACK_DELIVERER, "1 while this instance delivers the endpoint's events");
+    describe_counter!(CALLBACK_APPEND_ERRORS, "Events not written to a callback outbox, by endpoint");
+}
+
+/// A POST to callback `endpoint`: delivered (with its `events`) or failed.
+pub fn callback_posted(endpoint: &str, events: Option<usize>) {
+    let outcome = if events.is_some() { "delivered" } else { "failed" };
+    counter!(CALLBACK_POSTS, "endpoint" => endpoint.to_owned(), "outcome" => outcome).increment(1);
+    if let Some(n) = events {
+        counter!(CALLBACK_EVENTS, "endpoint" => endpoint.to_owned()).increment(n as u64);
+    }
+}
+
+/// `n` events of callback `endpoint` were dropped before delivery.
+pub fn callback_dropped(endpoint: &str, n: u64) {
+    counter!(CALLBACK_DROPPED, "endpoint" => endpoint.to_owned()).increment(n);
+}
+
+/// What the deliverer of `endpoint` last saw owed.
+pub fn callback_backlog(endpoint: &str, owed: u64) {
+    gauge!(CALLBACK_BACKLOG, "endpoint" => endpoint.to_owned()).set(owed as f64);
+}
+
+/// Whether this instance delivers `endpoint`'s events.
+pub fn callback_deliverer(endpoint: &str, delivering: bool) {
+    gauge!(CALLBACK_DELIVERER, "endpoint" => endpoint.to_owned()).set(if delivering { 1.0 } else { 0.0 });
+}
+
+/// An event of `endpoint` that could not be written to its outbox.
+pub fn callback_append_failed(endpoint: &str) {
+    counter!(CALLBACK_APPEND_ERRORS, "endpoint" => endpoint.to_owned()).increment(1);
 }
 
 /// One refresh-ahead attempt of a `kind` key: `refreshed`, `refused` (the

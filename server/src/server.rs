@@ -58,6 +58,8 @@ pub struct Running {
     tls_watch: Option<JoinHandle<()>>,
     /// Refresh ahead and the consistency verifier (when on).
     background: Vec<JoinHandle<()>>,
+    /// Change-callback deliverers (when configured).
+    callbacks: crate::callbacks::Callbacks,
 }
 
 /// Builds everything the config describes and starts serving.
@@ -121,6 +123,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     });
     let follower = invalidation::follower::spawn(cache.clone(), bus.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Change callbacks: events recorded before the bus carries them, one
+    // deliverer per endpoint per fleet.
+    let callbacks = crate::callbacks::Callbacks::start(
+        &config.env,
+        &config.callbacks,
+        catalog.clone(),
+        tiers.store().clone(),
+        connected.outbox.clone(),
+        &bus,
+        shutdown_rx.clone(),
+    )?;
     // Background work on the budget callers leave: hot and pinned keys
     // refreshed ahead, stored entries verified against the upstream.
     let refresh_ahead =
@@ -292,6 +305,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         watch_slots,
         tls_watch,
         background: std::iter::once(refresh_ahead).chain(verifier).collect(),
+        callbacks,
     })
 }
 
@@ -359,6 +373,9 @@ impl Running {
             // It saw the shutdown signal: let it release its lease.
             notifier.stop(std::time::Duration::from_secs(2)).await;
         }
+        // Likewise the callback deliverers (a POST in flight is cut: its
+        // batch is sent again by the successor).
+        self.callbacks.stop(std::time::Duration::from_secs(2)).await;
         if drained.is_err() {
             grpc_abort.abort();
             http_abort.abort();

@@ -40,13 +40,13 @@ const LAYERS: &[&[&str]] = &[
         "tls",
     ],
     // The shared store and what sits on it.
-    &["store", "l1", "tiers", "bus"],
+    &["store", "l1", "tiers", "bus", "leader"],
     &["upstream"],
     &["policy"],
     &["cache"],
     &["invalidation"],
     &["refresh"],
-    &["notifications", "watch"],
+    &["notifications", "watch", "callbacks"],
     // The edges.
     &["grpc", "http"],
     // Assembly.

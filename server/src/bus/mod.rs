@@ -104,8 +104,18 @@ impl Fanout {
     }
 }
 
+/// Hears every event this instance originates, before the fleet does: the
+/// change-callback outbox, which must hold an event before anyone could
+/// act on it (at least once, even if this instance dies right after).
+#[async_trait::async_trait]
+pub trait Recorder: Send + Sync + 'static {
+    async fn record(&self, event: &Event);
+}
+
 pub struct Bus {
     fanout: Arc<Fanout>,
+    /// Set once at start-up when change callbacks are configured.
+    recorder: std::sync::OnceLock<Arc<dyn Recorder>>,
     redis: Option<RedisBus>,
     pub instance_id: String,
     published: AtomicU64,
@@ -214,7 +224,15 @@ impl Bus {
         let fanout = Fanout::new(retention);
         let fleet = Arc::new(AtomicUsize::new(1));
         let membership = Membership::always();
-        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet, membership })
+        Arc::new(Bus {
+            fanout,
+            recorder: Default::default(),
+            redis: None,
+            instance_id,
+            published: AtomicU64::new(0),
+            fleet,
+            membership,
+        })
     }
 
     /// An in-process bus whose membership is `membership` (tests of what
@@ -223,7 +241,15 @@ impl Bus {
     pub(crate) fn local_with_membership(instance_id: String, membership: Arc<Membership>) -> Arc<Bus> {
         let fanout = Fanout::new(Retention::default());
         let fleet = Arc::new(AtomicUsize::new(1));
-        Arc::new(Bus { fanout, redis: None, instance_id, published: AtomicU64::new(0), fleet, membership })
+        Arc::new(Bus {
+            fanout,
+            recorder: Default::default(),
+            redis: None,
+            instance_id,
+            published: AtomicU64::new(0),
+            fleet,
+            membership,
+        })
     }
 
     /// A bus over Redis sharded pub/sub on the channel of `env`.
@@ -278,6 +304,7 @@ impl Bus {
         tokio::spawn(beat.run(Arc::downgrade(&fleet), Arc::downgrade(&membership), fanout.clone()));
         Ok(Arc::new(Bus {
             fanout,
+            recorder: Default::default(),
             redis: Some(RedisBus {
                 env: env.to_string(),
                 pool,
@@ -311,6 +338,9 @@ impl Bus {
     /// publish is reported locally as a gap.
     pub async fn publish(&self, event: Event) -> Result<u64> {
         self.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(recorder) = self.recorder.get() {
+            recorder.record(&event).await;
+        }
         match &self.redis {
             None => {
                 self.fanout.send(BusMessage::Event(Arc::new(event)));
@@ -327,6 +357,12 @@ impl Bus {
                 }
             }
         }
+    }
+
+    /// Makes `recorder` hear every event this instance publishes from now
+    /// on (once; a second call is ignored).
+    pub fn record_with(&self, recorder: Arc<dyn Recorder>) {
+        let _ = self.recorder.set(recorder);
     }
 
     /// How many instances share the bus (and so the upstream budgets), kept

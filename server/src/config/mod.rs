@@ -17,6 +17,7 @@ use crate::catalog::{Catalog, Kind};
 
 mod auth;
 mod cache;
+mod callbacks;
 mod http;
 mod services;
 mod upstream;
@@ -27,6 +28,7 @@ pub use self::auth::{
 pub use self::cache::{
     CacheSettings, L1Settings, PinnedKey, RefreshAheadSettings, TtlSettings, VerifySettings,
 };
+pub use self::callbacks::CallbackSettings;
 pub use self::http::{DataActionSettings, TopicMapping, WebhookSettings};
 pub use self::services::{EmulatorSettings, NotificationSettings, RedisSettings, TelemetrySettings};
 pub use self::upstream::{Credential, JobSettings, RateLimitSettings, RetrySettings, UpstreamSettings};
@@ -155,6 +157,8 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Admission limits.
     pub limits: LimitSettings,
+    /// HTTP endpoints that receive cache events (`[[callbacks]]`).
+    pub callbacks: Vec<CallbackSettings>,
 }
 
 impl Default for Config {
@@ -177,6 +181,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
             limits: LimitSettings::default(),
+            callbacks: Vec::new(),
         }
     }
 }
@@ -355,6 +360,13 @@ impl Config {
             problems.push(e);
         }
         self.validate_security(&mut problems);
+        let mut names = std::collections::BTreeSet::new();
+        for (i, cb) in self.callbacks.iter().enumerate() {
+            problems.extend(cb.problems(i));
+            if !names.insert(cb.name.as_str()) {
+                problems.push(format!("callbacks[{i}].name {:?}: two endpoints share it", cb.name));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

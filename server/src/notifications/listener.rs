@@ -23,13 +23,13 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::channels::{Api, Created};
-use super::leader::Leadership;
 use super::placement::{self, Limits, Plan};
 use super::socket::{self, ConnectError, Report, Socket};
 use super::topics::Target;
 use super::{Ctx, ListenerStatus};
 use crate::bus::{BusMessage, EventKind};
 use crate::invalidation::Purge;
+use crate::leader::Leadership;
 
 /// Longest wait for a WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,6 +1,6 @@
 //! Hearing changes from the platform itself: Notification API channels.
 //!
-//! One instance per fleet holds the listener lease ([`leader`]). While it
+//! One instance per fleet holds the listener lease ([`crate::leader`]). While it
 //! does, it keeps Notification API channels ([`channels`]) subscribed to the
 //! topics of what the fleet has cached ([`topics`]: read from the kind
 //! indexes, spread over channels of at most `topics_per_channel`, at most
@@ -16,7 +16,6 @@
 //! predecessor may have missed.
 
 pub mod channels;
-pub mod leader;
 pub mod listener;
 pub mod placement;
 pub mod socket;
@@ -91,9 +90,14 @@ impl Notifier {
         let status = ctx.status.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Some(lease) =
-                    leader::campaign(ctx.store.clone(), &ctx.env, ctx.settings.lease_ttl, &mut shutdown)
-                        .await
+                let Some(lease) = crate::leader::campaign(
+                    ctx.store.clone(),
+                    crate::keys::listener_lease(&ctx.env),
+                    "notification listener",
+                    ctx.settings.lease_ttl,
+                    &mut shutdown,
+                )
+                .await
                 else {
                     return;
                 };

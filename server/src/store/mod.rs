@@ -25,6 +25,7 @@
 
 mod budgets;
 mod memory;
+mod outbox;
 mod redis;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use bytes::Bytes;
 
 pub use self::budgets::{RedisBudgets, SharedBudgets, Take};
 pub use self::memory::MemoryStore;
+pub use self::outbox::{Cursor, Logged, MemoryOutbox, Outbox, RedisOutbox};
 pub use self::redis::RedisStore;
 
 use crate::config::RedisSettings;
@@ -115,10 +117,12 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The connected backend: the store, the fleet's shared rate-limit
-/// budgets, and the Redis pool for the bus, when there is Redis.
+/// budgets, the change-callback outbox, and the Redis pool for the bus,
+/// when there is Redis.
 pub struct Connected {
     pub store: Arc<dyn Store>,
     pub budgets: Option<Arc<dyn SharedBudgets>>,
+    pub outbox: Arc<dyn Outbox>,
     pub redis: Option<fred::prelude::Pool>,
 }
 
@@ -129,9 +133,15 @@ pub async fn connect(settings: &RedisSettings) -> Result<Connected> {
             let store = RedisStore::connect(url, settings).await?;
             let pool = store.pool();
             let budgets: Arc<dyn SharedBudgets> = Arc::new(RedisBudgets::new(pool.clone()));
-            Ok(Connected { store: Arc::new(store), budgets: Some(budgets), redis: Some(pool) })
+            let outbox: Arc<dyn Outbox> = Arc::new(RedisOutbox::new(pool.clone()));
+            Ok(Connected { store: Arc::new(store), budgets: Some(budgets), outbox, redis: Some(pool) })
         }
-        None => Ok(Connected { store: Arc::new(MemoryStore::new()), budgets: None, redis: None }),
+        None => Ok(Connected {
+            store: Arc::new(MemoryStore::new()),
+            budgets: None,
+            outbox: Arc::new(MemoryOutbox::default()),
+            redis: None,
+        }),
     }
 }
 

@@ -155,7 +155,7 @@ const FAIL_FAST: Options = Options {
 
 /// `EVALSHA` of `script` on `client`, failing fast, loading the script
 /// where a node does not have it yet (`NOSCRIPT`: a fresh replica promoted).
-async fn eval_on<R, K, V>(
+pub(super) async fn eval_on<R, K, V>(
     client: &fred::clients::Client,
     script: &Script,
     keys: K,

@@ -38,6 +38,26 @@ impl Filter {
         })
     }
 
+    /// A filter from configured parts (change callbacks), validated there.
+    pub fn from_parts(
+        keys: Vec<String>,
+        prefixes: Vec<String>,
+        kinds: Vec<String>,
+        tags: Vec<String>,
+        invalidated_only: bool,
+        catalog: Arc<Catalog>,
+    ) -> Filter {
+        Filter { keys, prefixes, kinds, tags, invalidated_only, catalog: Some(catalog) }
+    }
+
+    /// The keys of `event` this filter wants (none: the event is not for it).
+    pub fn select<'e>(&self, event: &'e Event) -> Vec<&'e String> {
+        if !self.wants(event) {
+            return Vec::new();
+        }
+        event.keys.iter().filter(|k| self.matches(k)).collect()
+    }
+
     /// Whether events of this kind are wanted at all.
     pub fn wants(&self, event: &Event) -> bool {
         !(self.invalidated_only && event.kind == EventKind::Updated)

@@ -1,8 +1,9 @@
-//! One listener per fleet: a lease in the store, renewed while held. When
-//! its holder dies, the lease runs out (`notifications.lease_ttl`) and
-//! another instance takes it. The renewal runs in a task of its own
-//! ([`Leadership::keep`]): slow work of the listener (a reconcile of
-//! thousands of topics, a large purge) must not let a live lease lapse.
+//! One worker per fleet (the notification listener, each change-callback
+//! deliverer): a lease in the store, renewed while held. When its holder
+//! dies, the lease runs out and another instance takes it. The renewal runs
+//! in a task of its own ([`Leadership::keep`]): slow work of the holder (a
+//! reconcile of thousands of topics, a POST that times out) must not let a
+//! live lease lapse.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,31 +13,34 @@ use tokio::sync::watch;
 
 use crate::store::{Lease, Store};
 
-/// A held listener lease.
+/// A held lease.
 pub struct Leadership {
     store: Arc<dyn Store>,
     key: String,
+    /// What holds it, for logs.
+    what: &'static str,
     pub ttl: Duration,
     token: Lease,
 }
 
-/// Tries for the lease until it is won (Some) or `shutdown` turns true (None).
+/// Tries for the lease under `key` until it is won (Some) or `shutdown`
+/// turns true (None). `what` names the holder in logs.
 pub async fn campaign(
     store: Arc<dyn Store>,
-    env: &str,
+    key: String,
+    what: &'static str,
     ttl: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Leadership> {
-    let key = crate::keys::listener_lease(env);
     let token = Lease::new();
     loop {
         if *shutdown.borrow() {
             return None;
         }
         match store.try_lease(&key, token, ttl).await {
-            Ok(true) => return Some(Leadership { store, key, ttl, token }),
+            Ok(true) => return Some(Leadership { store, key, what, ttl, token }),
             Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "listener lease: store unavailable"),
+            Err(e) => tracing::debug!(error = %e, what, "lease: store unavailable"),
         }
         // Poll several times per lease period (one cheap command), jittered
         // so instances spread: a takeover comes at most ~ttl/7 after expiry.
@@ -72,7 +76,8 @@ impl Leadership {
     /// Starts renewing the lease in the background.
     pub fn keep(&self) -> Keeper {
         let (tx, lost) = watch::channel(false);
-        let (store, key, ttl, token) = (self.store.clone(), self.key.clone(), self.ttl, self.token);
+        let (store, key, ttl, token, what) =
+            (self.store.clone(), self.key.clone(), self.ttl, self.token, self.what);
         let task = tokio::spawn(async move {
             let mut renewed = tokio::time::Instant::now();
             loop {
@@ -80,11 +85,11 @@ impl Leadership {
                 match store.renew_lease(&key, token, ttl).await {
                     Ok(true) => renewed = tokio::time::Instant::now(),
                     Ok(false) => {
-                        tracing::warn!("notification listener lease lost");
+                        tracing::warn!(what, "lease lost");
                         break;
                     }
                     Err(e) if renewed.elapsed() >= ttl => {
-                        tracing::warn!(error = %e, "notification listener lease not renewed in time");
+                        tracing::warn!(error = %e, what, "lease not renewed in time");
                         break;
                     }
                     Err(e) => tracing::debug!(error = %e, "lease renewal failed; retrying"),
@@ -98,7 +103,7 @@ impl Leadership {
     /// Lets another instance take over at once.
     pub async fn release(self) {
         if let Err(e) = self.store.release_lease(&self.key, self.token).await {
-            tracing::debug!(error = %e, "listener lease release failed; it expires by itself");
+            tracing::debug!(error = %e, what = self.what, "lease release failed; it expires by itself");
         }
     }
 }
