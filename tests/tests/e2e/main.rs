@@ -11,6 +11,7 @@
 //! Run one area with `cargo test -p cxcache-e2e --test e2e quota::`.
 
 mod budget;
+mod callbacks;
 mod coalescing;
 mod faults;
 mod growth;
