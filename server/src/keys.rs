@@ -251,6 +251,11 @@ pub fn listener_lease(env: &str) -> String {
     format!("cx:{{{env}:notifications}}:leader")
 }
 
+/// The consistency verifier's fleet lease (one verifier per fleet).
+pub fn verifier_lease(env: &str) -> String {
+    format!("cx:{{{env}:verifier}}:leader")
+}
+
 /// The keys of change-callback endpoint `name`, all in one slot: `log` (a
 /// stream of its events), `n` (their count, for what a trim dropped),
 /// `cursor` (the last one delivered) and `deliverer` (the delivery lease).

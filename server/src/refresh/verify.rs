@@ -14,9 +14,15 @@
 //! can put an SLO on. A refusal for budget ends the round at once (the key
 //! is tried first next round): callers' misses come first.
 //!
+//! One instance of the fleet verifies at a time (a lease in the store,
+//! [`crate::leader`]): the configured rate is the fleet's, not multiplied
+//! by its size, and a successor takes over within [`LEASE_TTL`] of the
+//! holder's death.
+//!
 //! Keys are rebuilt into requests from themselves (kind, id, variant) or
 //! from the request this instance last saw for them; keys of query-style
-//! requests no instance has seen are skipped (`unverifiable`).
+//! requests the verifying instance has not seen are skipped
+//! (`unverifiable`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,6 +38,9 @@ use crate::error::Error;
 use crate::invalidation::{Invalidator, Purge};
 use crate::keys;
 use crate::metrics;
+
+/// The verifier's fleet lease.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +73,49 @@ impl Verifier {
             return None;
         }
         Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.settings.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let store = self.cache.tiers().store().clone();
+            let key = keys::verifier_lease(self.invalidator.env());
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return,
-                }
-                let round = self.round().await;
-                if round.stale > 0 || round.refused {
-                    tracing::info!(?round, "consistency verifier");
+                let Some(lease) = crate::leader::campaign(
+                    store.clone(),
+                    key.clone(),
+                    "consistency verifier",
+                    LEASE_TTL,
+                    &mut shutdown,
+                )
+                .await
+                else {
+                    return;
+                };
+                let mut keeper = lease.keep();
+                let stopped = tokio::select! {
+                    _ = keeper.lost() => false,
+                    stopped = self.rounds(&mut shutdown) => stopped,
+                };
+                drop(keeper);
+                if stopped {
+                    lease.release().await;
+                    return;
                 }
             }
         }))
+    }
+
+    /// A round every `interval` while this instance holds the lease; true
+    /// once shut down.
+    async fn rounds(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return true,
+            }
+            let round = self.round().await;
+            if round.stale > 0 || round.refused {
+                tracing::info!(?round, "consistency verifier");
+            }
+        }
     }
 
     /// Every stored key, from the kind indexes, in random order (so

@@ -217,10 +217,9 @@ async fn the_verifier_finds_purges_and_counts_every_silent_change() {
         })
         .start()
         .await;
-    // A second instance without a verifier of its own: it hears the purges.
-    let mut quiet = s.config();
-    quiet.cache.verify.interval = Duration::ZERO;
-    let other = Instance::start(quiet).await;
+    // A second instance, configured alike: the fleet verifies through one
+    // of them at a time (a lease), and both hear the purges.
+    let other = s.start_instance().await;
     let ids: Vec<String> = (0..QUEUES).map(queue_id).collect();
     for id in &ids {
         s.cx().get(get_queue(id)).await.expect("cache a queue");
@@ -265,6 +264,17 @@ async fn the_verifier_finds_purges_and_counts_every_silent_change() {
     assert_eq!(stale, 2.0, "exactly the two changed queues counted stale");
     assert!(sampled >= QUEUES as f64, "every entry sampled at least once: {sampled}");
     assert!(aged >= 2.0, "their ages are in the histogram");
+    // The rate is the fleet's: over 2 s, one verifier's rounds at most
+    // (two side by side would sample about twice as many).
+    let window = Duration::from_secs(2);
+    let at = |text: &str| metric(text, r#"cxcache_verify_sampled_total{kind="routing.queue"}"#);
+    let from = at(&s.cx().metrics_text().await);
+    tokio::time::sleep(window).await;
+    let sampled_in_window = at(&s.cx().metrics_text().await) - from;
+    let one_verifier = (SAMPLE as u32 * (window.as_millis() / INTERVAL.as_millis() + 2) as u32) as f64;
+    eprintln!("verifier fleet: {sampled_in_window} sampled in {window:?}; one verifier at most {one_verifier}");
+    assert!(sampled_in_window > 0.0, "the fleet verifies");
+    assert!(sampled_in_window <= one_verifier, "{sampled_in_window} sampled: more than one verifier ran");
     other.stop().await;
     s.stop().await;
 }
