@@ -246,6 +246,12 @@ pub fn ratelimit_key(digest: &[u8]) -> String {
     format!("cx:ratelimit:{{{}}}", hex::encode(digest))
 }
 
+/// The budget the fleet learned for the credential of limiter key `key`
+/// (same slot).
+pub fn ratelimit_budget(key: &str) -> String {
+    format!("{key}:budget")
+}
+
 /// The notification listener's lease.
 pub fn listener_lease(env: &str) -> String {
     format!("cx:{{{env}:notifications}}:leader")

@@ -34,7 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use self::budgets::{RedisBudgets, SharedBudgets, Take};
+pub use self::budgets::{FleetBudget, RedisBudgets, SharedBudgets, Take};
 pub use self::memory::MemoryStore;
 pub use self::outbox::{Cursor, Logged, MemoryOutbox, Outbox, RedisOutbox};
 pub use self::redis::RedisStore;

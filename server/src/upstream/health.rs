@@ -101,6 +101,9 @@ pub struct Health {
     remaining_until: Option<Instant>,
     /// The budget per window (configured, then learned from headers).
     learned: Learned,
+    /// A budget learned from this instance's own answers that the fleet
+    /// has not been told yet (written with the next limiter call).
+    unshared: Option<Budget>,
     token_failures: u32,
     /// 401s since the last success: the second one means even a fresh token was refused.
     auth_strikes: u32,
@@ -120,6 +123,7 @@ impl Health {
             remaining: None,
             remaining_until: None,
             learned,
+            unshared: None,
             token_failures: 0,
             auth_strikes: 0,
             forbidden: 0,
@@ -134,6 +138,24 @@ impl Health {
     /// The budget and its window.
     pub fn budget(&self) -> Budget {
         self.learned.budget()
+    }
+
+    /// A budget this instance learned that the fleet has not heard of yet.
+    pub fn unshared(&self) -> Option<Budget> {
+        self.unshared
+    }
+
+    /// The limiter answered with the fleet's budget (`shared`, after
+    /// writing `sent` if it was given): this one follows it.
+    pub fn shared(&mut self, sent: Option<Budget>, shared: Option<Budget>) -> Option<Change> {
+        if sent.is_some() && self.unshared == sent {
+            self.unshared = None;
+        }
+        // What this instance learned since it sent goes out next time.
+        match shared {
+            Some(b) if self.unshared.is_none() => self.learned.adopt(b),
+            _ => None,
+        }
     }
 
     pub fn is_parked(&self, now: Instant) -> bool {
@@ -251,6 +273,9 @@ impl Health {
         nearly_spent: u32,
     ) -> Observation {
         let budget_changed = self.learned.observe(headers);
+        if let Some(c) = budget_changed {
+            self.unshared = Some(c.to);
+        }
         if headers.remaining.is_some() {
             self.remaining = headers.remaining;
             self.remaining_until = headers.reset.map(|r| now + r);
@@ -601,5 +626,30 @@ mod tests {
         let r = rank(&[], Instant::now(), 0);
         assert!(!r.all_parked && r.ready.is_empty() && r.next_ready.is_none());
         assert_eq!(earliest_return(&[], Instant::now()), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_learned_budget_waits_to_be_shared_and_the_fleets_is_followed_unless_ours_is_newer() {
+        let now = Instant::now();
+        let mut h = health();
+        let b = |allowed, s| Budget { allowed, window: Duration::from_secs(s) };
+        assert_eq!(h.shared(None, Some(b(50, 10))).map(|c| c.to), Some(b(50, 10)), "the fleet's is followed");
+        assert_eq!(h.unshared(), None, "nothing of its own to tell");
+        // Its own answer says otherwise: that goes out with the next limiter call...
+        let headers = RateHeaders {
+            count: Some(4),
+            allowed: Some(80),
+            remaining: Some(76),
+            reset: Some(Duration::from_secs(8)),
+            ..Default::default()
+        };
+        h.observe(now, &headers, 200, 1);
+        assert_eq!(h.unshared(), Some(b(80, 10)));
+        // ...and until it went, an older fleet value does not undo it.
+        assert_eq!(h.shared(None, Some(b(50, 10))), None);
+        assert_eq!(h.budget(), b(80, 10));
+        // Sent and read back: shared, nothing pending.
+        assert_eq!(h.shared(Some(b(80, 10)), Some(b(80, 10))), None);
+        assert_eq!(h.unshared(), None);
     }
 }

@@ -91,6 +91,21 @@ impl Learned {
         (self.budget != from).then_some(Change { from, to: self.budget })
     }
 
+    /// Takes `shared`, the budget another instance of the fleet learned
+    /// (through the limiter in Redis): it applied these same rules to its
+    /// own answers, so it is followed as it is (capped by the ceiling).
+    pub fn adopt(&mut self, shared: Budget) -> Option<Change> {
+        let from = self.budget;
+        let allowed = if self.ceiling > 0 { shared.allowed.min(self.ceiling) } else { shared.allowed };
+        if allowed == 0 || shared.window.is_zero() || shared.window > LONGEST_WINDOW {
+            return None;
+        }
+        self.budget = Budget { allowed, window: shared.window };
+        self.window_learned = true;
+        self.shorter = None;
+        (self.budget != from).then_some(Change { from, to: self.budget })
+    }
+
     /// A response opened a window of `reset`.
     fn window_opened(&mut self, reset: Duration) {
         let current = self.budget.window;
@@ -191,6 +206,21 @@ mod tests {
         // A reading a second short (rounding) is the same window.
         l.observe(&genesys(1, 50, 9));
         assert_eq!(l.budget().window, secs(10));
+    }
+
+    #[test]
+    fn a_budget_learned_elsewhere_in_the_fleet_is_followed_as_it_is() {
+        let mut l = Learned::new(budget(300, 60), 0);
+        let change = l.adopt(budget(50, 10)).expect("changed");
+        assert_eq!((change.from, change.to), (budget(300, 60), budget(50, 10)));
+        assert_eq!(l.adopt(budget(50, 10)), None, "the same again changes nothing");
+        // It counts as a learned window: one late reading does not shorten it.
+        l.observe(&genesys(1, 50, 3));
+        assert_eq!(l.budget(), budget(50, 10));
+        let mut capped = Learned::new(budget(50, 10), 120);
+        capped.adopt(budget(200, 10));
+        assert_eq!(capped.budget(), budget(120, 10));
+        assert_eq!(capped.adopt(budget(0, 10)), None, "nonsense is ignored");
     }
 
     #[test]

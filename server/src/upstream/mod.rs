@@ -550,7 +550,14 @@ impl Upstream {
         if priority.is_background() && self.tokens.low(slot, self.settings.rate_limit.background_floor) {
             return Quota::Low;
         }
-        match self.limiter.acquire(self.tokens.limiter_key(slot), budget, priority, &self.stats).await {
+        let learned = self.tokens.unshared(slot);
+        let (verdict, fleet) =
+            self.limiter.acquire(self.tokens.limiter_key(slot), budget, priority, &self.stats, learned).await;
+        if let Some(fleet) = fleet {
+            // Follow the fleet's budget (from the next call on).
+            self.tokens.shared(slot, learned, fleet);
+        }
+        match verdict {
             Verdict::Allowed { .. } => {
                 self.tokens.note_allowed(slot);
                 Quota::Allowed
@@ -973,6 +980,51 @@ mod learning_tests {
         assert_eq!(up.tokens.budget(0), Budget { allowed: 40, window: Duration::from_secs(4) });
         assert_eq!(emu.counters().rate_limited, 0);
         assert!(calls >= 40, "{calls}");
+        emu.shutdown().await;
+    }
+
+    /// A budget one instance learned is followed by another before that
+    /// one has had an answer of its own: through the limiter in Redis.
+    #[tokio::test]
+    async fn a_budget_learned_by_one_instance_is_followed_by_the_fleet() {
+        let Ok(url) = std::env::var("CXCACHE_TEST_REDIS_URL") else { return };
+        // A client of its own: its limiter key is fresh in the shared cluster.
+        let client_id = format!("c{}", uuid::Uuid::new_v4().simple());
+        let emu = genesys_emulator::start(
+            genesys_emulator::EmulatorConfig {
+                rate_limit: 20,
+                window: Duration::from_secs(2),
+                clients: vec![(client_id.clone(), "s".into())],
+                ..Default::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let instance = || async {
+            let store = crate::store::RedisStore::connect(&url, &Default::default()).await.unwrap();
+            let budgets: Arc<dyn crate::store::SharedBudgets> =
+                Arc::new(crate::store::RedisBudgets::new(store.pool()));
+            let settings = UpstreamSettings {
+                credentials: vec![Credential {
+                    client_id: client_id.clone(),
+                    client_secret: Secret::new("s"),
+                }],
+                ..UpstreamSettings::default()
+            };
+            Upstream::new(&emu.base_url(), settings, Some(budgets), Default::default()).unwrap()
+        };
+        let (a, b) = (instance().await, instance().await);
+        let configured = Budget { allowed: 300, window: Duration::from_secs(60) };
+        let learned = Budget { allowed: 20, window: Duration::from_secs(2) };
+        let call = Call::get("/api/v2/routing/queues");
+        a.fetch(&call, false, None).await.unwrap(); // learns from the headers
+        assert_eq!(a.tokens.budget(0), learned);
+        a.fetch(&call, false, None).await.unwrap(); // tells the fleet with its limiter call
+        assert_eq!(b.tokens.budget(0), configured, "b has had no answer yet");
+        let until = Instant::now() + Duration::from_secs(5);
+        assert!(matches!(b.take_quota(0, until, Priority::Foreground).await, Quota::Allowed));
+        assert_eq!(b.tokens.budget(0), learned, "b follows a's budget from its first limiter call");
         emu.shutdown().await;
     }
 }

@@ -158,6 +158,28 @@ impl TokenPool {
         self.health.lock()[slot].budget()
     }
 
+    /// A budget `slot` learned that the fleet has not heard of yet.
+    pub fn unshared(&self, slot: usize) -> Option<Budget> {
+        self.health.lock()[slot].unshared()
+    }
+
+    /// The fleet's budget for `slot`, as the shared limiter answered (after
+    /// writing `sent`): followed, so an instance that has not had an answer
+    /// of its own yet spends what the platform allows, not what was configured.
+    pub fn shared(&self, slot: usize, sent: Option<Budget>, shared: Option<Budget>) {
+        let change = self.health.lock()[slot].shared(sent, shared);
+        if let Some(c) = change {
+            let client_id = &self.slots[slot].credential.client_id;
+            crate::metrics::upstream_budget(client_id, c.to.allowed, c.to.window);
+            tracing::info!(
+                %client_id,
+                allowed = c.to.allowed,
+                window = ?c.to.window,
+                "following the rate-limit budget another instance learned"
+            );
+        }
+    }
+
     /// The slots that may take a call at `now`, most budget left first
     /// (ties taken in turn, so equal tokens share the load). `pin`: only
     /// that slot is considered (calls tied to one credential).

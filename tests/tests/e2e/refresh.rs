@@ -272,7 +272,9 @@ async fn the_verifier_finds_purges_and_counts_every_silent_change() {
     tokio::time::sleep(window).await;
     let sampled_in_window = at(&s.cx().metrics_text().await) - from;
     let one_verifier = (SAMPLE as u32 * (window.as_millis() / INTERVAL.as_millis() + 2) as u32) as f64;
-    eprintln!("verifier fleet: {sampled_in_window} sampled in {window:?}; one verifier at most {one_verifier}");
+    eprintln!(
+        "verifier fleet: {sampled_in_window} sampled in {window:?}; one verifier at most {one_verifier}"
+    );
     assert!(sampled_in_window > 0.0, "the fleet verifies");
     assert!(sampled_in_window <= one_verifier, "{sampled_in_window} sampled: more than one verifier ran");
     other.stop().await;

@@ -30,8 +30,8 @@ use crate::config::RateLimitSettings;
 use super::learn::Budget;
 use super::priority::{self, Priority};
 
-use crate::store::SharedBudgets;
 pub use crate::store::Take as Verdict;
+use crate::store::{FleetBudget, SharedBudgets};
 pub use local::LocalLimiter;
 
 use super::stats::UpstreamStats;
@@ -123,34 +123,47 @@ impl Limiter {
     }
 
     /// Takes one call of `priority` from `key`'s `budget`, if it fits.
+    /// `learned`: a budget this instance learned, written for the fleet
+    /// along the way. With the shared limiter, also the fleet's budget
+    /// (`Some(None)`: none learned yet; `None`: Redis not reached).
     pub async fn acquire(
         &self,
         key: &str,
         budget: Budget,
         priority: Priority,
         stats: &UpstreamStats,
-    ) -> Verdict {
+        learned: Option<Budget>,
+    ) -> (Verdict, Option<Option<Budget>>) {
         let s = &self.settings;
         let Some(redis) = &self.redis else {
             let limits = Limits::for_budget(budget, s);
-            return self.local.acquire(key, limits, limits.reserve_us(priority, s), Instant::now());
+            return (self.local.acquire(key, limits, limits.reserve_us(priority, s), Instant::now()), None);
         };
         let down = self.redis_down_until.lock().is_some_and(|until| Instant::now() < until);
         if !down {
             let limits = Limits::for_budget(budget, s);
             // A stuck node must not hold calls up: past the timeout the
             // caller falls back to its local share.
-            let take =
-                redis.take(key, limits.interval_us, limits.tolerance_us(), limits.reserve_us(priority, s));
+            let learned =
+                learned.map(|b| FleetBudget { allowed: b.allowed, window_ms: b.window.as_millis() as u64 });
+            let take = redis.take(
+                key,
+                limits.interval_us,
+                limits.tolerance_us(),
+                limits.reserve_us(priority, s),
+                learned,
+            );
             let answer = tokio::time::timeout(self.settings.redis_timeout, take)
                 .await
                 .unwrap_or_else(|_| Err(crate::error::Error::Store("rate limiter timed out".into())));
             match answer {
-                Ok(verdict) => {
+                Ok((verdict, fleet)) => {
                     if self.degraded.swap(false, Ordering::Relaxed) {
                         tracing::info!("rate limiter: Redis reachable again; shared limiting resumed");
                     }
-                    return verdict;
+                    let fleet = fleet
+                        .map(|b| Budget { allowed: b.allowed, window: Duration::from_millis(b.window_ms) });
+                    return (verdict, Some(fleet));
                 }
                 Err(e) => {
                     *self.redis_down_until.lock() = Some(Instant::now() + REDIS_PROBE_AFTER);
@@ -170,7 +183,7 @@ impl Limiter {
         UpstreamStats::bump(&stats.limiter_fallbacks);
         let fleet = self.fleet.load(Ordering::Relaxed).max(1) as f64;
         let limits = Limits::scaled(budget, s, s.fallback_share / fleet);
-        self.fallback.acquire(key, limits, limits.reserve_us(priority, s), Instant::now())
+        (self.fallback.acquire(key, limits, limits.reserve_us(priority, s), Instant::now()), None)
     }
 }
 
@@ -224,20 +237,23 @@ mod tests {
         let limiter = Limiter::new(None, settings(40, 2000), Arc::new(AtomicUsize::new(1)));
         let stats = UpstreamStats::default();
         assert!(matches!(
-            limiter.acquire("a", budget(40, 2000), FG, &stats).await,
+            limiter.acquire("a", budget(40, 2000), FG, &stats, None).await.0,
             Verdict::Allowed { remaining: 1 }
         ));
         assert!(matches!(
-            limiter.acquire("a", budget(40, 2000), FG, &stats).await,
+            limiter.acquire("a", budget(40, 2000), FG, &stats, None).await.0,
             Verdict::Allowed { remaining: 0 }
         ));
         // The burst (2) is spent: the next call waits about one interval.
-        match limiter.acquire("a", budget(40, 2000), FG, &stats).await {
+        match limiter.acquire("a", budget(40, 2000), FG, &stats, None).await.0 {
             Verdict::Wait(d) => assert!(d <= Duration::from_millis(60), "{d:?}"),
             v => panic!("{v:?}"),
         }
         assert!(
-            matches!(limiter.acquire("b", budget(40, 2000), FG, &stats).await, Verdict::Allowed { .. }),
+            matches!(
+                limiter.acquire("b", budget(40, 2000), FG, &stats, None).await.0,
+                Verdict::Allowed { .. }
+            ),
             "keys are separate"
         );
     }
@@ -249,11 +265,15 @@ mod tests {
         let (mut fg, mut bg) = (0, 0);
         let end = Instant::now() + span;
         while Instant::now() < end {
-            if matches!(limiter.acquire("k", b, Priority::Background, &stats).await, Verdict::Allowed { .. })
-            {
+            if matches!(
+                limiter.acquire("k", b, Priority::Background, &stats, None).await.0,
+                Verdict::Allowed { .. }
+            ) {
                 bg += 1;
             }
-            if foreground && matches!(limiter.acquire("k", b, FG, &stats).await, Verdict::Allowed { .. }) {
+            if foreground
+                && matches!(limiter.acquire("k", b, FG, &stats, None).await.0, Verdict::Allowed { .. })
+            {
                 fg += 1;
             }
             tokio::time::advance(Duration::from_millis(1)).await;
@@ -267,7 +287,7 @@ mod tests {
         let limiter = Limiter::new(None, s, Arc::new(AtomicUsize::new(1)));
         let b = budget(100, 2000);
         let stats = UpstreamStats::default();
-        while matches!(limiter.acquire("k", b, FG, &stats).await, Verdict::Allowed { .. }) {}
+        while matches!(limiter.acquire("k", b, FG, &stats, None).await.0, Verdict::Allowed { .. }) {}
         // A foreground load that takes every call: background gets none.
         let (fg, bg) = contend(&limiter, b, Duration::from_secs(4), true).await;
         assert_eq!(bg, 0, "background took {bg} while foreground took {fg}");
@@ -277,7 +297,7 @@ mod tests {
         assert!(bg >= 85, "background uses spare budget: {bg} of 100");
         // ...yet leaves part of the burst banked: foreground goes at once.
         for _ in 0..2 {
-            let v = limiter.acquire("k", b, FG, &stats).await;
+            let v = limiter.acquire("k", b, FG, &stats, None).await.0;
             assert!(matches!(v, Verdict::Allowed { .. }), "{v:?}");
         }
     }
@@ -300,7 +320,8 @@ mod fallback_tests {
             _interval_us: u64,
             _tolerance_us: u64,
             _reserve: u64,
-        ) -> Result<Take> {
+            _learned: Option<FleetBudget>,
+        ) -> Result<(Take, Option<FleetBudget>)> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Err(Error::Store("unreachable".into()))
         }
@@ -320,7 +341,7 @@ mod fallback_tests {
         // No burst: the first fallback call waits one interval of the share
         // (a quarter of the budget, so four times the full interval).
         let full = Duration::from_micros(Limits::for_budget(tests::budget(40, 2000), &s).interval_us);
-        match limiter.acquire("k", tests::budget(40, 2000), Priority::Foreground, &stats).await {
+        match limiter.acquire("k", tests::budget(40, 2000), Priority::Foreground, &stats, None).await.0 {
             Verdict::Wait(d) => assert!(d > full * 3, "fallback share is conservative: {d:?} vs {full:?}"),
             v => panic!("starts without a burst: {v:?}"),
         }
@@ -344,8 +365,10 @@ mod fallback_tests {
         let mut allowed = 0;
         while Instant::now() < end {
             let b = tests::budget(100, 10_000);
-            if matches!(limiter.acquire("k", b, Priority::Foreground, &stats).await, Verdict::Allowed { .. })
-            {
+            if matches!(
+                limiter.acquire("k", b, Priority::Foreground, &stats, None).await.0,
+                Verdict::Allowed { .. }
+            ) {
                 allowed += 1;
             }
             tokio::time::advance(Duration::from_millis(1)).await;
