@@ -57,12 +57,22 @@ pub use background::Verdict;
 pub trait Fetcher: Send + Sync {
     /// Performs `call` (a paged kind: every page), within `deadline`.
     async fn fetch(&self, call: &Call, paged: bool, deadline: Option<Instant>) -> Result<Fetched>;
+
+    /// How eager early refreshes may be now, by the budget left: 0 (none)
+    /// to 1 (as configured). See [`crate::upstream::Upstream::eagerness`].
+    fn eagerness(&self) -> f64 {
+        1.0
+    }
 }
 
 #[async_trait::async_trait]
 impl Fetcher for Upstream {
     async fn fetch(&self, call: &Call, paged: bool, deadline: Option<Instant>) -> Result<Fetched> {
         Upstream::fetch(self, call, paged, deadline).await
+    }
+
+    fn eagerness(&self) -> f64 {
+        Upstream::eagerness(self)
     }
 }
 
@@ -323,15 +333,17 @@ impl Cache {
 
     /// XFetch: refresh before expiry with a probability that rises as expiry
     /// nears (and earlier for values slow to fetch), so hot keys do not all
-    /// expire at once and callers never wait.
+    /// expire at once and callers never wait; less eager as the budget runs
+    /// low, none while callers need it ([`Fetcher::eagerness`]).
     fn should_refresh_early(&self, entry: &Entry, now: i64) -> bool {
         let beta = self.settings.early_refresh_beta;
         if beta <= 0.0 || entry.fetch_ms <= 0 {
             return false;
         }
-        let r: f64 = rand::thread_rng().gen_range(f64::EPSILON..=1.0);
-        let gap = -(entry.fetch_ms as f64) * beta * r.ln();
-        now as f64 + gap >= entry.fresh_until_ms as f64
+        let draw: f64 = rand::thread_rng().gen_range(f64::EPSILON..=1.0);
+        // Most draws fall short of expiry even at full eagerness: only the
+        // others look at the budget (a lock on the credentials' state).
+        xfetch(entry, now, beta, draw, 1.0) && xfetch(entry, now, beta, draw, self.fetcher.eagerness())
     }
 
     /// One refresh of `r` nobody waits for, on the budget foreground calls
@@ -405,6 +417,15 @@ fn normalized(settings: &CacheSettings, r: &Resolved, body: &[u8]) -> Result<byt
 /// The answer for a resource the upstream does not have.
 fn not_found(r: &Resolved) -> Error {
     Error::NotFound(format!("{} not found upstream", r.key))
+}
+
+/// XFetch's rule for one uniform `draw` in (0, 1]: refresh once `now`
+/// plus `fetch_ms × beta × −ln(draw)`, scaled by `eagerness` (0 to 1: how
+/// much budget is spare), reaches the entry's expiry. Eagerness 0 never
+/// refreshes a fresh entry early; 1 is the configured behaviour.
+fn xfetch(entry: &Entry, now: i64, beta: f64, draw: f64, eagerness: f64) -> bool {
+    let gap = -(entry.fetch_ms as f64) * beta * draw.ln() * eagerness.clamp(0.0, 1.0);
+    now as f64 + gap >= entry.fresh_until_ms as f64
 }
 
 /// Whether a stored entry satisfies the caller's freshness demands.

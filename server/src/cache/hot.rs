@@ -174,6 +174,60 @@ mod tests {
         assert!(tracker.tracked()[0].hot(window, Instant::now()));
     }
 
+    /// The hot-path cost of recording (every Get records), per call: run
+    /// in a release build, `cargo test --release -p cxcache-server --lib
+    /// -- --ignored --nocapture records_cost`.
+    #[test]
+    #[ignore = "a measurement: run in a release build"]
+    fn records_cost() {
+        const N: u32 = 2_000_000;
+        let per = |started: std::time::Instant, n: u32| started.elapsed().as_nanos() as f64 / n as f64;
+        let tracker = Tracker::new(3, 10_000);
+        let one = queue("q1");
+        tracker.record(&one);
+        let started = std::time::Instant::now();
+        for _ in 0..N {
+            tracker.record(std::hint::black_box(&one));
+        }
+        let same_key = per(started, N);
+        let many: Vec<Resolved> = (0..1000).map(|i| queue(&format!("q{i}"))).collect();
+        for r in &many {
+            tracker.record(r);
+        }
+        let started = std::time::Instant::now();
+        for i in 0..N {
+            tracker.record(std::hint::black_box(&many[i as usize % many.len()]));
+        }
+        let thousand_keys = per(started, N);
+        // Two threads on one key: one shard lock, contended.
+        let tracker = std::sync::Arc::new(tracker);
+        let started = std::time::Instant::now();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (tracker, one) = (tracker.clone(), one.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..N / 2 {
+                        tracker.record(std::hint::black_box(&one));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let contended = per(started, N);
+        let off = Tracker::new(0, 10_000);
+        let started = std::time::Instant::now();
+        for _ in 0..N {
+            off.record(std::hint::black_box(&one));
+        }
+        let disabled = per(started, N);
+        println!(
+            "Tracker::record: {same_key:.0} ns (one key), {thousand_keys:.0} ns (1000 keys), \
+             {contended:.0} ns wall per call (2 threads, one key), {disabled:.1} ns (hot_requests = 0)"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn tracking_is_bounded_and_forgets() {
         let tracker = Tracker::new(2, 2);

@@ -28,6 +28,8 @@ struct Script {
     validators: Mutex<Vec<Option<Validators>>>,
     /// While set, every call waits this long first.
     delay: Mutex<Duration>,
+    /// What [`Fetcher::eagerness`] answers (None: 1, plenty of budget).
+    eagerness: Mutex<Option<f64>>,
 }
 
 impl Script {
@@ -59,6 +61,10 @@ impl Fetcher for Script {
         }
         let next = self.queue.lock().pop_front();
         next.unwrap_or_else(|| Ok(body(&format!(r#"{{"id":"{QUEUE}","n":{n}}}"#))))
+    }
+
+    fn eagerness(&self) -> f64 {
+        self.eagerness.lock().unwrap_or(1.0)
     }
 }
 
@@ -297,6 +303,40 @@ async fn early_refresh_renews_a_hot_key_before_it_expires() {
     assert_eq!(r.source(&get()).await, Source::Store, "the caller never waits for an early refresh");
     r.stored(&mut events).await;
     assert_eq!(r.script.calls(), 2);
+}
+
+#[test]
+fn xfetch_leads_expiry_less_as_the_budget_runs_low() {
+    let mut e = Entry::new(Bytes::new(), TTL, vec![]);
+    e.fresh_until_ms = 10_000;
+    e.fetch_ms = 100;
+    // A draw of 1/e: a lead of fetch_ms × beta = 100 ms at full eagerness.
+    let draw = (-1.0f64).exp();
+    assert!(xfetch(&e, 9_900, 1.0, draw, 1.0), "plenty of budget: as configured");
+    assert!(!xfetch(&e, 9_899, 1.0, draw, 1.0));
+    assert!(!xfetch(&e, 9_900, 1.0, draw, 0.5), "half as eager: half the lead");
+    assert!(xfetch(&e, 9_950, 1.0, draw, 0.5));
+    assert!(!xfetch(&e, 9_999, 1e12, draw, 0.0), "no budget to spare: never early");
+    assert!(xfetch(&e, 10_000, 1.0, draw, 0.0), "expired is not early");
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_refresh_stops_while_the_budget_is_needed_and_resumes_after() {
+    // The same certain coin as above.
+    let r = rig(|s| s.early_refresh_beta = 1e12, false);
+    r.get(&get()).await.unwrap();
+    advance(Duration::from_secs(10)).await;
+    *r.script.eagerness.lock() = Some(0.0);
+    for _ in 0..20 {
+        assert_eq!(r.source(&get()).await, Source::Store);
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(r.script.calls(), 1, "no early refresh while callers need the budget");
+    *r.script.eagerness.lock() = Some(1.0);
+    let mut events = r.bus.subscribe();
+    assert_eq!(r.source(&get()).await, Source::Store);
+    r.stored(&mut events).await;
+    assert_eq!(r.script.calls(), 2, "budget to spare again: refreshed early");
 }
 
 #[tokio::test(start_paused = true)]

@@ -227,6 +227,17 @@ impl Upstream {
         }
     }
 
+    /// How eager early refreshes may be now, 0 (none) to 1 (as configured):
+    /// none while this instance's callers wait for quota, else by the share
+    /// of its window's budget the best usable credential has left
+    /// ([`pressure::eagerness`]).
+    pub fn eagerness(&self) -> f64 {
+        if self.pressure.high() {
+            return 0.0;
+        }
+        pressure::eagerness(self.tokens.spare(Instant::now()), self.settings.rate_limit.background_floor)
+    }
+
     /// Counters of what the upstream side did.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()

@@ -9,6 +9,11 @@
 //! one waits, or one waited within [`HOLD`], background calls of this
 //! instance are refused at once. (Other instances' callers are covered by
 //! the reserve.)
+//!
+//! The same signs make XFetch's early refresh less eager as the budget
+//! runs low ([`eagerness`]): an early refresh is the most optional of
+//! background calls (the value is still fresh, refresh ahead covers hot
+//! keys), so it backs off first, before a refusal is even asked for.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,6 +22,24 @@ use tokio::time::Instant;
 
 /// How long after a foreground wait background calls stay refused.
 pub const HOLD: Duration = Duration::from_secs(1);
+
+/// With at least this share of the window's budget left, early refreshes
+/// are as eager as configured.
+pub const PLENTY: f64 = 0.5;
+
+/// How eager XFetch's early refresh may be (its lead before expiry is
+/// scaled by this) with `spare` of the window's budget left: as configured
+/// (1) from [`PLENTY`], none (0) at or under `floor` (where background calls
+/// are refused anyway), in proportion between.
+pub fn eagerness(spare: f64, floor: f64) -> f64 {
+    if spare <= floor {
+        0.0
+    } else if spare >= PLENTY {
+        1.0
+    } else {
+        ((spare - floor) / (PLENTY - floor)).clamp(0.0, 1.0)
+    }
+}
 
 pub struct Pressure {
     base: Instant,
@@ -76,5 +99,17 @@ mod tests {
         assert!(p.high(), "within the hold");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!p.high(), "past the hold");
+    }
+
+    #[test]
+    fn early_refreshes_back_off_as_the_budget_runs_low() {
+        assert_eq!(eagerness(1.0, 0.1), 1.0, "plenty: as configured");
+        assert_eq!(eagerness(PLENTY, 0.1), 1.0);
+        assert!((eagerness(0.3, 0.1) - 0.5).abs() < 1e-9, "half way down: half as eager");
+        assert_eq!(eagerness(0.1, 0.1), 0.0, "at the floor: none");
+        assert_eq!(eagerness(0.0, 0.0), 0.0, "nothing left, no floor: none");
+        assert_eq!(eagerness(0.05, 0.0), 0.1);
+        assert_eq!(eagerness(0.7, 0.8), 0.0, "a floor above PLENTY: none under it");
+        assert_eq!(eagerness(0.9, 0.8), 1.0);
     }
 }

@@ -223,6 +223,17 @@ impl TokenPool {
         (h.budget_left(Instant::now()) as f64) < floor * h.allowed() as f64
     }
 
+    /// The largest share of its window's budget a usable credential has
+    /// left by the headers (0: none is usable now).
+    pub fn spare(&self, now: Instant) -> f64 {
+        self.health
+            .lock()
+            .iter()
+            .filter(|h| h.is_usable(now))
+            .map(|h| h.budget_left(now) as f64 / h.allowed().max(1) as f64)
+            .fold(0.0, f64::max)
+    }
+
     /// The limiter allowed a call on `slot`.
     pub fn note_allowed(&self, slot: usize) {
         self.health.lock()[slot].limiter_allowed();
@@ -606,6 +617,23 @@ mod tests {
         p.observe(2, &spent, 200, 2);
         assert_eq!(p.rank(Instant::now(), None).ready, vec![0]);
         assert!(!p.rank(Instant::now(), None).all_parked);
+    }
+
+    #[tokio::test]
+    async fn spare_is_the_best_usable_share_left() {
+        let p = pool(2);
+        assert_eq!(p.spare(Instant::now()), 1.0, "nothing heard yet: the full budget");
+        let h =
+            |remaining| RateHeaders { remaining: Some(remaining), allowed: Some(100), ..Default::default() };
+        p.observe(0, &h(20), 200, 2);
+        p.observe(1, &h(40), 200, 2);
+        assert_eq!(p.spare(Instant::now()), 0.4);
+        // Rested (nearly spent): no longer counted.
+        let spent = RateHeaders { reset: Some(Duration::from_secs(5)), ..h(1) };
+        p.observe(1, &spent, 200, 2);
+        assert_eq!(p.spare(Instant::now()), 0.2);
+        p.observe(0, &spent, 200, 2);
+        assert_eq!(p.spare(Instant::now()), 0.0, "none usable");
     }
 
     #[tokio::test]

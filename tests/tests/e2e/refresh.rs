@@ -4,7 +4,9 @@
 //!   budget, no background call is made (the emulator logs each call's
 //!   `x-cxcache-priority`); once the load stops, hot and pinned keys are
 //!   refreshed ahead and no caller sees a miss on them over three TTL
-//!   windows (short, exact TTLs).
+//!   windows (short, exact TTLs). The same on a budget of a few calls (8
+//!   per second), counted from `cxcache_upstream_calls_total` by priority,
+//!   with stale-while-revalidate and XFetch wanting calls as well.
 //! - The verifier: 5 % of the cached queues changed in the emulator without
 //!   any change event are each found within the time the sample rate
 //!   implies, purged (every instance and watcher hears it), counted, and
@@ -22,6 +24,7 @@ use harness::*;
 use serde_json::json;
 
 const TTL: Duration = Duration::from_secs(2);
+const ANALYTICS_ROUTE: &str = "POST /api/v2/analytics/conversations/aggregates/query";
 
 fn background(r: &RequestRecord) -> bool {
     r.priority.as_deref() == Some("background")
@@ -195,6 +198,191 @@ async fn hot_keys_are_refreshed_ahead_on_spare_budget_only() {
         text.contains(r#"cxcache_refresh_ahead_total{kind="routing.queue",outcome="refreshed"}"#),
         "{text}"
     );
+    s.stop().await;
+}
+
+/// Upstream calls of `client_id` at `priority` so far, from `/metrics`.
+fn calls_of(text: &str, client_id: &str, priority: &str) -> f64 {
+    metric(text, &format!(r#"cxcache_upstream_calls_total{{client_id="{client_id}",priority="{priority}"}}"#))
+}
+
+/// The same property on a budget of a few calls (8 per 1 s window), with
+/// every kind of background work wanting calls at once: refresh ahead,
+/// XFetch and stale-while-revalidate. While four callers keep a
+/// foreground miss load waiting for quota, the instance's background calls
+/// are exactly 0, by its own metric and the emulator's log: a background
+/// call is refused at once while a foreground caller of the instance
+/// waits for quota or waited within the last second (`upstream::pressure`),
+/// and over the measured interval callers always wait (the interval starts
+/// once the load's first paced call shows the banked burst was spent, and
+/// ends while workers still wait). Meanwhile the hot keys expire and are
+/// served stale (the refresh they want is refused). Once the load stops,
+/// they are refreshed ahead, and no caller misses them over three TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_small_budget_background_calls_wait_for_the_foreground_load() {
+    const ALLOWED: u32 = 8;
+    const WINDOW: Duration = Duration::from_secs(1);
+    const MEASURED: Duration = Duration::from_secs(3);
+    let client = (format!("small-{}", std::process::id()), "secret".to_string());
+    let client_id = client.0.clone();
+    let emu = EmulatorConfig {
+        rate_limit: ALLOWED,
+        window: WINDOW,
+        clients: vec![client.clone()],
+        ..EmulatorConfig::default()
+    };
+    let mut s = Scenario::new("small-budget")
+        .cluster()
+        .emulator(emu)
+        .exact_ttl(TTL)
+        .clients(4)
+        .configure(move |c| {
+            c.upstream.credentials = vec![Credential {
+                client_id: client.0.clone(),
+                client_secret: Secret::new(client.1.clone()),
+            }];
+            c.upstream.rate_limit.allowed = ALLOWED;
+            c.upstream.rate_limit.window = WINDOW;
+            c.upstream.rate_limit.burst = 0; // 2 calls
+                                             // No rest when nearly spent: the emulator rounds the time to
+                                             // reset up to a second, so in 1 s windows a rest would idle up
+                                             // to half the budget. The limiter alone keeps every window
+                                             // under the budget (at most burst - 1 + 6 = 7 calls).
+            c.upstream.rate_limit.nearly_spent = 0;
+            // XFetch wants a refresh within about 20 fetch times of expiry
+            // (far more eager, on 6 calls a second, its refreshes of keys
+            // just refreshed would starve refresh ahead); an expired entry
+            // is served stale for one more TTL while it is refreshed in the
+            // background.
+            c.cache.early_refresh_beta = 20.0;
+            c.cache.stale_while_revalidate = TTL;
+            let ahead = &mut c.cache.refresh_ahead;
+            ahead.hot_requests = 3;
+            ahead.interval = Duration::from_millis(200);
+            ahead.lead = 0.3;
+        })
+        .start()
+        .await;
+    let emu = s.emu();
+    let hot: Vec<String> = (20..23).map(queue_id).collect();
+    let hot_paths: Vec<String> = hot.iter().map(|id| queue_path(id)).collect();
+    for id in &hot {
+        for _ in 0..3 {
+            s.cx().get(get_queue(id)).await.expect("warm a hot key");
+        }
+    }
+
+    // Callers read the hot keys every 100 ms throughout; every answer's
+    // source is kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads: Arc<parking_lot::Mutex<Vec<(u64, String, Source)>>> = Default::default();
+    let reader = {
+        let (client, hot, stop, reads) = (s.cx().client.clone(), hot.clone(), stop.clone(), reads.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for id in &hot {
+                    let mut req = tonic::Request::new(get_queue(id));
+                    req.set_timeout(Duration::from_secs(10));
+                    if let Ok(resp) = client.clone().get(req).await {
+                        reads.lock().push((unix_ms(), id.clone(), resp.into_inner().source()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // Phase 1: distinct analytics misses from four callers, more than the
+    // budget serves.
+    let load_start = unix_ms();
+    let load_over = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = s
+        .clients
+        .iter()
+        .map(|c| {
+            let (c, next, load_over) = (c.clone(), next.clone(), load_over.clone());
+            tokio::spawn(async move {
+                while !load_over.load(Ordering::Relaxed) {
+                    let mut req = tonic::Request::new(distinct_analytics(
+                        "small",
+                        next.fetch_add(1, Ordering::Relaxed),
+                    ));
+                    req.set_timeout(Duration::from_secs(10));
+                    let _ = c.clone().get(req).await;
+                }
+            })
+        })
+        .collect();
+    let analytics = |from: u64| {
+        emu.requests(10_000).iter().filter(|r| r.at_ms >= from && r.route == ANALYTICS_ROUTE).count()
+    };
+    // The burst (2 calls) is spent once a third call went out: from then
+    // on, callers wait for their turn.
+    assert!(wait_until(Duration::from_secs(5), || analytics(load_start) >= 3).await, "the load started");
+    let before = s.cx().metrics_text().await;
+    let from = unix_ms();
+    tokio::time::sleep(MEASURED).await;
+    let after = s.cx().metrics_text().await;
+    let to = unix_ms();
+    load_over.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let load_end = unix_ms();
+
+    let fg = calls_of(&after, &client_id, "foreground") - calls_of(&before, &client_id, "foreground");
+    let bg = calls_of(&after, &client_id, "background") - calls_of(&before, &client_id, "background");
+    let log = emu.requests(10_000);
+    let measured: Vec<&RequestRecord> =
+        log.iter().filter(|r| (from..to).contains(&r.at_ms) && r.route != "POST /oauth/token").collect();
+    let logged_bg: Vec<_> =
+        measured.iter().filter(|r| background(r)).map(|r| (r.at_ms - from, &r.path)).collect();
+    // The limiter paces 8 per 1 s as 6 per window (8 less the burst of 2).
+    let paced = 6.0 * (to - from) as f64 / WINDOW.as_millis() as f64;
+    let stale_reads = reads
+        .lock()
+        .iter()
+        .filter(|(at, _, source)| (from..to).contains(at) && *source == Source::Stale)
+        .count();
+    eprintln!(
+        "small budget, {} ms measured: {fg} foreground calls of {paced:.0} paced ({} logged), {bg} background \
+         ({} logged); {stale_reads} hot reads served stale meanwhile",
+        to - from,
+        measured.len() - logged_bg.len(),
+        logged_bg.len()
+    );
+    assert_eq!(bg, 0.0, "background calls while callers waited for quota (metric)");
+    assert!(logged_bg.is_empty(), "background calls in the emulator's log: {logged_bg:?}");
+    assert!(fg >= 0.8 * paced, "the foreground load used the budget: {fg} of {paced:.0}");
+    assert!(measured.iter().all(|r| r.status != 429), "no call over the budget");
+    assert!(stale_reads > 0, "the hot keys expired meanwhile: stale-while-revalidate wanted calls");
+
+    // Phase 2: the load stopped. Each hot key is refreshed ahead soon...
+    let refreshed_all = wait_until(Duration::from_secs(5), || {
+        let log = emu.requests(10_000);
+        hot_paths.iter().all(|p| log.iter().any(|r| r.at_ms >= load_end && background(r) && &r.path == p))
+    })
+    .await;
+    assert!(refreshed_all, "every hot key refreshed ahead once the load stopped");
+    // ...and over three TTL windows from then, no caller misses one.
+    let watch_start = unix_ms();
+    tokio::time::sleep(TTL * 3).await;
+    let watch_end = unix_ms();
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let watched: Vec<_> = reads.lock().iter().filter(|(at, ..)| *at >= watch_start).cloned().collect();
+    let missed: Vec<_> = watched.iter().filter(|(_, _, source)| is_miss(*source)).collect();
+    assert!(missed.is_empty(), "callers missed hot keys after the load: {missed:?}");
+    assert!(watched.len() >= 3 * 20, "the callers kept reading: {} reads", watched.len());
+    let log = emu.requests(10_000);
+    for p in &hot_paths {
+        let calls: Vec<_> =
+            log.iter().filter(|r| (watch_start..watch_end).contains(&r.at_ms) && &r.path == p).collect();
+        eprintln!("{p}: {} background calls over three TTLs, {} reads, no miss", calls.len(), watched.len());
+        assert!(calls.iter().all(|r| background(r)), "{p}: no foreground call over three TTLs");
+        assert!(calls.len() >= 2, "{p}: refreshed ahead in the windows ({})", calls.len());
+    }
     s.stop().await;
 }
 
