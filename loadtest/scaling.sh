@@ -166,6 +166,18 @@ ticks() {
 }
 ms_of_ticks() { awk -v t="$1" -v hz="$hz" 'BEGIN { printf "%.1f", t * 1000 / hz }'; }
 now_ms() { date +%s%3N; }
+# settle PID...: until the processes use under 10 % of a core over 300 ms
+# (at most 15 s): what a previous step left running has finished.
+settle() {
+  local deadline=$((SECONDS + 15)) a b
+  while [ $SECONDS -lt $deadline ]; do
+    a=$(ticks "$@"); sleep 0.3; b=$(ticks "$@")
+    [ $((b - a)) -lt $((hz * 3 / 100)) ] && return 0
+  done
+  local p busy=""
+  for p in "$@"; do a=$(ticks "$p"); sleep 0.1; b=$(ticks "$p"); busy+=" $p:$(( (b - a) / 1000000 ))ms"; done
+  log "still busy after 15 s (CPU per 100 ms:$busy): measuring anyway"
+}
 invalidate() { # ADDR JSON: one Invalidate, its answer on stdout
   grpcurl -plaintext -max-time 600 -d "$2" "$1" cxcache.v1.Cache/Invalidate
 }
@@ -282,35 +294,6 @@ for round in warm-up $sizes; do
   log "memory $size B: value $value_len B, +$(( (m1 - m0) / queues )) B per entry in Redis, $(( entries + own_bookkeeping )) keys for $queues entries (DBSIZE +$((k1 - k0))), L1 +$(( (l1 - l0) / queues )) B; sample's keys: $sample_keys"
 done
 
-# --- 2. tag purges ------------------------------------------------------------
-tag_key="cx:tag:{$env_name:queues}"
-for n in $purges; do
-  # n entries of routing.queues, each its own name filter, all tagged `queues`.
-  jq -nc --arg p "tp$n" '{kind: "routing.queues", params: {name: ($p + "-{{.RequestNumber}}")}}' >"$work/tp.json"
-  t0=$(now_ms)
-  ghz_n "${grpc_of[h1]}" "$work/tp.json" "$n" 32 "$work/tp-$n.json"
-  fill_ms=$(( $(now_ms) - t0 ))
-  card=$(rc zcard "$tag_key")
-  [ "$card" -eq "$n" ] || die "tag index holds $card members after filling $n"
-  k_before=$(dbsize) m_before=$(used_memory)
-  r0=$(ticks $redis_pids) s0=$(ticks "${pid_of[h1]}") f0=$(ticks "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}")
-  t0=$(now_ms)
-  answer=$(invalidate "${grpc_of[h1]}" '{"tags":["queues"],"reason":"scaling"}') || die "tag purge of $n keys: $answer"
-  took=$(( $(now_ms) - t0 ))
-  r1=$(ticks $redis_pids) s1=$(ticks "${pid_of[h1]}") f1=$(ticks "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}")
-  purged=$(jq -r '.purged // 0' <<<"$answer")
-  [ "$purged" -eq "$n" ] || die "the tag purge removed $purged of $n entries"
-  left=$(rc exists "$tag_key")
-  k_after=$(dbsize)
-  emit "$(jq -nc --argjson n "$n" --argjson purged "$purged" --argjson ms "$took" --argjson fill "$fill_ms" \
-    --argjson redis "$(ms_of_ticks $((r1 - r0)))" --argjson server "$(ms_of_ticks $((s1 - s0)))" \
-    --argjson fleet "$(ms_of_ticks $((f1 - f0)))" --argjson left "$left" --argjson dk $((k_before - k_after)) \
-    --argjson mem "$m_before" \
-    '{row: "purge", n: $n, purged: $purged, ms: $ms, fill_ms: $fill, redis_cpu_ms: $redis, server_cpu_ms: $server,
-      fleet_cpu_ms: $fleet, index_left: $left, keys_removed: $dk, used_memory_before: $mem}')"
-  log "tag purge of $n keys: $took ms, Redis CPU $(ms_of_ticks $((r1 - r0))) ms, server CPU $(ms_of_ticks $((s1 - s0))) ms (filled in $fill_ms ms)"
-done
-
 # --- 3. CPU per hit with 1, 2, 3 instances ------------------------------------
 jq -c '[.[:50][] | . + {variant: "summary"}]' "$work/queues.json" >"$work/hits.json"
 ghz_n "${grpc_of[h1]}" "$work/hits.json" "$(jq length "$work/hits.json")" 10 "$work/hits-warm.json"
@@ -360,6 +343,50 @@ for subs in $subs_list; do
     || { cat "$work/watch-$subs.err" >&2; [ -n "$out" ] && log "$out"; die "Watch fan-out with $subs subscribers"; }
   emit "$(jq -c '. + {row: "watch"}' <<<"$out")"
   log "Watch, $subs subscribers: $(jq -r '"\(.events_per_s | floor) events/s, \(.events_per_s_per_core | floor) events/s per core, \(.received)/\(.expected) received"' <<<"$out")"
+done
+
+# --- 2. tag purges (run last: 100 000 deletions leave Redis busy a while) ---
+tag_key="cx:tag:{$env_name:queues}"
+for n in $purges; do
+  # n entries of routing.queues, each its own name filter, all tagged `queues`.
+  jq -nc --arg p "tp$n" '{kind: "routing.queues", params: {name: ($p + "-{{.RequestNumber}}")}}' >"$work/tp.json"
+  t0=$(now_ms)
+  ghz_n "${grpc_of[h1]}" "$work/tp.json" "$n" 32 "$work/tp-$n.json"
+  fill_ms=$(( $(now_ms) - t0 ))
+  card=$(rc zcard "$tag_key")
+  [ "$card" -eq "$n" ] || die "tag index holds $card members after filling $n"
+  k_before=$(dbsize) m_before=$(used_memory)
+  # The idle rate just before (once the fill's trailing work settled: the
+  # stores' UPDATED events, Redis's rehashing), and 1 s after the answer
+  # counted in (replicas applying the deletes, lazy frees, the last acks):
+  # CPU = the window's less the idle rate over it.
+  settle $redis_pids "${pid_of[h1]}" "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}"
+  ir0=$(ticks $redis_pids) is0=$(ticks "${pid_of[h1]}") if0=$(ticks "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}") iw0=$(now_ms)
+  sleep 1
+  ir1=$(ticks $redis_pids) is1=$(ticks "${pid_of[h1]}") if1=$(ticks "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}") iw1=$(now_ms)
+  r0=$(ticks $redis_pids) s0=$(ticks "${pid_of[h1]}") f0=$(ticks "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}")
+  t0=$(now_ms)
+  answer=$(invalidate "${grpc_of[h1]}" '{"tags":["queues"],"reason":"scaling"}') || die "tag purge of $n keys: $answer"
+  took=$(( $(now_ms) - t0 ))
+  sleep 1
+  r1=$(ticks $redis_pids) s1=$(ticks "${pid_of[h1]}") f1=$(ticks "${pid_of[mem]}" "${pid_of[h2]}" "${pid_of[h3]}") t1=$(now_ms)
+  net() { awk -v busy="$1" -v idle="$2" -v w="$3" -v iw="$4" 'BEGIN { v = busy - idle * w / iw; if (v < 0) v = 0; printf "%.0f", v }'; }
+  r_net=$(net $((r1 - r0)) $((ir1 - ir0)) $((t1 - t0)) $((iw1 - iw0)))
+  s_net=$(net $((s1 - s0)) $((is1 - is0)) $((t1 - t0)) $((iw1 - iw0)))
+  f_net=$(net $((f1 - f0)) $((if1 - if0)) $((t1 - t0)) $((iw1 - iw0)))
+  purged=$(jq -r '.purged // 0' <<<"$answer")
+  [ "$purged" -eq "$n" ] || die "the tag purge removed $purged of $n entries"
+  left=$(rc exists "$tag_key")
+  k_after=$(dbsize)
+  emit "$(jq -nc --argjson n "$n" --argjson purged "$purged" --argjson ms "$took" --argjson fill "$fill_ms" \
+    --argjson redis "$(ms_of_ticks "$r_net")" --argjson server "$(ms_of_ticks "$s_net")" \
+    --argjson fleet "$(ms_of_ticks "$f_net")" --argjson left "$left" --argjson dk $((k_before - k_after)) \
+    --argjson redis_gross "$(ms_of_ticks $((r1 - r0)))" --argjson server_gross "$(ms_of_ticks $((s1 - s0)))" \
+    --argjson mem "$m_before" \
+    '{row: "purge", n: $n, purged: $purged, ms: $ms, fill_ms: $fill, redis_cpu_ms: $redis, server_cpu_ms: $server,
+      fleet_cpu_ms: $fleet, index_left: $left, keys_removed: $dk, used_memory_before: $mem,
+      redis_cpu_gross_ms: $redis_gross, server_cpu_gross_ms: $server_gross}')"
+  log "tag purge of $n keys: $took ms, Redis CPU $(ms_of_ticks "$r_net") ms, server CPU $(ms_of_ticks "$s_net") ms net of idle (filled in $fill_ms ms)"
 done
 
 # --- report -------------------------------------------------------------------

@@ -63,7 +63,7 @@ def main():
       "`mem` (default configuration, L1 TTL raised to 600 s so its bytes can be read after the fill) and "
       "`h1`..`h3` (`CXCACHE_CACHE__L1__ENABLED=false`: every hit one Redis read). Log level: the default "
       "(`RUST_LOG` unset); cxcache's per-token upstream budget lifted like the emulator's")
-    p(f"- load: {a.ghz}; server CPU = the cxcache process(es)' CPU time, summed over their threads "
+    p(f"- load: ghz `{a.ghz}`; server CPU = the cxcache process(es)' CPU time, summed over their threads "
       "(`/proc/<pid>/task/*/schedstat`, ns; the Watch rows: `/proc/<pid>/stat`); Redis CPU = the same, summed "
       "over the six nodes (replication included)")
     p(f"- growth verdicts: r = cost per unit at the larger size ÷ at the smaller; r < {LOW}: sub-linear, "
@@ -133,7 +133,9 @@ def main():
         p("")
         p("N `routing.queues` entries (each its own `name` filter), all tagged `queues`, filled through `h1`; "
           "then one `Invalidate {tags: [\"queues\"]}` on `h1`, timed by the caller (until every instance of the "
-          "fleet acknowledged). Server CPU: `h1`; fleet CPU: the other three instances (their acks, L1 forgets).")
+          "fleet acknowledged). CPU over the purge and 1 s after it (replicas applying the deletes, lazy frees), less "
+          "the idle rate measured over 1 s just before; server CPU: `h1`; fleet CPU: the other three instances "
+          "(their acks, L1 forgets). Run after the other sections (100 000 deletions leave Redis busy for a while).")
         p("")
         p("| keys | purged | time ms | µs/key | Redis CPU ms | Redis CPU µs/key | server CPU ms | server µs/key | fleet CPU ms | index left | growth vs the row above |")
         p("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
