@@ -91,6 +91,8 @@ if [ -x loadtest/run.sh ]; then
   bash loadtest/watch-heartbeats.sh --short
   stage "peers: nginx proxy_cache and FastAPI beside the HTTP door (short mode)"
   bash loadtest/peers.sh --short
+  stage "scaling: memory per entry, tag purges, instances, Watch fan-out (short mode)"
+  bash loadtest/scaling.sh --short
 fi
 
 stage "done"

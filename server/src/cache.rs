@@ -549,7 +549,7 @@ impl Fetch {
         };
         let expires = started_ms + self.tiers.retention(ttl).as_millis() as i64;
         let mut indexes = vec![keys::kind_index(&self.env, &r.kind_name)];
-        indexes.extend(r.tags().iter().map(|t| keys::tag_index(&self.env, t)));
+        indexes.extend(r.indexed_tags().iter().map(|t| keys::tag_index(&self.env, t)));
         let added = join_all(indexes.iter().map(|i| store.index_add(i, &r.key, expires))).await;
         let mut held = Held { lease, indexed: Vec::with_capacity(indexes.len()) };
         let mut failed = None;

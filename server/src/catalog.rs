@@ -129,6 +129,27 @@ impl Kind {
     pub fn tags_for(&self, id: &str) -> Vec<String> {
         self.tags.iter().map(|t| t.replace("{id}", id)).collect()
     }
+
+    /// Whether every key of one entity can be named from the catalog: an
+    /// id-keyed kind without query parameters has one key per variant,
+    /// `{env}:{kind}:{id}:{variant}` (`full` and each named variant).
+    pub fn keys_enumerable(&self) -> bool {
+        self.key == KeyShape::Id && self.needs_id() && self.params.is_empty()
+    }
+
+    /// Whether entries record themselves in the index of the tag rendered
+    /// from `template`. Not for a tag naming the entity (`queue:{id}`) of
+    /// an enumerable kind: a purge of it names the entity's keys instead
+    /// ([`Catalog::entity_keys_for_tag`]), so an entity keeps no index of
+    /// its own (a Redis key, and up to 1 KB, per cached entity).
+    pub fn indexes_tag(&self, template: &str) -> bool {
+        !(template.contains("{id}") && self.keys_enumerable())
+    }
+
+    /// The tags an entry of this kind records in tag indexes (see [`Kind::indexes_tag`]).
+    pub fn indexed_tags_for(&self, id: &str) -> Vec<String> {
+        self.tags.iter().filter(|t| self.indexes_tag(t)).map(|t| t.replace("{id}", id)).collect()
+    }
 }
 
 /// All kinds by name.
@@ -138,6 +159,31 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The keys that carry `tag` without being in its index: for each kind
+    /// whose entity tag (`queue:{id}`, see [`Kind::indexes_tag`]) renders
+    /// `tag`, that entity's key of every variant. A purge of `tag` purges
+    /// these and the members of its index (other kinds' entries).
+    pub fn entity_keys_for_tag(&self, env: &str, tag: &str) -> Vec<String> {
+        let none = BTreeMap::new();
+        let mut keys = Vec::new();
+        for (name, kind) in &self.kinds {
+            for template in kind.tags.iter().filter(|t| !kind.indexes_tag(t)) {
+                let Some((before, after)) = template.split_once("{id}") else { continue };
+                let Some(id) = tag.strip_prefix(before).and_then(|rest| rest.strip_suffix(after)) else {
+                    continue;
+                };
+                if crate::keys::EntityId::parse(id).is_none() || template.replace("{id}", id) != tag {
+                    continue;
+                }
+                keys.push(crate::keys::named(env, name, Some(id), None, &none));
+                keys.extend(
+                    kind.variants.keys().map(|v| crate::keys::named(env, name, Some(id), Some(v), &none)),
+                );
+            }
+        }
+        keys
+    }
+
     /// The shipped Genesys presets with `overrides` laid over them by kind name.
     pub fn with_presets(overrides: &BTreeMap<String, Kind>) -> Result<Self, String> {
         let mut kinds: BTreeMap<String, Kind> =
@@ -212,6 +258,30 @@ mod tests {
         assert_eq!(queue.tags_for("q1"), vec!["queue:q1"]);
         assert_eq!(catalog.get("analytics.conversations.aggregates").unwrap().key, KeyShape::Body);
         assert_eq!(catalog.get("user.routing_status").unwrap().ttl_class, TtlClass::Realtime);
+    }
+
+    /// An entity's own tag is resolved to its keys, one per variant; shared
+    /// tags (`queues`) and tags of kinds whose keys cannot be named (body
+    /// keys, query parameters) stay indexed.
+    #[test]
+    fn entity_tags_name_the_entity_keys_and_shared_tags_stay_indexed() {
+        let catalog = Catalog::with_presets(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            catalog.entity_keys_for_tag("p", "queue:q1"),
+            ["p:routing.queue:q1:full", "p:routing.queue:q1:sla", "p:routing.queue:q1:summary"]
+        );
+        assert_eq!(
+            catalog.entity_keys_for_tag("p", "user-routing-status:u1"),
+            ["p:user.routing_status:u1:full"]
+        );
+        for tag in ["queues", "analytics", "action:a1", "queue:", "queue:a/b", "nothing:q1"] {
+            assert_eq!(catalog.entity_keys_for_tag("p", tag), Vec::<String>::new(), "{tag}");
+        }
+        let queue = catalog.get("routing.queue").unwrap();
+        assert!(!queue.indexes_tag("queue:{id}") && queue.indexes_tag("config"));
+        assert_eq!(queue.indexed_tags_for("q1"), Vec::<String>::new());
+        assert_eq!(catalog.get("routing.queues").unwrap().indexed_tags_for("_"), ["queues"]);
+        assert_eq!(catalog.get("integrations.action.execute").unwrap().indexed_tags_for("a1"), ["action:a1"]);
     }
 
     #[test]

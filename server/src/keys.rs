@@ -204,7 +204,8 @@ pub fn kind_index(env: &str, kind: &str) -> String {
     format!("cx:idx:{{{env}:{kind}}}")
 }
 
-/// Index of the keys carrying one tag (for tag purges).
+/// Index of the keys carrying one tag (for tag purges). An entity's own
+/// tag (`queue:{id}`) has none ([`crate::catalog::Kind::indexes_tag`]).
 pub fn tag_index(env: &str, tag: &str) -> String {
     format!("cx:tag:{{{env}:{tag}}}")
 }

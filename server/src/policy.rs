@@ -81,6 +81,12 @@ impl Resolved {
     pub fn tags(&self) -> Vec<String> {
         self.kind.tags_for(self.id.as_deref().unwrap_or(keys::NO_ID))
     }
+
+    /// The tags whose indexes record this entry: all but the entity's own
+    /// (see [`crate::catalog::Kind::indexes_tag`]).
+    pub fn indexed_tags(&self) -> Vec<String> {
+        self.kind.indexed_tags_for(self.id.as_deref().unwrap_or(keys::NO_ID))
+    }
 }
 
 /// Validates `req` against the catalog and resolves it.

@@ -34,6 +34,11 @@ impl Cache {
         &self.hot
     }
 
+    /// The TTL the policy gives `r` (its kind and body; no jitter).
+    pub fn base_ttl(&self, r: &Resolved) -> std::time::Duration {
+        self.ttl.base_ttl(&r.kind, r.body.as_ref())
+    }
+
     /// The entry stored for `r` (the store, not L1).
     pub async fn stored(&self, r: &Resolved) -> Result<Option<Arc<Entry>>> {
         self.tiers.get_stored(&r.store_key).await

@@ -429,38 +429,57 @@ async fn with_a_stale_value_a_hung_upstream_is_answered_stale_within_the_deadlin
     assert!(started.elapsed() <= Duration::from_millis(1600), "{:?}", started.elapsed());
 }
 
-/// What a tag purge does to the store (the invalidation layer's steps).
-async fn purge_tag(store: Arc<MemoryStore>, index: String) {
+/// What a tag purge does to the store (the invalidation layer's steps):
+/// the entity's keys named from the catalog, and its index's members.
+async fn purge_tag(store: Arc<MemoryStore>, tag: String) {
     use crate::store::Store as _;
+    let catalog = Catalog::with_presets(&Default::default()).unwrap();
+    let index = keys::tag_index("t", &tag);
     let members = store.index_members(&index, "").await.unwrap();
-    for m in &members {
-        store.purge(&keys::store_key(&m.key)).await.unwrap();
+    let mut targets = catalog.entity_keys_for_tag("t", &tag);
+    targets.extend(members.iter().map(|m| m.key.clone()));
+    for key in &targets {
+        store.purge(&keys::store_key(key)).await.unwrap();
     }
     store.index_remove(&index, &members).await.unwrap();
 }
 
-/// A tag purge landing after a fetch indexed its key but before it called
-/// the upstream: the entry that fetch stores must still be found by every
-/// later tag purge (it must not escape them for its whole TTL).
+/// A tag purge landing after a fetch took its lease and indexed its key but
+/// before it called the upstream: the entry that fetch stores must still be
+/// found by every later tag purge (it must not escape them for its whole TTL).
 #[tokio::test(start_paused = true)]
 async fn an_entry_stored_by_a_fetch_racing_a_tag_purge_does_not_escape_later_purges() {
     let inner = Arc::new(MemoryStore::new());
     let tag =
         Catalog::with_presets(&Default::default()).unwrap().get("routing.queue").unwrap().tags_for(QUEUE)[0]
             .clone();
-    let index = keys::tag_index("t", &tag);
     let store = Arc::new(TestStore { inner: inner.clone(), ..Default::default() });
-    *store.after_tag_index.lock() = Some(Box::pin(purge_tag(inner.clone(), index.clone())));
+    *store.after_index.lock() = Some(Box::pin(purge_tag(inner.clone(), tag.clone())));
     let r = rig_on(store.clone(), |_| {}, false);
     r.get(&get()).await.unwrap();
-    assert!(store.after_tag_index.lock().is_none(), "the racing purge ran inside the fetch");
-    purge_tag(inner.clone(), index).await;
+    assert!(store.after_index.lock().is_none(), "the racing purge ran inside the fetch");
+    purge_tag(inner.clone(), tag).await;
     let after = r.source(&get()).await;
     assert_ne!(after, Source::Store, "the entry escaped a later tag purge");
 }
 
 fn kind_index() -> String {
     keys::kind_index("t", "routing.queue")
+}
+
+/// An entity's own tag (`queue:{id}`) keeps no index of its own: a tag
+/// purge names the entity's keys from the catalog. A cached queue costs
+/// its entry and one membership of the shared kind index, no key beside
+/// (that one-member index cost a Redis key and up to 1 KB per entity).
+#[tokio::test(start_paused = true)]
+async fn a_cached_entity_writes_no_index_of_its_own() {
+    let r = rig(|_| {}, false);
+    r.get(&get()).await.unwrap();
+    r.get(&GetRequest { variant: "summary".into(), ..get() }).await.unwrap();
+    let store = r.cache.tiers().store();
+    assert_eq!(store.index_members(&kind_index(), "").await.unwrap().len(), 2);
+    let own = keys::tag_index("t", &format!("queue:{QUEUE}"));
+    assert_eq!(store.index_members(&own, "").await.unwrap(), vec![], "an index per entity");
 }
 
 /// A store found down is skipped until a probe in the background reads it

@@ -165,6 +165,9 @@ impl Invalidator {
             }
         }
         for tag in &p.tags {
+            // An entity's own tag has no index: its keys are named from the
+            // catalog (a fetch under way holds one of them, and loses its lease).
+            targets.extend(self.catalog.entity_keys_for_tag(&self.env, tag));
             let index = keys::tag_index(&self.env, tag);
             let members = store.index_members(&index, "").await?;
             targets.extend(members.iter().map(|m| m.key.clone()));

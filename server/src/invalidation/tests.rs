@@ -105,3 +105,24 @@ async fn a_purge_during_a_store_failover_is_retried_within_the_deadline() {
     assert!(matches!(got, Err(Error::Store(_))), "{got:?}");
     assert!(Instant::now() <= deadline, "answered after the deadline: {:?}", started.elapsed());
 }
+
+/// A purge of an entity's own tag (`queue:{id}`) finds the entity's keys
+/// from the catalog (every variant), not from an index the fetches kept:
+/// an entry is found whether or not anything indexed it.
+#[tokio::test]
+async fn an_entity_tag_purge_names_every_variant_of_the_entity() {
+    let store = Arc::new(crate::store::MemoryStore::new());
+    for key in ["t:routing.queue:q1:full", "t:routing.queue:q1:summary", "t:routing.queue:q2:full"] {
+        store.set(&keys::store_key(key), Bytes::from_static(b"{}"), Duration::from_secs(60)).await.unwrap();
+    }
+    let inv = invalidator(store.clone());
+    let tags = Purge { tags: vec!["queue:q1".into()], reason: "test".into(), ..Default::default() };
+    assert_eq!(inv.purge(tags, None).await.unwrap(), 2);
+    for (key, left) in [
+        ("t:routing.queue:q1:full", false),
+        ("t:routing.queue:q1:summary", false),
+        ("t:routing.queue:q2:full", true),
+    ] {
+        assert_eq!(store.get(&keys::store_key(key)).await.unwrap().is_some(), left, "{key}");
+    }
+}

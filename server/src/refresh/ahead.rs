@@ -12,7 +12,9 @@
 //! the lead leaves several rounds before expiry. A pinned key not stored
 //! (never asked for, or purged) is fetched; a hot one is not (a purge
 //! means its next caller should see the new value, and a caller will ask).
-//! Keys neither hot nor asked for within their TTL are forgotten.
+//! Keys neither hot nor asked for within their TTL are forgotten. Only keys
+//! asked for at least `hot_requests` times have their entry read: a round
+//! costs the store nothing for keys asked for once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +113,18 @@ impl RefreshAhead {
         }
         for t in self.cache.hot().tracked() {
             if self.pinned.iter().any(|p| p.key == t.request.key) {
+                continue;
+            }
+            // Asked for fewer than `hot_requests` times: it cannot be hot,
+            // so its entry is not read (every tracked key's whole value was,
+            // every interval: up to `max_keys` store reads a second, most of
+            // them of keys asked for once). Forgotten once not asked for
+            // within the TTL its kind gives it.
+            if t.nth_latest.is_none() {
+                if now.saturating_duration_since(t.latest) > self.cache.base_ttl(&t.request) {
+                    self.cache.hot().forget(&t.request.key);
+                    round.forgotten += 1;
+                }
                 continue;
             }
             let entry = match self.cache.stored(&t.request).await {

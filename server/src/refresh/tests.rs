@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::invalidation::Invalidator;
 use crate::proto::v1::GetRequest;
 use crate::source::Source;
+use crate::store::testing::TestStore;
 use crate::store::MemoryStore;
 use crate::tiers::Tiers;
 use crate::upstream::{Call, Fetched, Priority};
@@ -63,6 +64,8 @@ struct Rig {
     upstream: Arc<Upstream>,
     invalidator: Arc<Invalidator>,
     bus: Arc<Bus>,
+    /// The store, counting the calls that reach it.
+    store: Arc<TestStore>,
 }
 
 fn rig(ahead: RefreshAheadSettings) -> Rig {
@@ -74,7 +77,8 @@ fn rig(ahead: RefreshAheadSettings) -> Rig {
     settings.l1.enabled = false;
     settings.refresh_ahead = ahead;
     let catalog = Arc::new(Catalog::with_presets(&Default::default()).unwrap());
-    let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new());
+    let counted = Arc::new(TestStore { inner: Arc::new(MemoryStore::new()), ..Default::default() });
+    let store: Arc<dyn crate::store::Store> = counted.clone();
     let tiers =
         Arc::new(Tiers::new(store.clone(), None, settings.stale_grace, crate::bus::Membership::always()));
     let upstream = Arc::new(Upstream::default());
@@ -90,7 +94,7 @@ fn rig(ahead: RefreshAheadSettings) -> Rig {
         ack_timeout: Duration::from_millis(100),
         retry_for: Duration::from_millis(100),
     });
-    Rig { cache, upstream, invalidator, bus }
+    Rig { cache, upstream, invalidator, bus, store: counted }
 }
 
 fn queue(id: &str) -> GetRequest {
@@ -121,6 +125,26 @@ fn an_entry_is_due_within_the_lead_plus_one_interval() {
     assert!(!ahead::due(&e, 7_499, 0.2, interval));
     assert!(ahead::due(&e, 7_500, 0.2, interval), "2 s (20 %) + 0.5 s before expiry");
     assert!(ahead::due(&e, 11_000, 0.2, interval), "expired: due");
+}
+
+/// A key asked for fewer than `hot_requests` times cannot be hot: a round
+/// reads nothing of it from the store (it read every tracked key's whole
+/// entry every interval, up to `max_keys` values a second however cold),
+/// and forgets it once it was not asked for within its TTL.
+#[tokio::test(start_paused = true)]
+async fn a_round_reads_nothing_of_keys_asked_fewer_than_the_hot_count() {
+    let rig = rig(settings(3));
+    let refresher = RefreshAhead::new(rig.cache.clone(), settings(3)).unwrap();
+    for n in 0..50 {
+        assert_eq!(rig.source(&queue(&format!("q{n}"))).await, Source::Upstream);
+    }
+    assert_eq!(rig.cache.hot().len(), 50);
+    let before = rig.store.calls.load(Ordering::SeqCst);
+    refresher.round().await;
+    assert_eq!(rig.store.calls.load(Ordering::SeqCst), before, "store calls for 50 cold keys");
+    tokio::time::advance(TTL + Duration::from_secs(1)).await;
+    refresher.round().await;
+    assert_eq!(rig.cache.hot().len(), 0, "cold keys are forgotten after their TTL");
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,8 +14,11 @@
 //!   deletes the lease with the entry: a fetch that began before a purge
 //!   can never store its value after it. Nothing outlives the entry, so
 //!   there is no counter to expire and restart (no generation ABA).
-//! - *indexes* (sorted sets scored by expiry) of keys per kind and per tag,
-//!   so prefix and tag purges need no KEYS or SCAN. A fetch indexes its key
+//! - *indexes* (sorted sets scored by expiry) of keys per kind and per
+//!   shared tag, so prefix and tag purges need no KEYS or SCAN. An entity's
+//!   own tag (`queue:{id}`) has no index: a purge of it names the entity's
+//!   keys from the catalog, so an entry costs one key and one membership of
+//!   its kind's index. A fetch indexes its key
 //!   after taking the lease and before calling the upstream (a purge from
 //!   then on finds it and deletes the lease), and takes the memberships
 //!   back if it stores nothing.

@@ -24,9 +24,9 @@ pub struct TestStore {
     pub fail_after: Mutex<Duration>,
     /// While set, purges never finish.
     pub hang_purges: AtomicBool,
-    /// Run once, right after the first write to a tag index (inside a
-    /// fetch, between taking its lease and calling the upstream).
-    pub after_tag_index: Mutex<Option<BoxFuture<'static, ()>>>,
+    /// Run once, right after the first write to an index (inside a fetch,
+    /// between taking its lease and calling the upstream).
+    pub after_index: Mutex<Option<BoxFuture<'static, ()>>>,
     /// Calls that reached the store (failed ones included).
     pub calls: AtomicUsize,
 }
@@ -83,11 +83,9 @@ impl Store for TestStore {
     async fn index_add(&self, index: &str, member: &str, expires_at_ms: i64) -> Result<Indexed> {
         self.enter().await?;
         let added = self.inner.index_add(index, member, expires_at_ms).await;
-        if index.starts_with("cx:tag:") {
-            let hook = self.after_tag_index.lock().take();
-            if let Some(hook) = hook {
-                hook.await;
-            }
+        let hook = self.after_index.lock().take();
+        if let Some(hook) = hook {
+            hook.await;
         }
         added
     }

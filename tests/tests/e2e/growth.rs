@@ -2,7 +2,7 @@
 //! and purges of random keys. Both must leave a bounded, short-lived trace.
 
 use futures::StreamExt;
-use genesys_emulator::EmulatorConfig;
+use genesys_emulator::{queue_id, EmulatorConfig};
 use harness::*;
 
 /// Bytes of Redis memory per 404 remembered (its entry, its tag index key,
@@ -84,5 +84,52 @@ async fn random_ids_and_random_purges_leave_a_bounded_short_lived_trace() {
         let left = pttl(&redis, key).await;
         assert!(left == -2 || (0..=ttl + 1000).contains(&left), "{key} lives {left} ms, past the 404 TTL");
     }
+    s.stop().await;
+}
+
+/// Bytes of Redis memory one cached queue may cost beyond its value (its
+/// key name, the stored entry's header, its share of the kind index): the
+/// figure `loadtest/scaling.sh` reports, with room for allocator rounding.
+const OVERHEAD_PER_ENTRY: i64 = 640;
+
+/// `MEMORY USAGE key SAMPLES 0` (through redis-cli, following redirects).
+fn memory_usage(url: &str, key: &str) -> i64 {
+    let port = url.split(['/', '?', '&', '=']).find_map(|part| part.strip_prefix("127.0.0.1:")).unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", port, "memory", "usage", key, "samples", "0"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap_or(0)
+}
+
+/// What a cached entry costs in Redis (issue 16): at most 2 keys, and no
+/// more than its value plus a small fixed overhead, whatever the length of
+/// the namespace. The per-entity tag index (`cx:tag:{env:queue:<id>}`, one
+/// member) cost a key and ~1 KB per queue once its member passed Redis's
+/// 64-byte listpack limit (a namespace of 6 characters or more).
+#[tokio::test]
+async fn a_cached_entry_costs_its_value_plus_a_small_fixed_overhead() {
+    let n = 20;
+    let mut s = Scenario::new("entrycost").cluster().alone().start().await;
+    let (env, redis) = (s.env.clone(), s.redis().await);
+    let url = s.redis_url().expect("a cluster").to_string();
+    let mut values = 0;
+    for q in 0..n {
+        values += s.cx().get(get_queue(&queue_id(q))).await.unwrap().value.len() as i64;
+    }
+    // The queues' keys: entries, tag indexes, the kind index (shared).
+    let mut keys: Vec<String> =
+        keys_of_env(&redis, &env).await.into_iter().filter(|k| k.contains(":routing.queue:")).collect();
+    keys.extend(keys_matching(&redis, &format!("cx:tag:{{{env}:queue:*")).await);
+    keys.extend(keys_matching(&redis, &format!("cx:idx:{{{env}:routing.queue}}")).await);
+    let bytes: i64 = keys.iter().map(|k| memory_usage(&url, k)).sum();
+    let overhead = (bytes - values) / n as i64;
+    println!(
+        "{n} queues ({} B of values on average): {} keys, {bytes} B in Redis, {overhead} B per entry beyond the value",
+        values / n as i64,
+        keys.len()
+    );
+    assert!(keys.len() <= 2 * n + 1, "{} keys for {n} queues: {keys:?}", keys.len());
+    assert!(overhead <= OVERHEAD_PER_ENTRY, "{overhead} B per entry beyond its value");
     s.stop().await;
 }
