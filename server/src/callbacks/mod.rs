@@ -91,7 +91,7 @@ impl Callbacks {
             };
             tasks.push(tokio::spawn(deliverer.run(shutdown.clone())));
         }
-        bus.record_with(Arc::new(record::Appender { env: env.to_string(), endpoints, outbox }));
+        bus.record_with(Arc::new(record::Appender::new(env.to_string(), endpoints, outbox)));
         Ok(Callbacks { tasks })
     }
 

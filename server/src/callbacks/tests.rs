@@ -15,7 +15,7 @@ use super::{wire, Endpoint};
 use crate::bus::{Bus, Event, EventKind};
 use crate::catalog::Catalog;
 use crate::config::{CallbackSettings, Secret};
-use crate::store::{MemoryOutbox, MemoryStore, Outbox};
+use crate::store::{Cursor, Logged, MemoryOutbox, MemoryStore, Outbox};
 
 const SECRET: &str = "0123456789abcdef";
 
@@ -69,9 +69,50 @@ fn settings(backlog: usize) -> CallbackSettings {
 struct Rig {
     bus: Arc<Bus>,
     fake: Arc<Fake>,
-    outbox: Arc<MemoryOutbox>,
+    outbox: Arc<Flaky>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The embedded outbox, whose appends fail while `down`.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryOutbox,
+    down: Mutex<bool>,
+}
+
+#[async_trait]
+impl Outbox for Flaky {
+    async fn append(
+        &self,
+        env: &str,
+        name: &str,
+        payload: Bytes,
+        backlog: usize,
+    ) -> crate::error::Result<()> {
+        if *self.down.lock() {
+            return Err(crate::error::Error::Store("down".into()));
+        }
+        self.inner.append(env, name, payload, backlog).await
+    }
+    async fn read(
+        &self,
+        env: &str,
+        name: &str,
+        after: &Cursor,
+        max: usize,
+    ) -> crate::error::Result<Vec<Logged>> {
+        self.inner.read(env, name, after, max).await
+    }
+    async fn cursor(&self, env: &str, name: &str) -> crate::error::Result<Cursor> {
+        self.inner.cursor(env, name).await
+    }
+    async fn advance(&self, env: &str, name: &str, to: &Cursor) -> crate::error::Result<()> {
+        self.inner.advance(env, name, to).await
+    }
+    async fn appended(&self, env: &str, name: &str) -> crate::error::Result<u64> {
+        self.inner.appended(env, name).await
+    }
 }
 
 async fn rig(settings: CallbackSettings) -> Rig {
@@ -79,12 +120,8 @@ async fn rig(settings: CallbackSettings) -> Rig {
     let catalog = Arc::new(Catalog::with_presets(&Default::default()).unwrap());
     let endpoint = Arc::new(Endpoint::new(settings, catalog));
     let bus = Bus::local("i1".into());
-    let outbox = Arc::new(MemoryOutbox::default());
-    bus.record_with(Arc::new(Appender {
-        env: "p".into(),
-        endpoints: vec![endpoint.clone()],
-        outbox: outbox.clone(),
-    }));
+    let outbox = Arc::new(Flaky::default());
+    bus.record_with(Arc::new(Appender::new("p".into(), vec![endpoint.clone()], outbox.clone())));
     let fake = Arc::new(Fake::default());
     let (stop, rx) = watch::channel(false);
     let deliverer = Deliverer {
@@ -188,6 +225,29 @@ async fn past_the_backlog_the_oldest_events_go_counted_and_the_endpoint_gets_res
     assert_eq!(events[1]["dropped"], 6, "events 2-7 dropped: {events:?}");
     let kept: Vec<&str> = events[2..].iter().map(|e| e["keys"][0].as_str().unwrap()).collect();
     assert_eq!(kept, (7..12).map(|i| format!("p:routing.queue:{i}:full")).collect::<Vec<_>>());
+    let _ = r.stop.send(true);
+    r.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_the_outbox_could_not_take_is_followed_by_resync_not_silence() {
+    let r = rig(settings(100)).await;
+    run_for(50).await;
+    *r.outbox.down.lock() = true;
+    r.bus.publish(purge("p:routing.queue:1:full")).await.unwrap(); // not written
+    *r.outbox.down.lock() = false;
+    r.bus.publish(purge("p:routing.queue:2:full")).await.unwrap();
+    run_for(300).await;
+    let events: Vec<serde_json::Value> =
+        r.fake.delivered.lock().iter().flat_map(|b| b["events"].as_array().unwrap().clone()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["RESYNC", "INVALIDATED"], "{events:?}");
+    assert!(events[0]["id"].is_string(), "the RESYNC has an id too");
+    assert_eq!(events[1]["keys"][0], "p:routing.queue:2:full");
+    // Told once: the next event comes alone.
+    r.bus.publish(purge("p:routing.queue:3:full")).await.unwrap();
+    run_for(300).await;
+    assert_eq!(r.fake.delivered_ids().len(), 3);
     let _ = r.stop.send(true);
     r.task.await.unwrap();
 }

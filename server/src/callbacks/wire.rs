@@ -14,8 +14,8 @@
 //!
 //! Event ids increase and are stable across retries: an endpoint dedupes by
 //! them (delivery is at least once). A RESYNC event says events were lost
-//! (the backlog was full, `dropped` of them; null when unknown): re-read
-//! whatever the endpoint mirrors.
+//! (the backlog was full, `dropped` of them; null when unknown, as after
+//! events the outbox could not take): re-read whatever the endpoint mirrors.
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
