@@ -100,6 +100,16 @@ impl Leadership {
         Keeper { lost, task }
     }
 
+    /// Runs `work` while the lease holds, renewing it meanwhile: its
+    /// result, or None once the lease was lost (and `work` dropped).
+    pub async fn hold<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut keeper = self.keep();
+        tokio::select! {
+            _ = keeper.lost() => None,
+            done = work => Some(done),
+        }
+    }
+
     /// Lets another instance take over at once.
     pub async fn release(self) {
         if let Err(e) = self.store.release_lease(&self.key, self.token).await {

@@ -221,16 +221,17 @@ impl Bus {
 
     /// An in-process bus whose journal retains `retention`.
     pub fn local_with(instance_id: String, retention: Retention) -> Arc<Bus> {
-        let fanout = Fanout::new(retention);
-        let fleet = Arc::new(AtomicUsize::new(1));
-        let membership = Membership::always();
+        Bus::in_process(instance_id, retention, Membership::always())
+    }
+
+    fn in_process(instance_id: String, retention: Retention, membership: Arc<Membership>) -> Arc<Bus> {
         Arc::new(Bus {
-            fanout,
+            fanout: Fanout::new(retention),
             recorder: Default::default(),
             redis: None,
             instance_id,
             published: AtomicU64::new(0),
-            fleet,
+            fleet: Arc::new(AtomicUsize::new(1)),
             membership,
         })
     }
@@ -239,17 +240,7 @@ impl Bus {
     /// depends on it).
     #[cfg(test)]
     pub(crate) fn local_with_membership(instance_id: String, membership: Arc<Membership>) -> Arc<Bus> {
-        let fanout = Fanout::new(Retention::default());
-        let fleet = Arc::new(AtomicUsize::new(1));
-        Arc::new(Bus {
-            fanout,
-            recorder: Default::default(),
-            redis: None,
-            instance_id,
-            published: AtomicU64::new(0),
-            fleet,
-            membership,
-        })
+        Bus::in_process(instance_id, Retention::default(), membership)
     }
 
     /// A bus over Redis sharded pub/sub on the channel of `env`.

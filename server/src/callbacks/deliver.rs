@@ -79,13 +79,8 @@ impl Deliverer {
             };
             tracing::info!(endpoint = %self.name(), "change callbacks: this instance delivers");
             crate::metrics::callback_deliverer(self.name(), true);
-            let mut keeper = lease.keep();
-            let stopped = tokio::select! {
-                _ = keeper.lost() => false,
-                stopped = self.deliver(&mut shutdown) => stopped,
-            };
+            let stopped = lease.hold(self.deliver(&mut shutdown)).await == Some(true);
             crate::metrics::callback_deliverer(self.name(), false);
-            drop(keeper);
             if stopped {
                 lease.release().await;
                 return;

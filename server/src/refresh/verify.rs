@@ -87,13 +87,7 @@ impl Verifier {
                 else {
                     return;
                 };
-                let mut keeper = lease.keep();
-                let stopped = tokio::select! {
-                    _ = keeper.lost() => false,
-                    stopped = self.rounds(&mut shutdown) => stopped,
-                };
-                drop(keeper);
-                if stopped {
+                if lease.hold(self.rounds(&mut shutdown)).await == Some(true) {
                     lease.release().await;
                     return;
                 }

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cxcache::config::{Credential, PinnedKey, Secret};
+use cxcache::proto::v1::cache_client::CacheClient;
 use cxcache::proto::v1::{watch_event, Source, WatchRequest};
 use genesys_emulator::{queue_id, EmulatorConfig, RequestRecord};
 use harness::*;
 use serde_json::json;
+use tonic::transport::Channel;
 
 const TTL: Duration = Duration::from_secs(2);
 const ANALYTICS_ROUTE: &str = "POST /api/v2/analytics/conversations/aggregates/query";
@@ -32,6 +34,32 @@ fn background(r: &RequestRecord) -> bool {
 
 fn is_miss(source: Source) -> bool {
     !matches!(source, Source::L1 | Source::Store)
+}
+
+/// Every read of a caller reading each of `hot` every 100 ms until `stop`:
+/// (unix ms, id, source).
+type Reads = Arc<parking_lot::Mutex<Vec<(u64, String, Source)>>>;
+
+fn read_hot_keys(
+    client: CacheClient<Channel>,
+    hot: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> (Reads, tokio::task::JoinHandle<()>) {
+    let reads: Reads = Default::default();
+    let log = reads.clone();
+    let reader = tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            for id in &hot {
+                let mut req = tonic::Request::new(get_queue(id));
+                req.set_timeout(Duration::from_secs(10));
+                if let Ok(resp) = client.clone().get(req).await {
+                    log.lock().push((unix_ms(), id.clone(), resp.into_inner().source()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (reads, reader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,25 +107,7 @@ async fn hot_keys_are_refreshed_ahead_on_spare_budget_only() {
 
     // Callers keep reading the hot keys, every 100 ms each, throughout.
     let stop = Arc::new(AtomicBool::new(false));
-    let misses: Arc<parking_lot::Mutex<Vec<(u64, String, Source)>>> = Default::default();
-    let reader = {
-        let (client, hot, stop, misses) = (s.cx().client.clone(), hot.clone(), stop.clone(), misses.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for id in &hot {
-                    let mut req = tonic::Request::new(get_queue(id));
-                    req.set_timeout(Duration::from_secs(10));
-                    if let Ok(resp) = client.clone().get(req).await {
-                        let source = resp.into_inner().source();
-                        if is_miss(source) {
-                            misses.lock().push((unix_ms(), id.clone(), source));
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (reads, reader) = read_hot_keys(s.cx().client.clone(), hot.clone(), stop.clone());
 
     // Phase 1: distinct analytics misses from four clients, two TTL
     // windows long, more than the budget can serve.
@@ -169,7 +179,12 @@ async fn hot_keys_are_refreshed_ahead_on_spare_budget_only() {
     let watch_end = unix_ms();
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
-    let late_misses: Vec<_> = misses.lock().iter().filter(|(at, ..)| *at >= watch_start).cloned().collect();
+    let late_misses: Vec<_> = reads
+        .lock()
+        .iter()
+        .filter(|(at, _, source)| *at >= watch_start && is_miss(*source))
+        .cloned()
+        .collect();
     assert!(late_misses.is_empty(), "callers missed hot keys after the load: {late_misses:?}");
 
     let log = emu.requests(10_000);
@@ -275,22 +290,7 @@ async fn on_a_small_budget_background_calls_wait_for_the_foreground_load() {
     // Callers read the hot keys every 100 ms throughout; every answer's
     // source is kept.
     let stop = Arc::new(AtomicBool::new(false));
-    let reads: Arc<parking_lot::Mutex<Vec<(u64, String, Source)>>> = Default::default();
-    let reader = {
-        let (client, hot, stop, reads) = (s.cx().client.clone(), hot.clone(), stop.clone(), reads.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for id in &hot {
-                    let mut req = tonic::Request::new(get_queue(id));
-                    req.set_timeout(Duration::from_secs(10));
-                    if let Ok(resp) = client.clone().get(req).await {
-                        reads.lock().push((unix_ms(), id.clone(), resp.into_inner().source()));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (reads, reader) = read_hot_keys(s.cx().client.clone(), hot.clone(), stop.clone());
 
     // Phase 1: distinct analytics misses from four callers, more than the
     // budget serves.
