@@ -340,6 +340,11 @@ impl Cache {
         if beta <= 0.0 || entry.fetch_ms <= 0 {
             return false;
         }
+        // The largest gap any draw gives: until the entry is that close to
+        // expiry no draw can refresh it, so most hits skip the draw.
+        if !xfetch(entry, now, beta, f64::EPSILON, 1.0) {
+            return false;
+        }
         let draw: f64 = rand::thread_rng().gen_range(f64::EPSILON..=1.0);
         // Most draws fall short of expiry even at full eagerness: only the
         // others look at the budget (a lock on the credentials' state).

@@ -44,6 +44,10 @@ impl EntityId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 impl std::fmt::Display for EntityId {
@@ -128,11 +132,16 @@ pub fn named(
     variant: Option<&str>,
     params: &BTreeMap<String, String>,
 ) -> String {
-    let mut key = format!(
-        "{env}:{kind}:{}:{}",
-        id.filter(|s| !s.is_empty()).unwrap_or(NO_ID),
-        variant.filter(|s| !s.is_empty()).unwrap_or(FULL_VARIANT)
-    );
+    // Built by hand, not `format!`: this runs on every Get, hits included.
+    let id = id.filter(|s| !s.is_empty()).unwrap_or(NO_ID);
+    let variant = variant.filter(|s| !s.is_empty()).unwrap_or(FULL_VARIANT);
+    let mut key = String::with_capacity(env.len() + kind.len() + id.len() + variant.len() + 3 + 20);
+    for (i, part) in [env, kind, id, variant].into_iter().enumerate() {
+        if i > 0 {
+            key.push(':');
+        }
+        key.push_str(part);
+    }
     if !params.is_empty() {
         // BTreeMap iterates in key order: the same params give the same hash.
         let mut h = Sha256::new();
@@ -182,7 +191,12 @@ pub fn canonical_body(body: Value, ignore_fields: &[String]) -> Vec<u8> {
 /// The Redis key under which a logical key's entry is stored.
 pub fn store_key(logical: &str) -> String {
     let (tag, rest) = split_tag(logical);
-    format!("cx:{{{tag}}}{rest}")
+    let mut key = String::with_capacity(logical.len() + 5);
+    key.push_str("cx:{");
+    key.push_str(tag);
+    key.push('}');
+    key.push_str(rest);
+    key
 }
 
 /// Splits a logical key into its hash-tag part (first three segments) and the rest.

@@ -277,29 +277,46 @@ pub fn verify_skipped(reason: &'static str) {
 /// A Get answered with a value (the hit ratio is `source != upstream` over
 /// the total, per kind).
 pub fn get_served(kind: &str, source: Source, elapsed: Duration) {
-    let (count, latency) = get_handles(kind, source);
-    count.increment(1);
-    latency.record(elapsed.as_secs_f64());
+    with_get_handles(kind, |handles| {
+        let (count, latency) = &handles[source.index()];
+        count.increment(1);
+        latency.record(elapsed.as_secs_f64());
+    });
 }
 
 /// The Get counter and histogram of one kind, per source.
 type KindHandles = [(Counter, Histogram); Source::ALL.len()];
 
-/// Handles of `cxcache_get_*` by kind, registered on first use: the hit
-/// path then costs a read lock and one hash lookup, no allocation.
+/// Handles of `cxcache_get_*` by kind, registered on first use.
 static GET_HANDLES: LazyLock<RwLock<HashMap<String, Arc<KindHandles>>>> = LazyLock::new(Default::default);
 
-fn get_handles(kind: &str, source: Source) -> (Counter, Histogram) {
-    let i = source.index();
+thread_local! {
+    /// Each worker's copy of [`GET_HANDLES`]: the hit path then takes no
+    /// shared lock and bumps no shared reference count, only the metric.
+    static LOCAL_GET_HANDLES: std::cell::RefCell<HashMap<String, Arc<KindHandles>, foldhash::fast::RandomState>> =
+        Default::default();
+}
+
+fn with_get_handles(kind: &str, f: impl FnOnce(&KindHandles)) {
+    LOCAL_GET_HANDLES.with(|local| {
+        if let Some(h) = local.borrow().get(kind) {
+            return f(h);
+        }
+        let h = shared_get_handles(kind);
+        f(&h);
+        local.borrow_mut().insert(kind.to_owned(), h);
+    })
+}
+
+fn shared_get_handles(kind: &str) -> Arc<KindHandles> {
     if let Some(h) = GET_HANDLES.read().get(kind) {
-        return h[i].clone();
+        return h.clone();
     }
     let handles: Arc<KindHandles> = Arc::new(Source::ALL.map(|s| {
         let labels = [("kind", kind.to_owned()), ("source", s.label().to_owned())];
         (counter!(GET_TOTAL, &labels), histogram!(GET_DURATION, &labels))
     }));
-    let h = GET_HANDLES.write().entry(kind.to_owned()).or_insert(handles).clone();
-    h[i].clone()
+    GET_HANDLES.write().entry(kind.to_owned()).or_insert(handles).clone()
 }
 
 /// A Get that ended in an error, by its canonical code name.

@@ -175,7 +175,7 @@ fn check_id(req: &GetRequest, kind: &Kind, bad: &mut Vec<FieldViolation>) -> Opt
     }
     // Ids go into URL paths and keys: only unreserved URL characters.
     match keys::EntityId::parse(id) {
-        Some(id) => Some(id.to_string()),
+        Some(id) => Some(id.into_string()),
         None => {
             bad.push(FieldViolation::new("id", format!("must be {}", keys::EntityId::RULE)));
             None

@@ -13,10 +13,9 @@
 //! Bounded: at most `max_keys` keys; past it new keys are not tracked
 //! until refresh ahead forgets cold ones ([`Tracker::forget`]).
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -54,7 +53,9 @@ pub struct Tracker {
     n: usize,
     max_keys: usize,
     len: AtomicUsize,
-    shards: Vec<Mutex<HashMap<String, Slot>>>,
+    shards: Vec<Mutex<HashMap<String, Slot, foldhash::fast::RandomState>>>,
+    /// Picks a key's shard (foldhash: every Get hashes its key here).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Tracker {
@@ -65,14 +66,13 @@ impl Tracker {
             n: n as usize,
             max_keys,
             len: AtomicUsize::new(0),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            hasher: Default::default(),
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Slot>> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Slot, foldhash::fast::RandomState>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
     /// One request of `r`, now.

@@ -561,3 +561,26 @@ async fn a_failed_fetch_leaves_no_index_membership() {
     assert_eq!(r.source(&get()).await, Source::Stale);
     assert_eq!(store.index_members(&kind_index(), "").await.unwrap().len(), 1);
 }
+
+/// The L1 hit path's own cost (resolve, lookup, count), per Get: run in a
+/// release build, `cargo test --release -p cxcache-server --lib -- --ignored
+/// --nocapture l1_hit_cost`.
+#[tokio::test]
+#[ignore = "a measurement: run in a release build"]
+async fn l1_hit_cost() {
+    crate::metrics::install();
+    let rig = rig(|_| {}, true);
+    let req = get();
+    rig.get(&req).await.unwrap();
+    rig.get(&req).await.unwrap();
+    assert_eq!(rig.source(&req).await, Source::L1);
+    const N: u32 = 1_000_000;
+    let started = std::time::Instant::now();
+    for _ in 0..N {
+        let r = rig.cache.resolve(std::hint::black_box(&req)).unwrap();
+        let served = rig.cache.l1_hit(&r).expect("an L1 hit");
+        std::hint::black_box(served);
+    }
+    let per = started.elapsed().as_nanos() as f64 / f64::from(N);
+    println!("resolve + l1_hit: {per:.0} ns per Get");
+}

@@ -48,15 +48,21 @@ pub async fn handle(
             Status::from(e)
         })?;
         // The server's own limit (`limits.request_timeout`) bounds every
-        // Get, outside the cache's own deadline handling.
-        let served = match tokio::time::timeout(server_limit, cache.get_resolved(&r, deadline)).await {
-            Ok(served) => served?,
-            Err(_) => {
-                let e = Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"));
-                crate::metrics::get_failed(e.code().name());
-                return Err(Status::from(e));
-            }
+        // Get, caller deadline or not: one deadline, whichever is sooner,
+        // and so one timer per Get.
+        let limit_at = tokio::time::Instant::now() + server_limit;
+        let (bound, callers) = match deadline {
+            Some(d) if d <= limit_at => (d, true),
+            _ => (limit_at, false),
         };
+        let served = cache.get_resolved(&r, Some(bound)).await.map_err(|e| match e {
+            Error::DeadlineExceeded(_)
+                if !callers && tokio::time::Instant::now() + Duration::from_millis(20) >= bound =>
+            {
+                Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"))
+            }
+            e => e,
+        })?;
         if !forced && matches!(served.source, Source::Upstream | Source::Revalidated) {
             budgets.charge(&caller, std::time::Instant::now());
         }

@@ -42,7 +42,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Byt
     // With callers configured, the door serves only callers whose
     // `data_actions` scope lists the action; otherwise the door token
     // (if any) is its rule.
-    let table = state.auth.load_full();
+    let table = state.auth.load();
     let caller = if table.enabled() {
         let sent =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer);
