@@ -196,14 +196,35 @@ impl Cache {
 
     /// Answers a resolved Get through every tier, by `deadline`, and counts it.
     pub async fn get_resolved(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Served> {
+        self.get_within(r, deadline, None).await
+    }
+
+    /// [`Cache::get_resolved`], also ended at `limit` (the server's own
+    /// bound, `limits.request_timeout`) by the same single timer. Only the
+    /// caller's deadline reaches the tiers and the upstream: the server's
+    /// limit is a backstop, not a budget to spend waiting out a Retry-After.
+    pub async fn get_within(
+        &self,
+        r: &Resolved,
+        deadline: Option<Instant>,
+        limit: Option<Instant>,
+    ) -> Result<Served> {
         let started = std::time::Instant::now();
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, self.serve(r, Some(d))).await {
-                Err(_) => Err(Error::DeadlineExceeded("no answer within the caller's deadline".into())),
+        let (bound, callers) = match (deadline, limit) {
+            (Some(d), Some(l)) if l < d => (Some(l), false),
+            (Some(d), _) => (Some(d), true),
+            (None, l) => (l, false),
+        };
+        let result = match bound {
+            Some(b) => match tokio::time::timeout_at(b, self.serve(r, deadline)).await {
+                Err(_) if callers => {
+                    Err(Error::DeadlineExceeded("no answer within the caller's deadline".into()))
+                }
+                Err(_) => Err(Error::DeadlineExceeded("limits.request_timeout passed".into())),
                 // An upstream call cut short by the caller's deadline is the
                 // deadline's doing, not the upstream's.
                 Ok(Err(Error::Unavailable { message, .. }))
-                    if Instant::now() + Duration::from_millis(20) >= d =>
+                    if callers && Instant::now() + Duration::from_millis(20) >= b =>
                 {
                     Err(Error::DeadlineExceeded(message))
                 }

@@ -9,7 +9,6 @@ use super::deadline;
 use crate::auth::{GetAsk, MissBudgets};
 use crate::cache::{Cache, Served};
 use crate::entry::now_ms;
-use crate::error::Error;
 use crate::policy::Resolved;
 use crate::proto::v1::{self, GetRequest, GetResponse};
 use crate::source::Source;
@@ -48,21 +47,9 @@ pub async fn handle(
             Status::from(e)
         })?;
         // The server's own limit (`limits.request_timeout`) bounds every
-        // Get, caller deadline or not: one deadline, whichever is sooner,
-        // and so one timer per Get.
-        let limit_at = tokio::time::Instant::now() + server_limit;
-        let (bound, callers) = match deadline {
-            Some(d) if d <= limit_at => (d, true),
-            _ => (limit_at, false),
-        };
-        let served = cache.get_resolved(&r, Some(bound)).await.map_err(|e| match e {
-            Error::DeadlineExceeded(_)
-                if !callers && tokio::time::Instant::now() + Duration::from_millis(20) >= bound =>
-            {
-                Error::DeadlineExceeded(format!("limits.request_timeout ({server_limit:?}) passed"))
-            }
-            e => e,
-        })?;
+        // Get, caller deadline or not, on the same timer as the deadline.
+        let limit = tokio::time::Instant::now() + server_limit;
+        let served = cache.get_within(&r, deadline, Some(limit)).await?;
         if !forced && matches!(served.source, Source::Upstream | Source::Revalidated) {
             budgets.charge(&caller, std::time::Instant::now());
         }
