@@ -48,13 +48,16 @@ impl Tracked {
     }
 }
 
+/// One lock's share of the tracked keys (foldhash: every Get looks here).
+type Shard = Mutex<HashMap<String, Slot, foldhash::fast::RandomState>>;
+
 /// The request times of recently asked-for keys.
 pub struct Tracker {
     n: usize,
     max_keys: usize,
     len: AtomicUsize,
-    shards: Vec<Mutex<HashMap<String, Slot, foldhash::fast::RandomState>>>,
-    /// Picks a key's shard (foldhash: every Get hashes its key here).
+    shards: Vec<Shard>,
+    /// Picks a key's shard.
     hasher: foldhash::fast::RandomState,
 }
 
@@ -71,7 +74,7 @@ impl Tracker {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Slot, foldhash::fast::RandomState>> {
+    fn shard(&self, key: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 

@@ -42,20 +42,21 @@ impl Recorder for Appender {
             let payload = super::wire::WireEvent::new(event, keys).to_bytes();
             let name = &ep.settings.name;
             let backlog = ep.settings.backlog;
+            // Purges write to the same store first, so a failure is rare: it
+            // is counted, and the endpoint is told to resync next time.
+            let failed = |e: crate::error::Error| {
+                lost.store(true, Ordering::Release);
+                crate::metrics::callback_append_failed(name);
+                tracing::warn!(endpoint = %name, error = %e, "change callback event not written to its outbox");
+            };
             if lost.swap(false, Ordering::AcqRel) {
                 if let Err(e) = self.outbox.append(&self.env, name, Bytes::from_static(LOST), backlog).await {
-                    lost.store(true, Ordering::Release);
-                    crate::metrics::callback_append_failed(name);
-                    tracing::warn!(endpoint = %name, error = %e, "change callback event not written to its outbox");
+                    failed(e);
                     continue;
                 }
             }
             if let Err(e) = self.outbox.append(&self.env, name, payload, backlog).await {
-                lost.store(true, Ordering::Release);
-                // Purges write to the same store first, so this is rare: it
-                // is counted, and the endpoint is told to resync next time.
-                crate::metrics::callback_append_failed(name);
-                tracing::warn!(endpoint = %name, error = %e, "change callback event not written to its outbox");
+                failed(e);
             }
         }
     }
