@@ -78,7 +78,11 @@ for _ in 1 2 3; do reply=$(grpcurl -plaintext -d "$req" "$addr" cxcache.v1.Cache
 [ "$(jq -r .source <<<"$reply")" = SOURCE_L1 ] || { log "l1-hit warm-up not from L1"; exit 1; }
 profile l1-hit "$pid" "$addr" l1-hit
 jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/payload"
-"$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/payload" --key "$(jq -r .key <<<"$reply")" >"$work/ceiling.out" 2>&1 &
+# The same response: value, key and tags.
+tags=()
+while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done < <(jq -r '.tags[]?' <<<"$reply")
+"$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/payload" --key "$(jq -r .key <<<"$reply")" "${tags[@]}" \
+  >"$work/ceiling.out" 2>&1 &
 ceiling_pid=$!
 pids+=($ceiling_pid)
 profile ceiling "$ceiling_pid" "$(wait_line "$work/ceiling.out" 'listening' | sed -E 's/.*grpc=//')" l1-hit

@@ -151,10 +151,17 @@ pooled_us() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" \
   'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
-# start_ceiling PAYLOAD_FILE KEY: sets $ceiling.
+# start_ceiling SCENARIO [FLAGS...]: the ceiling answering with the scenario's
+# captured response (payload, key, tags: the same bytes cxcache returns);
+# sets $ceiling and $ceiling_pid. With --redis-url it is the Redis-hit
+# floor: each Get also reads the entry from Redis.
 ceiling_pid=""
 start_ceiling() {
-  "$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$1" --key "$2" >"$work/ceiling.out" 2>&1 &
+  local name=$1; shift
+  local tags=() tag
+  while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done <"$work/$name.tags"
+  "$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/$name.payload" --key "$(cat "$work/$name.key")" \
+    "${tags[@]}" "$@" >"$work/ceiling.out" 2>&1 &
   ceiling_pid=$!
   pids+=($ceiling_pid)
   local line
@@ -166,11 +173,15 @@ stop_ceiling() { kill "$ceiling_pid" 2>/dev/null || true; wait "$ceiling_pid" 2>
 rows=()
 failures=0
 l1_source=""
-declare -A peak capacity
+declare -A peak capacity floor_cpu cx_cpu
 
-# scenario NAME ADDR: warm-up + payload capture, ceiling run, cxcache run.
+# scenario NAME ADDR [ROUNDS [FLOOR_FLAGS...]]: warm-up + response capture,
+# then rounds of ceiling run, cxcache run (and, given FLOOR_FLAGS, a run of
+# the ceiling started with them: the Redis-hit floor).
 scenario() {
-  local name=$1 addr=$2
+  local name=$1 addr=$2 rounds=${3:-1}
+  shift $(( $# < 3 ? $# : 3 ))
+  local floor_flags=("$@")
   local req reply
   req=$(first_request "$name")
   reply=$(get "$addr" "$req") || die "warm-up Get of $name: $reply"
@@ -187,14 +198,20 @@ scenario() {
   fi
   jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/$name.payload"
   jq -r '.key' <<<"$reply" >"$work/$name.key"
-  start_ceiling "$work/$name.payload" "$(cat "$work/$name.key")"
+  jq -r '.tags[]?' <<<"$reply" >"$work/$name.tags"
+  local floor="" floor_pid="" fticks=0 fn=0 f="$work/$name.floor.json"
+  if [ ${#floor_flags[@]} -gt 0 ]; then
+    start_ceiling "$name" "${floor_flags[@]}"
+    floor=$ceiling floor_pid=$ceiling_pid
+  fi
+  start_ceiling "$name"
   # Rounds alternate ceiling and cxcache, so slow spells of this shared
   # machine fall on both; CPU is pooled over the rounds, req/s and
   # latencies are the last round's.
   local t0 t1 before after round xticks=0 cticks=0 xn=0 cn=0 errs=0 e
   local c="$work/$name.cxcache.json" x="$work/$name.ceiling.json"
   before=$(upstream_calls)
-  for round in $(seq "${3:-1}"); do
+  for round in $(seq "$rounds"); do
     t0=$(cpu_ticks "$ceiling_pid")
     ghz_run "$name" "$ceiling" "$x"
     t1=$(cpu_ticks "$ceiling_pid")
@@ -205,13 +222,24 @@ scenario() {
     cticks=$((cticks + t1 - t0)) cn=$((cn + $(jq .count "$c")))
     e=$(errors "$c")
     [ "$e" -eq 0 ] || { errs=$((errs + e)); jq -c '.errorDistribution' "$c" >&2; }
+    if [ -n "$floor" ]; then
+      t0=$(cpu_ticks "$floor_pid")
+      ghz_run "$name" "$floor" "$f"
+      t1=$(cpu_ticks "$floor_pid")
+      fticks=$((fticks + t1 - t0)) fn=$((fn + $(jq .count "$f")))
+      e=$(errors "$f")
+      [ "$e" -eq 0 ] || die "the Redis-hit floor failed $e calls: $(jq -c '.errorDistribution' "$f")"
+    fi
   done
   after=$(upstream_calls)
   failures=$((failures + errs))
   stop_ceiling
+  [ -n "$floor_pid" ] && { kill "$floor_pid" 2>/dev/null || true; wait "$floor_pid" 2>/dev/null || true; }
   local xcpu; xcpu=$(pooled_us "$xticks" "$xn")
   local ccpu; ccpu=$(pooled_us "$cticks" "$cn")
   capacity[$name]=$(ratio "$xcpu" "$ccpu")
+  cx_cpu[$name]=$ccpu
+  [ -n "$floor" ] && floor_cpu[$name]=$(pooled_us "$fticks" "$fn")
   peak[$name]=$(rps "$c")
   rows+=("| $name | $(rps "$c") | $(rps "$x") | $(ratio "$(rps "$c")" "$(rps "$x")") | $ccpu | $xcpu | ${capacity[$name]} | $(pct "$c" 50) | $(pct "$c" 99) | $(pct "$x" 99) | $errs | $((after - before)) |")
   log "$name: $(rps "$c") req/s (ceiling $(rps "$x")), p99 $(pct "$c" 99) ms, $errs errors, $((after - before)) upstream calls"
@@ -220,7 +248,7 @@ scenario() {
 # --- scenarios --------------------------------------------------------------
 # Hits repeat (misses would not be misses twice).
 scenario l1-hit "$mem_grpc" "$rounds"
-scenario store-hit "$redis_grpc" "$rounds"
+scenario store-hit "$redis_grpc" "$rounds" --redis-url "$redis_url"
 scenario miss-spread "$mem_grpc"
 
 # Stampede: the upstream answers that one key in 20 ms, so callers pile up
@@ -271,7 +299,7 @@ half_run() {
   local errs; errs=$(errors "$work/$name.half.json")
   [ "$errs" -eq 0 ] || failures=$((failures + errs))
   p99=$(pct "$work/$name.half.json" 99)
-  start_ceiling "$work/$name.payload" "$(cat "$work/$name.key")"
+  start_ceiling "$name"
   ghz_run "$name" "$ceiling" "$work/$name.half.ceiling.json" --rps "$rate"
   stop_ceiling
   xp99=$(pct "$work/$name.half.ceiling.json" 99)
@@ -303,7 +331,8 @@ mkdir -p loadtest/results
   echo "- commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet 2>/dev/null || echo ' (+ local changes)'), $profile build;" \
     "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs || echo unknown)), shared by ghz, the servers and Redis"
   echo "- ghz $(ghz --version 2>&1 || echo '?'): each run ${duration}, the scenario file's concurrency, 4 connections; the same settings against cxcache and the ceiling"
-  echo "- ceiling: a bare tonic server (\`loadtest/ceiling\`) answering every Get with the same payload bytes cxcache returned for the scenario's first request"
+  echo "- ceiling: a bare tonic server (\`loadtest/ceiling\`) answering every Get with the response cxcache returned for the scenario's first request (same value, key and tags)"
+  echo "- Redis-hit floor: the same ceiling also reading that entry from the same Redis on every Get, with a plain fred client set up as cxcache's store (\`--redis-url\`): what one Redis round trip costs a bare server, run in the same rounds"
   echo "- CPU µs/req: the server process's user+system CPU over the run divided by requests answered; capacity = ceiling CPU/req ÷ cxcache CPU/req, the throughput ratio were the server (not ghz) the bottleneck. l1-hit and store-hit run $rounds rounds, each the ceiling then cxcache, CPU pooled over them (req/s and latencies: the last round). Redis's own CPU is not included"
   echo "- upstream calls: requests the emulator counted during the cxcache run; latencies in ms"
   echo "- L1: $l1_note"
@@ -317,6 +346,7 @@ mkdir -p loadtest/results
   echo "| --- | --- | --- | --- |"
   echo "| L1 hit throughput (capacity) | ≥ 0.95 × ceiling | $l1_ratio × (req/s: $l1_rps_ratio ×) | $t1 |"
   echo "| store (Redis) hit throughput (capacity) | ≥ 0.8 × ceiling | $store_ratio × (req/s: $store_rps_ratio ×) | $t2 |"
+  echo "| store hit against the Redis-hit floor (not a target) | — | floor ${floor_cpu[store-hit]} µs/req ÷ cxcache ${cx_cpu[store-hit]} µs/req = $(ratio "${floor_cpu[store-hit]}" "${cx_cpu[store-hit]}") × | — |"
   echo "| L1 hit p99 at half peak ($l1_rate req/s) | < 1 ms | $l1_p99 ms (ceiling at that rate: $l1_xp99 ms) | $t3 |"
   echo "| store hit p99 at half peak ($store_rate req/s) | < 1 ms | $store_p99 ms (ceiling at that rate: $store_xp99 ms) | $t4 |"
 } >"$out"

@@ -4,8 +4,14 @@
 //! no policy, no lookup, no metrics, no logging. ghz runs the same scenario
 //! against it and against cxcache, and the ratio is what cxcache costs.
 //!
+//! With `--redis-url`, each Get first reads the key's entry from Redis
+//! (cxcache's store key for `--key`, so Redis returns the same bytes) with a
+//! plain fred client configured as cxcache's store is: the floor of a Redis
+//! hit, a bare tonic server plus one Redis round trip and nothing else.
+//!
 //! ```sh
 //! cxcache-ceiling --addr 127.0.0.1:0 --payload value.json --key dev:routing.queue:…:full
+//! cxcache-ceiling … --redis-url redis-cluster://127.0.0.1:7000
 //! ```
 //! prints `ceiling listening grpc=ADDR` once bound.
 
@@ -43,12 +49,39 @@ struct Args {
     /// Tags returned.
     #[arg(long)]
     tag: Vec<String>,
+    /// Read the entry from this Redis on every Get (the Redis-hit floor).
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 /// The fixed answer, built once; each call clones it (the value is a
 /// refcounted `Bytes`, as in cxcache).
 struct Ceiling {
     response: GetResponse,
+    /// The Redis-hit floor: a client and the store key read per Get.
+    redis: Option<(fred::prelude::Pool, String)>,
+}
+
+/// As cxcache's store: fail at once while a connection is down.
+const FAIL_FAST: fred::prelude::Options = fred::prelude::Options {
+    max_attempts: None,
+    max_redirections: None,
+    timeout: None,
+    cluster_node: None,
+    cluster_hash: None,
+    fail_fast: true,
+};
+
+/// A pool as cxcache's store builds it by default: one client per two
+/// CPUs, a 2 s command timeout.
+async fn connect(url: &str) -> Result<fred::prelude::Pool, fred::prelude::Error> {
+    use fred::interfaces::ClientLike;
+    let clients = std::thread::available_parallelism().map_or(1, |n| n.get() / 2).clamp(1, 8);
+    let pool = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(url)?)
+        .with_performance_config(|p| p.default_command_timeout = std::time::Duration::from_secs(2))
+        .build_pool(clients)?;
+    pool.init().await?;
+    Ok(pool)
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
@@ -56,6 +89,18 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send 
 #[tonic::async_trait]
 impl Cache for Ceiling {
     async fn get(&self, _request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        if let Some((pool, key)) = &self.redis {
+            use fred::interfaces::{ClientLike, KeysInterface};
+            let got: Option<Bytes> = pool
+                .next()
+                .with_options(&FAIL_FAST)
+                .get(key.as_str())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            if got.is_none() {
+                return Err(Status::not_found("the entry is not in Redis"));
+            }
+        }
         Ok(Response::new(self.response.clone()))
     }
 
@@ -83,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let response = GetResponse {
         value,
         source: Source::Store as i32,
-        key: args.key,
+        key: args.key.clone(),
         age: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
         ttl_remaining: Some(prost_types::Duration { seconds: 299, nanos: 0 }),
         tags: args.tag,
@@ -91,6 +136,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // Reflection, so ghz and grpcurl need no proto file (as with cxcache);
     // ghz speaks v1alpha, grpcurl v1.
+    let redis = match &args.redis_url {
+        Some(url) => Some((connect(url).await?, cxcache::keys::store_key(&args.key))),
+        None => None,
+    };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(cxcache::proto::FILE_DESCRIPTOR_SET)
@@ -114,7 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic::transport::Server::builder()
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CacheServer::new(Ceiling { response }))
+        .add_service(CacheServer::new(Ceiling { response, redis }))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     Ok(())
