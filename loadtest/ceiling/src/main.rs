@@ -62,18 +62,8 @@ struct Ceiling {
     redis: Option<(fred::prelude::Pool, String)>,
 }
 
-/// As cxcache's store: fail at once while a connection is down.
-const FAIL_FAST: fred::prelude::Options = fred::prelude::Options {
-    max_attempts: None,
-    max_redirections: None,
-    timeout: None,
-    cluster_node: None,
-    cluster_hash: None,
-    fail_fast: true,
-};
-
 /// A pool as cxcache's store builds it by default: one client per two
-/// CPUs, a 2 s command timeout.
+/// CPUs, a 2 s command timeout; commands fail fast (see `Ceiling::get`).
 async fn connect(url: &str) -> Result<fred::prelude::Pool, fred::prelude::Error> {
     use fred::interfaces::ClientLike;
     let clients = std::thread::available_parallelism().map_or(1, |n| n.get() / 2).clamp(1, 8);
@@ -93,7 +83,7 @@ impl Cache for Ceiling {
             use fred::interfaces::{ClientLike, KeysInterface};
             let got: Option<Bytes> = pool
                 .next()
-                .with_options(&FAIL_FAST)
+                .with_options(&fred::prelude::Options { fail_fast: true, ..Default::default() })
                 .get(key.as_str())
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;

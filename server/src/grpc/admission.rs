@@ -28,14 +28,19 @@ impl tonic::service::Interceptor for Authenticate {
             request.extensions_mut().insert(Caller::anonymous());
             return Ok(request);
         }
-        let md = request.metadata();
-        let bearer = md
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(auth::bearer)
-            .or_else(|| md.get("x-api-key").and_then(|v| v.to_str().ok()));
-        let sans = request.extensions().get::<PeerInfo>().map(|p| p.sans.clone()).unwrap_or_default();
-        match table.authenticate(bearer, &sans) {
+        // Credentials are borrowed from the request, and the borrow ends
+        // before the caller is put in its extensions.
+        let authenticated = {
+            let md = request.metadata();
+            let bearer = md
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(auth::bearer)
+                .or_else(|| md.get("x-api-key").and_then(|v| v.to_str().ok()));
+            let sans = request.extensions().get::<PeerInfo>().map_or(&[][..], |p| p.sans.as_slice());
+            table.authenticate(bearer, sans)
+        };
+        match authenticated {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Ok(request)
