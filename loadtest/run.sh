@@ -324,12 +324,15 @@ l1_note="hot keys are answered by the in-process tier (SOURCE_L1); store-hit by 
 # --- report -----------------------------------------------------------------
 stamp=$(date -u +%Y-%m-%d)
 out="loadtest/results/$stamp-$mode.md"
+# Read before the report is written: rewriting a tracked result is not a local change.
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ":!$out" 2>/dev/null || echo ' (+ local changes)')"
 mkdir -p loadtest/results
 {
   echo "# cxcache load test — $mode, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "- commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet 2>/dev/null || echo ' (+ local changes)'), $profile build;" \
+  echo "- commit \`$commit\`, $profile build;" \
     "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs || echo unknown)), shared by ghz, the servers and Redis"
+  echo "- cxcache settings: the defaults (\`RUST_LOG\` unset, so log level info; no config file), loopback, no callers; the memory instance on the embedded store with L1 on, the Redis instance with \`--redis-url\` and \`CXCACHE_CACHE__L1__ENABLED=false\`; both with the per-token upstream budget lifted, as the emulator's limit is"
   echo "- ghz $(ghz --version 2>&1 || echo '?'): each run ${duration}, the scenario file's concurrency, 4 connections; the same settings against cxcache and the ceiling"
   echo "- ceiling: a bare tonic server (\`loadtest/ceiling\`) answering every Get with the response cxcache returned for the scenario's first request (same value, key and tags)"
   echo "- Redis-hit floor: the same ceiling also reading that entry from the same Redis on every Get, with a plain fred client set up as cxcache's store (\`--redis-url\`): what one Redis round trip costs a bare server, run in the same rounds"
