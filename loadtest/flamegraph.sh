@@ -2,9 +2,10 @@
 # Flamegraphs of the hit paths, as users run them: the release build, the
 # default configuration and log level, ghz driving the l1-hit and store-hit
 # scenarios; the bare-tonic ceiling profiled the same way beside them, so
-# the two can be compared frame by frame.
+# the two can be compared frame by frame; and the Redis-hit floor (the
+# ceiling reading the entry from Redis per Get) beside the store hit.
 #
-#   loadtest/flamegraph.sh            # writes loadtest/results/flamegraphs/<date>-{l1-hit,store-hit,ceiling}.svg
+#   loadtest/flamegraph.sh   # writes loadtest/results/flamegraphs/<date>-{l1-hit,store-hit,ceiling,redis-floor}.svg
 #
 # Needs perf (linux-perf / linux-tools) and inferno (`cargo install inferno`,
 # done here when missing). Store hits read a 3+3 Redis cluster: the one in
@@ -91,3 +92,13 @@ start_cxcache store CXCACHE_CACHE__L1__ENABLED=false
 for _ in 1 2; do reply=$(grpcurl -plaintext -d "$req" "$addr" cxcache.v1.Cache/Get); done
 [ "$(jq -r .source <<<"$reply")" = SOURCE_STORE ] || { log "store-hit warm-up not from the store"; exit 1; }
 profile store-hit "$pid" "$addr" store-hit
+# The Redis-hit floor: the ceiling reading the same entry from the same
+# Redis per Get, to compare with the store hit frame by frame.
+jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/store.payload"
+tags=()
+while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done < <(jq -r '.tags[]?' <<<"$reply")
+"$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/store.payload" --key "$(jq -r .key <<<"$reply")" "${tags[@]}" \
+  --redis-url "$redis_url" >"$work/floor.out" 2>&1 &
+floor_pid=$!
+pids+=($floor_pid)
+profile redis-floor "$floor_pid" "$(wait_line "$work/floor.out" 'listening' | sed -E 's/.*grpc=//')" store-hit
