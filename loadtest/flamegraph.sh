@@ -21,19 +21,18 @@ day=$(date -u +%Y-%m-%d)
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_all "${pids[@]}"
   [ -n "${redis_dir:-}" ] && bash scripts/redis-cluster.sh stop "$redis_dir" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 log() { printf 'flamegraph: %s\n' "$*" >&2; }
+. loadtest/lib.sh
 
 command -v perf >/dev/null || { log "perf is not installed"; exit 1; }
 command -v inferno-flamegraph >/dev/null || cargo install --quiet inferno
 bash scripts/install-deps.sh
-cargo build --release --quiet -p cxcache-server -p genesys-emulator -p cxcache-ceiling
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+build_release_or_debug release cxcache-server genesys-emulator cxcache-ceiling
 if [ -n "${CXCACHE_TEST_REDIS_URL:-}" ]; then
   redis_url=$CXCACHE_TEST_REDIS_URL
 else
@@ -41,10 +40,6 @@ else
   redis_url=$(bash scripts/redis-cluster.sh start "$redis_dir")
 fi
 
-wait_line() { # FILE REGEX
-  for _ in $(seq 100); do grep -m1 -E "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  return 1
-}
 "$bin/genesys-emulator" --addr 127.0.0.1:0 --rate-limit 1000000000 >"$work/emu.log" 2>&1 &
 pids+=($!)
 emu=$(wait_line "$work/emu.log" 'http://' | grep -o 'http://[0-9.:]*')

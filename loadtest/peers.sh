@@ -63,6 +63,7 @@ log() { printf 'peers: %s\n' "$*" >&2; }
 # machine is shared, and all contenders keep the same priority.
 renice -n 10 -p $$ >/dev/null 2>&1 || true
 die() { log "FAILED: $*"; exit 1; }
+. loadtest/lib.sh
 
 # --- tools ------------------------------------------------------------------
 need_apt=()
@@ -119,23 +120,13 @@ cleanup() {
     done
   fi
   [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  stop_all "${pids[@]}"
   [ -n "$redis_dir" ] && bash scripts/redis-cluster.sh stop "$redis_dir" >/dev/null 2>&1
   if [ -n "${PEERS_KEEP:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_line FILE REGEX: the first line of FILE matching REGEX (15 s at most).
-wait_line() {
-  for _ in $(seq 1 300); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  log "no line matching '$2' in $1:"; tail -n 20 "$1" >&2 || true
-  return 1
-}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # wait_http URL: until it answers 2xx (30 s at most).
 wait_http() {

@@ -43,6 +43,7 @@ ghz_limit=$(( ${duration%s} + 30 ))
 
 log() { printf 'loadtest: %s\n' "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
+. loadtest/lib.sh
 
 # --- tools ------------------------------------------------------------------
 # ghz, grpcurl, jq, curl, redis: the project's one installer (skips what is there).
@@ -50,34 +51,18 @@ bash scripts/install-deps.sh
 
 # --- binaries ---------------------------------------------------------------
 log "building ($profile)"
-if [ "$profile" = release ]; then
-  cargo build --release --quiet -p cxcache-server -p genesys-emulator -p cxcache-ceiling
-else
-  cargo build --quiet -p cxcache-server -p genesys-emulator -p cxcache-ceiling
-fi
-bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+build_release_or_debug "$profile" cxcache-server genesys-emulator cxcache-ceiling
 
 # --- processes --------------------------------------------------------------
 work=$(mktemp -d -t cxcache-loadtest-XXXX)
 pids=()
 redis_dir=""
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_all "${pids[@]}"
   [ -n "$redis_dir" ] && bash scripts/redis-cluster.sh stop "$redis_dir" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-# wait_line FILE REGEX: the first line of FILE matching REGEX (10 s at most).
-wait_line() {
-  for _ in $(seq 1 200); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  log "no line matching '$2' in $1:"; tail -n 20 "$1" >&2 || true
-  return 1
-}
 
 # Upstream: the emulator, with its rate limit out of the way.
 "$bin/genesys-emulator" --addr 127.0.0.1:0 --rate-limit 1000000000 >"$work/emulator.out" 2>&1 &
@@ -144,8 +129,6 @@ ghz_run() {
 rps() { jq '.rps | floor' "$1"; }
 pct() { jq --argjson p "$2" '[.latencyDistribution[]? | select(.percentage == $p) | .latency][0] // 0 | . / 1e6 | . * 1000 | round / 1000' "$1"; }
 errors() { jq '.count - (.statusCodeDistribution.OK // 0)' "$1"; }
-# CPU time (user + system, in clock ticks) a process has used so far.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # pooled_us TICKS REQUESTS: CPU microseconds per request over several runs.
 pooled_us() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" \
   'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }'; }

@@ -61,16 +61,12 @@ sizes="1024 10240 102400"
 
 log() { printf 'scaling: %s\n' "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
+. loadtest/lib.sh
 
 # --- tools and binaries -----------------------------------------------------
 bash scripts/install-deps.sh >/dev/null
 log "building ($profile)"
-if [ "$profile" = release ]; then
-  cargo build --release --quiet -p cxcache-server -p genesys-emulator -p cxcache-scaling
-else
-  cargo build --quiet -p cxcache-server -p genesys-emulator -p cxcache-scaling
-fi
-bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+build_release_or_debug "$profile" cxcache-server genesys-emulator cxcache-scaling
 
 # --- processes --------------------------------------------------------------
 work=$(mktemp -d -t cxcache-scaling-XXXX)
@@ -82,22 +78,13 @@ cleanup() {
   if [ "$rc" -ne 0 ]; then
     for f in "$work"/*.err; do [ -s "$f" ] && { log "last lines of ${f#"$work"/}:"; tail -n 10 "$f" >&2; }; done
   fi
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  stop_all "${pids[@]}"
   [ -n "$redis_dir" ] && bash scripts/redis-cluster.sh stop "$redis_dir" >/dev/null 2>&1
   if [ -n "${SCALING_KEEP:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_line() {
-  for _ in $(seq 1 300); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  log "no line matching '$2' in $1:"; tail -n 20 "$1" >&2 || true
-  return 1
-}
 
 "$bin/genesys-emulator" --addr 127.0.0.1:0 --rate-limit 1000000000 --queues "$queues" >"$work/emulator.out" 2>"$work/emulator.err" &
 pids+=($!)

@@ -27,28 +27,18 @@ interval_ms=100
 
 log() { printf 'watch-heartbeats: %s\n' "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
+. loadtest/lib.sh
 
 bash scripts/install-deps.sh >/dev/null
-if [ "$profile" = release ]; then cargo build --release --quiet -p cxcache-server -p genesys-emulator
-else cargo build --quiet -p cxcache-server -p genesys-emulator; fi
-bin="${CARGO_TARGET_DIR:-$root/target}/$profile"
+build_release_or_debug "$profile" cxcache-server genesys-emulator
 
 work=$(mktemp -d -t cxcache-hb-XXXX)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_all "${pids[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
-wait_line() {
-  for _ in $(seq 1 200); do
-    if grep -m1 -E "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  tail -n 20 "$1" >&2 || true
-  return 1
-}
 
 "$bin/genesys-emulator" --addr 127.0.0.1:0 >"$work/emu.out" 2>&1 &
 pids+=($!)
@@ -63,11 +53,10 @@ grpc=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<<"$line")
 http=$(sed -E 's/.*http=([^ ]+).*/\1/' <<<"$line")
 
 tck=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$cx_pid/stat"; }
 streams_open() { curl -fsS "http://$http/metrics" | awk '/^cxcache_watch_subscribers /{print int($2)}'; }
 
 # Idle rate first, over the same length of time.
-t0=$(cpu_ticks); sleep "$secs"; idle=$(( $(cpu_ticks) - t0 ))
+t0=$(cpu_ticks "$cx_pid"); sleep "$secs"; idle=$(( $(cpu_ticks "$cx_pid") - t0 ))
 
 hold=$((secs + 4))
 timeout $((hold + 30)) ghz --insecure --proto proto/cxcache/v1/cache.proto --import-paths proto \
@@ -81,7 +70,7 @@ until [ "$(streams_open)" -ge "$streams" ]; do
   [ $SECONDS -lt $deadline ] || die "only $(streams_open) of $streams streams opened"
   sleep 0.1
 done
-t0=$(cpu_ticks); sleep "$secs"; busy=$(( $(cpu_ticks) - t0 ))
+t0=$(cpu_ticks "$cx_pid"); sleep "$secs"; busy=$(( $(cpu_ticks "$cx_pid") - t0 ))
 open_after=$(streams_open)
 wait "$ghz_pid" || true
 [ "$open_after" -ge "$streams" ] || die "streams closed early ($open_after of $streams)"
