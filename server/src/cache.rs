@@ -91,6 +91,28 @@ pub struct Served {
     pub key: String,
 }
 
+/// Where a Get's span is (the span that names its request id in every
+/// line logged on its behalf, and in exported traces).
+#[derive(Clone, Copy)]
+pub enum Trace<'a> {
+    /// The caller runs the whole Get in its span already (or has none).
+    Current,
+    /// Open the span only when the Get goes past the tiers (a miss, a
+    /// refresh, a call-through): a hit logs nothing, so nothing would read
+    /// a span made for it, and making one is a visible share of a Redis
+    /// hit's cost.
+    PastHit(&'a (dyn Fn() -> tracing::Span + Sync)),
+}
+
+impl Trace<'_> {
+    async fn around<F: std::future::Future>(self, work: F) -> F::Output {
+        match self {
+            Trace::Current => work.await,
+            Trace::PastHit(open) => tracing::Instrument::instrument(work, open()).await,
+        }
+    }
+}
+
 /// How a flight got its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -196,18 +218,20 @@ impl Cache {
 
     /// Answers a resolved Get through every tier, by `deadline`, and counts it.
     pub async fn get_resolved(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Served> {
-        self.get_within(r, deadline, None).await
+        self.get_within(r, deadline, None, Trace::Current).await
     }
 
     /// [`Cache::get_resolved`], also ended at `limit` (the server's own
     /// bound, `limits.request_timeout`) by the same single timer. Only the
     /// caller's deadline reaches the tiers and the upstream: the server's
     /// limit is a backstop, not a budget to spend waiting out a Retry-After.
+    /// `trace` says where the Get's span is: see [`Trace`].
     pub async fn get_within(
         &self,
         r: &Resolved,
         deadline: Option<Instant>,
         limit: Option<Instant>,
+        trace: Trace<'_>,
     ) -> Result<Served> {
         let started = std::time::Instant::now();
         let (bound, callers) = match (deadline, limit) {
@@ -216,7 +240,7 @@ impl Cache {
             (None, l) => (l, false),
         };
         let result = match bound {
-            Some(b) => match tokio::time::timeout_at(b, self.serve(r, deadline)).await {
+            Some(b) => match tokio::time::timeout_at(b, self.serve(r, deadline, trace)).await {
                 Err(_) if callers => {
                     Err(Error::DeadlineExceeded("no answer within the caller's deadline".into()))
                 }
@@ -230,7 +254,7 @@ impl Cache {
                 }
                 Ok(other) => other,
             },
-            None => self.serve(r, None).await,
+            None => self.serve(r, None, trace).await,
         };
         match &result {
             // The catalog's name, never the caller's spelling: the label
@@ -241,12 +265,16 @@ impl Cache {
         result
     }
 
-    async fn serve(&self, r: &Resolved, deadline: Option<Instant>) -> Result<Served> {
+    /// A hit (fresh, or stale within its grace) is answered from the tiers;
+    /// everything else runs in the Get's span ([`Trace`]).
+    async fn serve(&self, r: &Resolved, deadline: Option<Instant>, trace: Trace<'_>) -> Result<Served> {
         let served = |entry: Arc<Entry>, source: Source| Served { entry, source, key: r.key.clone() };
         if !r.cacheable {
-            return self.call_through(r, deadline).await.map(|entry| served(entry, Source::Upstream));
+            let called = trace.around(self.call_through(r, deadline)).await;
+            return called.map(|entry| served(entry, Source::Upstream));
         }
         let mut stored = None;
+        let mut store_error = None;
         if !r.freshness.force_refresh {
             match self.tiers.get(&r.store_key).await {
                 // A remembered 404: answered as one while fresh, else a miss
@@ -274,8 +302,24 @@ impl Cache {
                 }
                 Ok(None) => {}
                 // A store outage must not take reads down: go upstream.
-                Err(e) => tracing::warn!(key = %r.key, error = %e, "store read failed; treating as miss"),
+                Err(e) => store_error = Some(e),
             }
+        }
+        trace.around(self.serve_past_hit(r, deadline, stored, store_error)).await
+    }
+
+    /// The rest of a Get the tiers could not answer: the coalesced fetch,
+    /// and the stale fallback when it fails.
+    async fn serve_past_hit(
+        &self,
+        r: &Resolved,
+        deadline: Option<Instant>,
+        stored: Option<Arc<Entry>>,
+        store_error: Option<Error>,
+    ) -> Result<Served> {
+        let served = |entry: Arc<Entry>, source: Source| Served { entry, source, key: r.key.clone() };
+        if let Some(e) = store_error {
+            tracing::warn!(key = %r.key, error = %e, "store read failed; treating as miss");
         }
 
         // With a stale value to fall back on, a hung upstream must not eat

@@ -1,11 +1,14 @@
 //! Logs and traces.
 //!
 //! - Logs: human-readable text by default, JSON lines (`log_format = "json"`)
-//!   for log pipelines; level from `RUST_LOG` (default `info`). Every Get runs
-//!   in a `get` span carrying its `request_id` (the caller's `x-request-id`,
-//!   or a generated one), so each log line of a request names it.
+//!   for log pipelines; level from `RUST_LOG` (default `info`). A Get that
+//!   goes past the tiers (a miss, a refresh, an action) runs in a `get` span
+//!   carrying its `request_id` (the caller's `x-request-id`, or a generated
+//!   one), so each log line of a request names it. Hits log nothing and open
+//!   no span (see [`crate::cache::Trace`]).
 //! - Traces: OpenTelemetry over OTLP/gRPC, off unless
-//!   `telemetry.otlp_endpoint` is set. Spans: `get` (root, per request),
+//!   `telemetry.otlp_endpoint` is set. Spans: `get` (root, per request, hits
+//!   included),
 //!   `tiers.get`, `coalesce`, `fetch` and `upstream.call`. The inner spans are
 //!   `debug` level and only the trace exporter asks for them, so with tracing
 //!   off they cost nothing on the hit path.
@@ -17,7 +20,7 @@
 //! flushes what is buffered; it blocks, so async callers run it through
 //! `spawn_blocking`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -44,6 +47,14 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Drives the OTLP exporter's tonic channel.
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Set once the OTLP trace exporter is installed.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (OTLP): then every Get is traced whole.
+pub fn exporting_traces() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// Logs only (no trace export): the in-process test servers use this.
@@ -100,6 +111,7 @@ pub fn init(format: LogFormat, settings: &TelemetrySettings) -> anyhow::Result<T
         let _ = provider.shutdown();
         return Ok(Telemetry::default());
     }
+    EXPORTING.store(true, Ordering::Relaxed);
     tracing::info!(endpoint, service = %settings.service_name, "exporting traces over OTLP");
     Ok(Telemetry { provider: Some(provider), runtime: Some(runtime) })
 }

@@ -584,3 +584,62 @@ async fn l1_hit_cost() {
     let per = started.elapsed().as_nanos() as f64 / f64::from(N);
     println!("resolve + l1_hit: {per:.0} ns per Get");
 }
+
+/// Each event logged, with the name of the span it was logged in.
+type Logged = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+struct Recorder(Logged);
+
+impl<S> tracing_subscriber::Layer<S> for Recorder
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let span = ctx.event_span(event).map(|s| s.name().to_string());
+        self.0.lock().push((message.0, span));
+    }
+}
+
+/// With logs alone, a Get opens its span only past the tiers: a miss and a
+/// failed refresh served stale run in it (so what they log names the
+/// request), a hit opens none and logs nothing.
+#[tokio::test(start_paused = true)]
+async fn only_a_get_past_the_tiers_opens_its_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let logged = Logged::default();
+    let _logs = tracing::subscriber::set_default(tracing_subscriber::registry().with(Recorder(logged.clone())));
+    let r = rig(|s| (s.max_staleness, s.stale_while_revalidate) = (Duration::from_secs(3600), Duration::ZERO), false);
+    let opened = AtomicUsize::new(0);
+    let open = || {
+        opened.fetch_add(1, Ordering::SeqCst);
+        tracing::info_span!("get", request_id = "req-1")
+    };
+    let resolved = r.cache.resolve(&get()).unwrap();
+    let traced = || r.cache.get_within(&resolved, None, None, Trace::PastHit(&open));
+
+    assert_eq!(traced().await.unwrap().source, Source::Upstream);
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "a miss runs in its span");
+    assert_eq!(traced().await.unwrap().source, Source::Store);
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "a store hit opens no span");
+    assert!(logged.lock().is_empty(), "a hit logs nothing: {:?}", logged.lock());
+
+    advance(TTL + Duration::from_secs(1)).await;
+    r.script.then(Err(down()));
+    assert_eq!(traced().await.unwrap().source, Source::Stale);
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    let logged = logged.lock().clone();
+    assert!(
+        logged.contains(&("upstream failed; serving stale".into(), Some("get".into()))),
+        "the fallback is logged inside the Get's span: {logged:?}"
+    );
+}

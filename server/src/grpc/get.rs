@@ -7,7 +7,7 @@ use tracing::Instrument;
 
 use super::deadline;
 use crate::auth::{GetAsk, MissBudgets};
-use crate::cache::{Cache, Served};
+use crate::cache::{Cache, Served, Trace};
 use crate::entry::now_ms;
 use crate::policy::Resolved;
 use crate::proto::v1::{self, GetRequest, GetResponse};
@@ -15,9 +15,12 @@ use crate::source::Source;
 
 /// Serves one Get. An L1 hit is answered at once, with no span and no
 /// request id of its own (it logs nothing; the caller's `x-request-id` is
-/// still echoed). Everything else runs in a `get` span carrying the request
-/// id (the caller's or a new one, echoed back as `x-request-id`), so every
-/// line it logs and every span it exports names it.
+/// still echoed). Every other Get has a request id (the caller's or a new
+/// one, echoed back as `x-request-id`) and a `get` span carrying it, so
+/// every line it logs and every span it exports names it. With traces
+/// exported the span covers the whole Get; with logs alone it opens only
+/// once the Get goes past the tiers ([`Trace::PastHit`]): a store hit
+/// logs nothing, and its span was a visible share of its cost.
 pub async fn handle(
     cache: &Cache,
     request: Request<GetRequest>,
@@ -37,9 +40,12 @@ pub async fn handle(
         return Ok(response);
     }
     let request_id = caller_id.unwrap_or_else(crate::telemetry::new_request_id);
-    let span = tracing::info_span!("get", %request_id, kind = %r.kind_name, id = %req.id, source = tracing::field::Empty);
+    let open_span = || tracing::info_span!("get", %request_id, kind = %r.kind_name, id = %req.id, source = tracing::field::Empty);
+    // Exported traces want every Get whole, its tiers and fetch nested in
+    // it; logs alone need the span only where something may log.
+    let exporting = crate::telemetry::exporting_traces();
     let forced = r.freshness.force_refresh;
-    let result = async {
+    let work = async {
         // The upstream calls it causes are charged to the caller's budget
         // (an L1 hit, above, causes none).
         budgets.admit(&caller, forced, std::time::Instant::now()).map_err(|e| {
@@ -49,15 +55,15 @@ pub async fn handle(
         // The server's own limit (`limits.request_timeout`) bounds every
         // Get, caller deadline or not, on the same timer as the deadline.
         let limit = tokio::time::Instant::now() + server_limit;
-        let served = cache.get_within(&r, deadline, Some(limit)).await?;
+        let trace = if exporting { Trace::Current } else { Trace::PastHit(&open_span) };
+        let served = cache.get_within(&r, deadline, Some(limit), trace).await?;
         if !forced && matches!(served.source, Source::Upstream | Source::Revalidated) {
             budgets.charge(&caller, std::time::Instant::now());
         }
         tracing::Span::current().record("source", served.source.label());
         Ok(Response::new(to_response(served, as_json)))
-    }
-    .instrument(span)
-    .await;
+    };
+    let result = if exporting { work.instrument(open_span()).await } else { work.await };
     match result {
         Ok(mut response) => {
             echo(response.metadata_mut(), Some(&request_id));
