@@ -46,6 +46,7 @@ use crate::upstream::{Call, Fetched, Priority, Upstream, Validators};
 
 mod background;
 pub mod hot;
+mod prepared;
 #[cfg(test)]
 mod tests;
 
@@ -144,7 +145,12 @@ pub struct Cache {
     flights: Singleflight<Outcome, Error>,
     /// Request times of keys asked for (refresh ahead's hot keys).
     hot: Arc<hot::Tracker>,
+    /// Plain requests already resolved (see [`prepared`]).
+    prepared: prepared::Prepared,
 }
+
+/// How many plain requests [`Cache::resolve`] remembers (about 300 bytes each).
+const PREPARED_REQUESTS: usize = 10_000;
 
 impl Cache {
     pub fn new(
@@ -167,6 +173,7 @@ impl Cache {
             fetcher,
             bus,
             flights: Singleflight::default(),
+            prepared: prepared::Prepared::new(PREPARED_REQUESTS),
         }
     }
 
@@ -189,9 +196,11 @@ impl Cache {
     }
 
     /// The request checked against the catalog and its key built; a bad
-    /// one is counted as failed.
-    pub fn resolve(&self, req: &GetRequest) -> Result<Resolved> {
-        policy::resolve(req, &self.env, &self.catalog, &self.settings)
+    /// one is counted as failed. A plain request seen before is not
+    /// resolved again ([`prepared`]).
+    pub fn resolve(&self, req: &GetRequest) -> Result<Arc<Resolved>> {
+        self.prepared
+            .get_or_resolve(req, || policy::resolve(req, &self.env, &self.catalog, &self.settings))
             .inspect(|r| self.hot.record(r))
             .inspect_err(|e| {
                 metrics::get_failed(e.code().name());

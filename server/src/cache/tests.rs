@@ -617,8 +617,12 @@ where
 async fn only_a_get_past_the_tiers_opens_its_span() {
     use tracing_subscriber::layer::SubscriberExt;
     let logged = Logged::default();
-    let _logs = tracing::subscriber::set_default(tracing_subscriber::registry().with(Recorder(logged.clone())));
-    let r = rig(|s| (s.max_staleness, s.stale_while_revalidate) = (Duration::from_secs(3600), Duration::ZERO), false);
+    let _logs =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(Recorder(logged.clone())));
+    let r = rig(
+        |s| (s.max_staleness, s.stale_while_revalidate) = (Duration::from_secs(3600), Duration::ZERO),
+        false,
+    );
     let opened = AtomicUsize::new(0);
     let open = || {
         opened.fetch_add(1, Ordering::SeqCst);

@@ -1,5 +1,6 @@
 //! `Get`: serve one resource through the cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -79,7 +80,7 @@ pub async fn handle(
 fn check(
     cache: &Cache,
     request: Request<GetRequest>,
-) -> Result<(GetRequest, Resolved, Option<tokio::time::Instant>, crate::auth::Caller), Status> {
+) -> Result<(GetRequest, Arc<Resolved>, Option<tokio::time::Instant>, crate::auth::Caller), Status> {
     let deadline = deadline::answer_by(request.metadata()).inspect_err(|e| {
         crate::metrics::get_failed(e.code().name());
     })?;
