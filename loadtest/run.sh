@@ -138,17 +138,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 # captured response (payload, key, tags: the same bytes cxcache returns);
 # sets $ceiling and $ceiling_pid. With --redis-url it is the Redis-hit
 # floor: each Get also reads the entry from Redis.
-ceiling_pid=""
+ceiling_pid="" ceiling_starts=0
 start_ceiling() {
   local name=$1; shift
   local tags=() tag
   while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done <"$work/$name.tags"
+  # Each start its own output file: the floor and the ceiling run at once,
+  # and a shared file could show one's "listening" line for the other.
+  ceiling_starts=$((ceiling_starts + 1))
+  local out="$work/ceiling.$ceiling_starts.out"
   "$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/$name.payload" --key "$(cat "$work/$name.key")" \
-    "${tags[@]}" "$@" >"$work/ceiling.out" 2>&1 &
+    "${tags[@]}" "$@" >"$out" 2>&1 &
   ceiling_pid=$!
   pids+=($ceiling_pid)
   local line
-  line=$(wait_line "$work/ceiling.out" '^ceiling listening') || die "the ceiling did not start"
+  line=$(wait_line "$out" '^ceiling listening') || die "the ceiling did not start"
   ceiling=${line##*grpc=}
 }
 stop_ceiling() { kill "$ceiling_pid" 2>/dev/null || true; wait "$ceiling_pid" 2>/dev/null || true; }

@@ -4,13 +4,17 @@
 //! Resolving is a pure function of the request, the catalog and the cache
 //! settings, none of which change while the process runs, so a remembered
 //! resolution never goes stale and needs no invalidation. Only plain
-//! requests are remembered (no freshness demands, no params: the hot Get of
-//! one entity by kind, id and variant, or a query body); any other request
-//! is resolved each time. Only resolutions that succeeded are kept.
+//! requests are remembered (no freshness demands, no params, a query body
+//! of at most [`MAX_BODY`] bytes: the hot Get of one entity by kind, id and
+//! variant, or a small query); any other request is resolved each time.
+//! Only resolutions that succeeded and may be cached are kept: an action
+//! (called upstream every time, often with a fresh request id in its body)
+//! would only push out requests that repeat.
 //!
-//! Bounded: at most `max` requests, in shards; a full shard is emptied
-//! before the next insert, so a flood of one-off requests costs a reset,
-//! never growth.
+//! Bounded: at most `max` requests of at most [`MAX_BODY`] body bytes each
+//! (a body is kept raw and parsed: a few KiB per request at worst), in
+//! shards; a full shard is emptied before the next insert, so a flood of
+//! one-off requests costs a reset, never growth.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -22,6 +26,10 @@ use crate::policy::Resolved;
 use crate::proto::v1::GetRequest;
 
 const SHARDS: usize = 16;
+
+/// The largest query body a remembered request may carry: larger ones are
+/// resolved each time, so the memo's memory stays small whatever callers send.
+pub const MAX_BODY: usize = 1024;
 
 /// One remembered request: its fields (checked on every lookup, so two
 /// requests whose hashes collide never share a resolution) and what it
@@ -64,6 +72,7 @@ impl Prepared {
     /// The request's hash, when it is plain enough to remember.
     fn hash(&self, req: &GetRequest) -> Option<u64> {
         let plain = req.params.is_empty()
+            && req.body_json.len() <= MAX_BODY
             && req.freshness.as_ref().is_none_or(|f| {
                 !f.allow_stale
                     && !f.force_refresh
@@ -92,6 +101,9 @@ impl Prepared {
             return Ok(r.resolved.clone());
         }
         let resolved = Arc::new(resolve()?);
+        if !resolved.cacheable {
+            return Ok(resolved);
+        }
         let mut map = shard.write();
         if map.len() >= self.per_shard {
             map.clear();
@@ -123,10 +135,16 @@ mod tests {
     use crate::config::CacheSettings;
     use crate::proto::v1::Freshness;
 
+    /// The presets, with one data action allowed that may not be cached.
     fn resolver() -> impl Fn(&GetRequest) -> crate::error::Result<Resolved> {
-        let catalog = Catalog::with_presets(&Default::default()).unwrap();
+        let presets = Catalog::with_presets(&Default::default()).unwrap();
+        let mut action = (**presets.get(ACTION).unwrap()).clone();
+        action.actions.insert("write-note".into(), crate::catalog::ActionRule { cacheable: false });
+        let catalog = Catalog::with_presets(&[(ACTION.to_string(), action)].into()).unwrap();
         move |req| crate::policy::resolve(req, "t", &catalog, &CacheSettings::default())
     }
+
+    const ACTION: &str = "integrations.action.execute";
 
     fn queue(id: &str) -> GetRequest {
         GetRequest { kind: "routing.queue".into(), id: id.into(), ..Default::default() }
@@ -172,6 +190,33 @@ mod tests {
         let zeros = GetRequest { freshness: Some(Freshness::default()), ..queue("q1") };
         p.get_or_resolve(&zeros, || resolve(&zeros)).unwrap();
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn large_bodies_and_actions_are_not_remembered() {
+        let (p, resolve) = (Prepared::new(100), resolver());
+        let filler = "x".repeat(MAX_BODY);
+        let large = GetRequest {
+            kind: "analytics.conversations.aggregates".into(),
+            body_json: format!(
+                r#"{{"interval":"2026-01-01T00:00:00Z/2026-01-02T00:00:00Z","note":"{filler}"}}"#
+            ),
+            ..Default::default()
+        };
+        let small = GetRequest {
+            body_json: r#"{"interval":"2026-01-01T00:00:00Z/2026-01-02T00:00:00Z"}"#.into(),
+            ..large.clone()
+        };
+        let action = GetRequest {
+            kind: ACTION.into(),
+            id: "write-note".into(),
+            body_json: "{}".into(),
+            ..Default::default()
+        };
+        for req in [&large, &small, &action] {
+            p.get_or_resolve(req, || resolve(req)).unwrap();
+        }
+        assert_eq!(p.len(), 1, "only the small body is remembered, not the large one nor the action");
     }
 
     #[test]
