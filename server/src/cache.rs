@@ -149,7 +149,8 @@ pub struct Cache {
     prepared: prepared::Prepared,
 }
 
-/// How many plain requests [`Cache::resolve`] remembers (about 300 bytes each).
+/// How many plain requests [`Cache::resolve`] remembers (a few hundred bytes
+/// each, a few KiB at most: bodies over [`prepared::MAX_BODY`] are not kept).
 const PREPARED_REQUESTS: usize = 10_000;
 
 impl Cache {
