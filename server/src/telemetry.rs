@@ -7,9 +7,9 @@
 //!   one), so each log line of a request names it. Hits log nothing and open
 //!   no span (see [`crate::cache::Trace`]).
 //! - Traces: OpenTelemetry over OTLP/gRPC, off unless
-//!   `telemetry.otlp_endpoint` is set. Spans: `get` (root, per request, hits
-//!   included),
-//!   `tiers.get`, `coalesce`, `fetch` and `upstream.call`. The inner spans are
+//!   `telemetry.otlp_endpoint` is set. Spans: `get` (root, per request;
+//!   store hits included, L1 hits never), `tiers.get`, `coalesce`, `fetch`
+//!   and `upstream.call`. The inner spans are
 //!   `debug` level and only the trace exporter asks for them, so with tracing
 //!   off they cost nothing on the hit path.
 //! - Metrics: see [`crate::metrics`] (Prometheus at `/metrics`).
