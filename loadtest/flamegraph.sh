@@ -73,15 +73,10 @@ start_cxcache l1
 for _ in 1 2 3; do reply=$(grpcurl -plaintext -d "$req" "$addr" cxcache.v1.Cache/Get); done
 [ "$(jq -r .source <<<"$reply")" = SOURCE_L1 ] || { log "l1-hit warm-up not from L1"; exit 1; }
 profile l1-hit "$pid" "$addr" l1-hit
-jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/payload"
 # The same response: value, key and tags.
-tags=()
-while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done < <(jq -r '.tags[]?' <<<"$reply")
-"$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/payload" --key "$(jq -r .key <<<"$reply")" "${tags[@]}" \
-  >"$work/ceiling.out" 2>&1 &
-ceiling_pid=$!
-pids+=($ceiling_pid)
-profile ceiling "$ceiling_pid" "$(wait_line "$work/ceiling.out" 'listening' | sed -E 's/.*grpc=//')" l1-hit
+printf '%s\n' "$reply" >"$work/l1.reply"
+start_ceiling "$work/l1.reply" "$work/ceiling.out"
+profile ceiling "$ceiling_pid" "$ceiling" l1-hit
 req=$(jq -c .data loadtest/scenarios/store-hit.json)
 start_cxcache store CXCACHE_CACHE__L1__ENABLED=false
 for _ in 1 2; do reply=$(grpcurl -plaintext -d "$req" "$addr" cxcache.v1.Cache/Get); done
@@ -89,11 +84,6 @@ for _ in 1 2; do reply=$(grpcurl -plaintext -d "$req" "$addr" cxcache.v1.Cache/G
 profile store-hit "$pid" "$addr" store-hit
 # The Redis-hit floor: the ceiling reading the same entry from the same
 # Redis per Get, to compare with the store hit frame by frame.
-jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/store.payload"
-tags=()
-while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done < <(jq -r '.tags[]?' <<<"$reply")
-"$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/store.payload" --key "$(jq -r .key <<<"$reply")" "${tags[@]}" \
-  --redis-url "$redis_url" >"$work/floor.out" 2>&1 &
-floor_pid=$!
-pids+=($floor_pid)
-profile redis-floor "$floor_pid" "$(wait_line "$work/floor.out" 'listening' | sed -E 's/.*grpc=//')" store-hit
+printf '%s\n' "$reply" >"$work/store.reply"
+start_ceiling "$work/store.reply" "$work/floor.out" --redis-url "$redis_url"
+profile redis-floor "$ceiling_pid" "$ceiling" store-hit

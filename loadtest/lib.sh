@@ -38,3 +38,22 @@ stop_all() {
   for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
   for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
 }
+
+# start_ceiling REPLY_FILE OUT [FLAGS...]: starts the ceiling (loadtest/ceiling)
+# answering with the response in REPLY_FILE (grpcurl's JSON of a cxcache Get:
+# the same value, key and tags), its output in OUT (a file of its own per
+# start: two ceilings may run at once); FLAGS go to it (--redis-url: the
+# Redis-hit floor). Sets $ceiling_pid and $ceiling (its gRPC address) and adds
+# the pid to $pids. Needs $bin.
+start_ceiling() {
+  local reply=$1 out=$2; shift 2
+  local tags=() tag line
+  jq -r '.value // ""' "$reply" | base64 -d >"$out.payload"
+  while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done < <(jq -r '.tags[]?' "$reply")
+  "$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$out.payload" --key "$(jq -r .key "$reply")" \
+    "${tags[@]}" "$@" >"$out" 2>&1 &
+  ceiling_pid=$!
+  pids+=("$ceiling_pid")
+  line=$(wait_line "$out" '^ceiling listening') || { log "the ceiling did not start"; return 1; }
+  ceiling=${line##*grpc=}
+}

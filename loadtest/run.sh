@@ -134,26 +134,13 @@ pooled_us() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" \
   'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
-# start_ceiling SCENARIO [FLAGS...]: the ceiling answering with the scenario's
-# captured response (payload, key, tags: the same bytes cxcache returns);
-# sets $ceiling and $ceiling_pid. With --redis-url it is the Redis-hit
-# floor: each Get also reads the entry from Redis.
+# start_scenario_ceiling SCENARIO [FLAGS...]: the ceiling answering with the
+# scenario's captured response (lib.sh's start_ceiling); FLAGS as there.
 ceiling_pid="" ceiling_starts=0
-start_ceiling() {
+start_scenario_ceiling() {
   local name=$1; shift
-  local tags=() tag
-  while IFS= read -r tag; do [ -n "$tag" ] && tags+=(--tag "$tag"); done <"$work/$name.tags"
-  # Each start its own output file: the floor and the ceiling run at once,
-  # and a shared file could show one's "listening" line for the other.
   ceiling_starts=$((ceiling_starts + 1))
-  local out="$work/ceiling.$ceiling_starts.out"
-  "$bin/cxcache-ceiling" --addr 127.0.0.1:0 --payload "$work/$name.payload" --key "$(cat "$work/$name.key")" \
-    "${tags[@]}" "$@" >"$out" 2>&1 &
-  ceiling_pid=$!
-  pids+=($ceiling_pid)
-  local line
-  line=$(wait_line "$out" '^ceiling listening') || die "the ceiling did not start"
-  ceiling=${line##*grpc=}
+  start_ceiling "$work/$name.reply" "$work/ceiling.$ceiling_starts.out" "$@" || die "the ceiling did not start"
 }
 stop_ceiling() { kill "$ceiling_pid" 2>/dev/null || true; wait "$ceiling_pid" 2>/dev/null || true; }
 
@@ -183,15 +170,13 @@ scenario() {
     local src; src=$(get "$addr" "$req" | jq -r '.source')
     [ "$src" = SOURCE_STORE ] || die "store-hit warm-up answered from $src, not SOURCE_STORE (is L1 off?)"
   fi
-  jq -r '.value // ""' <<<"$reply" | base64 -d >"$work/$name.payload"
-  jq -r '.key' <<<"$reply" >"$work/$name.key"
-  jq -r '.tags[]?' <<<"$reply" >"$work/$name.tags"
+  printf '%s\n' "$reply" >"$work/$name.reply"
   local floor="" floor_pid="" fticks=0 fn=0 f="$work/$name.floor.json"
   if [ ${#floor_flags[@]} -gt 0 ]; then
-    start_ceiling "$name" "${floor_flags[@]}"
+    start_scenario_ceiling "$name" "${floor_flags[@]}"
     floor=$ceiling floor_pid=$ceiling_pid
   fi
-  start_ceiling "$name"
+  start_scenario_ceiling "$name"
   # Rounds alternate ceiling and cxcache, so slow spells of this shared
   # machine fall on both; CPU is pooled over the rounds, req/s and
   # latencies are the last round's.
@@ -286,7 +271,7 @@ half_run() {
   local errs; errs=$(errors "$work/$name.half.json")
   [ "$errs" -eq 0 ] || failures=$((failures + errs))
   p99=$(pct "$work/$name.half.json" 99)
-  start_ceiling "$name"
+  start_scenario_ceiling "$name"
   ghz_run "$name" "$ceiling" "$work/$name.half.ceiling.json" --rps "$rate"
   stop_ceiling
   xp99=$(pct "$work/$name.half.ceiling.json" 99)
